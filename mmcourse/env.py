@@ -1,0 +1,65 @@
+"""Where the course runs: the device to use and a report of the environment."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+
+import torch
+
+DEVICE_VARIABLE = "MMCOURSE_DEVICE"
+
+
+def device() -> torch.device:
+    """The device the course computes on: $MMCOURSE_DEVICE if set (e.g. "cpu", "cuda:0"),
+    else "cuda" when a GPU is available, else "cpu"."""
+    wanted = os.environ.get(DEVICE_VARIABLE, "").strip()
+    if not wanted:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(wanted)
+    except RuntimeError:
+        raise ValueError(
+            f"{DEVICE_VARIABLE} must name a torch device such as 'cpu' or 'cuda:0', got {wanted!r}"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{DEVICE_VARIABLE}={wanted!r} but this machine has no CUDA GPU")
+    return dev
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def triton_mode() -> str:
+    """How Triton kernels will run here: compiled on a GPU, interpreted on the CPU, or not at all.
+
+    Looks only at package metadata and the GPU, so it does not import triton (importing it before
+    TRITON_INTERPRET=1 is set fixes the mode for the whole process)."""
+    if _version("triton") == "not installed":
+        return "not installed (chapter 09 needs Linux x86-64)"
+    if torch.cuda.is_available():
+        return "compiled on the GPU"
+    return "interpreted on the CPU (TRITON_INTERPRET=1)"
+
+
+def report() -> dict[str, str]:
+    """Versions, hardware and modes that matter to the course, as printable strings."""
+    dev = device()
+    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "none"
+    return {
+        "python": platform.python_version(),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "torch": torch.__version__,
+        "numpy": _version("numpy"),
+        "matplotlib": _version("matplotlib"),
+        "triton": _version("triton"),
+        "mmcourse device": str(dev),
+        "GPU": gpu,
+        "CPU threads used by torch": str(torch.get_num_threads()),
+        "Triton kernels": triton_mode(),
+    }

@@ -65,10 +65,3 @@ def positive_int(name: str, value: object) -> int:
         raise ValueError(f"{name} must be ≥ 1, got {value}")
     return value
 
-
-def same_device(**tensors: torch.Tensor) -> None:
-    """Check that all named tensors live on one device."""
-    devices = {name: t.device for name, t in tensors.items()}
-    if len(set(devices.values())) > 1:
-        listing = ", ".join(f"{name} on {dev}" for name, dev in devices.items())
-        raise ValueError(f"tensors must be on one device, got {listing}")

@@ -79,17 +79,21 @@ def caption_to_labels(caption: str) -> torch.Tensor:
     return torch.tensor([_VOCAB[a].index(parsed[a]) for a in ATTRIBUTES])
 
 
+def _check_labels(labels: object, shape: tuple) -> torch.Tensor:
+    """Labels must be long indices (…, 3) within each attribute's vocabulary."""
+    labels = _validate.tensor("labels", labels, shape=shape, dtype=torch.long)
+    for i, attribute in enumerate(ATTRIBUTES):
+        column, k = labels[..., i], len(_VOCAB[attribute])
+        bad = column[(column < 0) | (column >= k)]
+        if len(bad):
+            raise ValueError(f"{attribute} index must be in [0, {k}), got {bad[0].item()}")
+    return labels
+
+
 def labels_to_caption(labels: torch.Tensor) -> str:
     """(3,) indices (color, shape, position) → caption."""
-    labels = _validate.tensor("labels", labels, shape=(3,))
-    words = []
-    for attribute, i in zip(ATTRIBUTES, labels.tolist()):
-        if not 0 <= i < len(_VOCAB[attribute]):
-            raise ValueError(
-                f"{attribute} index must be in [0, {len(_VOCAB[attribute])}), got {i}"
-            )
-        words.append(_VOCAB[attribute][i])
-    return make_caption(*words)
+    labels = _check_labels(labels, shape=(3,))
+    return make_caption(*(_VOCAB[a][i] for a, i in zip(ATTRIBUTES, labels.tolist())))
 
 
 def all_captions() -> list[str]:
@@ -104,7 +108,7 @@ def render(labels: torch.Tensor, generator: torch.Generator | None = None) -> to
 
     Returns (N, 3, 32, 32) float32 in [0, 1].
     """
-    labels = _validate.tensor("labels", labels, shape=("N", 3))
+    labels = _check_labels(labels, shape=("N", 3))
     n = len(labels)
     palette = torch.tensor(list(COLORS.values()))  # (6, 3)
     centres = torch.tensor(list(POSITIONS.values()))  # (5, 2)

@@ -1,0 +1,41 @@
+"""The course data and the judge work with every network socket blocked."""
+
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent(
+    """
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network blocked by the test")
+
+    socket.socket.connect = refuse
+    socket.socket.connect_ex = refuse
+    socket.create_connection = refuse
+    socket.getaddrinfo = refuse
+    try:
+        socket.create_connection(("127.0.0.1", 9))
+    except OSError as err:
+        assert "blocked" in str(err)
+
+    from mmcourse.data import DigitsDataset, MovingShapesDataset, ShapesDataset
+    from mmcourse.judge import load_judge
+
+    shapes = ShapesDataset(n=200, seed=1)
+    clips = MovingShapesDataset(n=8, seed=1)
+    digits = DigitsDataset("test")
+    scores = load_judge(device="cpu").score(shapes.images, shapes.captions)
+    assert min(scores.values()) > 0.9, scores
+    print("offline ok", len(shapes), len(clips), len(digits))
+    """
+)
+
+
+def test_data_and_judge_need_no_network():
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "offline ok 200 8 360" in done.stdout

@@ -27,7 +27,6 @@ def image_grid(
     if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
         raise ValueError(f"pad must be an int ≥ 0, got {pad!r}")
     n, c, h, w = x.shape
-    ncols = min(ncols, max(n, 1))
     rows = -(-n // ncols)  # ceil division
     # Pad the batch to a full rectangle of slots, and every image with its frame.
     slots = x.new_full((rows * ncols, c, h + pad, w + pad), pad_value)
@@ -54,8 +53,9 @@ def show_images(
     x = x.detach().float().cpu().clamp(0, 1)
     cmap = "gray" if x.shape[1] == 1 else None
     if titles is None:
+        ncols = min(ncols, len(x))
         grid = image_grid(x, ncols=ncols).permute(1, 2, 0)  # (H, W, C) for matplotlib
-        fig, ax = plt.subplots(figsize=(scale * min(ncols, len(x)), scale * -(-len(x) // ncols)))
+        fig, ax = plt.subplots(figsize=(scale * ncols, scale * -(-len(x) // ncols)))
         ax.imshow(grid.squeeze(-1), cmap=cmap, vmin=0, vmax=1)
         ax.axis("off")
     else:

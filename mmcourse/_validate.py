@@ -64,4 +64,3 @@ def positive_int(name: str, value: object) -> int:
     if value < 1:
         raise ValueError(f"{name} must be ≥ 1, got {value}")
     return value
-

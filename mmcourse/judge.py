@@ -19,8 +19,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmcourse import _validate, checkpoints
-from mmcourse.data.shapes import ATTRIBUTES, COLORS, POSITIONS, SHAPES, ShapesDataset
-from mmcourse.data.shapes import caption_to_labels
+from mmcourse.data.shapes import (
+    ATTRIBUTES,
+    COLORS,
+    POSITIONS,
+    SHAPES,
+    ShapesDataset,
+    caption_to_labels,
+)
 from mmcourse.env import device as default_device
 
 PATH = checkpoints.DATA_DIR / "judge.pt"
@@ -36,12 +42,17 @@ class Judge(nn.Module):
         self.config = {"width": width, "hidden": hidden}
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(3, w, 3, padding=1), nn.ReLU(),  # (B, w, 32, 32)
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.ReLU(),  # (B, 2w, 16, 16)
-            nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1), nn.ReLU(),  # (B, 2w, 8, 8)
-            nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1), nn.ReLU(),  # (B, 2w, 4, 4)
+            nn.Conv2d(3, w, 3, padding=1),
+            nn.ReLU(),  # (B, w, 32, 32)
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1),
+            nn.ReLU(),  # (B, 2w, 16, 16)
+            nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1),
+            nn.ReLU(),  # (B, 2w, 8, 8)
+            nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1),
+            nn.ReLU(),  # (B, 2w, 4, 4)
             nn.Flatten(),  # position must survive, so no global pooling
-            nn.Linear(2 * w * 16, hidden), nn.ReLU(),
+            nn.Linear(2 * w * 16, hidden),
+            nn.ReLU(),
         )
         self.heads = nn.ModuleDict({a: nn.Linear(hidden, k) for a, k in _CLASSES.items()})
 
@@ -63,9 +74,7 @@ class Judge(nn.Module):
         preds = [torch.cat([lg[a] for lg in logits]).argmax(-1) for a in ATTRIBUTES]
         return torch.stack(preds, dim=1).to(x.device)
 
-    def score(
-        self, x: torch.Tensor, captions: Sequence[str] | torch.Tensor
-    ) -> dict[str, float]:
+    def score(self, x: torch.Tensor, captions: Sequence[str] | torch.Tensor) -> dict[str, float]:
         """Faithfulness of images to captions: {"color", "shape", "position", "all"} in [0, 1].
 
         captions: one caption per image, or their (N, 3) labels."""

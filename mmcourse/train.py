@@ -1,6 +1,6 @@
 """Rebuild the weights that ship under data/ from their seeds.
 
-    python -m mmcourse.train judge        # data/judge.pt, the Shapes judge (3–4 minutes on a 2-core CPU)
+python -m mmcourse.train judge   # data/judge.pt, the Shapes judge (3–4 minutes on a 2-core CPU)
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ def _train_judge(seed: int) -> None:
     held_out = ShapesDataset(n=2_000, seed=1)
     scores = model.score(held_out.images, held_out.labels)
     took = time.perf_counter() - start
-    print(f"wrote {judge.PATH.name} in {took:.0f} s; held-out accuracy " + ", ".join(
-        f"{k} {v:.4f}" for k, v in scores.items()
-    ))
+    print(
+        f"wrote {judge.PATH.name} in {took:.0f} s; held-out accuracy "
+        + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+    )
 
 
 TARGETS = {"judge": _train_judge}

@@ -72,4 +72,3 @@ def show_images(
         fig.suptitle(title)
     fig.tight_layout()
     return fig
-

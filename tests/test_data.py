@@ -84,11 +84,19 @@ def test_size_jitter(shapes):
 
 def test_parse_caption_round_trip_and_errors():
     assert parse_caption("a red circle in the top left") == {
-        "color": "red", "shape": "circle", "position": "top left"
+        "color": "red",
+        "shape": "circle",
+        "position": "top left",
     }
     assert [make_caption(**parse_caption(c)) for c in all_captions()] == all_captions()
-    for bad in ["a pink circle in the top left", "a red circle", "red circle in the center",
-                "a red hexagon in the center", "a red circle in the middle", ""]:
+    for bad in [
+        "a pink circle in the top left",
+        "a red circle",
+        "red circle in the center",
+        "a red hexagon in the center",
+        "a red circle in the middle",
+        "",
+    ]:
         with pytest.raises(ValueError, match="caption"):
             parse_caption(bad)
     with pytest.raises(TypeError, match="caption must be a str"):
@@ -113,8 +121,9 @@ def test_moving_shapes_layout_and_determinism(clips):
     assert torch.equal(clips.clips, MovingShapesDataset(n=200, seed=0).clips)
     names = list(DIRECTIONS)
     for caption, labels in zip(clips.captions, clips.labels.tolist()):
-        assert caption == (f"a {list(COLORS)[labels[0]]} {SHAPES[labels[1]]} moving "
-                           f"{names[labels[2]]}")
+        assert caption == (
+            f"a {list(COLORS)[labels[0]]} {SHAPES[labels[1]]} moving {names[labels[2]]}"
+        )
 
 
 def test_moving_shapes_move_as_captioned_and_stay_in_frame(clips):

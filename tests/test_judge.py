@@ -63,8 +63,9 @@ def test_corrupt_checkpoint_names_the_rebuild_command(tmp_path):
 
 def test_foreign_weights_are_refused(tmp_path):
     path = tmp_path / "judge.pt"
-    checkpoints.save(path, {"w": torch.zeros(1)}, config={"width": 32, "hidden": 128},
-                     command=judge.COMMAND)
+    checkpoints.save(
+        path, {"w": torch.zeros(1)}, config={"width": 32, "hidden": 128}, command=judge.COMMAND
+    )
     with pytest.raises(checkpoints.CheckpointError, match="does not match the Judge model"):
         judge.load_judge(path)
 

@@ -76,4 +76,3 @@ def test_render_names_bad_label_values_and_dtype():
         render(torch.tensor([[0, 7, 0]]))
     with pytest.raises(TypeError, match="^labels must have dtype torch.int64"):
         render(torch.zeros(1, 3))
-

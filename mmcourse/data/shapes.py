@@ -98,9 +98,7 @@ def labels_to_caption(labels: torch.Tensor) -> str:
 
 def all_captions() -> list[str]:
     """Every caption of the grammar, in label order (colour slowest, position fastest)."""
-    return [
-        make_caption(c, s, p) for c in COLORS for s in SHAPES for p in POSITIONS
-    ]
+    return [make_caption(c, s, p) for c in COLORS for s in SHAPES for p in POSITIONS]
 
 
 def render(labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

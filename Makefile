@@ -1,0 +1,50 @@
+# Every target creates (or reuses) the virtual environment .venv itself.
+#   make lab        install if needed, register the kernel, open JupyterLab on the welcome notebook
+#   make test       the whole test suite: pytest over tests/ plus nbval over solutions/, on CPU
+#   make student    regenerate notebooks/ (student versions) from solutions/
+#   make bench      run every benchmark and refresh the table in benchmarks/README.md
+#   make test-gpu   the tests marked `gpu`, on CUDA
+# Knobs: PYTHON (interpreter that creates .venv), TORCH (the torch requirement; keep it equal to
+# pyproject.toml's pin), PIP_ARGS (extra pip options, e.g. an extra index for CPU-only wheels).
+
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+PIP_ARGS ?=
+VENV ?= .venv
+
+BIN := $(VENV)/bin
+# The stamp's name carries a checksum of TORCH and PIP_ARGS, so changing either reinstalls, and so
+# does a newer pyproject.toml.
+STAMP := $(VENV)/.installed-$(shell echo '$(TORCH) $(PIP_ARGS)' | cksum | cut -d ' ' -f 1)
+SOLUTIONS := $(wildcard solutions/*.ipynb)
+
+.PHONY: install lab test student bench test-gpu
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch is pinned in the same pip command as everything else, so pip never swaps in another build.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install $(PIP_ARGS) "$(TORCH)" -e ".[dev]"
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+lab: $(STAMP)
+	$(BIN)/python -m ipykernel install --user --name mmcourse --display-name "Python (mmcourse)"
+	$(BIN)/python -m jupyter lab notebooks/00_welcome.ipynb
+
+test: $(STAMP)
+	MMCOURSE_DEVICE=$${MMCOURSE_DEVICE:-cpu} $(BIN)/python -m pytest --durations=15 \
+		--nbval-lax --nbval-current-env --nbval-cell-timeout=180 tests $(SOLUTIONS)
+
+student: $(STAMP)
+	$(BIN)/python -m mmcourse.student
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py --all --update-readme
+
+test-gpu: $(STAMP)
+	MMCOURSE_DEVICE=cuda $(BIN)/python -m pytest -m gpu tests
+

@@ -1,0 +1,250 @@
+"""The machinery every chapter's checkers share.
+
+A chapter writes one small function per exercise, decorated with `exercise`:
+
+    @exercise("0.1", "read a caption")
+    def check_parse_caption(check: Check) -> None:
+        got = check.call("a red circle in the center")
+        check.equal(got, {"color": "red", ...}, "parses a one-word position")
+
+`check.call(...)` runs the learner's function; `equal`, `close`, `that` and `raises` are the
+individual checks. The decorated function takes the learner's candidate, runs every check, and
+prints one line, `✓ Exercise 0.1 passed (5 checks)`, or raises `ExerciseFailed` with a message
+naming the exercise, the check, what was expected, what came and a hint. The traceback stops at
+the checker (`from None`): a learner reads the message, not torch's internals.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from mmcourse.env import device as _default_device
+
+
+class ExerciseFailed(AssertionError):
+    """An exercise's candidate is wrong; the message says which check failed and why."""
+
+
+class _Failure(Exception):
+    """One failed check, on its way to becoming an ExerciseFailed in `exercise`."""
+
+    def __init__(self, what: str, expected: str, got: str, hint: str = "") -> None:
+        super().__init__(f"{what}: expected {expected}, got {got}")
+        self.what, self.expected, self.got, self.hint = what, expected, got, hint
+
+
+class _NotImplemented(Exception):
+    """The candidate is still the stub."""
+
+
+def describe(value: Any) -> str:
+    """A short, readable description of a value for a failure message."""
+    if isinstance(value, torch.Tensor):
+        return f"tensor of shape {tuple(value.shape)}, dtype {value.dtype}, on {value.device}"
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    first = lines[0] if lines else ""
+    return f"{type(error).__name__}: {first[:200]}" if first else type(error).__name__
+
+
+class Check:
+    """The checks of one exercise, run against one candidate; counts the checks that ran."""
+
+    def __init__(self, candidate: Callable, device: torch.device) -> None:
+        self.candidate = candidate
+        self.device = device
+        self.count = 0
+
+    # --- running the candidate ---------------------------------------------------------------
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the candidate. The stub's NotImplementedError and any other exception become a
+        failed check that names the inputs, instead of a traceback."""
+        try:
+            return self.candidate(*args, **kwargs)
+        except NotImplementedError:
+            raise _NotImplemented() from None
+        except Exception as error:  # the learner's code crashed: report it in one line
+            self.count += 1
+            raise _Failure(
+                f"runs on {_describe_call(args, kwargs)}",
+                "a result",
+                f"it raised {_one_line(error)}",
+                "run your function on these inputs in a cell of its own to see the traceback",
+            ) from None
+
+    # --- individual checks -------------------------------------------------------------------
+
+    def that(self, condition: bool, what: str, *, expected: str, got: str, hint: str = "") -> None:
+        """A check of any condition; `expected` and `got` describe it in words."""
+        self.count += 1
+        if not condition:
+            raise _Failure(what, expected, got, hint)
+
+    def equal(self, got: Any, expected: Any, what: str, *, hint: str = "") -> None:
+        """`got == expected` for plain values; exact equality, shape and dtype for tensors."""
+        if isinstance(expected, torch.Tensor):
+            self.close(got, expected, what, atol=0.0, rtol=0.0, hint=hint)
+            return
+        self.count += 1
+        if type(got) is not type(expected) or got != expected:
+            raise _Failure(what, describe(expected), describe(got), hint)
+
+    def close(
+        self,
+        got: Any,
+        expected: torch.Tensor,
+        what: str,
+        *,
+        atol: float = 1e-5,
+        rtol: float = 1e-4,
+        hint: str = "",
+        check_dtype: bool = True,
+    ) -> None:
+        """`got` is a tensor like `expected` (shape, dtype, device) with values within
+        atol + rtol·|expected| of it."""
+        self.count += 1
+        if not isinstance(got, torch.Tensor):
+            raise _Failure(
+                what,
+                describe(expected),
+                f"a {type(got).__name__}: {describe(got)}",
+                hint or "return a torch.Tensor",
+            )
+        if got.shape != expected.shape:
+            raise _Failure(
+                what, f"shape {tuple(expected.shape)}", f"shape {tuple(got.shape)}", hint
+            )
+        if check_dtype and got.dtype != expected.dtype:
+            raise _Failure(
+                what,
+                f"dtype {expected.dtype}",
+                f"dtype {got.dtype}",
+                hint
+                or "keep the input's dtype (create new tensors with "
+                "x.new_full / x.new_zeros, or pass dtype=x.dtype)",
+            )
+        if got.device != expected.device:
+            raise _Failure(
+                what,
+                f"a tensor on {expected.device}",
+                f"a tensor on {got.device}",
+                hint or "keep the input's device (pass device=x.device)",
+            )
+        diff = _mismatch(got.detach(), expected.detach(), atol, rtol)
+        if diff:
+            tolerance = "exactly" if atol == rtol == 0 else f"within atol={atol:g}, rtol={rtol:g}"
+            raise _Failure(what, f"the reference values ({tolerance})", diff, hint)
+
+    def raises(
+        self,
+        errors: type[BaseException] | tuple[type[BaseException], ...],
+        what: str,
+        *args: Any,
+        hint: str = "",
+        **kwargs: Any,
+    ) -> BaseException:
+        """The candidate, called on these arguments, raises one of `errors`."""
+        self.count += 1
+        names = " or ".join(
+            e.__name__ for e in (errors if isinstance(errors, tuple) else (errors,))
+        )
+        try:
+            result = self.candidate(*args, **kwargs)
+        except NotImplementedError:
+            raise _NotImplemented() from None
+        except errors as error:
+            return error
+        except Exception as error:
+            raise _Failure(what, names, _one_line(error), hint) from None
+        raise _Failure(what, names, f"no error; it returned {describe(result)}", hint)
+
+
+def _describe_call(args: tuple, kwargs: dict) -> str:
+    parts = [describe(a) for a in args] + [f"{k}={describe(v)}" for k, v in kwargs.items()]
+    return "(" + ", ".join(parts) + ")"
+
+
+def _mismatch(got: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float) -> str:
+    """'' when the values agree, else a one-line account of where and by how much."""
+    if got.numel() == 0:
+        return ""
+    if got.is_floating_point() or expected.is_floating_point():
+        a, b = got.double(), expected.double()
+        bad = ~torch.isclose(a, b, rtol=rtol, atol=atol, equal_nan=True)
+    else:
+        a, b = got, expected
+        bad = a != b
+    n_bad = int(bad.sum())
+    if n_bad == 0:
+        return ""
+    first = tuple(int(i) for i in bad.nonzero()[0])
+    where = list(first) if first else "the value"
+    message = f"{n_bad} of {got.numel()} values differ; at {where} expected {b[first].item():.6g}, "
+    message += f"got {a[first].item():.6g}"
+    if a.is_floating_point():
+        gap = (a - b).abs()
+        gap = gap[~torch.isnan(gap)]
+        if gap.numel():
+            message += f" (largest difference {gap.max().item():.3g})"
+    return message
+
+
+def exercise(number: str, title: str) -> Callable[[Callable[[Check], None]], Callable[..., None]]:
+    """Turn `body(check)` into the checker `check_<name>(candidate, *, device=None)` of
+    Exercise `number`. `device` defaults to `mmcourse.device()`."""
+
+    def decorate(body: Callable[[Check], None]) -> Callable[..., None]:
+        @functools.wraps(body)
+        def checker(candidate: Callable, *, device: str | torch.device | None = None) -> None:
+            if not callable(candidate):
+                raise ExerciseFailed(
+                    f"Exercise {number} ({title}): pass your function itself to the checker, "
+                    f"e.g. check(my_function) without parentheses; got {describe(candidate)}"
+                )
+            check = Check(candidate, torch.device(device) if device else _default_device())
+            prefix = f"Exercise {number} ({title})"
+            try:
+                body(check)
+            except _NotImplemented:
+                raise ExerciseFailed(
+                    f"{prefix}: not implemented yet. Replace the lines `# YOUR CODE HERE` and "
+                    "`raise NotImplementedError()` with your code, run that cell, then this one."
+                ) from None
+            except _Failure as failure:
+                lines = [
+                    f'{prefix} failed check {check.count}, "{failure.what}":',
+                    f"  expected: {failure.expected}",
+                    f"  got:      {failure.got}",
+                ]
+                if failure.hint:
+                    lines.append(f"  hint:     {failure.hint}")
+                raise ExerciseFailed("\n".join(lines)) from None
+            except Exception as error:  # a result the checks could not even inspect
+                raise ExerciseFailed(
+                    f"{prefix} failed after {check.count} checks: the result could not be "
+                    f"checked ({_one_line(error)}). Compare what your function returns with its "
+                    "docstring: type, shape and dtype."
+                ) from None
+            print(f"✓ Exercise {number} passed ({check.count} checks)")
+
+        checker.number, checker.title = number, title  # type: ignore[attr-defined]
+        return checker
+
+    return decorate
+
+
+def seeded(seed: int) -> torch.Generator:
+    """A CPU generator with this seed: checkers draw their inputs from it, then move them."""
+    return torch.Generator().manual_seed(seed)
+
+
+__all__ = ["Check", "ExerciseFailed", "describe", "exercise", "seeded"]

@@ -1,0 +1,104 @@
+"""Checkers of chapter 00 (welcome): the caption parser and the image grid."""
+
+from __future__ import annotations
+
+import torch
+
+from mmcourse import viz
+from mmcourse.checks._core import Check, exercise, seeded
+from mmcourse.data import shapes
+
+_GRAMMAR = "captions read 'a <color> <shape> in the <position>'"
+
+
+@exercise("0.1", "read a caption")
+def check_parse_caption(check: Check) -> None:
+    """Exercise 0.1: parse_caption(caption) -> {"color", "shape", "position"}."""
+    for caption in ("a red circle in the top left", "a cyan triangle in the center"):
+        check.equal(
+            check.call(caption),
+            shapes.parse_caption(caption),
+            f"parses {caption!r}",
+            hint="return a dict with exactly the keys 'color', 'shape' and 'position'; "
+            "positions can be two words ('top left') or one ('center')",
+        )
+    wrong = [c for c in shapes.all_captions() if check.call(c) != shapes.parse_caption(c)]
+    check.that(
+        not wrong,
+        "parses every one of the 90 captions of the grammar",
+        expected="all 90 parsed like the reference",
+        got=f"{len(wrong)} differ, e.g. {wrong[0]!r} → {check.call(wrong[0])!r}" if wrong else "",
+        hint="compare your output with the reference for that caption",
+    )
+    for bad, why in [
+        ("a pink circle in the center", "an unknown colour"),
+        ("a red hexagon in the center", "an unknown shape"),
+        ("a red circle in the middle left", "an unknown position"),
+        ("a red circle", "a caption cut short"),
+        ("the red circle in the top left", "a wrong first word"),
+        ("a red circle on the top left", "'on' instead of 'in'"),
+    ]:
+        check.raises(
+            ValueError,
+            f"raises ValueError for {why}: {bad!r}",
+            bad,
+            hint=f"{_GRAMMAR}; check every word against data.COLORS, data.SHAPES and "
+            "data.POSITIONS and raise ValueError (not KeyError or IndexError) otherwise",
+        )
+
+
+@exercise("0.2", "an image grid")
+def check_image_grid(check: Check) -> None:
+    """Exercise 0.2: image_grid(x, ncols, pad, pad_value) -> (C, H', W')."""
+    g = seeded(0)
+    dev = check.device
+    # A targeted case first: image i is filled with the value i, so a misplaced image is obvious.
+    marked = torch.arange(1.0, 6.0).view(5, 1, 1, 1).expand(5, 1, 2, 3).to(dev)  # (5, 1, 2, 3)
+    got = check.call(marked.clone(), ncols=3, pad=1, pad_value=0.0)
+    expected = viz.image_grid(marked, ncols=3, pad=1, pad_value=0.0)
+    check.close(
+        got,
+        expected,
+        "5 images of 1×2×3, ncols=3, pad=1: image i in row i // ncols, column i % ncols",
+        hint="image i goes to row i // ncols and column i % ncols "
+        "(row by row), framed by `pad` pixels on every side; empty slots are pad_value",
+    )
+    cases = [  # (N, C, H, W, ncols, pad, pad_value)
+        (8, 3, 4, 4, 4, 2, 1.0),
+        (7, 3, 5, 3, 3, 2, 0.5),  # H ≠ W, N not a multiple of ncols
+        (2, 1, 3, 3, 5, 1, 0.0),  # fewer images than columns
+        (6, 3, 4, 4, 2, 0, 1.0),  # no frame at all
+    ]
+    for n, c, h, w, ncols, pad, pad_value in cases:
+        x = torch.rand(n, c, h, w, generator=g).to(dev)
+        got = check.call(x.clone(), ncols=ncols, pad=pad, pad_value=pad_value)
+        check.close(
+            got,
+            viz.image_grid(x, ncols=ncols, pad=pad, pad_value=pad_value),
+            f"matches the reference for x of shape {(n, c, h, w)}, ncols={ncols}, "
+            f"pad={pad}, pad_value={pad_value}",
+            hint="output shape (C, rows·(H + pad) + pad, ncols·(W + pad) + pad) with "
+            "rows = ceil(N / ncols); the frame is on all four sides",
+        )
+    x = torch.rand(4, 3, 3, 3, generator=g, dtype=torch.float64).to(dev)
+    expected, before = viz.image_grid(x, ncols=2, pad=1), x.clone()
+    got = check.call(x, ncols=2, pad=1, pad_value=1.0)
+    check.close(
+        got,
+        expected,
+        "keeps dtype float64 and the device",
+        hint="build the grid with x.new_full(...) so it has x's dtype and device",
+    )
+    check.that(
+        torch.equal(x, before),
+        "leaves its input unchanged",
+        expected="x unchanged",
+        got="x was modified",
+        hint="write into a new tensor, never into x",
+    )
+    check.raises(
+        (ValueError, TypeError),
+        "raises a clear error for a 3-D input (C, H, W)",
+        torch.rand(3, 4, 4, generator=g).to(dev),
+        hint="check x.dim() == 4 first and raise ValueError naming the expected shape",
+    )

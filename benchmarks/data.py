@@ -33,9 +33,9 @@ def run() -> dict[str, float]:
     return {
         "images_per_s": round(N / draw_s),
         "judge_images_per_s": round(N / judge_s),
-        "judge_real": min(real[a] for a in attributes),
-        "judge_real_all": real["all"],
-        "judge_shuffled": min(shuffled[a] for a in attributes),
-        "judge_shuffled_all": shuffled["all"],
-        **{f"judge_shuffled_{a}": shuffled[a] for a in attributes},
+        "judge_real": round(min(real[a] for a in attributes), 4),
+        "judge_real_all": round(real["all"], 4),
+        "judge_shuffled": round(min(shuffled[a] for a in attributes), 4),
+        "judge_shuffled_all": round(shuffled["all"], 4),
+        **{f"judge_shuffled_{a}": round(shuffled[a], 4) for a in attributes},
     }

@@ -3,9 +3,20 @@
 Each checker runs a learner's function on fixed seeded inputs against the package's reference,
 then on properties (shapes, dtypes, devices, gradients, clean errors), and prints one
 `✓ Exercise N.k passed (n checks)` line or raises `ExerciseFailed` saying what went wrong.
+Chapter modules `chNN` are imported on first use, so `checks.ch01` works after
+`from mmcourse import checks`.
 """
 
-from mmcourse.checks import ch00
+import importlib
+import re
+from types import ModuleType
+
 from mmcourse.checks._core import Check, ExerciseFailed, exercise
 
-__all__ = ["Check", "ExerciseFailed", "ch00", "exercise"]
+__all__ = ["Check", "ExerciseFailed", "exercise"]
+
+
+def __getattr__(name: str) -> ModuleType:
+    if re.fullmatch(r"ch\d\d", name):
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

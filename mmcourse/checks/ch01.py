@@ -1,0 +1,590 @@
+"""Checkers of chapter 01 (vector quantization): nearest-code search, the VQ losses and forward
+pass with its straight-through gradient, codebook usage, dead-code restarts, residual VQ and FSQ.
+
+Every checker compares the candidate with `mmcourse.vq` on seeded inputs, then checks properties:
+where gradients flow (on leaf tensors, with autograd), dtype and device, batch independence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from mmcourse import vq
+from mmcourse.checks._core import Check, describe, exercise, seeded
+
+_EXPANSION = "‖z − e‖² = ‖z‖² − 2 z·e + ‖e‖²"
+_LOSSES = "codebook_loss = mean (sg(z_e) − e)², commitment_loss = β · mean (z_e − sg(e))²"
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest number of elements of any tensor an operation creates (torch's
+    dispatch-mode hook sees every operation, whatever Python code issued it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple = (), kwargs: Any = None
+    ) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                self.largest = max(self.largest, leaf.numel())
+        return out
+
+
+def _grads(loss: Any, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """∂loss/∂x for each leaf x of `inputs`; zeros where the loss does not reach x."""
+    if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
+        return [torch.zeros_like(x) for x in inputs]
+    grads = torch.autograd.grad(loss.sum(), inputs, allow_unused=True, retain_graph=True)
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+
+
+def _leaves(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    return [t.detach().clone().requires_grad_() for t in tensors]
+
+
+def _unpack(check: Check, got: Any, names: Sequence[str]) -> tuple:
+    check.that(
+        isinstance(got, (tuple, list)) and len(got) == len(names),
+        f"returns a tuple ({', '.join(names)})",
+        expected=f"a tuple of {len(names)} values",
+        got=describe(got),
+        hint=f"end with `return {', '.join(names)}`",
+    )
+    return tuple(got)
+
+
+def _rows_of(rows: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """For each row of `rows` (M, D), whether it equals some row of z (N, D): (M,) bool."""
+    return (rows[:, None, :] == z[None, :, :]).all(dim=2).any(dim=1)
+
+
+# ------------------------------------------------------------- Exercise 1.1: squared distances
+
+
+@exercise("1.1", "squared distances to every code")
+def check_squared_distances(check: Check) -> None:
+    """Exercise 1.1: squared_distances(z (N, D), codebook (K, D)) -> (N, K)."""
+    g, dev = seeded(11), check.device
+    # Against the zero codebook every distance is ‖z_i‖²: each row constant, rows different.
+    z = torch.randn(4, 3, generator=g).to(dev)  # (N, D), N = K on purpose
+    zeros = torch.zeros(4, 3, device=dev)  # (K, D)
+    check.close(
+        check.call(z, zeros),
+        vq.squared_distances(z, zeros),
+        "distances from 4 vectors to 4 zero codes: row i holds ‖z_i‖² in every column",
+        atol=1e-4,
+        hint="the result is (N, K) with row i for z_i; ‖z‖² is a column (N, 1) "
+        "(sum with keepdim=True or index [:, None]) and ‖e‖² a row (1, K), so that "
+        "broadcasting adds them to every entry of the right row and column",
+    )
+    codebook = torch.randn(5, 3, generator=g).to(dev)  # (K, D)
+    z = codebook[torch.tensor([3, 0, 4, 1, 2])]  # every z_i is a code
+    check.close(
+        check.call(z, codebook),
+        vq.squared_distances(z, codebook),
+        "vectors that are codes themselves: distance 0 to their own code",
+        atol=1e-4,
+        hint=f"{_EXPANSION}; a vector's distance to itself must be 0, so check the factor 2 "
+        "on the cross term z @ codebook.T",
+    )
+    for n, k, d, dtype in [(6, 3, 5, torch.float32), (37, 11, 8, torch.float32)]:
+        z = torch.randn(n, d, generator=g, dtype=dtype).to(dev)
+        codebook = torch.randn(k, d, generator=g, dtype=dtype).to(dev)
+        check.close(
+            check.call(z, codebook),
+            vq.squared_distances(z, codebook),
+            f"matches the broadcast ‖z_i − e_k‖² for z ({n}, {d}) and codebook ({k}, {d})",
+            atol=1e-4,
+            hint="shape (N, K) = (len(z), len(codebook)), not (K, N)",
+        )
+    z = torch.randn(7, 4, generator=g, dtype=torch.float64).to(dev)
+    codebook = torch.randn(5, 4, generator=g, dtype=torch.float64).to(dev)
+    check.close(
+        check.call(z, codebook),
+        vq.squared_distances(z, codebook),
+        "keeps dtype float64 and the device",
+        atol=1e-9,
+        hint="compute with the inputs' own tensors; don't create float32 tensors",
+    )
+    n, k, d = 64, 32, 16
+    z = torch.randn(n, d, generator=g).to(dev)
+    codebook = torch.randn(k, d, generator=g).to(dev)
+    with _LargestTensor() as spy:
+        check.call(z, codebook)
+    check.that(
+        spy.largest < n * k * d,
+        f"builds no (N, K, D) tensor of differences (N={n}, K={k}, D={d})",
+        expected=f"no intermediate tensor with {n * k * d} elements or more",
+        got=f"a tensor with {spy.largest} elements",
+        hint=f"use the expansion {_EXPANSION}: the cross term is one matrix product "
+        "z @ codebook.T, and z[:, None] − codebook[None] must not appear",
+    )
+    check.raises(
+        ValueError,
+        "raises ValueError when z has D = 3 columns and the codebook D = 4",
+        torch.randn(5, 3, generator=g).to(dev),
+        torch.randn(6, 4, generator=g).to(dev),
+        hint="compare z.shape[1] with codebook.shape[1] first and raise ValueError naming both",
+    )
+
+
+# ----------------------------------------------------------------- Exercise 1.2: the losses
+
+
+@exercise("1.2", "codebook and commitment losses")
+def check_vq_losses(check: Check) -> None:
+    """Exercise 1.2: vq_losses(z_e (N, D), e (N, D), beta) -> (codebook_loss, commitment_loss)."""
+    g, dev = seeded(12), check.device
+    z_e = torch.randn(6, 3, generator=g).to(dev)
+    codes = torch.randn(6, 3, generator=g).to(dev)
+    for beta in (0.25, 2.0):
+        expected = vq.quantize_losses(z_e, codes, beta)
+        got = _unpack(check, check.call(z_e, codes, beta), ("codebook_loss", "commitment_loss"))
+        check.close(
+            got[0],
+            expected[0],
+            f"codebook_loss with beta={beta}: the mean of (z_e − e)² over all elements, no β",
+            hint=f"β multiplies only the commitment term: {_LOSSES}",
+        )
+        check.close(
+            got[1],
+            expected[1],
+            f"commitment_loss with beta={beta}: β times the mean of (z_e − e)²",
+            hint=f"β multiplies only the commitment term: {_LOSSES}",
+        )
+    z_leaf, codes_leaf = _leaves(z_e, codes)
+    got = _unpack(check, check.call(z_leaf, codes_leaf, 0.25), ("codebook_loss", "commitment_loss"))
+    ref_z, ref_codes = _leaves(z_e, codes)
+    expected = vq.quantize_losses(ref_z, ref_codes, 0.25)
+    ref_grads = [_grads(loss, (ref_z, ref_codes)) for loss in expected]
+    grads = [_grads(loss, (z_leaf, codes_leaf)) for loss in got]
+    check.close(
+        grads[0][1],
+        ref_grads[0][1],
+        "the codebook loss gives the codes e a gradient",
+        hint="don't detach e in the codebook loss: it is what moves the codes",
+    )
+    check.close(
+        grads[0][0],
+        ref_grads[0][0],
+        "the codebook loss gives z_e no gradient: sg(z_e)",
+        hint="stop the gradient with z_e.detach() in the codebook loss; otherwise it also "
+        "drags the encoder towards the codes, which is the commitment loss's job",
+    )
+    check.close(
+        grads[1][0],
+        ref_grads[1][0],
+        "the commitment loss gives z_e a gradient, scaled by β",
+        hint="don't detach z_e in the commitment loss: it is what keeps the encoder committed",
+    )
+    check.close(
+        grads[1][1],
+        ref_grads[1][1],
+        "the commitment loss gives the codes e no gradient: sg(e)",
+        hint="stop the gradient with e.detach() in the commitment loss; otherwise β scales "
+        "the codebook's update too",
+    )
+    z64, codes64 = z_e.double(), codes.double()
+    got = _unpack(check, check.call(z64, codes64, 0.25), ("codebook_loss", "commitment_loss"))
+    check.close(
+        got[1],
+        vq.quantize_losses(z64, codes64, 0.25)[1],
+        "keeps dtype float64 and the device",
+        atol=1e-9,
+    )
+
+
+# --------------------------------------------------------------- Exercise 1.3: forward pass
+
+
+def _vq_forward(z_e: torch.Tensor, codebook: torch.Tensor, beta: float) -> tuple:
+    """The reference of Exercise 1.3, built from mmcourse.vq."""
+    tokens = vq.nearest_code(z_e.detach(), codebook.detach())  # (N,)
+    codes = codebook[tokens]  # (N, D)
+    codebook_loss, commitment_loss = vq.quantize_losses(z_e, codes, beta)
+    return vq.straight_through(z_e, codes), tokens, codebook_loss, commitment_loss
+
+
+_FORWARD = ("z_q", "tokens", "codebook_loss", "commitment_loss")
+_ORDER_HINT = (
+    "compute both losses from the codes e = codebook[tokens] before the straight-through "
+    "step; after z_q = z_e + sg(e − z_e), z_q's gradient goes to z_e, not to the codebook"
+)
+
+
+@exercise("1.3", "the VQ layer's forward pass")
+def check_vq_forward(check: Check) -> None:
+    """Exercise 1.3: vq_forward(z_e (N, D), codebook (K, D), beta) -> (z_q, tokens,
+    codebook_loss, commitment_loss)."""
+    g, dev = seeded(13), check.device
+    for n, k in [(8, 8), (10, 6)]:  # N = K first: a transposed distance matrix still fits
+        z_e = torch.randn(n, 4, generator=g).to(dev)
+        codebook = torch.randn(k, 4, generator=g).to(dev)
+        expected = _vq_forward(z_e, codebook, 0.25)
+        got = _unpack(check, check.call(z_e, codebook, 0.25), _FORWARD)
+        check.equal(
+            got[1],
+            expected[1],
+            f"tokens (N,) long for N={n} vectors and K={k} codes: the nearest code of each row",
+            hint=f"tokens = argmin over the codes (dim=1) of the (N, K) distances {_EXPANSION}; "
+            "‖z‖² is a column (N, 1), ‖e‖² a row (1, K)",
+        )
+        check.close(
+            got[0],
+            expected[0],
+            f"z_q holds the chosen codes codebook[tokens] (N={n}, K={k})",
+            hint="z_q has the value of e = codebook[tokens] (then straight-through)",
+        )
+        for index, name in ((2, "codebook_loss"), (3, "commitment_loss")):
+            check.close(
+                got[index],
+                expected[index],
+                f"{name} (N={n}, K={k})",
+                hint=f"{_LOSSES}, with β on the commitment term only",
+            )
+    z_e = torch.randn(12, 4, generator=g).to(dev)
+    codebook = torch.randn(6, 4, generator=g).to(dev)
+    upstream = torch.randn(12, 4, generator=g).to(dev)  # ∂L/∂z_q from a pretend decoder
+    z_leaf, cb_leaf = _leaves(z_e, codebook)
+    got = _unpack(check, check.call(z_leaf, cb_leaf, 0.25), _FORWARD)
+    ref_z, ref_cb = _leaves(z_e, codebook)
+    expected = _vq_forward(ref_z, ref_cb, 0.25)
+    downstream = [
+        _grads((got[0] * upstream).sum(), (z_leaf, cb_leaf)),
+        _grads((expected[0] * upstream).sum(), (ref_z, ref_cb)),
+    ]
+    check.close(
+        downstream[0][0],
+        downstream[1][0],
+        "straight-through: the decoder's gradient at z_q reaches z_e unchanged",
+        hint="return z_q = z_e + (e − z_e).detach(): the value of e, the gradient of z_e; "
+        "returning e itself leaves the encoder without any gradient",
+    )
+    check.close(
+        downstream[0][1],
+        downstream[1][1],
+        "the decoder's gradient at z_q does not reach the codebook",
+        hint="in z_q = z_e + sg(e − z_e) the whole difference is detached",
+    )
+    losses = [_grads(got[i], (z_leaf, cb_leaf)) for i in (2, 3)]
+    ref_losses = [_grads(expected[i], (ref_z, ref_cb)) for i in (2, 3)]
+    check.close(
+        losses[0][1],
+        ref_losses[0][1],
+        "the codebook loss gives the codebook its gradient",
+        hint=_ORDER_HINT,
+    )
+    check.close(
+        losses[0][0], ref_losses[0][0], "the codebook loss gives z_e no gradient", hint=_ORDER_HINT
+    )
+    check.close(
+        losses[1][0],
+        ref_losses[1][0],
+        "the commitment loss gives z_e its gradient (β = 0.25)",
+        hint=f"{_LOSSES}; {_ORDER_HINT}",
+    )
+    check.close(
+        losses[1][1],
+        ref_losses[1][1],
+        "the commitment loss gives the codebook no gradient",
+        hint="detach the codes in the commitment loss: β‖z_e − sg(e)‖²",
+    )
+    part = _unpack(check, check.call(z_e[:5], codebook, 0.25), _FORWARD)
+    whole = _unpack(check, check.call(z_e, codebook, 0.25), _FORWARD)
+    check.equal(
+        part[1],
+        whole[1][:5],
+        "each row is quantized on its own: the first 5 rows alone get the same tokens",
+        hint="a row's token depends only on that row and the codebook",
+    )
+    z64, cb64 = z_e.double(), codebook.double()
+    got = _unpack(check, check.call(z64, cb64, 0.25), _FORWARD)
+    check.close(
+        got[0],
+        _vq_forward(z64, cb64, 0.25)[0],
+        "keeps dtype float64 and the device for z_q",
+        atol=1e-9,
+    )
+
+
+# ----------------------------------------------------------- Exercise 1.4: codebook health
+
+
+@exercise("1.4", "codebook usage and perplexity")
+def check_codebook_usage(check: Check) -> None:
+    """Exercise 1.4: codebook_usage(tokens (...) long, num_codes) -> (usage, perplexity)."""
+    g, dev = seeded(14), check.device
+    cases = [
+        (torch.full((10,), 2), 4, "one code used 10 times of K=4"),
+        (torch.arange(8), 8, "each of K=8 codes used once"),
+        (torch.tensor([0, 0, 1, 3]), 6, "codes 0, 0, 1, 3 of K=6 (codes 2, 4, 5 unused)"),
+        (torch.randint(16, (2, 5, 5), generator=g), 16, "a (2, 5, 5) token map, K=16"),
+        (torch.randint(3, (50,), generator=g) * 7, 32, "50 tokens among codes 0, 7, 14 of K=32"),
+    ]
+    for tokens, k, what in cases:
+        tokens = tokens.to(dev)
+        got = _unpack(check, check.call(tokens, k), ("usage", "perplexity"))
+        usage, ppl = vq.code_usage(tokens, k), vq.perplexity(tokens, k)
+        check.that(
+            math.isclose(float(got[0]), usage, rel_tol=1e-5),
+            f"usage for {what}",
+            expected=f"{usage:.6g}, the fraction of the K codes used at least once",
+            got=f"{float(got[0]):.6g}",
+            hint="count every code with torch.bincount(tokens.flatten(), minlength=num_codes) "
+            "(minlength, or unused codes at the end are missing), then usage = (counts > 0) "
+            "averaged over the K codes, not over the tokens",
+        )
+        check.that(
+            math.isclose(float(got[1]), ppl, rel_tol=1e-4),
+            f"perplexity for {what}",
+            expected=f"{ppl:.6g} = exp(−Σ_k p_k log p_k)",
+            got=f"{float(got[1]):.6g}",
+            hint="p = counts / counts.sum(); an unused code has p log p = 0 (0·log 0 gives nan "
+            "in torch: use torch.special.xlogy(p, p) or keep only p > 0); perplexity is "
+            "exp of the entropy, between 1 and K",
+        )
+
+
+# -------------------------------------------------------- Exercise 1.5: restarting dead codes
+
+
+def _check_restart(
+    check: Check,
+    codebook: torch.Tensor,
+    counts: torch.Tensor,
+    z: torch.Tensor,
+    threshold: float,
+    what: str,
+) -> torch.Tensor:
+    """Run the candidate once and check which codes moved and where to; returns its result."""
+    before = codebook.clone()
+    got = check.call(codebook, counts, z, threshold, generator=seeded(0))
+    check.that(
+        isinstance(got, torch.Tensor)
+        and got.shape == codebook.shape
+        and got.dtype == codebook.dtype
+        and got.device == codebook.device,
+        f"returns a new codebook like the old one ({what})",
+        expected=describe(codebook),
+        got=describe(got),
+        hint="return the codebook (K, D), with the input's dtype and device",
+    )
+    check.that(
+        torch.equal(codebook, before),
+        f"leaves the input codebook unchanged ({what})",
+        expected="the input unchanged",
+        got="the input codebook was modified",
+        hint="work on codebook.clone() and return it",
+    )
+    dead = counts < threshold  # (K,)
+    live = (got[~dead] == before[~dead]).all(dim=1)
+    check.that(
+        bool(live.all()),
+        f"keeps every code with count ≥ threshold={threshold} as it was ({what})",
+        expected=f"codes {(~dead).nonzero().flatten().tolist()} unchanged",
+        got=f"codes {(~dead).nonzero().flatten()[~live].tolist()} changed",
+        hint="a code is dead when counts[k] < threshold (strictly below); only those move",
+    )
+    revived = got[dead]  # (n_dead, D)
+    on_data = _rows_of(revived, z)
+    check.that(
+        bool(on_data.all()),
+        f"moves every dead code onto a vector of z ({what})",
+        expected=f"codes {dead.nonzero().flatten().tolist()} each equal to some row of z",
+        got=f"{int((~on_data).sum())} of {len(revived)} are not rows of z",
+        hint="codebook[k] = z[i] for a random row i: a revived code sits on real data, so it "
+        "wins that vector at once (random noise could land anywhere, and die again)",
+    )
+    return got
+
+
+@exercise("1.5", "restart dead codes")
+def check_restart_dead_codes(check: Check) -> None:
+    """Exercise 1.5: restart_dead_codes(codebook (K, D), counts (K,), z (N, D), threshold,
+    generator) -> new codebook (K, D)."""
+    g, dev = seeded(15), check.device
+    codebook = torch.randn(6, 3, generator=g).to(dev)
+    z = torch.randn(10, 3, generator=g).to(dev) + 5
+    counts = torch.tensor([5, 0, 3, 0, 0, 1], device=dev)
+    got = _check_restart(check, codebook, counts, z, 1.0, "counts [5, 0, 3, 0, 0, 1]")
+    revived = got[counts < 1]  # (3, D)
+    distinct = len(torch.unique(revived, dim=0))
+    check.that(
+        distinct == len(revived),
+        "gives different dead codes different rows of z",
+        expected=f"{len(revived)} distinct vectors",
+        got=f"{distinct} distinct",
+        hint="draw distinct rows, e.g. torch.randperm(len(z), generator=generator)[:n_dead]; "
+        "codes restarted on the same vector compete for it and all but one die again",
+    )
+    thresholded = torch.tensor([3, 1, 2, 0], device=dev)
+    _check_restart(check, codebook[:4], thresholded, z, 2.0, "counts [3, 1, 2, 0], threshold 2")
+    few = torch.randn(2, 3, generator=g).to(dev)
+    _check_restart(check, codebook[:4], torch.zeros(4, device=dev), few, 1.0, "4 dead, 2 rows")
+    same = [check.call(codebook, counts, z, 1.0, generator=seeded(7)) for _ in range(2)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(123)
+        other_global = check.call(codebook, counts, z, 1.0, generator=seeded(7))
+    check.that(
+        torch.equal(same[0], same[1]) and torch.equal(same[0], other_global),
+        "draws its random rows from `generator` only: the same seed gives the same codebook",
+        expected="identical codebooks for generators with the same seed",
+        got="different codebooks",
+        hint="pass generator=generator to torch.randperm / torch.randint (on the CPU, then "
+        "move the indices to z.device); don't use the global random state",
+    )
+    alive = torch.ones(6, device=dev)
+    check.equal(
+        check.call(codebook, alive, z, 1.0, generator=seeded(0)),
+        codebook,
+        "changes nothing when no code is dead",
+    )
+    z64, cb64 = z.double(), codebook.double()
+    _check_restart(check, cb64, counts, z64, 1.0, "float64")
+
+
+# ------------------------------------------------------------------ Exercise 1.6: residual VQ
+
+
+def _rvq_reference(z: torch.Tensor, codebooks: Sequence[torch.Tensor]) -> tuple:
+    """tokens (N, S) and z_q (N, D) of `vq.ResidualVQ` with these codebooks."""
+    k, d = codebooks[0].shape
+    rvq = vq.ResidualVQ(k, d, num_stages=len(codebooks)).to(device=z.device, dtype=z.dtype)
+    with torch.no_grad():
+        for stage, codebook in zip(rvq.stages, codebooks):
+            stage.codebook.copy_(codebook)
+        out = rvq.eval()(z)
+    return out.tokens, out.z_q.detach()
+
+
+def _stage_codebooks(g: torch.Generator, stages: int, k: int, d: int) -> list[torch.Tensor]:
+    """Codebooks with shrinking scales, each holding the zero vector, so no stage can hurt."""
+    books = [torch.randn(k, d, generator=g) * 0.5**s for s in range(stages)]
+    for book in books:
+        book[0] = 0
+    return books
+
+
+@exercise("1.6", "residual VQ encoding")
+def check_rvq_encode(check: Check) -> None:
+    """Exercise 1.6: rvq_encode(z (N, D), codebooks [(K, D)] * S) -> (tokens (N, S), z_q)."""
+    g, dev = seeded(16), check.device
+    z = torch.randn(20, 3, generator=g).to(dev)
+    books = [b.to(dev) for b in _stage_codebooks(g, 3, 8, 3)]
+    tokens, z_q = _unpack(check, check.call(z, books[:1]), ("tokens", "z_q"))
+    check.equal(
+        tokens,
+        vq.nearest_code(z, books[0])[:, None],
+        "one stage is plain VQ: tokens (N, 1) are the nearest codes",
+        hint="tokens has shape (N, S), one column per stage; torch.stack(per_stage, dim=1)",
+    )
+    expected_tokens, expected_z_q = _rvq_reference(z, books)
+    tokens, z_q = _unpack(check, check.call(z, books), ("tokens", "z_q"))
+    check.equal(
+        tokens,
+        expected_tokens,
+        "three stages: stage s quantizes the residual r_s = z − (codes of stages < s)",
+        hint="r_0 = z; k_s = nearest code of r_s in codebooks[s]; r_{s+1} = r_s − e_{k_s} "
+        "(subtract, and quantize the residual, not z)",
+    )
+    check.close(
+        z_q,
+        expected_z_q,
+        "z_q is the sum of the codes of all stages",
+        hint="z_q = Σ_s codebooks[s][tokens[:, s]], which equals z − (last residual)",
+    )
+    errors = []
+    for s in range(1, len(books) + 1):
+        _, partial = _unpack(check, check.call(z, books[:s]), ("tokens", "z_q"))
+        errors.append((z - partial).pow(2).mean().item())
+    check.that(
+        all(b <= a + 1e-6 for a, b in zip(errors, errors[1:])),
+        "the error ‖z − z_q‖² never grows with another stage (each codebook holds 0)",
+        expected="a non-increasing error per stage",
+        got="errors " + ", ".join(f"{e:.4f}" for e in errors),
+        hint="each stage must quantize what the stages before left over",
+    )
+    part = _unpack(check, check.call(z[:7], books), ("tokens", "z_q"))
+    check.equal(
+        part[0],
+        expected_tokens[:7],
+        "each row is encoded on its own: the first 7 rows alone get the same tokens",
+    )
+    z64, books64 = z.double(), [b.double() for b in books]
+    _, z_q = _unpack(check, check.call(z64, books64), ("tokens", "z_q"))
+    check.close(z_q, _rvq_reference(z64, books64)[1], "keeps dtype float64 and the device")
+
+
+# -------------------------------------------------------------------------- Exercise 1.7: FSQ
+
+
+@exercise("1.7", "finite scalar quantization")
+def check_fsq_quantize(check: Check) -> None:
+    """Exercise 1.7: fsq_quantize(z (..., D), levels (D ints)) -> z_q (..., D) on the grid."""
+    g, dev = seeded(17), check.device
+    for levels, shape in [((5, 5), (64, 2)), ((8, 5, 5, 5), (3, 10, 4)), ((2, 3, 4), (40, 3))]:
+        z = (torch.randn(*shape, generator=g) * 2).to(dev)
+        got = check.call(z, levels)
+        fsq = vq.FSQ(levels)
+        check.close(
+            got,
+            fsq.quantize(z),
+            f"values for levels {levels} on z of shape {shape}",
+            atol=1e-6,
+            hint="b = tanh(z + s)·h − o with h = (L − 1)(1 + ε)/2, o = ½ for even L (else 0), "
+            "s = atanh(o / h); then round b and divide by ⌊L/2⌋, channel by channel",
+        )
+    huge = torch.tensor([[-100.0, -100.0], [100.0, 100.0]], device=dev)
+    check.close(
+        check.call(huge, (5, 8)),
+        vq.FSQ((5, 8)).quantize(huge),
+        "saturates: z = ±100 maps to the outermost levels (−1, −1) and (1, ¾) for levels (5, 8)",
+        atol=1e-6,
+        hint="bound z with tanh before rounding, so every channel stays within its L levels",
+    )
+    z = (torch.randn(16, 3, generator=g) * 2).to(dev)
+    upstream = torch.randn(16, 3, generator=g).to(dev)
+    (leaf,), (ref_leaf,) = _leaves(z), _leaves(z)
+    got = check.call(leaf, (7, 4, 3))
+    check.that(
+        isinstance(got, torch.Tensor) and got.requires_grad,
+        "the output carries a gradient back to z",
+        expected="z_q.requires_grad is True",
+        got="no gradient" if isinstance(got, torch.Tensor) else describe(got),
+        hint="rounding has zero gradient: round straight-through, b + (b.round() − b).detach()",
+    )
+    check.close(
+        _grads((got * upstream).sum(), [leaf])[0],
+        _grads((vq.FSQ((7, 4, 3)).quantize(ref_leaf) * upstream).sum(), [ref_leaf])[0],
+        "gradient: straight through the rounding, through tanh and the scaling",
+        hint="the straight-through step goes on the bounded value b, b + sg(round(b) − b), so "
+        "the gradient still carries tanh's slope and the 1/⌊L/2⌋ scale",
+    )
+    z64 = z.double()
+    check.close(
+        check.call(z64, (7, 4, 3)),
+        vq.FSQ((7, 4, 3)).quantize(z64),
+        "keeps dtype float64 and the device",
+        atol=1e-9,
+        hint="build per-channel constants with z.new_tensor(levels)",
+    )
+    check.raises(
+        ValueError,
+        "raises ValueError when z has 3 channels but levels has 2",
+        z,
+        (5, 5),
+        hint="compare z.shape[-1] with len(levels) first and raise ValueError naming both",
+    )

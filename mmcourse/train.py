@@ -1,6 +1,7 @@
 """Rebuild the weights that ship under data/ from their seeds.
 
-python -m mmcourse.train judge   # data/judge.pt, the Shapes judge (3–4 minutes on a 2-core CPU)
+python -m mmcourse.train judge       # data/judge.pt, the Shapes judge (3–4 minutes on a 2-core CPU)
+python -m mmcourse.train tokenizer   # data/tokenizer.pt, the image tokenizer (2–3 minutes)
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import time
 
 import torch
 
-from mmcourse import checkpoints, judge
+from mmcourse import checkpoints, judge, tokenizer
 from mmcourse.data import ShapesDataset
 
 
@@ -27,7 +28,21 @@ def _train_judge(seed: int) -> None:
     )
 
 
-TARGETS = {"judge": _train_judge}
+def _train_tokenizer(seed: int) -> None:
+    start = time.perf_counter()
+    model = tokenizer.train_tokenizer(seed=seed, device="cpu").model
+    checkpoints.save(
+        tokenizer.PATH, model.state_dict(), config=model.config, command=tokenizer.COMMAND
+    )
+    took = time.perf_counter() - start
+    scores = tokenizer.evaluate(model, ShapesDataset(n=2_000, seed=1).images)
+    print(
+        f"wrote {tokenizer.PATH.name} in {took:.0f} s; held-out "
+        + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+    )
+
+
+TARGETS = {"judge": _train_judge, "tokenizer": _train_tokenizer}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,194 @@
+"""Checkers of chapter 02 (image tokenizer): the residual block, latents → tokens, and PSNR."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmcourse import tokenizer, vq
+from mmcourse.checks._core import Check, describe, exercise, seeded
+
+_BLOCK_LAYOUT = (
+    "self.block = nn.Sequential(GroupNorm, SiLU, Conv2d 3×3, GroupNorm, SiLU, Conv2d 3×3) and "
+    "forward returning x + self.block(x)"
+)
+
+
+@exercise("2.1", "a residual block")
+def check_res_block(check: Check) -> None:
+    """Exercise 2.1: ResBlock(channels, groups) is an nn.Module mapping (B, C, H, W) to itself."""
+    g = seeded(21)
+    dev = check.device
+    for channels, groups in [(16, 4), (24, 8), (8, 8)]:
+        with torch.random.fork_rng(devices=[]):  # seeded weights, the learner's RNG untouched
+            torch.manual_seed(channels)
+            reference = tokenizer.ResBlock(channels, groups).to(dev)
+        block = check.call(channels, groups)
+        check.that(
+            isinstance(block, nn.Module),
+            f"ResBlock({channels}, {groups}) builds an nn.Module",
+            expected="an nn.Module",
+            got=type(block).__name__,
+            hint="subclass nn.Module and call super().__init__() first",
+        )
+        mine, theirs = reference.state_dict(), block.state_dict()
+        layout = {k: tuple(v.shape) for k, v in mine.items()}
+        got_layout = {k: tuple(v.shape) for k, v in theirs.items()}
+        check.that(
+            layout == got_layout,
+            f"ResBlock({channels}, {groups}) has the layers of the docstring",
+            expected=f"parameters {layout}",
+            got=f"parameters {got_layout}",
+            hint=f"build {_BLOCK_LAYOUT}; nn.GroupNorm takes (num_groups, num_channels) in "
+            "that order",
+        )
+        block.load_state_dict(mine)  # the same weights, so the outputs must agree
+        block.to(dev)
+        x = torch.randn(2, channels, 6, 5, generator=g).to(dev)
+        got, expected = _forward(check, block, x), reference(x)
+        check.that(
+            isinstance(got, torch.Tensor) and got.shape == x.shape,
+            f"ResBlock({channels}, {groups}) keeps the shape {tuple(x.shape)}",
+            expected=f"shape {tuple(x.shape)}",
+            got=describe(got),
+            hint="padding=1 in every 3×3 convolution keeps H and W; the skip needs equal shapes",
+        )
+        check.that(
+            not torch.allclose(got, expected - x, atol=1e-5),
+            f"ResBlock({channels}, {groups}) keeps the skip connection",
+            expected="x + block(x)",
+            got="block(x) alone",
+            hint="return x + self.block(x): the skip path carries x, and its gradient, through",
+        )
+        check.close(
+            got,
+            expected,
+            f"ResBlock({channels}, {groups}) with the reference's weights gives its output",
+            atol=1e-5,
+            hint="normalise before each convolution, SiLU (not ReLU) after each GroupNorm",
+        )
+    error = check.raises(
+        ValueError,
+        "ResBlock(36, 8) raises ValueError: 8 groups cannot split 36 channels",
+        36,
+        8,
+        hint="check channels % groups before building the layers",
+    )
+    check.that(
+        "36" in str(error) and "8" in str(error),
+        "the error for ResBlock(36, 8) names both numbers",
+        expected="a message naming channels=36 and groups=8",
+        got=repr(str(error)),
+        hint="e.g. raise ValueError(f'groups ({groups}) must divide channels ({channels})')",
+    )
+
+
+@exercise("2.2", "latents to tokens")
+def check_to_tokens(check: Check) -> None:
+    """Exercise 2.2: to_tokens(z_e (B, D, h, w), codebook (K, D)) -> tokens (B, h, w) long."""
+    g = seeded(23)
+    dev = check.device
+    hint = (
+        "move channels last first: z_e.permute(0, 2, 3, 1) is (B, h, w, D), whose rows are "
+        "the vectors; reshape to (B·h·w, D), take the nearest code, reshape to (B, h, w)"
+    )
+    for b, d, h, w, k in [(2, 4, 3, 5, 16), (3, 8, 4, 4, 64), (1, 2, 2, 7, 5)]:
+        codebook = torch.randn(k, d, generator=g).to(dev)
+        # Latents near codes, so every token is unambiguous.
+        picks = torch.randint(k, (b, h, w), generator=g).to(dev)
+        noise = 0.01 * torch.randn(b, d, h, w, generator=g).to(dev)
+        z_e = codebook[picks].permute(0, 3, 1, 2) + noise  # (B, D, h, w)
+        got = check.call(z_e.clone(), codebook.clone())
+        check.that(
+            isinstance(got, torch.Tensor) and got.dtype == torch.long,
+            "returns tokens as a long tensor",
+            expected="a tensor of dtype torch.int64",
+            got=describe(got),
+            hint="argmin returns torch.long indices; don't convert them to float or int32",
+        )
+        expected = _tokens(z_e, codebook)
+        check.equal(
+            got,
+            expected,
+            f"tokens of z_e {(b, d, h, w)} with a codebook of {k} codes",
+            hint=hint + "; nearest means the smallest squared distance (argmin)",
+        )
+    z_e = torch.randn(2, 4, 3, 3, generator=g).to(dev)
+    codebook = torch.randn(10, 4, generator=g).to(dev)
+    before = z_e.clone(), codebook.clone()
+    check.call(z_e, codebook)
+    check.that(
+        torch.equal(z_e, before[0]) and torch.equal(codebook, before[1]),
+        "leaves z_e and the codebook unchanged",
+        expected="inputs unchanged",
+        got="an input was modified in place",
+        hint="permute/reshape create views; don't write into them",
+    )
+
+
+@exercise("2.3", "PSNR per image")
+def check_psnr(check: Check) -> None:
+    """Exercise 2.3: psnr(x, y, max_value=1.0) -> (B,) dB, one value per image."""
+    g = seeded(22)
+    dev = check.device
+    x = torch.rand(4, 3, 8, 8, generator=g).to(dev)
+    # Errors of very different sizes per image, so averaging in the wrong place shows.
+    scale = torch.tensor([0.3, 0.1, 0.03, 0.01]).view(4, 1, 1, 1).to(dev)
+    y = x + scale * torch.randn(4, 3, 8, 8, generator=g).to(dev)
+    hint = "10 · log10(max_value² / MSE) with the MSE of each image (mean over C, H and W)"
+    got = check.call(x, y)
+    check.close(
+        got,
+        tokenizer.psnr(x, y),
+        "one PSNR per image for 4 images with different errors",
+        atol=1e-3,
+        hint=hint + "; average over images only afterwards, outside this function",
+    )
+    ramp = torch.linspace(0, 1, 48).view(1, 3, 4, 4).to(dev)
+    noisy = ramp + 0.1 * torch.ones_like(ramp)  # MSE = 0.01 exactly: 20 dB at max_value 1
+    check.close(
+        check.call(ramp, noisy),
+        torch.tensor([20.0], device=dev),
+        "an error of 0.1 on every pixel of [0, 1] images is 20 dB",
+        atol=1e-3,
+        hint=hint + "; with pixels in [0, 1] the peak is 1, not 255",
+    )
+    check.close(
+        check.call(ramp * 255, noisy * 255, max_value=255.0),
+        torch.tensor([20.0], device=dev),
+        "max_value=255 on the same images scaled to [0, 255] is still 20 dB",
+        atol=1e-3,
+        hint="use max_value² in the numerator, not a fixed 1",
+    )
+    same = check.call(x, x.clone())
+    check.close(
+        same,
+        torch.full((4,), 100.0, device=dev),
+        "identical images give 100 dB (MSE floored at 1e-10), not inf",
+        atol=1e-3,
+        hint="mse.clamp_min(1e-10) before dividing",
+    )
+    x64, y64 = x.double(), y.double()
+    check.close(
+        check.call(x64, y64),
+        tokenizer.psnr(x64, y64),
+        "keeps dtype float64 and the device",
+        atol=1e-6,
+        hint="compute with tensor operations on x and y, no Python floats or numpy",
+    )
+
+
+def _forward(check: Check, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """block(x) run like a candidate: a crash or a stub becomes a readable failure."""
+    candidate, check.candidate = check.candidate, block
+    try:
+        return check.call(x)
+    finally:
+        check.candidate = candidate
+
+
+def _tokens(z_e: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """The reference: (B, D, h, w), (K, D) → (B, h, w)."""
+    b, d, h, w = z_e.shape
+    rows = z_e.detach().permute(0, 2, 3, 1).reshape(-1, d)  # (B·h·w, D)
+    return vq.nearest_code(rows, codebook).view(b, h, w)

@@ -1,0 +1,431 @@
+"""The image tokenizer: a VQ-VAE that turns a 32×32 image into 8×8 = 64 tokens (chapter 02).
+
+    x (B, 3, 32, 32) ─ Encoder ─▶ z_e (B, D, 8, 8) ─ VectorQuantizer ─▶ tokens (B, 8, 8)
+                                                   z_q (B, D, 8, 8) ─ Decoder ─▶ x̂ (B, 3, 32, 32)
+
+The encoder downsamples ×4 with strided convolutions and residual blocks; every vector of z_e is
+replaced by its nearest codebook entry (`mmcourse.vq`); the decoder upsamples back. Training
+minimises (van den Oord et al. 2017)
+
+    L = ‖x − x̂‖² + β‖z_e − sg(e)‖²
+
+with an EMA codebook (so no codebook loss), a k-means initialisation of the codebook on the first
+batch's encoder outputs, and restarts of dead codes while training, which keep most codes in use.
+Part of each batch is recoloured or replaced by random smooth blobs, so the vocabulary also covers
+images unlike Shapes (it then reconstructs real digits too).
+
+The trained tokenizer ships in data/tokenizer.pt (0.8 MB), rebuilt from its seed by
+`python -m mmcourse.train tokenizer` (2–3 minutes on a 2-core CPU, up to 3× more when the machine
+is busy); later chapters load it with `load_tokenizer()`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from mmcourse import _validate, checkpoints
+from mmcourse.data import ShapesDataset
+from mmcourse.env import device as default_device
+from mmcourse.vq import VectorQuantizer, code_usage, nearest_code, perplexity
+
+__all__ = [
+    "COMMAND",
+    "PATH",
+    "Decoder",
+    "Encoder",
+    "ResBlock",
+    "TrainResult",
+    "VQVAE",
+    "VQVAEOutput",
+    "compression_ratio",
+    "evaluate",
+    "group_norm",
+    "load_tokenizer",
+    "psnr",
+    "train_tokenizer",
+]
+
+PATH = checkpoints.DATA_DIR / "tokenizer.pt"
+COMMAND = "python -m mmcourse.train tokenizer"
+DOWNSAMPLE = 4  # 32×32 pixels → 8×8 tokens
+TRAIN_STEPS = 2000  # the shipped checkpoint's run
+
+
+# ---------------------------------------------------------------------------- building blocks
+
+
+def group_norm(channels: int, groups: int) -> nn.GroupNorm:
+    """GroupNorm over `channels` in `groups` groups; groups must divide channels."""
+    _validate.positive_int("channels", channels)
+    _validate.positive_int("groups", groups)
+    if channels % groups:
+        raise ValueError(
+            f"groups must divide channels: GroupNorm cannot split {channels} channels into "
+            f"{groups} groups (try groups={math.gcd(channels, groups)})"
+        )
+    return nn.GroupNorm(groups, channels)
+
+
+class ResBlock(nn.Module):
+    """x + F(x) with F = conv3×3 ∘ SiLU ∘ GroupNorm, twice. Keeps the shape (B, C, H, W).
+
+    The skip path lets the gradient reach early layers unchanged, so a deep stack trains as
+    easily as a shallow one (He et al. 2016); normalising before each convolution
+    ("pre-activation") keeps that path an exact identity.
+    """
+
+    def __init__(self, channels: int, groups: int = 8):
+        super().__init__()
+        self.block = nn.Sequential(
+            group_norm(channels, groups),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            group_norm(channels, groups),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)  # (B, C, H, W)
+
+
+class Encoder(nn.Module):
+    """x (B, 3, H, W) in [0, 1] → z_e (B, code_dim, H/4, W/4)."""
+
+    def __init__(self, channels: int = 32, code_dim: int = 16, groups: int = 8):
+        super().__init__()
+        c = channels
+        self.net = nn.Sequential(
+            nn.Conv2d(3, c, 3, padding=1),  # (B, C, H, W)
+            nn.Conv2d(c, c, 4, stride=2, padding=1),  # (B, C, H/2, W/2)
+            ResBlock(c, groups),
+            nn.Conv2d(c, c, 4, stride=2, padding=1),  # (B, C, H/4, W/4)
+            ResBlock(c, groups),
+            ResBlock(c, groups),
+            group_norm(c, groups),
+            nn.SiLU(),
+            nn.Conv2d(c, code_dim, 1),  # (B, D, H/4, W/4)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x * 2 - 1)  # centre the pixels around 0
+
+
+class Decoder(nn.Module):
+    """z_q (B, code_dim, h, w) → x̂ (B, 3, 4h, 4w), unbounded (clamp to [0, 1] to show it)."""
+
+    def __init__(self, channels: int = 32, code_dim: int = 16, groups: int = 8):
+        super().__init__()
+        c = channels
+        self.net = nn.Sequential(
+            nn.Conv2d(code_dim, c, 3, padding=1),  # (B, C, h, w)
+            ResBlock(c, groups),
+            ResBlock(c, groups),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(c, c, 3, padding=1),  # (B, C, 2h, 2w)
+            ResBlock(c, groups),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(c, c, 3, padding=1),  # (B, C, 4h, 4w)
+            group_norm(c, groups),
+            nn.SiLU(),
+            nn.Conv2d(c, 3, 3, padding=1),  # (B, 3, 4h, 4w)
+        )
+
+    def forward(self, z_q: torch.Tensor) -> torch.Tensor:
+        return self.net(z_q)
+
+
+# ----------------------------------------------------------------------------------- the VQ-VAE
+
+
+class VQVAEOutput(NamedTuple):
+    """What `VQVAE.forward` returns."""
+
+    x_hat: torch.Tensor  # (B, 3, H, W) reconstruction, unclamped
+    tokens: torch.Tensor  # (B, H/4, W/4) long
+    loss: torch.Tensor  # recon_loss + vq_loss, scalar
+    recon_loss: torch.Tensor  # ‖x − x̂‖², mean over pixels
+    vq_loss: torch.Tensor  # β‖z_e − sg(e)‖² (+ the codebook term without EMA)
+    perplexity: torch.Tensor  # of this batch's codes, no gradient
+
+
+class VQVAE(nn.Module):
+    """Encoder → VectorQuantizer (K = num_codes codes of dimension code_dim) → Decoder.
+
+    `encode` maps images to tokens, `decode` tokens to images; `forward` runs both with the
+    straight-through estimator and returns the losses for training.
+    """
+
+    def __init__(
+        self,
+        channels: int = 32,
+        num_codes: int = 512,
+        code_dim: int = 16,
+        groups: int = 8,
+        beta: float = 0.25,
+        ema: bool = True,
+    ):
+        super().__init__()
+        _validate.positive_int("channels", channels)
+        _validate.positive_int("groups", groups)
+        self.config = {
+            "channels": channels,
+            "num_codes": num_codes,
+            "code_dim": code_dim,
+            "groups": groups,
+            "beta": beta,
+            "ema": ema,
+        }
+        self.encoder = Encoder(channels, code_dim, groups)
+        self.quantizer = VectorQuantizer(num_codes, code_dim, beta=beta, ema=ema)
+        self.decoder = Decoder(channels, code_dim, groups)
+
+    @property
+    def num_codes(self) -> int:
+        return self.quantizer.num_codes
+
+    def forward(self, x: torch.Tensor) -> VQVAEOutput:
+        """x (B, 3, H, W) in [0, 1], H and W multiples of 4."""
+        z_e = self.encoder(_check_images(x))  # (B, D, h, w)
+        vq = self.quantizer(z_e)  # z_q (B, D, h, w), tokens (B, h, w)
+        x_hat = self.decoder(vq.z_q)  # (B, 3, H, W)
+        recon_loss = F.mse_loss(x_hat, x)
+        return VQVAEOutput(
+            x_hat=x_hat,
+            tokens=vq.tokens,
+            loss=recon_loss + vq.loss,
+            recon_loss=recon_loss,
+            vq_loss=vq.loss,
+            perplexity=vq.perplexity,
+        )
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images x (B, 3, H, W) in [0, 1] → tokens (B, H/4, W/4) long. Never moves the codebook,
+        even in training mode."""
+        z_e = self.encoder(_check_images(x))  # (B, D, h, w)
+        b, d, h, w = z_e.shape
+        rows = z_e.permute(0, 2, 3, 1).reshape(-1, d)  # (B·h·w, D): channels last, then rows
+        return nearest_code(rows, self.quantizer.codebook).view(b, h, w)
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, h, w) long in [0, K) → images (B, 3, 4h, 4w) in [0, 1]."""
+        tokens = _validate.tensor("tokens", tokens, shape=("B", "h", "w"), dtype=torch.long)
+        return self.decoder(self.quantizer.decode(tokens)).clamp(0, 1)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """decode(encode(x)): x (B, 3, H, W) → (B, 3, H, W) in [0, 1]."""
+        return self.decode(self.encode(x))
+
+
+def _check_images(x: object) -> torch.Tensor:
+    x = _validate.tensor("x", x, shape=("B", 3, "H", "W"), floating=True, value_range=(0, 1))
+    if x.shape[-2] % DOWNSAMPLE or x.shape[-1] % DOWNSAMPLE:
+        raise ValueError(
+            f"x must have height and width divisible by {DOWNSAMPLE} (the encoder halves them "
+            f"twice), got shape {tuple(x.shape)}"
+        )
+    return x
+
+
+# --------------------------------------------------------------------------------------- metrics
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor, max_value: float = 1.0) -> torch.Tensor:
+    """Peak signal-to-noise ratio of each image, in dB: x, y (B, C, H, W) → (B,).
+
+        PSNR = 10 · log10(max_value² / MSE),   MSE = mean over C, H, W of (x − y)²
+
+    Computed per image, then averaged by the caller: the mean of logs, not the log of the mean
+    MSE. +6 dB halves the RMS error; an MSE of 0 is floored at 1e-10 (100 dB at max_value 1).
+    """
+    x = _validate.tensor("x", x, shape=("B", "C", "H", "W"), floating=True)
+    y = _validate.tensor("y", y, shape=("B", "C", "H", "W"), floating=True)
+    if x.shape != y.shape:
+        raise ValueError(
+            f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    mse = (x - y).pow(2).flatten(1).mean(dim=1)  # (B,)
+    return 10 * torch.log10(max_value**2 / mse.clamp_min(1e-10))  # (B,)
+
+
+def compression_ratio(
+    image_shape: tuple[int, int, int], grid: tuple[int, int], num_codes: int
+) -> float:
+    """Bits in / bits out: a (C, H, W) image of 8-bit pixels against h·w tokens of log2(K) bits.
+
+    32×32 RGB → 8×8 tokens of K = 512: 24,576 bits / 576 bits ≈ 42.7.
+    """
+    c, h, w = image_shape
+    bits_in = c * h * w * 8
+    bits_out = grid[0] * grid[1] * math.log2(num_codes)
+    return bits_in / bits_out
+
+
+@torch.no_grad()
+def evaluate(model: VQVAE, images: torch.Tensor, batch: int = 256) -> dict[str, float]:
+    """Reconstruction and codebook health on `images` (N, 3, H, W) in [0, 1]:
+    {"psnr_db": mean per-image PSNR, "code_usage": fraction of codes used, "perplexity"}."""
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    tokens, scores = [], []
+    for x in images.split(batch):
+        x = x.to(param)
+        t = model.encode(x)  # (b, h, w)
+        scores.append(psnr(model.decode(t), x).cpu())
+        tokens.append(t.cpu())
+    model.train(was_training)
+    tokens_all = torch.cat(tokens)
+    return {
+        "psnr_db": torch.cat(scores).mean().item(),
+        "code_usage": code_usage(tokens_all, model.num_codes),
+        "perplexity": perplexity(tokens_all, model.num_codes),
+    }
+
+
+# -------------------------------------------------------------------------------------- training
+
+
+class TrainResult(NamedTuple):
+    """The trained model (eval mode) and its per-step curves."""
+
+    model: VQVAE
+    history: dict[str, list[float]]  # "recon_loss", "vq_loss", "perplexity", "lr"
+
+
+def train_tokenizer(
+    seed: int = 0,
+    steps: int = TRAIN_STEPS,
+    *,
+    batch: int = 64,
+    lr: float = 2e-3,
+    n_images: int = 20_000,
+    restart_every: int = 20,
+    recolor: float = 0.3,
+    blobs: float = 0.25,
+    log: Callable[[str], None] | None = print,
+    log_every: int = 500,
+    progress: bool = False,
+    device: torch.device | str | None = None,
+    **model_kwargs: object,
+) -> TrainResult:
+    """Train a VQVAE on `n_images` Shapes images drawn from `seed` (seed 1 is the course's
+    held-out set, so train on another), widened by `_augment`: a `recolor` fraction of each batch
+    repainted in random colours, a `blobs` fraction replaced by random smooth blobs (so that real
+    images such as digits are not all out of vocabulary).
+
+    Adam with a cosine learning rate from `lr` to 0; the codebook starts as k-means centres of
+    the first batch's encoder outputs; every `restart_every` steps, codes no vector chose during
+    those steps move onto random encoder outputs (not in the last fifth of training, so the
+    codebook settles). Same seed and arguments → same weights (on the same device and threads).
+    The defaults are the shipped checkpoint's recipe: 2,000 steps, 2–3 minutes on a 2-core CPU.
+    """
+    steps = _validate.positive_int("steps", steps)
+    batch = _validate.positive_int("batch", batch)
+    restart_every = _validate.positive_int("restart_every", restart_every)
+    recolor, blobs = _fraction("recolor", recolor), _fraction("blobs", blobs)
+    dev = torch.device(device) if device is not None else default_device()
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    data = ShapesDataset(n=n_images, seed=seed).images  # (N, 3, 32, 32)
+    model = VQVAE(**model_kwargs).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    history: dict[str, list[float]] = {"recon_loss": [], "vq_loss": [], "perplexity": [], "lr": []}
+    counts = torch.zeros(model.num_codes, device=dev)  # code uses since the last restart
+    model.train()
+    for step in tqdm(range(steps), desc="training", unit="step", disable=not progress):
+        x = data[torch.randint(len(data), (batch,), generator=g)]  # (B, 3, 32, 32)
+        x = _augment(x, recolor, blobs, g).to(dev)
+        if step == 0:
+            with torch.no_grad():
+                z_e = model.encoder(x)  # (B, D, 8, 8)
+            model.quantizer.init_codebook(z_e, generator=g)
+        out = model(x)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        sched.step()
+        counts += torch.bincount(out.tokens.flatten(), minlength=model.num_codes)
+        if (step + 1) % restart_every == 0:
+            if step < 0.8 * steps:
+                with torch.no_grad():
+                    z_e = model.encoder(x)
+                model.quantizer.restart_dead_codes(z_e, counts, generator=g)
+            counts.zero_()
+        for key, value in (
+            ("recon_loss", out.recon_loss),
+            ("vq_loss", out.vq_loss),
+            ("perplexity", out.perplexity),
+        ):
+            history[key].append(value.item())
+        history["lr"].append(sched.get_last_lr()[0])
+        if log is not None and (step % log_every == 0 or step == steps - 1):
+            log(
+                f"step {step:5d}  recon {out.recon_loss.item():.5f}  "
+                f"vq {out.vq_loss.item():.5f}  perplexity {out.perplexity.item():.1f}"
+            )
+    return TrainResult(model.eval(), history)
+
+
+def _fraction(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a fraction in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _augment(x: torch.Tensor, recolor: float, blobs: float, g: torch.Generator) -> torch.Tensor:
+    """Widen what the tokenizer sees beyond the six colours and three shapes of Shapes.
+
+    x (B, 3, H, W) on a black background. A `recolor` fraction of the images gets its shape
+    repainted in a random colour: a pixel is α·colour with α its coverage, so α is the channel
+    maximum rescaled to reach 1, and the new pixel is α·c with c uniform in [0, 1]³. A `blobs`
+    fraction is replaced by random smooth blobs (`_blobs`), white or coloured.
+    """
+    b = len(x)
+    alpha = x.amax(dim=1, keepdim=True)  # (B, 1, H, W)
+    alpha = alpha / alpha.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+    colour = torch.rand(b, 3, 1, 1, generator=g)  # (B, 3, 1, 1)
+    x = torch.where(torch.rand(b, 1, 1, 1, generator=g) < recolor, alpha * colour, x)
+    field = _blobs(b, x.shape[-2:], g)  # (B, 1, H, W)
+    colour = torch.rand(b, 3, 1, 1, generator=g)
+    white = torch.rand(b, 1, 1, 1, generator=g) < 0.5
+    colour = torch.where(white, torch.ones_like(colour), colour)
+    return torch.where(torch.rand(b, 1, 1, 1, generator=g) < blobs, field * colour, x)
+
+
+def _blobs(n: int, size: torch.Size, g: torch.Generator) -> torch.Tensor:
+    """n random smooth intensity fields (n, 1, H, W) in [0, 1]: values drawn on the token grid
+    (H/4 × W/4), about half of them zero, upsampled bilinearly."""
+    h, w = size[0] // DOWNSAMPLE, size[1] // DOWNSAMPLE
+    coarse = (torch.rand(n, 1, h, w, generator=g) * 2 - 1).clamp_min(0) * 2  # (n, 1, h, w)
+    fine = F.interpolate(coarse, size=tuple(size), mode="bilinear", align_corners=False)
+    return fine.clamp(0, 1)
+
+
+def load_tokenizer(
+    path: Path | str | None = None, device: torch.device | str | None = None
+) -> VQVAE:
+    """The trained tokenizer from data/tokenizer.pt, in eval mode on `device` (default: the
+    course's). A missing or corrupt file raises an error naming the command that rebuilds it."""
+    path = Path(path) if path is not None else PATH
+    ckpt = checkpoints.load(path, command=COMMAND)
+    try:
+        model = VQVAE(**ckpt["config"])
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, TypeError, ValueError):
+        raise checkpoints.CheckpointError(
+            f"{path.name} does not match the VQVAE model; rebuild it with: {COMMAND}"
+        ) from None
+    return model.eval().to(device or default_device())

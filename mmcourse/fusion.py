@@ -1,0 +1,429 @@
+"""Fusing images and text, measured on Shapes with captions.
+
+- **Late fusion** (CLIP): an image encoder and a text encoder meet only at the very end, as two
+  unit vectors in a shared space, trained with the symmetric contrastive loss. Good for retrieval;
+  it cannot write text.
+- **Medium fusion** (LLaVA): the frozen image encoder's patch tokens pass through a small MLP
+  projector into the input space of a causal text decoder, which writes the caption word by word.
+- **Early fusion** (Chameleon, chapter 07): the image becomes discrete tokens in the same sequence
+  and vocabulary as the text; one transformer models both.
+
+Shipped weights: data/clip_shapes.pt (`python -m mmcourse.train clip`) and
+data/captioner_shapes.pt (`python -m mmcourse.train captioner`, which reads the frozen image encoder
+from data/clip_shapes.pt, so rebuild CLIP first).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mmcourse import _validate, checkpoints
+from mmcourse.data import COLORS, POSITIONS, SHAPES, ShapesDataset, all_captions
+from mmcourse.vit import Block, TrainResult, ViT, one_thread
+
+CLIP_PATH = checkpoints.DATA_DIR / "clip_shapes.pt"
+CLIP_COMMAND = "python -m mmcourse.train clip"
+CAPTIONER_PATH = checkpoints.DATA_DIR / "captioner_shapes.pt"
+CAPTIONER_COMMAND = "python -m mmcourse.train captioner"
+
+# ------------------------------------------------------------------------------- word tokenizer
+
+PAD, BOS, EOS = 0, 1, 2
+_WORDS = ["a", "in", "the", *COLORS, *SHAPES]
+_WORDS += sorted({w for p in POSITIONS for w in p.split()})
+VOCAB: list[str] = ["<pad>", "<bos>", "<eos>", *_WORDS]
+MAX_LEN = 2 + max(len(c.split()) for c in all_captions())  # <bos> words <eos>: 9
+
+
+def encode_captions(captions: Sequence[str]) -> torch.Tensor:
+    """Captions of the Shapes grammar → ids (N, MAX_LEN) long: <bos> words <eos>, then <pad>."""
+    if isinstance(captions, str) or not isinstance(captions, Sequence):
+        raise TypeError(f"captions must be a list of str, got {type(captions).__name__}")
+    ids = torch.full((len(captions), MAX_LEN), PAD, dtype=torch.long)
+    for i, caption in enumerate(captions):
+        words = caption.split() if isinstance(caption, str) else None
+        if words is None or any(w not in VOCAB[3:] for w in words) or len(words) > MAX_LEN - 2:
+            raise ValueError(f"captions[{i}] = {caption!r} is not a caption of the Shapes grammar")
+        row = [BOS, *(VOCAB.index(w) for w in words), EOS]
+        ids[i, : len(row)] = torch.tensor(row)
+    return ids
+
+
+def decode_captions(ids: torch.Tensor) -> list[str]:
+    """ids (N, L) → captions, reading each row up to its first <eos> (special ids skipped)."""
+    ids = _validate.tensor("ids", ids, shape=("N", "L"), dtype=torch.long)
+    captions = []
+    for row in ids.tolist():
+        words = []
+        for i in row:
+            if i == EOS:
+                break
+            if EOS < i < len(VOCAB):
+                words.append(VOCAB[i])
+        captions.append(" ".join(words))
+    return captions
+
+
+# ------------------------------------------------------------------ late fusion: CLIP-style
+
+
+def contrastive_loss(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, temperature: float | torch.Tensor
+) -> torch.Tensor:
+    """Symmetric contrastive (InfoNCE) loss of N matching pairs: row i of each is one pair.
+
+    logits = norm(image_emb) · norm(text_emb)ᵀ / τ                       # (N, N)
+    loss = ½ [CE(logits, arange N) + CE(logitsᵀ, arange N)]   image→text and text→image
+    """
+    image_emb = _validate.tensor("image_emb", image_emb, shape=("N", "D"), floating=True)
+    text_emb = _validate.tensor("text_emb", text_emb, shape=("N", "D"), floating=True)
+    if image_emb.shape != text_emb.shape:
+        raise ValueError(
+            f"image_emb {tuple(image_emb.shape)} and text_emb {tuple(text_emb.shape)} must have "
+            "the same shape (N pairs of D-dimensional embeddings)"
+        )
+    logits = F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T / temperature
+    labels = torch.arange(len(logits), device=logits.device)  # pair i is the diagonal
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+class TextEncoder(nn.Module):
+    """ids (B, L) → text embedding (B, embed_dim): a causal transformer read at <eos>, as CLIP
+    does (causal attention makes the padding after <eos> invisible)."""
+
+    def __init__(self, dim: int = 64, depth: int = 2, heads: int = 4, embed_dim: int = 64):
+        super().__init__()
+        self.embed = nn.Embedding(len(VOCAB), dim)
+        self.pos = nn.Parameter(0.02 * torch.randn(1, MAX_LEN, dim))
+        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, embed_dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids) + self.pos[:, : ids.shape[1]]  # (B, L, D)
+        for block in self.blocks:
+            x, _ = block(x, causal=True)
+        eos = (ids == EOS).int().argmax(dim=1)  # (B,) position of <eos>
+        return self.proj(self.norm(x[torch.arange(len(ids), device=ids.device), eos]))  # (B, E)
+
+
+class CLIP(nn.Module):
+    """Two encoders into one space: image (B, 3, 32, 32) and caption ids (B, L) → unit vectors
+    (B, embed_dim); the temperature τ = exp(−logit_scale) is learned, starting at 0.07."""
+
+    def __init__(
+        self,
+        dim: int = 64,
+        depth: int = 2,
+        heads: int = 4,
+        patch_size: int = 8,
+        embed_dim: int = 64,
+    ):
+        super().__init__()
+        self.config = {
+            "dim": dim, "depth": depth, "heads": heads, "patch_size": patch_size,
+            "embed_dim": embed_dim,
+        }  # fmt: skip
+        self.image_encoder = ViT(
+            image_size=32, patch_size=patch_size, channels=3, dim=dim, depth=depth, heads=heads,
+            num_classes=embed_dim, pos="sincos",
+        )  # fmt: skip
+        self.text_encoder = TextEncoder(dim, depth, heads, embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_encoder(x), dim=-1)  # (B, E)
+
+    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_encoder(ids), dim=-1)  # (B, E)
+
+    def loss(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        temperature = self.logit_scale.clamp(max=math.log(100)).exp().reciprocal()
+        return contrastive_loss(self.image_encoder(x), self.text_encoder(ids), temperature)
+
+
+@torch.no_grad()
+def retrieve(model: CLIP, x: torch.Tensor, candidates: Sequence[str]) -> list[str]:
+    """Image → caption retrieval: for each image (N, 3, 32, 32), the candidate caption whose
+    embedding has the largest cosine similarity with the image's."""
+    x = _validate.tensor("x", x, shape=("N", 3, 32, 32), floating=True)
+    text = model.encode_text(encode_captions(candidates).to(x.device))  # (K, E)
+    best = torch.cat([model.encode_image(xb) @ text.T for xb in x.split(512)]).argmax(dim=1)
+    return [candidates[i] for i in best.tolist()]
+
+
+def retrieval_top1(model: CLIP, x: torch.Tensor, captions: Sequence[str]) -> float:
+    """Fraction of images whose retrieved caption, among all 90 of the grammar, is theirs."""
+    found = retrieve(model, x, all_captions())
+    return sum(f == c for f, c in zip(found, captions)) / len(captions)
+
+
+# ----------------------------------------------------------- medium fusion: LLaVA-style
+
+
+def project(
+    vision_tokens: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+) -> torch.Tensor:
+    """LLaVA-1.5's MLP projector on the patch tokens of a vision encoder.
+
+    vision_tokens (B, 1 + N, D_v), [CLS] first; w1 (H, D_v), b1 (H,), w2 (D_t, H), b2 (D_t,)
+    → (B, N, D_t) = GELU(patches · w1ᵀ + b1) · w2ᵀ + b2 for the N patch tokens ([CLS] dropped).
+    """
+    vision_tokens = _validate.tensor(
+        "vision_tokens", vision_tokens, shape=("B", "1 + N", "D_v"), floating=True
+    )
+    if vision_tokens.shape[1] < 1:
+        raise ValueError("vision_tokens must hold the [CLS] token first, got no tokens")
+    d_v = vision_tokens.shape[2]
+    w1 = _validate.tensor("w1", w1, shape=("H", d_v), floating=True)
+    b1 = _validate.tensor("b1", b1, shape=(w1.shape[0],), floating=True)
+    w2 = _validate.tensor("w2", w2, shape=("D_t", w1.shape[0]), floating=True)
+    b2 = _validate.tensor("b2", b2, shape=(w2.shape[0],), floating=True)
+    patches = vision_tokens[:, 1:]  # (B, N, D_v)  the [CLS] summary is not a place in the image
+    return F.linear(F.gelu(F.linear(patches, w1, b1)), w2, b2)  # (B, N, D_t)
+
+
+class Projector(nn.Module):
+    """`project` with its own weights: vision tokens (B, 1 + N, D_v) → (B, N, D_t)."""
+
+    def __init__(self, vision_dim: int, text_dim: int, hidden: int | None = None):
+        super().__init__()
+        hidden = hidden or text_dim
+        self.fc1, self.fc2 = nn.Linear(vision_dim, hidden), nn.Linear(hidden, text_dim)
+
+    def forward(self, vision_tokens: torch.Tensor) -> torch.Tensor:
+        return project(
+            vision_tokens, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias
+        )
+
+
+class Captioner(nn.Module):
+    """A frozen copy of a ViT, a trained projector and a tiny causal decoder that writes captions.
+
+    sequence = [projected patch tokens (N); word embeddings of <bos> w_1 … w_k]   # (B, N + L, D)
+    One causal transformer reads it; the logits at the word positions predict the next word.
+    """
+
+    def __init__(self, vision: ViT, dim: int = 64, depth: int = 2, heads: int = 4):
+        super().__init__()
+        self.config = {"vision": vision.config, "dim": dim, "depth": depth, "heads": heads}
+        self.vision = copy.deepcopy(vision)  # its own copy: freezing it leaves `vision` alone
+        self.vision.requires_grad_(False)
+        n = vision.num_patches
+        self.projector = Projector(vision.config["dim"], dim)
+        self.embed = nn.Embedding(len(VOCAB), dim)
+        self.pos = nn.Parameter(0.02 * torch.randn(1, n + MAX_LEN, dim))
+        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, len(VOCAB))
+
+    def train(self, mode: bool = True) -> Captioner:
+        super().train(mode)
+        self.vision.eval()  # frozen: always in inference mode
+        return self
+
+    def image_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, 3, 32, 32) → projected patch tokens (B, N, D), no gradient into the ViT."""
+        with torch.no_grad():
+            vision_tokens, _ = self.vision.encode(x)  # (B, 1 + N, D_v)
+        return self.projector(vision_tokens)
+
+    def forward(self, image_tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """image_tokens (B, N, D), ids (B, L) → next-word logits at the word positions
+        (B, L, vocab)."""
+        n = image_tokens.shape[1]
+        x = torch.cat([image_tokens, self.embed(ids)], dim=1)  # (B, N + L, D)
+        x = x + self.pos[:, : x.shape[1]]
+        for block in self.blocks:
+            x, _ = block(x, causal=True)
+        return self.head(self.norm(x[:, n:]))  # (B, L, vocab)
+
+    def loss(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Next-word cross-entropy on the caption only (padding ignored)."""
+        logits = self(self.image_tokens(x), ids[:, :-1])  # (B, L − 1, vocab)
+        return F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], ignore_index=PAD)
+
+    @torch.no_grad()
+    def generate(self, x: torch.Tensor) -> list[str]:
+        """Greedy captions for images x (B, 3, 32, 32)."""
+        x = _validate.tensor("x", x, shape=("B", 3, 32, 32), floating=True)
+        image_tokens = self.image_tokens(x)
+        ids = torch.full((len(x), 1), BOS, dtype=torch.long, device=x.device)
+        for _ in range(MAX_LEN - 1):
+            next_id = self(image_tokens, ids)[:, -1].argmax(dim=-1, keepdim=True)  # (B, 1)
+            ids = torch.cat([ids, next_id], dim=1)
+        return decode_captions(ids)
+
+
+def caption_exact_match(model: Captioner, x: torch.Tensor, captions: Sequence[str]) -> float:
+    """Fraction of images whose greedy caption equals the reference word for word."""
+    written = [c for xb in x.split(512) for c in model.generate(xb)]
+    return sum(w == c for w, c in zip(written, captions)) / len(captions)
+
+
+# ------------------------------------------------------------------------------- training
+
+
+def _distinct_caption_batches(
+    data: ShapesDataset, batch: int, g: torch.Generator
+) -> Callable[[], torch.Tensor]:
+    """A sampler of image indices whose captions are all different: a contrastive batch then
+    holds no false negatives (two images of the same caption)."""
+    caption_ids = torch.tensor([all_captions().index(c) for c in data.captions])
+    groups = [torch.nonzero(caption_ids == k).flatten() for k in range(len(all_captions()))]
+    groups = [gr for gr in groups if len(gr)]
+    batch = min(batch, len(groups))
+
+    def sample() -> torch.Tensor:
+        chosen = torch.randperm(len(groups), generator=g)[:batch].tolist()
+        picks = torch.randint(1 << 30, (batch,), generator=g).tolist()
+        return torch.stack([groups[k][p % len(groups[k])] for k, p in zip(chosen, picks)])
+
+    return sample
+
+
+def _fit(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    sample: Callable[[], torch.Tensor],
+    steps: int,
+    lr: float,
+    progress: Callable | None,
+) -> TrainResult:
+    """AdamW with a one-cycle schedule over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    losses, start = [], time.perf_counter()
+    model.train()
+    for _ in progress(range(steps)) if progress else range(steps):
+        loss = loss_fn(sample())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    return TrainResult(model.eval(), losses, time.perf_counter() - start)
+
+
+def train_clip(
+    seed: int = 0,
+    steps: int = 400,
+    batch: int = 64,
+    lr: float = 2e-3,
+    n_images: int = 5_000,
+    progress: Callable | None = None,
+    **config: int,
+) -> TrainResult:
+    """Train CLIP on Shapes (seed 0) with batches of distinct captions."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    data = ShapesDataset(n=n_images, seed=0)
+    ids = encode_captions(data.captions)  # (n, L)
+    model = CLIP(**config)
+    return _fit(
+        model,
+        lambda idx: model.loss(data.images[idx], ids[idx]),
+        _distinct_caption_batches(data, batch, g),
+        steps,
+        lr,
+        progress,
+    )
+
+
+def train_captioner(
+    vision: ViT,
+    seed: int = 0,
+    steps: int = 400,
+    batch: int = 64,
+    lr: float = 2e-3,
+    n_images: int = 5_000,
+    progress: Callable | None = None,
+    **config: int,
+) -> TrainResult:
+    """Train projector and decoder on Shapes (seed 0) to caption through the frozen `vision`."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    data = ShapesDataset(n=n_images, seed=0)
+    ids = encode_captions(data.captions)
+    model = Captioner(vision, **config)
+    return _fit(
+        model,
+        lambda idx: model.loss(data.images[idx], ids[idx]),
+        lambda: torch.randint(len(data), (batch,), generator=g),
+        steps,
+        lr,
+        progress,
+    )
+
+
+def _load_state(model: nn.Module, ckpt: dict, path: Path, command: str) -> None:
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError:
+        raise checkpoints.CheckpointError(
+            f"{path.name} does not match the {type(model).__name__} model; rebuild it with: "
+            f"{command}"
+        ) from None
+
+
+def load_clip(path: Path = CLIP_PATH) -> CLIP:
+    """The trained CLIP from data/clip_shapes.pt, in eval mode on the CPU."""
+    ckpt = checkpoints.load(Path(path), command=CLIP_COMMAND)
+    model = CLIP(**ckpt["config"])
+    _load_state(model, ckpt, Path(path), CLIP_COMMAND)
+    return model.eval()
+
+
+def load_captioner(path: Path = CAPTIONER_PATH) -> Captioner:
+    """The trained captioner (with its frozen ViT) from data/captioner_shapes.pt, eval mode."""
+    ckpt = checkpoints.load(Path(path), command=CAPTIONER_COMMAND)
+    config = dict(ckpt["config"])
+    model = Captioner(ViT(**config.pop("vision")), **config)
+    _load_state(model, ckpt, Path(path), CAPTIONER_COMMAND)
+    return model.eval()
+
+
+def rebuild_clip(seed: int = 0) -> str:
+    """Train CLIP from `seed` on one thread, write data/clip_shapes.pt, return a one-line summary
+    (the `python -m mmcourse.train clip` target)."""
+    with one_thread():
+        result = train_clip(seed=seed)
+    model = result.model
+    checkpoints.save(CLIP_PATH, model.state_dict(), config=model.config, command=CLIP_COMMAND)
+    held_out = ShapesDataset(n=1_000, seed=1)
+    top1 = retrieval_top1(model, held_out.images, held_out.captions)
+    return (
+        f"wrote {CLIP_PATH.name} in {result.seconds:.0f} s; held-out image→caption top-1 "
+        f"among the 90 captions {top1:.4f}"
+    )
+
+
+def rebuild_captioner(seed: int = 0) -> str:
+    """Train the captioner from `seed` on one thread, on the frozen image encoder of
+    data/clip_shapes.pt; write data/captioner_shapes.pt and return a one-line summary (the
+    `python -m mmcourse.train captioner` target)."""
+    with one_thread():
+        result = train_captioner(load_clip().image_encoder, seed=seed)
+    model = result.model
+    checkpoints.save(
+        CAPTIONER_PATH, model.state_dict(), config=model.config, command=CAPTIONER_COMMAND
+    )
+    held_out = ShapesDataset(n=1_000, seed=1)
+    exact = caption_exact_match(model, held_out.images, held_out.captions)
+    return (
+        f"wrote {CAPTIONER_PATH.name} in {result.seconds:.0f} s; held-out caption exact match "
+        f"{exact:.4f}"
+    )

@@ -1,0 +1,238 @@
+"""A small Vision Transformer: patch embedding, [CLS] token, pre-norm blocks, attention maps.
+
+    tokens = [CLS; PatchEmbed(x) + pos]                       # (B, 1 + N, D)
+    tokens = tokens + Attention(LayerNorm(tokens))            # pre-norm: the residual stream
+    tokens = tokens + MLP(LayerNorm(tokens))                  #   is never normalised in place
+    logits = head(LayerNorm(tokens)[:, 0])                    # classify from [CLS]
+
+`Block` and `Attention` take an optional causal mask, so the text models of `mmcourse.fusion`
+reuse them. The trained digits classifier ships in data/vit_digits.pt, rebuilt from its seed by
+`python -m mmcourse.train vit`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mmcourse import _validate, checkpoints
+from mmcourse.data import DigitsDataset
+from mmcourse.patches import PatchEmbed, sincos_2d
+
+PATH = checkpoints.DATA_DIR / "vit_digits.pt"
+COMMAND = "python -m mmcourse.train vit"
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention that also returns its attention maps (B, heads, T, T)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} must be divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).unbind(2)
+        q, k, v = (y.transpose(1, 2) for y in (q, k, v))  # (B, heads, T, d_head)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(d // self.heads)  # (B, heads, T, T)
+        if causal:  # token i sees tokens ≤ i only
+            future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+            scores = scores.masked_fill(future, float("-inf"))
+        attn = scores.softmax(dim=-1)  # softmax(q·kᵀ / √d_head)
+        out = (attn @ v).transpose(1, 2).reshape(b, t, d)  # (B, T, D)
+        return self.proj(out), attn
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + Attention(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int = 2):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim)
+        )
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        out, attn = self.attn(self.norm1(x), causal)
+        x = x + out
+        return x + self.mlp(self.norm2(x)), attn
+
+
+@dataclass
+class ViTConfig:
+    image_size: int = 8
+    patch_size: int = 2
+    channels: int = 1
+    dim: int = 64
+    depth: int = 3
+    heads: int = 4
+    mlp_ratio: int = 2
+    num_classes: int = 10
+    pos: str = "sincos"  # "sincos" (fixed) or "learned"
+
+
+class ViT(nn.Module):
+    """x (B, C, S, S) → logits (B, num_classes), read from the [CLS] token. Keyword arguments
+    are the fields of `ViTConfig` (defaults: the digits classifier)."""
+
+    def __init__(self, **config: int | str):
+        super().__init__()
+        c = ViTConfig(**config)
+        self.config = asdict(c)
+        if c.pos not in ("learned", "sincos"):
+            raise ValueError(f"pos must be 'learned' or 'sincos', got {c.pos!r}")
+        if c.image_size % c.patch_size:
+            raise ValueError(
+                f"image_size {c.image_size} is not divisible by patch_size {c.patch_size}"
+            )
+        side = c.image_size // c.patch_size
+        self.num_patches = side * side
+        self.patch_embed = PatchEmbed(c.patch_size, c.channels, c.dim)
+        self.cls = nn.Parameter(torch.zeros(1, 1, c.dim))
+        if c.pos == "learned":
+            self.pos = nn.Parameter(0.02 * torch.randn(1, self.num_patches, c.dim))
+        else:
+            self.register_buffer("pos", sincos_2d(side, side, c.dim)[None], persistent=False)
+        self.blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp_ratio) for _ in range(c.depth))
+        self.norm = nn.LayerNorm(c.dim)
+        self.head = nn.Linear(c.dim, c.num_classes)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """x (B, C, S, S) → (tokens (B, 1 + N, D) after the final norm, [CLS] first; the
+        attention maps of every block, each (B, heads, 1 + N, 1 + N))."""
+        c = self.config
+        x = _validate.tensor("x", x, shape=("B", c["channels"], c["image_size"], c["image_size"]))
+        tokens = self.patch_embed(x) + self.pos  # (B, N, D)
+        tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], dim=1)  # (B, 1 + N, D)
+        maps = []
+        for block in self.blocks:
+            tokens, attn = block(tokens)
+            maps.append(attn)
+        return self.norm(tokens), maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens, _ = self.encode(x)
+        return self.head(tokens[:, 0])  # (B, num_classes)
+
+    @torch.no_grad()
+    def cls_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Where [CLS] looks in the last block, averaged over heads: x (B, C, S, S) →
+        (B, S/P, S/P), each map summing to ≤ 1 over the patches (the rest is on [CLS])."""
+        _, maps = self.encode(x)
+        side = self.config["image_size"] // self.config["patch_size"]
+        return maps[-1][:, :, 0, 1:].mean(dim=1).reshape(len(x), side, side)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (only those with requires_grad when trainable_only)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of images whose argmax logit is the label."""
+    was_training = model.training
+    model.eval()
+    correct = sum(
+        (model(xb).argmax(-1) == yb).sum().item() for xb, yb in zip(x.split(512), labels.split(512))
+    )
+    model.train(was_training)
+    return correct / len(labels)
+
+
+def _shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 1) -> torch.Tensor:
+    """Move each image by up to ±max_shift pixels (zero fill): x (B, C, S, S)."""
+    s = x.shape[-1]
+    padded = F.pad(x, [max_shift] * 4)
+    dy, dx = torch.randint(2 * max_shift + 1, (2, len(x)), generator=g).tolist()
+    return torch.stack([img[:, i : i + s, j : j + s] for img, i, j in zip(padded, dy, dx)])
+
+
+@dataclass
+class TrainResult:
+    """A trained model (in eval mode), its loss at every step, and the training time."""
+
+    model: nn.Module
+    losses: list[float]
+    seconds: float
+
+
+def train_vit_digits(
+    seed: int = 0,
+    epochs: int = 40,
+    batch: int = 64,
+    lr: float = 2e-3,
+    progress: Callable | None = None,
+    **config: int | str,
+) -> TrainResult:
+    """Train a ViT on the 1,437 training digits with ±1 pixel shifts, AdamW and a one-cycle
+    schedule. `progress` wraps the step range (e.g. tqdm)."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    train = DigitsDataset("train")
+    model = ViT(**config)
+    steps = epochs * math.ceil(len(train) / batch)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    losses, start = [], time.perf_counter()
+    for _ in progress(range(steps)) if progress else range(steps):
+        idx = torch.randint(len(train), (batch,), generator=g)
+        x = _shift(train.images[idx], g)  # (B, 1, 8, 8)
+        loss = F.cross_entropy(model(x), train.labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    return TrainResult(model.eval(), losses, time.perf_counter() - start)
+
+
+def load_vit_digits(path: Path = PATH) -> ViT:
+    """The trained digits ViT from data/vit_digits.pt, in eval mode on the CPU."""
+    ckpt = checkpoints.load(Path(path), command=COMMAND)
+    model = ViT(**ckpt["config"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError:
+        raise checkpoints.CheckpointError(
+            f"{Path(path).name} does not match the ViT model; rebuild it with: {COMMAND}"
+        ) from None
+    return model.eval()
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block on one CPU thread: for models this small it is the fastest setting, and it
+    makes a training run reproducible bit for bit whatever the machine's core count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def rebuild(seed: int = 0) -> str:
+    """Train the digits ViT from `seed` on one thread, write data/vit_digits.pt, return a
+    one-line summary (the `python -m mmcourse.train vit` target)."""
+    with one_thread():
+        result = train_vit_digits(seed=seed)
+    model = result.model
+    checkpoints.save(PATH, model.state_dict(), config=model.config, command=COMMAND)
+    test = DigitsDataset("test")
+    acc = accuracy(model, test.images, test.labels)
+    return f"wrote {PATH.name} in {result.seconds:.0f} s; held-out digits accuracy {acc:.4f}"

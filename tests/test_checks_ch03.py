@@ -1,0 +1,429 @@
+"""Chapter 03 checkers: the reference passes; each known-wrong version fails with its message."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from mmcourse import fusion, patches
+from mmcourse.checks import ExerciseFailed, ch03
+
+
+def _stub(*args, **kwargs):
+    # YOUR CODE HERE
+    raise NotImplementedError()
+
+
+def _passes(checker, candidate, capsys, number: str) -> None:
+    checker(candidate)
+    assert capsys.readouterr().out.startswith(f"✓ Exercise {number} passed (")
+
+
+def _rejects(checker, wrong, message: str) -> None:
+    with pytest.raises(ExerciseFailed, match=message):
+        checker(wrong)
+
+
+def _name(value) -> str:
+    return getattr(value, "__name__", "message")
+
+
+def _divisible(x, p):
+    if x.shape[-2] % p or x.shape[-1] % p:
+        raise ValueError(f"image {tuple(x.shape[-2:])} not divisible by patch_size {p}")
+
+
+# --- Exercise 3.1: patchify --------------------------------------------------------------------
+
+
+def _patchify_unfold(x, patch_size):
+    _divisible(x, patch_size)
+    cols = F.unfold(x, kernel_size=patch_size, stride=patch_size)  # (B, C·P·P, N)
+    c = x.shape[1]
+    return rearrange(cols, "b (c p1 p2) n -> b n (p1 p2 c)", c=c, p1=patch_size)
+
+
+def _unfold_channels_first(x, patch_size):
+    _divisible(x, patch_size)
+    return F.unfold(x, patch_size, stride=patch_size).transpose(1, 2)  # BUG: (c p1 p2)
+
+
+def _unfold_reshape(x, patch_size):
+    _divisible(x, patch_size)
+    cols = F.unfold(x, patch_size, stride=patch_size)
+    return cols.reshape(len(x), cols.shape[2], -1)  # BUG: reshape, axes not moved
+
+
+def _grid_transposed(x, patch_size):
+    _divisible(x, patch_size)
+    return rearrange(x, "b c (h p1) (w p2) -> b (w h) (p1 p2 c)", p1=patch_size, p2=patch_size)
+
+
+def _patch_transposed(x, patch_size):
+    _divisible(x, patch_size)
+    return rearrange(x, "b c (h p1) (w p2) -> b (h w) (p2 p1 c)", p1=patch_size, p2=patch_size)
+
+
+def _plain_reshape(x, patch_size):
+    _divisible(x, patch_size)
+    return x.reshape(len(x), -1, patch_size * patch_size * x.shape[1])  # BUG: not P×P squares
+
+
+def _no_divisibility_check(x, patch_size):
+    cols = F.unfold(x, patch_size, stride=patch_size)  # drops the border silently
+    return rearrange(cols, "b (c p1 p2) n -> b n (p1 p2 c)", c=x.shape[1], p1=patch_size)
+
+
+def _float32(x, patch_size):
+    return patches.patchify(x.float(), patch_size)
+
+
+def test_patchify_references_pass(capsys, device):
+    _passes(ch03.check_patchify, patches.patchify, capsys, "3.1")
+    _passes(ch03.check_patchify, _patchify_unfold, capsys, "3.1")
+    ch03.check_patchify(patches.patchify, device=device)
+    assert "✓ Exercise 3.1 passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_unfold_channels_first, r"failed check 3, \"every value(.|\n)*\(c p1 p2\) order"),
+        (_unfold_reshape, r"failed check 2, \"every value(.|\n)*reshape does not move axes"),
+        (_grid_transposed, r"failed check 2, (.|\n)*patch grid is transposed"),
+        (_patch_transposed, r"failed check 2, (.|\n)*each patch is transposed"),
+        (_plain_reshape, r"failed check 2, (.|\n)*plain reshape of x"),
+        (_no_divisibility_check, r"raises ValueError for a 6×8 image(.|\n)*no error"),
+        (_float32, r"keeps dtype float64(.|\n)*got:      dtype torch\.float32"),
+        (_stub, r"Exercise 3\.1 \(patchify\): not implemented yet"),
+    ],
+    ids=_name,
+)
+def test_patchify_rejects(wrong, message):
+    _rejects(ch03.check_patchify, wrong, message)
+
+
+# --- Exercise 3.2: unpatchify ------------------------------------------------------------------
+
+
+def _unpatchify_fold(tokens, patch_size, height, width):
+    n = (height // patch_size) * (width // patch_size)
+    if tokens.shape[1] != n:
+        raise ValueError(f"expected {n} patches, got {tokens.shape[1]}")
+    cols = rearrange(tokens, "b n (p1 p2 c) -> b (c p1 p2) n", p1=patch_size, p2=patch_size)
+    return F.fold(cols, (height, width), kernel_size=patch_size, stride=patch_size)
+
+
+def _unpatchify_grid_transposed(tokens, patch_size, height, width):
+    h = height // patch_size
+    return rearrange(  # BUG: the grid read as (w h)
+        tokens, "b (w h) (p1 p2 c) -> b c (h p1) (w p2)", h=h, p1=patch_size, p2=patch_size
+    )
+
+
+def _unpatchify_channels_first(tokens, patch_size, height, width):
+    h = height // patch_size
+    return rearrange(  # BUG: patches read as (c p1 p2)
+        tokens, "b (h w) (c p1 p2) -> b c (h p1) (w p2)", h=h, p1=patch_size, p2=patch_size
+    )
+
+
+def _unpatchify_reshape(tokens, patch_size, height, width):
+    return tokens.reshape(len(tokens), -1, height, width)  # BUG: reshape is not the inverse
+
+
+def _unpatchify_no_count_check(tokens, patch_size, height, width):
+    h = height // patch_size
+    return rearrange(
+        tokens, "b (h w) (p1 p2 c) -> b c (h p1) (w p2)", h=h, p1=patch_size, p2=patch_size
+    )
+
+
+def test_unpatchify_references_pass(capsys):
+    _passes(ch03.check_unpatchify, patches.unpatchify, capsys, "3.2")
+    _passes(ch03.check_unpatchify, _unpatchify_fold, capsys, "3.2")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_unpatchify_grid_transposed, r"failed check 1, \"unpatchify(.|\n)*grid comes out trans"),
+        (_unpatchify_channels_first, r"failed check 2, (.|\n)*scrambles the colours"),
+        (_unpatchify_reshape, r"failed check 1, (.|\n)*plain reshape does not undo"),
+        (_unpatchify_no_count_check, r"raises ValueError for 5 patches(.|\n)*EinopsError"),
+        (_stub, r"Exercise 3\.2 \(unpatchify\): not implemented yet"),
+    ],
+    ids=_name,
+)
+def test_unpatchify_rejects(wrong, message):
+    _rejects(ch03.check_unpatchify, wrong, message)
+
+
+# --- Exercise 3.3: the patch embedding as a convolution ---------------------------------------
+
+
+def _conv_embed(x, weight, bias, patch_size):
+    _divisible(x, patch_size)
+    w = rearrange(weight, "d (p1 p2 c) -> d c p1 p2", p1=patch_size, p2=patch_size)
+    return F.conv2d(x, w, bias, stride=patch_size).flatten(2).transpose(1, 2)
+
+
+def _conv_embed_module(x, weight, bias, patch_size):
+    embed = patches.PatchEmbed(patch_size, x.shape[1], len(weight)).to(x)
+    with torch.no_grad():
+        embed.proj.weight.copy_(weight)
+        embed.proj.bias.copy_(bias)
+    _divisible(x, patch_size)
+    return embed.to_conv()(x).flatten(2).transpose(1, 2)
+
+
+def _weights_not_permuted(x, weight, bias, patch_size):
+    _divisible(x, patch_size)
+    w = weight.reshape(len(weight), x.shape[1], patch_size, patch_size)  # BUG: (c p1 p2) assumed
+    return F.conv2d(x, w, bias, stride=patch_size).flatten(2).transpose(1, 2)
+
+
+def _kernel_transposed(x, weight, bias, patch_size):
+    _divisible(x, patch_size)
+    w = weight.reshape(len(weight), patch_size, patch_size, x.shape[1]).permute(0, 3, 2, 1)
+    return F.conv2d(x, w, bias, stride=patch_size).flatten(2).transpose(1, 2)
+
+
+def _channels_not_last(x, weight, bias, patch_size):
+    _divisible(x, patch_size)
+    w = rearrange(weight, "d (p1 p2 c) -> d c p1 p2", p1=patch_size, p2=patch_size)
+    return F.conv2d(x, w, bias, stride=patch_size).flatten(2)  # BUG: (B, D, N)
+
+
+def _linear_form(x, weight, bias, patch_size):
+    return patches.patchify(x, patch_size) @ weight.T + bias  # right values, no convolution
+
+
+def _conv_no_check(x, weight, bias, patch_size):
+    w = rearrange(weight, "d (p1 p2 c) -> d c p1 p2", p1=patch_size, p2=patch_size)
+    return F.conv2d(x, w, bias, stride=patch_size).flatten(2).transpose(1, 2)
+
+
+def test_conv_patch_embed_references_pass(capsys):
+    _passes(ch03.check_conv_patch_embed, _conv_embed, capsys, "3.3")
+    _passes(ch03.check_conv_patch_embed, _conv_embed_module, capsys, "3.3")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_weights_not_permuted, r"failed check 1, \"equals the Linear form(.|\n)*\(p1 p2 c\) ord"),
+        (_kernel_transposed, r"failed check 1, (.|\n)*the kernel is transposed"),
+        (_channels_not_last, r"failed check 1, (.|\n)*move D last"),
+        (_linear_form, r"computes the embedding with a convolution(.|\n)*F\.conv2d"),
+        (_conv_no_check, r"raises ValueError for a 6×8 image(.|\n)*silently drops"),
+        (_stub, r"Exercise 3\.3 \(the patch embedding as a convolution\): not implemented yet"),
+    ],
+    ids=_name,
+)
+def test_conv_patch_embed_rejects(wrong, message):
+    _rejects(ch03.check_conv_patch_embed, wrong, message)
+
+
+# --- Exercise 3.4: sin-cos positional embedding -------------------------------------------------
+
+
+def _sincos(height, width, dim, base=10_000.0, *, swap=False, per_dim=False, interleave=False):
+    if dim % 4:
+        raise ValueError(f"dim must be a multiple of 4, got {dim}")
+    f = dim // 4
+    k = torch.arange(f, dtype=torch.float64)
+    omega = base ** (-2 * k / dim) if per_dim else base ** (-k / f)
+    y, x = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    if swap:
+        y, x = x, y
+
+    def encode(pos):
+        angle = pos.flatten()[:, None].double() * omega
+        pair = [angle.sin(), angle.cos()]
+        return torch.stack(pair, dim=2).flatten(1) if interleave else torch.cat(pair, dim=1)
+
+    return torch.cat([encode(y), encode(x)], dim=1).float()
+
+
+def _sincos_swapped(height, width, dim, base=10_000.0):
+    return _sincos(height, width, dim, base, swap=True)
+
+
+def _sincos_per_dim(height, width, dim, base=10_000.0):
+    return _sincos(height, width, dim, base, per_dim=True)
+
+
+def _sincos_interleaved(height, width, dim, base=10_000.0):
+    return _sincos(height, width, dim, base, interleave=True)
+
+
+def _sincos_fixed_base(height, width, dim, base=10_000.0):
+    return _sincos(height, width, dim, 10_000.0)  # BUG: ignores base
+
+
+def _sincos_base_1000(height, width, dim, base=10_000.0):
+    return _sincos(height, width, dim, 1_000.0)  # BUG: wrong frequency base
+
+
+def _sincos_float64(height, width, dim, base=10_000.0):
+    return _sincos(height, width, dim, base).double()
+
+
+def _sincos_no_check(height, width, dim, base=10_000.0):
+    return patches.sincos_2d(height, width, 4 * (dim // 4) or 4, base)
+
+
+def test_sincos_references_pass(capsys):
+    _passes(ch03.check_sincos_2d, patches.sincos_2d, capsys, "3.4")
+    _passes(ch03.check_sincos_2d, _sincos, capsys, "3.4")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_sincos_swapped, r"failed check 1, (.|\n)*height and width are swapped"),
+        (_sincos_per_dim, r"failed check 1, (.|\n)*frequencies are off(.|\n)*dim/4"),
+        (_sincos_interleaved, r"failed check 1, (.|\n)*interleaved"),
+        (_sincos_base_1000, r"failed check 1, (.|\n)*ω_k = base\^\(−k/F\)"),
+        (_sincos_fixed_base, r"failed check 3, \"uses the base argument"),
+        (_sincos_float64, r"failed check 1, (.|\n)*dtype torch\.float32"),
+        (_sincos_no_check, r"raises ValueError for dim=6(.|\n)*no error"),
+        (_stub, r"Exercise 3\.4 \(2-D sin-cos positional embedding\): not implemented yet"),
+    ],
+    ids=_name,
+)
+def test_sincos_rejects(wrong, message):
+    _rejects(ch03.check_sincos_2d, wrong, message)
+
+
+# --- Exercise 3.5: contrastive loss ------------------------------------------------------------
+
+
+def _check_pairs(image_emb, text_emb):
+    if image_emb.shape != text_emb.shape:
+        raise ValueError("image_emb and text_emb must have the same shape")
+
+
+def _clip_loss(image_emb, text_emb, temperature, *, mode="right"):
+    _check_pairs(image_emb, text_emb)
+    image_emb, text_emb = F.normalize(image_emb, dim=-1), F.normalize(text_emb, dim=-1)
+    logits = image_emb @ text_emb.T / temperature
+    labels = torch.arange(len(logits), device=logits.device)
+    i2t, t2i = F.cross_entropy(logits, labels), F.cross_entropy(logits.T, labels)
+    return {"right": (i2t + t2i) / 2, "one-way": i2t, "sum": i2t + t2i}[mode]
+
+
+def _one_directional(image_emb, text_emb, temperature):
+    return _clip_loss(image_emb, text_emb, temperature, mode="one-way")
+
+
+def _summed(image_emb, text_emb, temperature):
+    return _clip_loss(image_emb, text_emb, temperature, mode="sum")
+
+
+def _no_temperature(image_emb, text_emb, temperature):
+    return _clip_loss(image_emb, text_emb, 1.0)
+
+
+def _temperature_multiplies(image_emb, text_emb, temperature):
+    return _clip_loss(image_emb, text_emb, 1 / temperature)
+
+
+def _not_normalised(image_emb, text_emb, temperature):
+    _check_pairs(image_emb, text_emb)
+    logits = image_emb @ text_emb.T / temperature
+    labels = torch.arange(len(logits))
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def _zero_labels(image_emb, text_emb, temperature):
+    _check_pairs(image_emb, text_emb)
+    logits = F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T / temperature
+    labels = torch.zeros(len(logits), dtype=torch.long)  # BUG: every row's target is 0
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def _detached_temperature(image_emb, text_emb, temperature):
+    if isinstance(temperature, torch.Tensor):
+        temperature = temperature.item()
+    return _clip_loss(image_emb, text_emb, temperature)
+
+
+def test_contrastive_loss_references_pass(capsys):
+    _passes(ch03.check_contrastive_loss, fusion.contrastive_loss, capsys, "3.5")
+    _passes(ch03.check_contrastive_loss, _clip_loss, capsys, "3.5")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_one_directional, r"failed check 1, (.|\n)*only image→text"),
+        (_summed, r"failed check 1, (.|\n)*summed(.|\n)*average"),
+        (_no_temperature, r"failed check 1, (.|\n)*no temperature"),
+        (_temperature_multiplies, r"failed check 1, (.|\n)*temperature multiplies"),
+        (_not_normalised, r"failed check 1, (.|\n)*not normalised"),
+        (_zero_labels, r"failed check 1, (.|\n)*torch\.arange\(N\)"),
+        (_detached_temperature, r"gradient reaches temperature"),
+        (_stub, r"Exercise 3\.5 \(symmetric contrastive loss\): not implemented yet"),
+    ],
+    ids=_name,
+)
+def test_contrastive_loss_rejects(wrong, message):
+    _rejects(ch03.check_contrastive_loss, wrong, message)
+
+
+# --- Exercise 3.6: the projector ---------------------------------------------------------------
+
+
+def _project(vision_tokens, w1, b1, w2, b2):
+    h = F.gelu(vision_tokens[:, 1:] @ w1.T + b1)  # (B, N, H)
+    return h @ w2.T + b2  # (B, N, D_t)
+
+
+def _no_activation(vision_tokens, w1, b1, w2, b2):
+    return (vision_tokens[:, 1:] @ w1.T + b1) @ w2.T + b2  # BUG: one linear map in disguise
+
+
+def _relu(vision_tokens, w1, b1, w2, b2):
+    return F.relu(vision_tokens[:, 1:] @ w1.T + b1) @ w2.T + b2
+
+
+def _keeps_cls(vision_tokens, w1, b1, w2, b2):
+    return F.gelu(vision_tokens @ w1.T + b1) @ w2.T + b2  # BUG: [CLS] projected too
+
+
+def _drops_last(vision_tokens, w1, b1, w2, b2):
+    return F.gelu(vision_tokens[:, :-1] @ w1.T + b1) @ w2.T + b2
+
+
+def _weights_not_transposed(vision_tokens, w1, b1, w2, b2):
+    return F.gelu(vision_tokens[:, 1:] @ w1 + b1) @ w2 + b2  # crashes: (D_v) @ (H, D_v)
+
+
+def test_project_references_pass(capsys):
+    _passes(ch03.check_project, fusion.project, capsys, "3.6")
+    _passes(ch03.check_project, _project, capsys, "3.6")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_no_activation, r"failed check 2, (.|\n)*no activation"),
+        (_relu, r"failed check 2, (.|\n)*ReLU instead of GELU"),
+        (_keeps_cls, r"failed check 1, (.|\n)*got:      tensor of shape \(2, 5, 5\)(.|\n)*\[CLS\]"),
+        (_drops_last, r"failed check 2, (.|\n)*token 0"),
+        (_weights_not_transposed, r"failed check 1, \"runs on(.|\n)*RuntimeError"),
+        (_stub, r"Exercise 3\.6 \(the vision-language projector\): not implemented yet"),
+    ],
+    ids=_name,
+)
+def test_project_rejects(wrong, message):
+    _rejects(ch03.check_project, wrong, message)
+
+
+def test_a_non_callable_is_refused():
+    with pytest.raises(ExerciseFailed, match="pass your function itself"):
+        ch03.check_patchify(patches.patchify(torch.zeros(1, 1, 2, 2), 1))

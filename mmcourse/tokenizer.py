@@ -15,8 +15,8 @@ Part of each batch is recoloured or replaced by random smooth blobs, so the voca
 images unlike Shapes (it then reconstructs real digits too).
 
 The trained tokenizer ships in data/tokenizer.pt (0.8 MB), rebuilt from its seed by
-`python -m mmcourse.train tokenizer` (2–3 minutes on a 2-core CPU, up to 3× more when the machine
-is busy); later chapters load it with `load_tokenizer()`.
+`python -m mmcourse.train tokenizer` (2–3 minutes on an idle 2-core CPU, several times longer
+when other jobs share it); later chapters load it with `load_tokenizer()`.
 """
 
 from __future__ import annotations

@@ -14,6 +14,16 @@ def device() -> torch.device:
     return mmcourse.device()
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models train fastest on one torch thread, and stay fast when other jobs load the
+    CPU; the thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from checker_cases import case_id, stub
 
 from mmcourse import data, viz
 from mmcourse.checks import ExerciseFailed, ch00
@@ -42,11 +43,6 @@ def _key_error(caption):
     return data.parse_caption(caption)
 
 
-def _stub(*args, **kwargs):
-    # YOUR CODE HERE
-    raise NotImplementedError()
-
-
 def test_parse_caption_reference_passes(capsys):
     ch00.check_parse_caption(data.parse_caption)
     assert capsys.readouterr().out.startswith("✓ Exercise 0.1 passed (")
@@ -60,9 +56,9 @@ def test_parse_caption_reference_passes(capsys):
         (_colour_key, r"got:      \{'colour': 'red'"),
         (_accepts_unknown_colours, r"raises ValueError for an unknown colour(.|\n)*no error"),
         (_key_error, r"unknown colour(.|\n)*got:      KeyError: 'pink'(.|\n)*not KeyError"),
-        (_stub, r"Exercise 0\.1 \(read a caption\): not implemented yet"),
+        (stub, r"Exercise 0\.1 \(read a caption\): not implemented yet"),
     ],
-    ids=lambda v: getattr(v, "__name__", "message"),
+    ids=case_id,
 )
 def test_parse_caption_rejects(wrong, message):
     with pytest.raises(ExerciseFailed, match=message):
@@ -156,9 +152,9 @@ def test_image_grid_loop_solution_passes(capsys):
         (_full_rows_only, r"it raised RuntimeError"),
         (_modifies_input, r"leaves its input unchanged"),
         (_no_input_check, r"3-D input(.|\n)*no error"),
-        (_stub, r"Exercise 0\.2 \(an image grid\): not implemented yet"),
+        (stub, r"Exercise 0\.2 \(an image grid\): not implemented yet"),
     ],
-    ids=lambda v: getattr(v, "__name__", "message"),
+    ids=case_id,
 )
 def test_image_grid_rejects(wrong, message):
     with pytest.raises(ExerciseFailed, match=message):

@@ -4,29 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from checker_cases import case_id, passes, rejects, stub
 
 from mmcourse import vq
-from mmcourse.checks import ExerciseFailed, ch01
-
-
-def _stub(*args, **kwargs):
-    # YOUR CODE HERE
-    raise NotImplementedError()
-
-
-def _passes(checker, candidate, capsys, number: str) -> None:
-    checker(candidate)
-    assert capsys.readouterr().out.startswith(f"✓ Exercise {number} passed (")
-
-
-def _rejects(checker, wrong, message: str) -> None:
-    with pytest.raises(ExerciseFailed, match=message):
-        checker(wrong)
-
-
-def _name(value) -> str:
-    return getattr(value, "__name__", "message")
-
+from mmcourse.checks import ch01
 
 # --- Exercise 1.1: squared_distances -----------------------------------------------------------
 
@@ -76,9 +57,9 @@ def _cdist(z, codebook):
 
 
 def test_squared_distances_references_pass(capsys):
-    _passes(ch01.check_squared_distances, vq.squared_distances, capsys, "1.1")
-    _passes(ch01.check_squared_distances, _expansion, capsys, "1.1")
-    _passes(ch01.check_squared_distances, _cdist, capsys, "1.1")
+    passes(ch01.check_squared_distances, vq.squared_distances, capsys, "1.1")
+    passes(ch01.check_squared_distances, _expansion, capsys, "1.1")
+    passes(ch01.check_squared_distances, _cdist, capsys, "1.1")
 
 
 @pytest.mark.parametrize(
@@ -94,12 +75,12 @@ def test_squared_distances_references_pass(capsys):
         (_naive_broadcast, r"builds no \(N, K, D\) tensor(.|\n)*32768 elements(.|\n)*z @ codebook"),
         (_float32, r"keeps dtype float64(.|\n)*got:      dtype torch\.float32"),
         (_no_shape_check, r"raises ValueError when z has D = 3(.|\n)*got:      RuntimeError"),
-        (_stub, r"Exercise 1\.1 \(squared distances to every code\): not implemented yet"),
+        (stub, r"Exercise 1\.1 \(squared distances to every code\): not implemented yet"),
     ],
-    ids=_name,
+    ids=case_id,
 )
 def test_squared_distances_rejects(wrong, message):
-    _rejects(ch01.check_squared_distances, wrong, message)
+    rejects(ch01.check_squared_distances, wrong, message)
 
 
 # --- Exercise 1.2: vq_losses -------------------------------------------------------------------
@@ -137,8 +118,8 @@ def _fixed_beta(z_e, e, beta=0.25):
 
 
 def test_vq_losses_references_pass(capsys):
-    _passes(ch01.check_vq_losses, vq.quantize_losses, capsys, "1.2")
-    _passes(ch01.check_vq_losses, _losses, capsys, "1.2")
+    passes(ch01.check_vq_losses, vq.quantize_losses, capsys, "1.2")
+    passes(ch01.check_vq_losses, _losses, capsys, "1.2")
 
 
 @pytest.mark.parametrize(
@@ -150,12 +131,12 @@ def test_vq_losses_references_pass(capsys):
         (_no_stop_gradients, r"codebook loss gives z_e no gradient: sg\(z_e\)"),
         (_sums, r"codebook_loss with beta=0\.25: the mean(.|\n)*values differ"),
         (_fixed_beta, r"commitment_loss with beta=2\.0"),
-        (_stub, r"Exercise 1\.2 \(codebook and commitment losses\): not implemented yet"),
+        (stub, r"Exercise 1\.2 \(codebook and commitment losses\): not implemented yet"),
     ],
-    ids=_name,
+    ids=case_id,
 )
 def test_vq_losses_rejects(wrong, message):
-    _rejects(ch01.check_vq_losses, wrong, message)
+    rejects(ch01.check_vq_losses, wrong, message)
 
 
 # --- Exercise 1.3: vq_forward ------------------------------------------------------------------
@@ -214,8 +195,8 @@ def _no_sg_forward(z_e, codebook, beta=0.25):
 
 
 def test_vq_forward_references_pass(capsys):
-    _passes(ch01.check_vq_forward, _forward, capsys, "1.3")
-    _passes(ch01.check_vq_forward, _package_forward, capsys, "1.3")
+    passes(ch01.check_vq_forward, _forward, capsys, "1.3")
+    passes(ch01.check_vq_forward, _package_forward, capsys, "1.3")
 
 
 @pytest.mark.parametrize(
@@ -228,12 +209,12 @@ def test_vq_forward_references_pass(capsys):
         (_argmin_over_vectors, r"tokens \(N,\) long for N=8 (.|\n)*dim=1"),
         (_beta_on_codebook_forward, r"codebook_loss \(N=8, K=8\)(.|\n)*β on the commitment"),
         (_no_sg_forward, r"the codebook loss gives z_e no gradient"),
-        (_stub, r"Exercise 1\.3 \(the VQ layer's forward pass\): not implemented yet"),
+        (stub, r"Exercise 1\.3 \(the VQ layer's forward pass\): not implemented yet"),
     ],
-    ids=_name,
+    ids=case_id,
 )
 def test_vq_forward_rejects(wrong, message):
-    _rejects(ch01.check_vq_forward, wrong, message)
+    rejects(ch01.check_vq_forward, wrong, message)
 
 
 # --- Exercise 1.4: codebook_usage --------------------------------------------------------------
@@ -265,7 +246,7 @@ def _entropy_not_perplexity(tokens, num_codes):
 
 
 def test_codebook_usage_reference_passes(capsys):
-    _passes(ch01.check_codebook_usage, _usage, capsys, "1.4")
+    passes(ch01.check_codebook_usage, _usage, capsys, "1.4")
 
 
 @pytest.mark.parametrize(
@@ -281,12 +262,12 @@ def test_codebook_usage_reference_passes(capsys):
             _entropy_not_perplexity,
             r"perplexity for one code(.|\n)*got:      -0\n(.|\n)*exp of the entropy",
         ),
-        (_stub, r"Exercise 1\.4 \(codebook usage and perplexity\): not implemented yet"),
+        (stub, r"Exercise 1\.4 \(codebook usage and perplexity\): not implemented yet"),
     ],
-    ids=_name,
+    ids=case_id,
 )
 def test_codebook_usage_rejects(wrong, message):
-    _rejects(ch01.check_codebook_usage, wrong, message)
+    rejects(ch01.check_codebook_usage, wrong, message)
 
 
 # --- Exercise 1.5: restart_dead_codes ----------------------------------------------------------
@@ -350,8 +331,8 @@ def _randperm_only(codebook, counts, z, threshold=1.0, generator=None):
 
 
 def test_restart_dead_codes_references_pass(capsys):
-    _passes(ch01.check_restart_dead_codes, _restart, capsys, "1.5")
-    _passes(ch01.check_restart_dead_codes, _restart_by_hand, capsys, "1.5")
+    passes(ch01.check_restart_dead_codes, _restart, capsys, "1.5")
+    passes(ch01.check_restart_dead_codes, _restart_by_hand, capsys, "1.5")
 
 
 @pytest.mark.parametrize(
@@ -364,12 +345,12 @@ def test_restart_dead_codes_references_pass(capsys):
         (_global_rng, r"from `generator` only(.|\n)*generator=generator"),
         (_in_place, r"leaves the input codebook unchanged(.|\n)*clone"),
         (_randperm_only, r"runs on \(tensor of shape \(4, 3\)(.|\n)*it raised"),
-        (_stub, r"Exercise 1\.5 \(restart dead codes\): not implemented yet"),
+        (stub, r"Exercise 1\.5 \(restart dead codes\): not implemented yet"),
     ],
-    ids=_name,
+    ids=case_id,
 )
 def test_restart_dead_codes_rejects(wrong, message):
-    _rejects(ch01.check_restart_dead_codes, wrong, message)
+    rejects(ch01.check_restart_dead_codes, wrong, message)
 
 
 # --- Exercise 1.6: rvq_encode ------------------------------------------------------------------
@@ -410,7 +391,7 @@ def _stage_major_tokens(z, codebooks):
 
 
 def test_rvq_encode_reference_passes(capsys):
-    _passes(ch01.check_rvq_encode, _rvq, capsys, "1.6")
+    passes(ch01.check_rvq_encode, _rvq, capsys, "1.6")
 
 
 @pytest.mark.parametrize(
@@ -420,12 +401,12 @@ def test_rvq_encode_reference_passes(capsys):
         (_residual_wrong_sign, r"three stages: stage s quantizes the residual"),
         (_last_stage_only, r"z_q is the sum of the codes of all stages"),
         (_stage_major_tokens, r"one stage is plain VQ(.|\n)*got:      shape \(1, 20\)"),
-        (_stub, r"Exercise 1\.6 \(residual VQ encoding\): not implemented yet"),
+        (stub, r"Exercise 1\.6 \(residual VQ encoding\): not implemented yet"),
     ],
-    ids=_name,
+    ids=case_id,
 )
 def test_rvq_encode_rejects(wrong, message):
-    _rejects(ch01.check_rvq_encode, wrong, message)
+    rejects(ch01.check_rvq_encode, wrong, message)
 
 
 # --- Exercise 1.7: fsq_quantize ----------------------------------------------------------------
@@ -477,8 +458,8 @@ def _no_channel_check(z, levels):
 
 
 def test_fsq_quantize_references_pass(capsys):
-    _passes(ch01.check_fsq_quantize, _fsq, capsys, "1.7")
-    _passes(ch01.check_fsq_quantize, _package_fsq, capsys, "1.7")
+    passes(ch01.check_fsq_quantize, _fsq, capsys, "1.7")
+    passes(ch01.check_fsq_quantize, _package_fsq, capsys, "1.7")
 
 
 @pytest.mark.parametrize(
@@ -490,12 +471,12 @@ def test_fsq_quantize_references_pass(capsys):
         (_divide_by_levels_minus_one, r"values for levels \(5, 5\)(.|\n)*divide by ⌊L/2⌋"),
         (_gradient_skips_tanh, r"gradient: straight through(.|\n)*tanh's slope"),
         (_no_channel_check, r"raises ValueError when z has 3 channels(.|\n)*no error"),
-        (_stub, r"Exercise 1\.7 \(finite scalar quantization\): not implemented yet"),
+        (stub, r"Exercise 1\.7 \(finite scalar quantization\): not implemented yet"),
     ],
-    ids=_name,
+    ids=case_id,
 )
 def test_fsq_quantize_rejects(wrong, message):
-    _rejects(ch01.check_fsq_quantize, wrong, message)
+    rejects(ch01.check_fsq_quantize, wrong, message)
 
 
 # --- every checker on the course device --------------------------------------------------------

@@ -6,21 +6,17 @@ import math
 
 import pytest
 import torch
+from checker_cases import case_id, stub
 from torch import nn
 
 from mmcourse import tokenizer, vq
 from mmcourse.checks import ExerciseFailed, ch02
 
 
-def _stub(*args, **kwargs):
-    # YOUR CODE HERE
-    raise NotImplementedError()
-
-
 def test_stubs_are_not_implemented_yet():
     for checker in (ch02.check_res_block, ch02.check_psnr, ch02.check_to_tokens):
         with pytest.raises(ExerciseFailed, match=r"Exercise 2\.\d .*: not implemented yet"):
-            checker(_stub)
+            checker(stub)
 
 
 # --- Exercise 2.1: ResBlock --------------------------------------------------------------------
@@ -135,7 +131,7 @@ def test_res_block_reference_passes(capsys):
             r"keeps the shape \(2, 16, 6, 5\)(.|\n)*got:      tensor of shape \(2, 16, 4, 3\)",
         ),
     ],
-    ids=lambda v: getattr(v, "__name__", "message"),
+    ids=case_id,
 )
 def test_res_block_wrong_versions_fail(wrong, message):
     with pytest.raises(ExerciseFailed, match=message):
@@ -196,7 +192,7 @@ def test_psnr_reference_passes(capsys):
         (_python_floats, r"keeps dtype float64(.|\n)*dtype torch.float32"),
         (_sum_not_mean, r"one PSNR per image(.|\n)*mean over C, H and W"),
     ],
-    ids=lambda v: getattr(v, "__name__", "message"),
+    ids=case_id,
 )
 def test_psnr_wrong_versions_fail(wrong, message):
     with pytest.raises(ExerciseFailed, match=message):
@@ -276,7 +272,7 @@ def test_to_tokens_reference_passes(capsys):
         (_float_tokens, r"returns tokens as a long tensor(.|\n)*dtype torch.float32"),
         (_in_place, r"leaves z_e and the codebook unchanged"),
     ],
-    ids=lambda v: getattr(v, "__name__", "message"),
+    ids=case_id,
 )
 def test_to_tokens_wrong_versions_fail(wrong, message):
     with pytest.raises(ExerciseFailed, match=message):

@@ -5,29 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from checker_cases import case_id, passes, rejects, stub
 from einops import rearrange
 
 from mmcourse import fusion, patches
 from mmcourse.checks import ExerciseFailed, ch03
-
-
-def _stub(*args, **kwargs):
-    # YOUR CODE HERE
-    raise NotImplementedError()
-
-
-def _passes(checker, candidate, capsys, number: str) -> None:
-    checker(candidate)
-    assert capsys.readouterr().out.startswith(f"✓ Exercise {number} passed (")
-
-
-def _rejects(checker, wrong, message: str) -> None:
-    with pytest.raises(ExerciseFailed, match=message):
-        checker(wrong)
-
-
-def _name(value) -> str:
-    return getattr(value, "__name__", "message")
 
 
 def _divisible(x, p):
@@ -81,8 +63,8 @@ def _float32(x, patch_size):
 
 
 def test_patchify_references_pass(capsys, device):
-    _passes(ch03.check_patchify, patches.patchify, capsys, "3.1")
-    _passes(ch03.check_patchify, _patchify_unfold, capsys, "3.1")
+    passes(ch03.check_patchify, patches.patchify, capsys, "3.1")
+    passes(ch03.check_patchify, _patchify_unfold, capsys, "3.1")
     ch03.check_patchify(patches.patchify, device=device)
     assert "✓ Exercise 3.1 passed" in capsys.readouterr().out
 
@@ -97,12 +79,12 @@ def test_patchify_references_pass(capsys, device):
         (_plain_reshape, r"failed check 2, (.|\n)*plain reshape of x"),
         (_no_divisibility_check, r"raises ValueError for a 6×8 image(.|\n)*no error"),
         (_float32, r"keeps dtype float64(.|\n)*got:      dtype torch\.float32"),
-        (_stub, r"Exercise 3\.1 \(patchify\): not implemented yet"),
+        (stub, r"Exercise 3\.1 \(patchify\): not implemented yet"),
     ],
-    ids=_name,
+    ids=case_id,
 )
 def test_patchify_rejects(wrong, message):
-    _rejects(ch03.check_patchify, wrong, message)
+    rejects(ch03.check_patchify, wrong, message)
 
 
 # --- Exercise 3.2: unpatchify ------------------------------------------------------------------
@@ -142,8 +124,8 @@ def _unpatchify_no_count_check(tokens, patch_size, height, width):
 
 
 def test_unpatchify_references_pass(capsys):
-    _passes(ch03.check_unpatchify, patches.unpatchify, capsys, "3.2")
-    _passes(ch03.check_unpatchify, _unpatchify_fold, capsys, "3.2")
+    passes(ch03.check_unpatchify, patches.unpatchify, capsys, "3.2")
+    passes(ch03.check_unpatchify, _unpatchify_fold, capsys, "3.2")
 
 
 @pytest.mark.parametrize(
@@ -153,12 +135,12 @@ def test_unpatchify_references_pass(capsys):
         (_unpatchify_channels_first, r"failed check 2, (.|\n)*scrambles the colours"),
         (_unpatchify_reshape, r"failed check 1, (.|\n)*plain reshape does not undo"),
         (_unpatchify_no_count_check, r"raises ValueError for 5 patches(.|\n)*EinopsError"),
-        (_stub, r"Exercise 3\.2 \(unpatchify\): not implemented yet"),
+        (stub, r"Exercise 3\.2 \(unpatchify\): not implemented yet"),
     ],
-    ids=_name,
+    ids=case_id,
 )
 def test_unpatchify_rejects(wrong, message):
-    _rejects(ch03.check_unpatchify, wrong, message)
+    rejects(ch03.check_unpatchify, wrong, message)
 
 
 # --- Exercise 3.3: the patch embedding as a convolution ---------------------------------------
@@ -207,8 +189,8 @@ def _conv_no_check(x, weight, bias, patch_size):
 
 
 def test_conv_patch_embed_references_pass(capsys):
-    _passes(ch03.check_conv_patch_embed, _conv_embed, capsys, "3.3")
-    _passes(ch03.check_conv_patch_embed, _conv_embed_module, capsys, "3.3")
+    passes(ch03.check_conv_patch_embed, _conv_embed, capsys, "3.3")
+    passes(ch03.check_conv_patch_embed, _conv_embed_module, capsys, "3.3")
 
 
 @pytest.mark.parametrize(
@@ -219,12 +201,12 @@ def test_conv_patch_embed_references_pass(capsys):
         (_channels_not_last, r"failed check 1, (.|\n)*move D last"),
         (_linear_form, r"computes the embedding with a convolution(.|\n)*F\.conv2d"),
         (_conv_no_check, r"raises ValueError for a 6×8 image(.|\n)*silently drops"),
-        (_stub, r"Exercise 3\.3 \(the patch embedding as a convolution\): not implemented yet"),
+        (stub, r"Exercise 3\.3 \(the patch embedding as a convolution\): not implemented yet"),
     ],
-    ids=_name,
+    ids=case_id,
 )
 def test_conv_patch_embed_rejects(wrong, message):
-    _rejects(ch03.check_conv_patch_embed, wrong, message)
+    rejects(ch03.check_conv_patch_embed, wrong, message)
 
 
 # --- Exercise 3.4: sin-cos positional embedding -------------------------------------------------
@@ -277,8 +259,8 @@ def _sincos_no_check(height, width, dim, base=10_000.0):
 
 
 def test_sincos_references_pass(capsys):
-    _passes(ch03.check_sincos_2d, patches.sincos_2d, capsys, "3.4")
-    _passes(ch03.check_sincos_2d, _sincos, capsys, "3.4")
+    passes(ch03.check_sincos_2d, patches.sincos_2d, capsys, "3.4")
+    passes(ch03.check_sincos_2d, _sincos, capsys, "3.4")
 
 
 @pytest.mark.parametrize(
@@ -291,12 +273,12 @@ def test_sincos_references_pass(capsys):
         (_sincos_fixed_base, r"failed check 3, \"uses the base argument"),
         (_sincos_float64, r"failed check 1, (.|\n)*dtype torch\.float32"),
         (_sincos_no_check, r"raises ValueError for dim=6(.|\n)*no error"),
-        (_stub, r"Exercise 3\.4 \(2-D sin-cos positional embedding\): not implemented yet"),
+        (stub, r"Exercise 3\.4 \(2-D sin-cos positional embedding\): not implemented yet"),
     ],
-    ids=_name,
+    ids=case_id,
 )
 def test_sincos_rejects(wrong, message):
-    _rejects(ch03.check_sincos_2d, wrong, message)
+    rejects(ch03.check_sincos_2d, wrong, message)
 
 
 # --- Exercise 3.5: contrastive loss ------------------------------------------------------------
@@ -353,8 +335,8 @@ def _detached_temperature(image_emb, text_emb, temperature):
 
 
 def test_contrastive_loss_references_pass(capsys):
-    _passes(ch03.check_contrastive_loss, fusion.contrastive_loss, capsys, "3.5")
-    _passes(ch03.check_contrastive_loss, _clip_loss, capsys, "3.5")
+    passes(ch03.check_contrastive_loss, fusion.contrastive_loss, capsys, "3.5")
+    passes(ch03.check_contrastive_loss, _clip_loss, capsys, "3.5")
 
 
 @pytest.mark.parametrize(
@@ -367,12 +349,12 @@ def test_contrastive_loss_references_pass(capsys):
         (_not_normalised, r"failed check 1, (.|\n)*not normalised"),
         (_zero_labels, r"failed check 1, (.|\n)*torch\.arange\(N\)"),
         (_detached_temperature, r"gradient reaches temperature"),
-        (_stub, r"Exercise 3\.5 \(symmetric contrastive loss\): not implemented yet"),
+        (stub, r"Exercise 3\.5 \(symmetric contrastive loss\): not implemented yet"),
     ],
-    ids=_name,
+    ids=case_id,
 )
 def test_contrastive_loss_rejects(wrong, message):
-    _rejects(ch03.check_contrastive_loss, wrong, message)
+    rejects(ch03.check_contrastive_loss, wrong, message)
 
 
 # --- Exercise 3.6: the projector ---------------------------------------------------------------
@@ -404,8 +386,8 @@ def _weights_not_transposed(vision_tokens, w1, b1, w2, b2):
 
 
 def test_project_references_pass(capsys):
-    _passes(ch03.check_project, fusion.project, capsys, "3.6")
-    _passes(ch03.check_project, _project, capsys, "3.6")
+    passes(ch03.check_project, fusion.project, capsys, "3.6")
+    passes(ch03.check_project, _project, capsys, "3.6")
 
 
 @pytest.mark.parametrize(
@@ -416,12 +398,12 @@ def test_project_references_pass(capsys):
         (_keeps_cls, r"failed check 1, (.|\n)*got:      tensor of shape \(2, 5, 5\)(.|\n)*\[CLS\]"),
         (_drops_last, r"failed check 2, (.|\n)*token 0"),
         (_weights_not_transposed, r"failed check 1, \"runs on(.|\n)*RuntimeError"),
-        (_stub, r"Exercise 3\.6 \(the vision-language projector\): not implemented yet"),
+        (stub, r"Exercise 3\.6 \(the vision-language projector\): not implemented yet"),
     ],
-    ids=_name,
+    ids=case_id,
 )
 def test_project_rejects(wrong, message):
-    _rejects(ch03.check_project, wrong, message)
+    rejects(ch03.check_project, wrong, message)
 
 
 def test_a_non_callable_is_refused():

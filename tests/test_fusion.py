@@ -33,14 +33,6 @@ def captioner() -> fusion.Captioner:
     return fusion.load_captioner()
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_shipped_clip_meets_the_bar(clip, held_out):
     assert fusion.retrieval_top1(clip, held_out.images, held_out.captions) >= 0.90
 

@@ -103,15 +103,6 @@ def _short_run(seed: int) -> tokenizer.TrainResult:
     )
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models train fastest on one thread, and stay fast when other jobs load the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_training_is_deterministic_and_learns(held_out, one_thread):
     one, two = _short_run(0), _short_run(0)
     x = held_out[:8]

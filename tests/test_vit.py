@@ -20,14 +20,6 @@ def shipped() -> vit.ViT:
     return vit.load_vit_digits()
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_shipped_vit_meets_the_bar(shipped):
     test = DigitsDataset("test")
     assert vit.accuracy(shipped, test.images, test.labels) >= 0.95

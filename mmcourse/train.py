@@ -5,6 +5,7 @@ python -m mmcourse.train tokenizer   # data/tokenizer.pt, the image tokenizer (2
 python -m mmcourse.train vit         # data/vit_digits.pt, the digits ViT (≈ 15 s)
 python -m mmcourse.train clip        # data/clip_shapes.pt, CLIP on Shapes (≈ 15 s)
 python -m mmcourse.train captioner   # data/captioner_shapes.pt (run clip first)
+python -m mmcourse.train diffusion   # data/diffusion_shapes.pt, diffusion_latent_shapes.pt (15 min)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 
 import torch
 
-from mmcourse import checkpoints, fusion, judge, tokenizer, vit
+from mmcourse import checkpoints, diffusion, fusion, judge, tokenizer, vit
 from mmcourse.data import ShapesDataset
 
 
@@ -52,6 +53,7 @@ TARGETS = {
     "vit": lambda seed: print(vit.rebuild(seed)),
     "clip": lambda seed: print(fusion.rebuild_clip(seed)),
     "captioner": lambda seed: print(fusion.rebuild_captioner(seed)),
+    "diffusion": lambda seed: print(diffusion.rebuild(seed)),
 }
 
 

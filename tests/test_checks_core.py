@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmcourse.checks import Check, ExerciseFailed, exercise
-from mmcourse.checks._core import _Failure
+from mmcourse.checks._core import OpSpy, _Failure, gradients, leaves
 
 
 @exercise("9.9", "double a tensor")
@@ -127,3 +127,18 @@ def test_default_device_comes_from_the_environment(monkeypatch, capsys):
     check_device(lambda: None)
     assert seen == [torch.device("cpu")]
     assert "passed (0 checks)" in capsys.readouterr().out
+
+
+def test_gradient_helpers_report_missing_gradients_as_zeros():
+    a, b = leaves(torch.ones(2), torch.ones(3))
+    assert a.requires_grad and a.is_leaf
+    grads = gradients((3 * a).sum(), [a, b])
+    assert torch.equal(grads[0], torch.full((2,), 3.0)) and torch.equal(grads[1], torch.zeros(3))
+    assert [g.sum().item() for g in gradients(a.detach(), [a, b])] == [0.0, 0.0]
+
+
+def test_op_spy_sees_operations_and_the_largest_temporary():
+    z, codebook = torch.randn(5, 3), torch.randn(4, 3)
+    with OpSpy() as spy:
+        (z[:, None, :] - codebook[None]).pow(2).sum(-1)
+    assert spy.largest == 5 * 4 * 3 and "sub" in spy.names

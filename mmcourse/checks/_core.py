@@ -17,10 +17,15 @@ the checker (`from None`): a learner reads the message, not torch's internals.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+
+# Private torch module, stable in practice: the one hook that sees every operation, whatever
+# Python code issued it. Pinned torch; revisit when upgrading.
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from mmcourse.env import device as _default_device
 
@@ -242,9 +247,53 @@ def exercise(number: str, title: str) -> Callable[[Callable[[Check], None]], Cal
     return decorate
 
 
+class OpSpy(TorchDispatchMode):
+    """Inside `with OpSpy() as spy:`, records the torch operations run (`spy.names`, e.g.
+    "convolution") and the most elements of any tensor they create (`spy.largest`), so a checker
+    can tell *how* a candidate computed its result (a convolution? an (N, K, D) temporary?)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: set[str] = set()
+        self.largest = 0
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple = (), kwargs: Any = None
+    ) -> Any:
+        self.names.add(func.__name__.split(".")[0])
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                self.largest = max(self.largest, leaf.numel())
+        return out
+
+
+def leaves(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Fresh leaf copies of `tensors` that require grad, for gradient checks."""
+    return [t.detach().clone().requires_grad_() for t in tensors]
+
+
+def gradients(loss: Any, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """∂(sum of loss)/∂x for each leaf x of `inputs`; zeros where the loss does not reach x (or
+    is not a tensor that requires grad), so a candidate's missing gradient compares as zeros."""
+    if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
+        return [torch.zeros_like(x) for x in inputs]
+    grads = torch.autograd.grad(loss.sum(), inputs, allow_unused=True, retain_graph=True)
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+
+
 def seeded(seed: int) -> torch.Generator:
     """A CPU generator with this seed: checkers draw their inputs from it, then move them."""
     return torch.Generator().manual_seed(seed)
 
 
-__all__ = ["Check", "ExerciseFailed", "describe", "exercise", "seeded"]
+__all__ = [
+    "Check",
+    "ExerciseFailed",
+    "OpSpy",
+    "describe",
+    "exercise",
+    "gradients",
+    "leaves",
+    "seeded",
+]

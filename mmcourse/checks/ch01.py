@@ -12,47 +12,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from mmcourse import vq
-from mmcourse.checks._core import Check, describe, exercise, seeded
+from mmcourse.checks._core import Check, OpSpy, describe, exercise, gradients, leaves, seeded
 
 _EXPANSION = "‖z − e‖² = ‖z‖² − 2 z·e + ‖e‖²"
 _LOSSES = "codebook_loss = mean (sg(z_e) − e)², commitment_loss = β · mean (z_e − sg(e))²"
 
 
 # ------------------------------------------------------------------------------- helpers
-
-
-class _LargestTensor(TorchDispatchMode):
-    """Records the largest number of elements of any tensor an operation creates (torch's
-    dispatch-mode hook sees every operation, whatever Python code issued it)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(
-        self, func: Any, types: Any, args: tuple = (), kwargs: Any = None
-    ) -> Any:
-        out = func(*args, **(kwargs or {}))
-        for leaf in tree_leaves(out):
-            if isinstance(leaf, torch.Tensor):
-                self.largest = max(self.largest, leaf.numel())
-        return out
-
-
-def _grads(loss: Any, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """∂loss/∂x for each leaf x of `inputs`; zeros where the loss does not reach x."""
-    if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
-        return [torch.zeros_like(x) for x in inputs]
-    grads = torch.autograd.grad(loss.sum(), inputs, allow_unused=True, retain_graph=True)
-    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
-
-
-def _leaves(*tensors: torch.Tensor) -> list[torch.Tensor]:
-    return [t.detach().clone().requires_grad_() for t in tensors]
 
 
 def _unpack(check: Check, got: Any, names: Sequence[str]) -> tuple:
@@ -122,7 +90,7 @@ def check_squared_distances(check: Check) -> None:
     n, k, d = 64, 32, 16
     z = torch.randn(n, d, generator=g).to(dev)
     codebook = torch.randn(k, d, generator=g).to(dev)
-    with _LargestTensor() as spy:
+    with OpSpy() as spy:
         check.call(z, codebook)
     check.that(
         spy.largest < n * k * d,
@@ -165,12 +133,12 @@ def check_vq_losses(check: Check) -> None:
             f"commitment_loss with beta={beta}: β times the mean of (z_e − e)²",
             hint=f"β multiplies only the commitment term: {_LOSSES}",
         )
-    z_leaf, codes_leaf = _leaves(z_e, codes)
+    z_leaf, codes_leaf = leaves(z_e, codes)
     got = _unpack(check, check.call(z_leaf, codes_leaf, 0.25), ("codebook_loss", "commitment_loss"))
-    ref_z, ref_codes = _leaves(z_e, codes)
+    ref_z, ref_codes = leaves(z_e, codes)
     expected = vq.quantize_losses(ref_z, ref_codes, 0.25)
-    ref_grads = [_grads(loss, (ref_z, ref_codes)) for loss in expected]
-    grads = [_grads(loss, (z_leaf, codes_leaf)) for loss in got]
+    ref_grads = [gradients(loss, (ref_z, ref_codes)) for loss in expected]
+    grads = [gradients(loss, (z_leaf, codes_leaf)) for loss in got]
     check.close(
         grads[0][1],
         ref_grads[0][1],
@@ -258,13 +226,13 @@ def check_vq_forward(check: Check) -> None:
     z_e = torch.randn(12, 4, generator=g).to(dev)
     codebook = torch.randn(6, 4, generator=g).to(dev)
     upstream = torch.randn(12, 4, generator=g).to(dev)  # ∂L/∂z_q from a pretend decoder
-    z_leaf, cb_leaf = _leaves(z_e, codebook)
+    z_leaf, cb_leaf = leaves(z_e, codebook)
     got = _unpack(check, check.call(z_leaf, cb_leaf, 0.25), _FORWARD)
-    ref_z, ref_cb = _leaves(z_e, codebook)
+    ref_z, ref_cb = leaves(z_e, codebook)
     expected = _vq_forward(ref_z, ref_cb, 0.25)
     downstream = [
-        _grads((got[0] * upstream).sum(), (z_leaf, cb_leaf)),
-        _grads((expected[0] * upstream).sum(), (ref_z, ref_cb)),
+        gradients((got[0] * upstream).sum(), (z_leaf, cb_leaf)),
+        gradients((expected[0] * upstream).sum(), (ref_z, ref_cb)),
     ]
     check.close(
         downstream[0][0],
@@ -279,8 +247,8 @@ def check_vq_forward(check: Check) -> None:
         "the decoder's gradient at z_q does not reach the codebook",
         hint="in z_q = z_e + sg(e − z_e) the whole difference is detached",
     )
-    losses = [_grads(got[i], (z_leaf, cb_leaf)) for i in (2, 3)]
-    ref_losses = [_grads(expected[i], (ref_z, ref_cb)) for i in (2, 3)]
+    losses = [gradients(got[i], (z_leaf, cb_leaf)) for i in (2, 3)]
+    ref_losses = [gradients(expected[i], (ref_z, ref_cb)) for i in (2, 3)]
     check.close(
         losses[0][1],
         ref_losses[0][1],
@@ -557,7 +525,7 @@ def check_fsq_quantize(check: Check) -> None:
     )
     z = (torch.randn(16, 3, generator=g) * 2).to(dev)
     upstream = torch.randn(16, 3, generator=g).to(dev)
-    (leaf,), (ref_leaf,) = _leaves(z), _leaves(z)
+    (leaf,), (ref_leaf,) = leaves(z), leaves(z)
     got = check.call(leaf, (7, 4, 3))
     check.that(
         isinstance(got, torch.Tensor) and got.requires_grad,
@@ -567,8 +535,8 @@ def check_fsq_quantize(check: Check) -> None:
         hint="rounding has zero gradient: round straight-through, b + (b.round() − b).detach()",
     )
     check.close(
-        _grads((got * upstream).sum(), [leaf])[0],
-        _grads((vq.FSQ((7, 4, 3)).quantize(ref_leaf) * upstream).sum(), [ref_leaf])[0],
+        gradients((got * upstream).sum(), [leaf])[0],
+        gradients((vq.FSQ((7, 4, 3)).quantize(ref_leaf) * upstream).sum(), [ref_leaf])[0],
         "gradient: straight through the rounding, through tanh and the scaling",
         hint="the straight-through step goes on the bounded value b, b + sg(round(b) − b), so "
         "the gradient still carries tanh's slope and the 1/⌊L/2⌋ scale",

@@ -14,29 +14,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmcourse import fusion, patches
-from mmcourse.checks._core import Check, describe, exercise, seeded
+from mmcourse.checks._core import Check, OpSpy, describe, exercise, gradients, leaves, seeded
 
 _ORDER = "x (B, C, H, W) → (B, N, P·P·C) with rearrange 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)'"
 
 
 # ------------------------------------------------------------------------------- helpers
-
-
-class _Ops(TorchDispatchMode):
-    """Records the names of the torch operations run inside it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: set[str] = set()
-
-    def __torch_dispatch__(
-        self, func: Any, types: Any, args: tuple = (), kwargs: Any = None
-    ) -> Any:
-        self.names.add(func.__name__.split(".")[0])
-        return func(*args, **(kwargs or {}))
 
 
 def _diagnose(got: Any, known: Sequence[tuple[torch.Tensor, str]], default: str) -> str:
@@ -48,18 +33,6 @@ def _diagnose(got: Any, known: Sequence[tuple[torch.Tensor, str]], default: str)
             ):
                 return hint
     return default
-
-
-def _grads(loss: Any, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """∂loss/∂x for each leaf x; zeros where the loss does not reach x."""
-    if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
-        return [torch.zeros_like(x) for x in inputs]
-    grads = torch.autograd.grad(loss.sum(), inputs, allow_unused=True)
-    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
-
-
-def _leaves(*tensors: torch.Tensor) -> list[torch.Tensor]:
-    return [t.detach().clone().requires_grad_() for t in tensors]
 
 
 def _counting(b: int, c: int, h: int, w: int, device: torch.device) -> torch.Tensor:
@@ -252,7 +225,7 @@ def check_conv_patch_embed(check: Check) -> None:
     x = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64).to(dev)
     weight = torch.randn(6, 48, generator=g, dtype=torch.float64).to(dev)
     bias = torch.randn(6, generator=g, dtype=torch.float64).to(dev)
-    with _Ops() as spy:
+    with OpSpy() as spy:
         got = check.call(x, weight, bias, 4)
     check.close(
         got,
@@ -417,10 +390,10 @@ def check_contrastive_loss(check: Check) -> None:
         )
     image_emb = torch.randn(6, 4, generator=g).to(dev)
     text_emb = torch.randn(6, 4, generator=g).to(dev)
-    leaves = _leaves(image_emb, text_emb, torch.tensor(0.1, device=dev))
-    ref_leaves = _leaves(image_emb, text_emb, torch.tensor(0.1, device=dev))
-    got_grads = _grads(check.call(*leaves), leaves)
-    ref_grads = _grads(fusion.contrastive_loss(*ref_leaves), ref_leaves)
+    got_leaves = leaves(image_emb, text_emb, torch.tensor(0.1, device=dev))
+    ref_leaves = leaves(image_emb, text_emb, torch.tensor(0.1, device=dev))
+    got_grads = gradients(check.call(*got_leaves), got_leaves)
+    ref_grads = gradients(fusion.contrastive_loss(*ref_leaves), ref_leaves)
     for name, got_grad, ref_grad in zip(("image_emb", "text_emb", "temperature"), got_grads,
                                         ref_grads):  # fmt: skip
         check.close(
@@ -499,10 +472,10 @@ def check_project(check: Check) -> None:
         atol=1e-5,
         hint=_diagnose(got, mistakes, "F.linear(F.gelu(F.linear(patches, w1, b1)), w2, b2)"),
     )
-    leaves = _leaves(tokens, w1, w2)
-    got_grads = _grads(check.call(leaves[0], leaves[1], b1, leaves[2], b2), leaves)
-    ref_leaves = _leaves(tokens, w1, w2)
-    ref_grads = _grads(fusion.project(ref_leaves[0], ref_leaves[1], b1, ref_leaves[2], b2),
+    mine = leaves(tokens, w1, w2)
+    got_grads = gradients(check.call(mine[0], mine[1], b1, mine[2], b2), mine)
+    ref_leaves = leaves(tokens, w1, w2)
+    ref_grads = gradients(fusion.project(ref_leaves[0], ref_leaves[1], b1, ref_leaves[2], b2),
                        ref_leaves)  # fmt: skip
     check.close(
         got_grads[0],

@@ -6,9 +6,11 @@ back with `torch.load(..., weights_only=True)`, so loading never runs pickled co
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
@@ -40,3 +42,26 @@ def load(path: Path, *, command: str) -> dict:
             f"checkpoint {path.name} does not hold 'state_dict' and 'config'; {rebuild}"
         )
     return ckpt
+
+
+def restore(
+    ckpt: dict,
+    model_class: type[nn.Module],
+    *,
+    path: Path,
+    command: str,
+    build: Callable[[dict], nn.Module] | None = None,
+) -> nn.Module:
+    """The model of a checkpoint read by `load`: built from its config (`model_class(**config)`
+    unless `build(config)` is given) with its weights, in eval mode. A checkpoint that does not fit
+    the model raises CheckpointError naming the model and the command that rebuilds the file."""
+    build = build or (lambda config: model_class(**config))
+    try:
+        model = build(dict(ckpt["config"]))
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, TypeError, ValueError, KeyError):
+        raise CheckpointError(
+            f"{Path(path).name} does not match the {model_class.__name__} model; "
+            f"rebuild it with: {command}"
+        ) from None
+    return model.eval()

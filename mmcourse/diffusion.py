@@ -370,15 +370,9 @@ def load_diffusion(path: Path | str = PATH, device: torch.device | str | None = 
     ckpt = checkpoints.load(path, command=COMMAND)
     config = dict(ckpt["config"])
     schedule, scale = config.pop("schedule", "linear"), config.pop("latent_scale", None)
-    try:
-        model = UNet(**config)
-        model.load_state_dict(ckpt["state_dict"])
-    except (RuntimeError, TypeError, ValueError):
-        raise checkpoints.CheckpointError(
-            f"{path.name} does not match the UNet model; rebuild it with: {COMMAND}"
-        ) from None
+    model = checkpoints.restore({**ckpt, "config": config}, UNet, path=path, command=COMMAND)
     alpha_bar = cosine_schedule() if schedule == "cosine" else linear_schedule()
-    return Generator(model.eval().to(device or default_device()), alpha_bar, scale)
+    return Generator(model.to(device or default_device()), alpha_bar, scale)
 
 
 def caption_labels(per_caption: int) -> torch.Tensor:

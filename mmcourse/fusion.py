@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 
 from mmcourse import _validate, checkpoints
 from mmcourse.data import COLORS, POSITIONS, SHAPES, ShapesDataset, all_captions
-from mmcourse.vit import Block, TrainResult, ViT, one_thread
+from mmcourse.vit import Block, TrainResult, ViT, fit, one_thread
 
 CLIP_PATH = checkpoints.DATA_DIR / "clip_shapes.pt"
 CLIP_COMMAND = "python -m mmcourse.train clip"
@@ -294,30 +293,6 @@ def _distinct_caption_batches(
     return sample
 
 
-def _fit(
-    model: nn.Module,
-    loss_fn: Callable[[torch.Tensor], torch.Tensor],
-    sample: Callable[[], torch.Tensor],
-    steps: int,
-    lr: float,
-    progress: Callable | None,
-) -> TrainResult:
-    """AdamW with a one-cycle schedule over the trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    losses, start = [], time.perf_counter()
-    model.train()
-    for _ in progress(range(steps)) if progress else range(steps):
-        loss = loss_fn(sample())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    return TrainResult(model.eval(), losses, time.perf_counter() - start)
-
-
 def train_clip(
     seed: int = 0,
     steps: int = 400,
@@ -333,7 +308,7 @@ def train_clip(
     data = ShapesDataset(n=n_images, seed=0)
     ids = encode_captions(data.captions)  # (n, L)
     model = CLIP(**config)
-    return _fit(
+    return fit(
         model,
         lambda idx: model.loss(data.images[idx], ids[idx]),
         _distinct_caption_batches(data, batch, g),
@@ -359,7 +334,7 @@ def train_captioner(
     data = ShapesDataset(n=n_images, seed=0)
     ids = encode_captions(data.captions)
     model = Captioner(vision, **config)
-    return _fit(
+    return fit(
         model,
         lambda idx: model.loss(data.images[idx], ids[idx]),
         lambda: torch.randint(len(data), (batch,), generator=g),
@@ -369,31 +344,20 @@ def train_captioner(
     )
 
 
-def _load_state(model: nn.Module, ckpt: dict, path: Path, command: str) -> None:
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError:
-        raise checkpoints.CheckpointError(
-            f"{path.name} does not match the {type(model).__name__} model; rebuild it with: "
-            f"{command}"
-        ) from None
-
-
 def load_clip(path: Path = CLIP_PATH) -> CLIP:
     """The trained CLIP from data/clip_shapes.pt, in eval mode on the CPU."""
     ckpt = checkpoints.load(Path(path), command=CLIP_COMMAND)
-    model = CLIP(**ckpt["config"])
-    _load_state(model, ckpt, Path(path), CLIP_COMMAND)
-    return model.eval()
+    return checkpoints.restore(ckpt, CLIP, path=path, command=CLIP_COMMAND)
 
 
 def load_captioner(path: Path = CAPTIONER_PATH) -> Captioner:
     """The trained captioner (with its frozen ViT) from data/captioner_shapes.pt, eval mode."""
     ckpt = checkpoints.load(Path(path), command=CAPTIONER_COMMAND)
-    config = dict(ckpt["config"])
-    model = Captioner(ViT(**config.pop("vision")), **config)
-    _load_state(model, ckpt, Path(path), CAPTIONER_COMMAND)
-    return model.eval()
+
+    def build(config: dict) -> Captioner:
+        return Captioner(ViT(**config.pop("vision")), **config)
+
+    return checkpoints.restore(ckpt, Captioner, path=path, command=CAPTIONER_COMMAND, build=build)
 
 
 def rebuild_clip(seed: int = 0) -> str:

@@ -95,14 +95,8 @@ class Judge(nn.Module):
 def load_judge(path: Path = PATH, device: torch.device | str | None = None) -> Judge:
     """The trained judge from data/judge.pt, in eval mode on `device` (default: the course's)."""
     ckpt = checkpoints.load(Path(path), command=COMMAND)
-    judge = Judge(**ckpt["config"])
-    try:
-        judge.load_state_dict(ckpt["state_dict"])
-    except RuntimeError:
-        raise checkpoints.CheckpointError(
-            f"{Path(path).name} does not match the Judge model; rebuild it with: {COMMAND}"
-        ) from None
-    return judge.eval().to(device or default_device())
+    judge = checkpoints.restore(ckpt, Judge, path=path, command=COMMAND)
+    return judge.to(device or default_device())
 
 
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

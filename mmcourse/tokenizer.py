@@ -421,11 +421,5 @@ def load_tokenizer(
     course's). A missing or corrupt file raises an error naming the command that rebuilds it."""
     path = Path(path) if path is not None else PATH
     ckpt = checkpoints.load(path, command=COMMAND)
-    try:
-        model = VQVAE(**ckpt["config"])
-        model.load_state_dict(ckpt["state_dict"])
-    except (RuntimeError, TypeError, ValueError):
-        raise checkpoints.CheckpointError(
-            f"{path.name} does not match the VQVAE model; rebuild it with: {COMMAND}"
-        ) from None
-    return model.eval().to(device or default_device())
+    model = checkpoints.restore(ckpt, VQVAE, path=path, command=COMMAND)
+    return model.to(device or default_device())

@@ -171,6 +171,32 @@ class TrainResult:
     seconds: float
 
 
+def fit(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    sample: Callable[[], torch.Tensor],
+    steps: int,
+    lr: float,
+    progress: Callable | None = None,
+    weight_decay: float = 0.01,
+) -> TrainResult:
+    """Train for `steps` steps of `loss_fn(sample())` with AdamW and a one-cycle schedule over the
+    trainable parameters; `progress` wraps the step range (e.g. tqdm)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    losses, start = [], time.perf_counter()
+    model.train()
+    for _ in progress(range(steps)) if progress else range(steps):
+        loss = loss_fn(sample())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    return TrainResult(model.eval(), losses, time.perf_counter() - start)
+
+
 def train_vit_digits(
     seed: int = 0,
     epochs: int = 40,
@@ -186,32 +212,21 @@ def train_vit_digits(
     train = DigitsDataset("train")
     model = ViT(**config)
     steps = epochs * math.ceil(len(train) / batch)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    losses, start = [], time.perf_counter()
-    for _ in progress(range(steps)) if progress else range(steps):
-        idx = torch.randint(len(train), (batch,), generator=g)
+
+    def loss_fn(idx: torch.Tensor) -> torch.Tensor:
         x = _shift(train.images[idx], g)  # (B, 1, 8, 8)
-        loss = F.cross_entropy(model(x), train.labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    return TrainResult(model.eval(), losses, time.perf_counter() - start)
+        return F.cross_entropy(model(x), train.labels[idx])
+
+    def sample() -> torch.Tensor:
+        return torch.randint(len(train), (batch,), generator=g)
+
+    return fit(model, loss_fn, sample, steps, lr, progress, weight_decay=0.05)
 
 
 def load_vit_digits(path: Path = PATH) -> ViT:
     """The trained digits ViT from data/vit_digits.pt, in eval mode on the CPU."""
     ckpt = checkpoints.load(Path(path), command=COMMAND)
-    model = ViT(**ckpt["config"])
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError:
-        raise checkpoints.CheckpointError(
-            f"{Path(path).name} does not match the ViT model; rebuild it with: {COMMAND}"
-        ) from None
-    return model.eval()
+    return checkpoints.restore(ckpt, ViT, path=path, command=COMMAND)
 
 
 @contextmanager

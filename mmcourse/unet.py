@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from mmcourse import _validate
 from mmcourse.data import COLORS, POSITIONS, SHAPES
+from mmcourse.tokenizer import group_norm  # a clear error when groups do not divide channels
 
 NULL = -1  # the label value meaning "no caption" (for classifier-free guidance)
 NUM_CLASSES = (len(COLORS), len(SHAPES), len(POSITIONS))  # (6, 3, 5)
@@ -48,10 +49,10 @@ class ResBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int = 8):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, c_in)
+        self.norm1 = group_norm(c_in, groups)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.emb = nn.Linear(emb_dim, c_out)
-        self.norm2 = nn.GroupNorm(groups, c_out)
+        self.norm2 = group_norm(c_out, groups)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
@@ -105,7 +106,7 @@ class UNet(nn.Module):
             self.up.append(ResBlock(channels[i] * 2, c_out, emb_dim, groups))
             if i > 0:
                 self.upsample.append(nn.Conv2d(c_out, c_out, 3, padding=1))
-        self.norm_out = nn.GroupNorm(groups, channels[0])
+        self.norm_out = group_norm(channels[0], groups)
         self.conv_out = nn.Conv2d(channels[0], c_pixels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)  # start by predicting ε̂ = x_t (the skip below)
         nn.init.zeros_(self.conv_out.bias)

@@ -108,3 +108,8 @@ def test_names_t_labels_and_size():
         model(x.long(), t, labels)
     with pytest.raises(ValueError, match="multiples of 8"):
         model(torch.zeros(2, 3, 12, 12), t, labels)
+
+
+def test_groups_that_do_not_divide_the_channels_are_a_clear_error():
+    with pytest.raises(ValueError, match="groups must divide channels.*48 channels into 7 groups"):
+        UNet(groups=7)

@@ -3,7 +3,9 @@
 #   make test       the whole test suite: pytest over tests/ plus nbval over solutions/, on CPU
 #   make student    regenerate notebooks/ (student versions) from solutions/
 #   make bench      run every benchmark and refresh the table in benchmarks/README.md
-#   make test-gpu   the tests marked `gpu`, on CUDA
+#   make test-gpu   the tests marked `gpu`, then every benchmark, on CUDA
+#   make check NB=notebooks/NN_topic.ipynb   grade one learner notebook (nbval), exercise by exercise
+#   make browser    install Debian's chromium for the browser test (root; CI runs it)
 # Knobs: PYTHON (interpreter that creates .venv), TORCH (the torch requirement; keep it equal to
 # pyproject.toml's pin), PIP_ARGS (extra pip options, e.g. an extra index for CPU-only wheels).
 
@@ -18,7 +20,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell echo '$(TORCH) $(PIP_ARGS)' | cksum | cut -d ' ' -f 1)
 SOLUTIONS := $(wildcard solutions/*.ipynb)
 
-.PHONY: install lab test student bench test-gpu
+.PHONY: install lab test student bench test-gpu check browser
 
 install: $(STAMP)
 
@@ -47,4 +49,15 @@ bench: $(STAMP)
 
 test-gpu: $(STAMP)
 	MMCOURSE_DEVICE=cuda $(BIN)/python -m pytest -m gpu tests
+	MMCOURSE_DEVICE=cuda $(BIN)/python benchmarks/run.py --all
+
+check: $(STAMP)
+	@test -n "$(NB)" || { echo "usage: make check NB=notebooks/NN_topic.ipynb"; exit 2; }
+	$(BIN)/python -m mmcourse.grade "$(NB)"
+
+# tests/test_browser.py drives Debian's chromium (Playwright never downloads a browser here).
+browser:
+	@command -v chromium >/dev/null || apt-get install -y -q chromium \
+		|| { apt-get update -q && apt-get install -y -q chromium; }
+	@chromium --version
 

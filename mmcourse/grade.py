@@ -1,0 +1,126 @@
+"""Grade one learner notebook with nbval and say, in plain words, which exercises pass.
+
+    python -m mmcourse.grade notebooks/01_vector_quantization.ipynb
+    make check NB=notebooks/01_vector_quantization.ipynb          # the same
+
+It runs `pytest --nbval-lax` on the notebook (every cell, top to bottom, in a fresh kernel: what a
+grader runs) with this module as a pytest plugin. The plugin reads each nbgrader check cell's
+result and ends with one line per exercise:
+
+    ✓ Exercise 1.1 passes
+    ✗ Exercise 1.2 fails: Exercise 1.2 (VQ losses) failed check 3, "...": expected ... got ...
+    · Exercise 1.3 is not attempted yet
+
+Exit status 0 exactly when every cell ran and every exercise passes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_CHECK_ID = re.compile(r"check_ex(\d+)_(\d+)")
+
+
+class Result(NamedTuple):
+    exercise: str  # "Exercise 1.2"
+    passed: bool
+    message: str  # the checker's message when it failed, "" when it passed
+
+
+def exercise_name(grade_id: str) -> str:
+    """'check_ex1_2' → 'Exercise 1.2' (other ids are shown as they are)."""
+    match = _CHECK_ID.fullmatch(grade_id)
+    return f"Exercise {match[1]}.{match[2]}" if match else grade_id
+
+
+def failure_message(traceback: str) -> str:
+    """The checker's message from a cell's traceback: the text after `ExerciseFailed: `, or
+    else the last line (the error that stopped the cell)."""
+    text = _ANSI.sub("", traceback).strip()
+    if "ExerciseFailed: " in text:
+        return text.rsplit("ExerciseFailed: ", 1)[1].strip()
+    return text.splitlines()[-1].strip() if text else "the cell failed"
+
+
+def summary(results: list[Result], other_failures: list[str]) -> list[str]:
+    """The plain-words report: one line per exercise, then the other cells that failed."""
+    lines = []
+    for result in results:
+        if result.passed:
+            lines.append(f"✓ {result.exercise} passes")
+        elif "not implemented yet" in result.message:
+            lines.append(f"· {result.exercise} is not attempted yet")
+        else:
+            first, *rest = result.message.splitlines()
+            lines.append(f"✗ {result.exercise} fails: {first}")
+            lines += [f"      {line.strip()}" for line in rest]
+    if not results:
+        lines.append("no exercise check cells found (is this a course notebook?)")
+    if other_failures:
+        lines.append(
+            f"{len(other_failures)} other cell(s) failed, the first: {other_failures[0]} "
+            "(a cell can fail because an exercise above it is unfinished)"
+        )
+    passed = sum(r.passed for r in results)
+    lines.append(f"{passed} of {len(results)} exercises pass")
+    return lines
+
+
+class _Collector:
+    """The pytest plugin: records each notebook cell's outcome as nbval reports it."""
+
+    def __init__(self) -> None:
+        self.results: list[Result] = []
+        self.other_failures: list[str] = []
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        outcome = yield
+        report = outcome.get_result()
+        cell = getattr(item, "cell", None)
+        if cell is None or report.when != "call":
+            return
+        grading = cell.get("metadata", {}).get("nbgrader", {})
+        failure = getattr(call.excinfo, "value", None)
+        message = failure_message(getattr(failure, "inner_traceback", "") or str(failure or ""))
+        if grading.get("grade") and grading.get("grade_id"):
+            name = exercise_name(grading["grade_id"])
+            self.results.append(Result(name, report.passed, "" if report.passed else message))
+        elif report.failed:
+            last = message.splitlines()[-1].rstrip(": ")
+            self.other_failures.append(f"cell {item.cell_num}: {last}")
+
+    def pytest_terminal_summary(self, terminalreporter):
+        terminalreporter.section("exercises")
+        for line in summary(self.results, self.other_failures):
+            terminalreporter.write_line(line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not args[0].endswith(".ipynb"):
+        print("usage: python -m mmcourse.grade notebooks/NN_topic.ipynb", file=sys.stderr)
+        return 2
+    notebook = Path(args[0])
+    if not notebook.is_file():
+        print(f"no notebook at {notebook}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("MMCOURSE_DEVICE", "cpu")
+    collector = _Collector()
+    code = pytest.main(
+        ["-q", "--no-header", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
+         "--nbval-cell-timeout=600", "--tb=no", "-rN", str(notebook)],
+        plugins=[collector],
+    )  # fmt: skip
+    return int(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

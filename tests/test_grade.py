@@ -1,0 +1,80 @@
+"""`make check NB=…` / `python -m mmcourse.grade`: nbval on one learner notebook, then one line
+per exercise in plain words; exit 0 exactly when everything passes."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+
+from mmcourse import grade
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = "00_welcome.ipynb"
+SOLUTION = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$\n?", re.MULTILINE)
+
+
+def _grade(path: Path) -> tuple[int, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "mmcourse.grade", str(path)],
+        capture_output=True, text=True, timeout=600, cwd=path.parent,
+    )  # fmt: skip
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_exercise_names_and_messages():
+    assert grade.exercise_name("check_ex1_12") == "Exercise 1.12"
+    assert grade.exercise_name("my_check") == "my_check"
+    # nbval's tracebacks are coloured; the message is what follows `ExerciseFailed: `.
+    traceback = (
+        "Traceback\n\x1b[31mExerciseFailed\x1b[0m: Exercise 0.1 (x) failed check 2\n  hint: h"
+    )
+    assert grade.failure_message(traceback) == "Exercise 0.1 (x) failed check 2\n  hint: h"
+    assert grade.failure_message("Traceback ...\nValueError: bad") == "ValueError: bad"
+    lines = grade.summary(
+        [grade.Result("Exercise 0.1", True, ""),
+         grade.Result("Exercise 0.2", False, "Exercise 0.2 (grid) failed check 1\n  got: 3"),
+         grade.Result("Exercise 0.3", False, "Exercise 0.3 (y) is not implemented yet")],
+        ["cell 9: NameError"],
+    )  # fmt: skip
+    assert lines[0] == "✓ Exercise 0.1 passes"
+    assert lines[1] == "✗ Exercise 0.2 fails: Exercise 0.2 (grid) failed check 1"
+    assert lines[2] == "      got: 3"
+    assert lines[3] == "· Exercise 0.3 is not attempted yet"
+    assert lines[4].startswith("1 other cell(s) failed, the first: cell 9: NameError")
+    assert lines[-1] == "1 of 3 exercises pass"
+
+
+def test_usage_errors():
+    assert grade.main([]) == 2
+    assert grade.main(["missing.ipynb"]) == 2
+
+
+def test_solved_notebook_passes(tmp_path):
+    code, out = _grade(ROOT / "solutions" / NOTEBOOK)
+    assert code == 0, out
+    assert "✓ Exercise 0.1 passes" in out and "✓ Exercise 0.2 passes" in out, out
+    assert "2 of 2 exercises pass" in out, out
+
+
+def test_wrong_and_unfinished_exercises_are_named(tmp_path):
+    """Exercise 0.1 answered wrongly, Exercise 0.2 left as the stub."""
+    nb = nbformat.read(ROOT / "notebooks" / NOTEBOOK, as_version=4)
+    for cell in nb.cells:
+        if cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") == "ex0_1_parse_caption":
+            cell.source = (
+                "def parse_caption(caption):\n"
+                "    w = caption.split(' ')\n"
+                "    return {'color': w[1], 'shape': w[2], 'position': w[5]}\n"
+            )
+    path = tmp_path / NOTEBOOK
+    nbformat.write(nb, path)
+    code, out = _grade(path)
+    assert code == 1, out
+    assert "✗ Exercise 0.1 fails: Exercise 0.1 (read a caption) failed check" in out, out
+    assert "expected" in out, out
+    assert "· Exercise 0.2 is not attempted yet" in out, out
+    assert "0 of 2 exercises pass" in out, out

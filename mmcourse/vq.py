@@ -17,7 +17,7 @@ Layout: quantizers take z_e channels first, as rows (N, D) or maps (B, D, *S) su
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -158,6 +158,7 @@ class VectorQuantizer(nn.Module):
         decay: float = 0.99,
         eps: float = 1e-5,
         chunk_size: int | None = None,
+        search: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ):
         super().__init__()
         self.num_codes = _validate.positive_int("num_codes", num_codes)
@@ -169,6 +170,11 @@ class VectorQuantizer(nn.Module):
         if chunk_size is not None:
             _validate.positive_int("chunk_size", chunk_size)
         self.chunk_size = chunk_size
+        if search is not None and not callable(search):
+            raise TypeError(
+                f"search must be a function (z, codebook) -> tokens, got {type(search).__name__}"
+            )
+        self.search = search  # e.g. mmcourse.kernels.fused_vq.nearest_code (chapter 09)
         codebook = torch.randn(num_codes, dim)  # (K, D)
         if self.ema:
             self.register_buffer("codebook", codebook)
@@ -181,7 +187,11 @@ class VectorQuantizer(nn.Module):
         """Quantize z_e (N, D) or (B, D, *S); tokens (N,) or (B, *S). Computed in the codebook's
         dtype; z_q comes back in z_e's dtype."""
         z = _to_rows("z_e", z_e, self.dim).to(self.codebook.dtype)  # (N, D)
-        tokens = nearest_code(z, self.codebook, chunk_size=self.chunk_size)  # (N,)
+        if self.search is None:
+            tokens = nearest_code(z, self.codebook, chunk_size=self.chunk_size)  # (N,)
+        else:
+            with torch.no_grad():
+                tokens = self.search(z.detach().contiguous(), self.codebook.detach())  # (N,)
         codes = F.embedding(tokens, self.codebook)  # (N, D)  e_k, before straight-through
         counts = torch.bincount(tokens, minlength=self.num_codes)  # (K,)  n_k
         codebook_loss, commitment_loss = quantize_losses(z, codes, self.beta)

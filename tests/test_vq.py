@@ -475,3 +475,22 @@ def test_quantizer_names_z_e_on_any_wrong_layout(shape):
         return
     with pytest.raises(ValueError, match="^z_e must have D = 3 channels"):
         VectorQuantizer(4, 3)(torch.zeros(shape))
+
+
+def test_layer_takes_a_custom_search():
+    """`search=` swaps the nearest-code search (chapter 09's kernel drops in here); the losses and
+    the straight-through gradient stay the layer's own."""
+    calls = []
+
+    def search(z, codebook):
+        calls.append(z.requires_grad)
+        return nearest_code(z, codebook)
+
+    z_e = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    plain, custom = VectorQuantizer(16, 4), VectorQuantizer(16, 4, search=search)
+    custom.load_state_dict(plain.state_dict())
+    a, b = plain(z_e), custom(z_e)
+    assert calls == [False], "search runs once, on detached inputs"
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.loss, b.loss)
+    with pytest.raises(TypeError, match="^search must be a function"):
+        VectorQuantizer(16, 4, search="fused")

@@ -30,13 +30,14 @@ SCRIPT = textwrap.dedent(
     scores = load_judge(device="cpu").score(shapes.images, shapes.captions)
     assert min(scores.values()) > 0.9, scores
 
-    from mmcourse import diffusion, fusion, tokenizer, vit
+    from mmcourse import ar, diffusion, fusion, tokenizer, vit
 
     tok = tokenizer.load_tokenizer(device="cpu")
     assert tok.decode(tok.encode(shapes.images[:4])).shape == (4, 3, 32, 32)
     for load in (vit.load_vit_digits, fusion.load_clip, fusion.load_captioner):
         load()
     diffusion.load_diffusion(device="cpu")
+    ar.load_ar(device="cpu")
     print("offline ok", len(shapes), len(clips), len(digits))
     """
 )

@@ -1,0 +1,164 @@
+"""Autoregressive generation (chapter 05): KV cache vs recomputation, guidance scales, and the
+shipped AR model vs chapter 04's DDIM, side by side on one thread.
+
+Samples: every one of the 90 captions PER_CAPTION times (360), one seed, no top-k or top-p.
+faithfulness_s{S}: judge "all" (colour, shape and position right) at guidance S (s = 1: none),
+temperature 1 (the model's own distribution); diversity_s{S}: mean pairwise RMS pixel distance
+between images of the same caption. faithfulness_best / best_scale: the best scale (chosen on these
+same samples); cfg_gain_points = 100 × (faithfulness_best − faithfulness_s1).
+hot_*: the same at temperature HOT (a looser sampler, where guidance has more to fix).
+kv_identical: the KV cache and recomputing the whole prefix give the same 64 tokens for the same
+seed, for every image; kv_speedup = recompute_s / kv_s for KV_IMAGES images (one guided batch of
+2 × KV_IMAGES rows); kv1_speedup the same for a single image.
+forwards_batched_cfg / forwards_separate_cfg: network calls per batch of images with the cond and
+uncond rows in one batch vs two separate passes (counted with a forward hook).
+ar_ms_per_image / ddim_ms_per_image: wall time per image, AR (KV cache, batched CFG, best scale)
+vs DDIM with the fewest steps in DDIM_STEPS whose faithfulness reaches the AR's (ddim_steps_equal;
+tried in order, stopping at the first),
+chapter 04's pixel model at guidance 3; ar_ms_per_step / ddim_ms_per_step: one network call of
+the guided batch (360 rows).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from mmcourse import ar, diffusion, sampling
+from mmcourse.data import all_captions
+from mmcourse.judge import load_judge
+from mmcourse.tokenizer import load_tokenizer
+from mmcourse.vit import one_thread
+
+PER_CAPTION = 4
+SCALES = (1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
+HOT = 1.6
+KV_IMAGES = 8
+DDIM_STEPS = (10, 20, 50)
+DDIM_GUIDANCE = 3.0
+
+
+def _timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def _count_forwards(model, fn) -> int:
+    calls = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        fn()
+    finally:
+        handle.remove()
+    return len(calls)
+
+
+def _kv(model, tokenizer, captions: list[str]) -> tuple[bool, float]:
+    """(identical tokens?, recompute time / cache time) for one guided batch, best of 2."""
+    times = {}
+    ids = {}
+    for use_cache in (True, False):
+        best = float("inf")
+        for _ in range(2):
+            (_, tokens), seconds = _timed(
+                sampling.generate_images, model, tokenizer, captions, scale=3.0, use_cache=use_cache
+            )
+            best = min(best, seconds)
+        times[use_cache], ids[use_cache] = best, tokens
+    return bool(torch.equal(ids[True], ids[False])), times[False] / times[True]
+
+
+@torch.no_grad()
+def _separate_cfg(model, prompts: torch.Tensor) -> None:
+    """Guidance with two passes per step (cond, then uncond): what batching saves."""
+    b = len(prompts) // 2
+    caches = [model.new_cache(), model.new_cache()]
+    cond = model(prompts[:b], cache=caches[0])[:, -1]
+    uncond = model(prompts[b:], cache=caches[1])[:, -1]
+    for _ in range(ar.IMAGE_LEN - 1):
+        token = sampling.cfg_logits(cond, uncond, 3.0).argmax(-1, keepdim=True)
+        cond = model(token, cache=caches[0])[:, -1]
+        uncond = model(token, cache=caches[1])[:, -1]
+
+
+@torch.no_grad()
+def _ar_ms_per_step(model, n: int) -> float:
+    prompts = sampling.guidance_prompts(ar.encode_captions(all_captions()[:1] * n))
+    best = float("inf")
+    for _ in range(5):
+        cache = model.new_cache()
+        model(prompts, cache=cache)
+        token = torch.full((2 * n, 1), ar.IMAGE_OFFSET)
+        _, seconds = _timed(model, token, cache=cache)
+        best = min(best, seconds)
+    return 1000 * best
+
+
+@torch.no_grad()
+def _ddim_ms_per_step(gen, n: int) -> float:
+    x = torch.randn(2 * n, 3, 32, 32)
+    t = torch.full((2 * n,), 500)
+    labels = torch.zeros(2 * n, 3, dtype=torch.long)
+    gen.model(x, t, labels)
+    best = float("inf")
+    for _ in range(3):
+        _, seconds = _timed(gen.model, x, t, labels)
+        best = min(best, seconds)
+    return 1000 * best
+
+
+def run() -> dict[str, float | int | bool]:
+    with one_thread():
+        model, tokenizer = ar.load_ar(device="cpu"), load_tokenizer(device="cpu")
+        judge = load_judge(device="cpu")
+        results: dict[str, float | int | bool] = {"samples": PER_CAPTION * 90}
+        captions = all_captions()[:: 90 // KV_IMAGES][:KV_IMAGES]
+        results["kv_identical"], results["kv_speedup"] = _kv(model, tokenizer, captions)
+        identical_1, results["kv1_speedup"] = _kv(model, tokenizer, captions[:1])
+        results["kv_identical"] = results["kv_identical"] and identical_1
+        prompts = sampling.guidance_prompts(ar.encode_captions(captions))
+        results["forwards_batched_cfg"] = _count_forwards(
+            model,
+            lambda: sampling.generate(
+                model, prompts[:KV_IMAGES], ar.IMAGE_LEN, uncond_prompt=prompts[KV_IMAGES:],
+                scale=3.0,
+            ),
+        )  # fmt: skip
+        results["forwards_separate_cfg"] = _count_forwards(
+            model, lambda: _separate_cfg(model, prompts)
+        )
+        timings = {}
+        for prefix, temperature in (("", 1.0), ("hot_", HOT)):
+            for scale in SCALES:
+                scores, timings[prefix, scale] = _timed(
+                    sampling.faithfulness, model, tokenizer, judge, per_caption=PER_CAPTION,
+                    scale=scale, temperature=temperature,
+                )  # fmt: skip
+                results[f"{prefix}faithfulness_s{scale:g}"] = scores["all"]
+                results[f"{prefix}diversity_s{scale:g}"] = scores["diversity"]
+            best = max(SCALES, key=lambda s: results[f"{prefix}faithfulness_s{s:g}"])
+            results[f"{prefix}best_scale"] = best
+            results[f"{prefix}faithfulness_best"] = results[f"{prefix}faithfulness_s{best:g}"]
+            gain = results[f"{prefix}faithfulness_best"] - results[f"{prefix}faithfulness_s1"]
+            results[f"{prefix}cfg_gain_points"] = 100 * gain
+        best = results["best_scale"]
+        results["ar_ms_per_image"] = 1000 * timings["", best] / results["samples"]
+        gen = diffusion.load_diffusion(device="cpu")
+        labels = diffusion.caption_labels(PER_CAPTION)
+        for steps in DDIM_STEPS:
+            (scores, _), seconds = _timed(
+                diffusion.faithfulness, gen, judge, labels, steps=steps, guidance=DDIM_GUIDANCE
+            )
+            results[f"ddim{steps}_faithfulness"] = scores["all"]
+            results[f"ddim{steps}_ms_per_image"] = 1000 * seconds / len(labels)
+            if scores["all"] >= results["faithfulness_best"]:
+                results["ddim_steps_equal"] = steps
+                break
+        steps = results.setdefault("ddim_steps_equal", DDIM_STEPS[-1])
+        results["ddim_ms_per_image"] = results[f"ddim{steps}_ms_per_image"]
+        results["ar_vs_ddim_speedup"] = results["ddim_ms_per_image"] / results["ar_ms_per_image"]
+        results["ar_ms_per_step"] = _ar_ms_per_step(model, results["samples"])
+        results["ddim_ms_per_step"] = _ddim_ms_per_step(gen, results["samples"])
+    return results

@@ -1,0 +1,251 @@
+"""Autoregressive image generation on Shapes (chapter 05): vocabulary, sequences and training.
+
+One vocabulary holds caption words, four special tokens and the tokenizer's K = 512 image codes,
+shifted by IMAGE_OFFSET so that no image id collides with a text or special id:
+
+    ids 0 … 16     caption words ("a", "red", "circle", "top", …)
+    17 … 20        PAD, NULL (the unconditional prompt), BOI, EOI
+    21 … 532       image code c ↦ c + IMAGE_OFFSET
+
+A training sequence is [caption (7 ids, left-padded)][BOI][64 image ids in raster order][EOI].
+Captions are dropped now and then: the 7 caption ids become 7 NULLs, the same length, so the
+conditional and unconditional prompts of classifier-free guidance line up position for position.
+The loss is next-token cross-entropy on the 64 image ids and EOI only.
+
+The shipped model is data/ar_shapes.pt, rebuilt from its seed by `python -m mmcourse.train ar`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from mmcourse import _validate, checkpoints
+from mmcourse.data import COLORS, POSITIONS, SHAPES, ShapesDataset, parse_caption
+from mmcourse.env import device as default_device
+from mmcourse.transformer import GPT, GPTConfig
+
+PATH = checkpoints.DATA_DIR / "ar_shapes.pt"
+COMMAND = "python -m mmcourse.train ar"
+CACHE_DIR = checkpoints.DATA_DIR / "cache"
+
+WORDS: tuple[str, ...] = tuple(
+    dict.fromkeys(["a", "in", "the", *COLORS, *SHAPES, *(w for p in POSITIONS for w in p.split())])
+)
+PAD, NULL, BOI, EOI = range(len(WORDS), len(WORDS) + 4)
+SPECIALS = {"PAD": PAD, "NULL": NULL, "BOI": BOI, "EOI": EOI}
+IMAGE_OFFSET = EOI + 1
+CODES = 512  # the shipped tokenizer's codebook size
+VOCAB_SIZE = IMAGE_OFFSET + CODES
+CAPTION_LEN = 7  # "a red circle in the top left"; shorter captions are left-padded
+GRID = 8  # 8×8 image tokens
+IMAGE_LEN = GRID * GRID
+SEQ_LEN = CAPTION_LEN + 1 + IMAGE_LEN + 1  # caption, BOI, image, EOI = 73
+TRAIN_STEPS = 2400  # the shipped run (batch 64)
+_WORD_ID = {w: i for i, w in enumerate(WORDS)}
+
+
+# ------------------------------------------------------------------------------- vocabulary
+
+
+def encode_captions(captions: Sequence[str] | str) -> torch.Tensor:
+    """Captions of the Shapes grammar → word ids (N, CAPTION_LEN) long, left-padded with PAD."""
+    if isinstance(captions, str):
+        captions = [captions]
+    rows = []
+    for caption in captions:
+        parse_caption(caption)  # ValueError naming the word outside the grammar
+        ids = [_WORD_ID[w] for w in caption.split()]
+        rows.append([PAD] * (CAPTION_LEN - len(ids)) + ids)
+    return torch.tensor(rows, dtype=torch.long).view(-1, CAPTION_LEN)
+
+
+def decode_caption(ids: torch.Tensor) -> str:
+    """Word ids (CAPTION_LEN,) → the caption ("" for the unconditional prompt)."""
+    ids = _validate.tensor("ids", ids, shape=(CAPTION_LEN,), dtype=torch.long)
+    return " ".join(WORDS[i] for i in ids.tolist() if i < len(WORDS))
+
+
+def null_prompt(n: int) -> torch.Tensor:
+    """The unconditional caption: (n, CAPTION_LEN) NULL ids, as long as a real caption."""
+    return torch.full((_validate.positive_int("n", n), CAPTION_LEN), NULL, dtype=torch.long)
+
+
+def make_sequences(caption_ids: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+    """caption_ids (N, CAPTION_LEN), image_tokens (N, 8, 8) or (N, 64) codes in [0, 512) →
+    sequences (N, SEQ_LEN) = [caption][BOI][codes + IMAGE_OFFSET][EOI]."""
+    caption_ids = _validate.tensor(
+        "caption_ids", caption_ids, shape=("N", CAPTION_LEN), dtype=torch.long
+    )
+    image_tokens = _validate.tensor("image_tokens", image_tokens, dtype=torch.long)
+    image_tokens = image_tokens.reshape(len(image_tokens), -1)  # raster order (N, 64)
+    if image_tokens.shape != (len(caption_ids), IMAGE_LEN):
+        raise ValueError(
+            f"image_tokens must hold {IMAGE_LEN} codes for each of the {len(caption_ids)} "
+            f"captions, got shape {tuple(image_tokens.shape)}"
+        )
+    n = len(caption_ids)
+    boi = torch.full((n, 1), BOI, dtype=torch.long)
+    eoi = torch.full((n, 1), EOI, dtype=torch.long)
+    return torch.cat([caption_ids, boi, image_tokens + IMAGE_OFFSET, eoi], dim=1)
+
+
+@torch.no_grad()
+def encode_images(tokenizer: nn.Module, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """Images (N, 3, 32, 32) in [0, 1] → the tokenizer's codes (N, 8, 8) long, on the CPU."""
+    images = _validate.tensor("images", images, shape=("N", 3, 32, 32), floating=True)
+    param = next(tokenizer.parameters())
+    return torch.cat([tokenizer.encode(x.to(param)).cpu() for x in images.split(batch)])
+
+
+def shapes_sequences(
+    n: int = 20_000, seed: int = 0, tokenizer: nn.Module | None = None
+) -> torch.Tensor:
+    """Training sequences (n, SEQ_LEN) of ShapesDataset(n, seed), the images encoded once by the
+    shipped tokenizer and cached under data/cache/ (git-ignored)."""
+    path = CACHE_DIR / f"ar_sequences_{n}_{seed}.pt"
+    if path.is_file():
+        try:
+            seqs = torch.load(path, weights_only=True)
+            if isinstance(seqs, torch.Tensor) and seqs.shape == (n, SEQ_LEN):
+                return seqs
+        except Exception:  # a stale or truncated cache is simply rebuilt
+            pass
+    if tokenizer is None:
+        from mmcourse.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(device="cpu")
+    data = ShapesDataset(n=n, seed=seed)
+    seqs = make_sequences(encode_captions(data.captions), encode_images(tokenizer, data.images))
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    torch.save(seqs, path)
+    return seqs
+
+
+# -------------------------------------------------------------------------------- training
+
+
+def drop_captions(seqs: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Caption dropout: each row's caption ids become NULL with probability p (same length)."""
+    seqs = _validate.tensor("seqs", seqs, shape=("B", SEQ_LEN), dtype=torch.long)
+    drop = torch.rand(len(seqs), generator=generator).to(seqs.device) < p  # (B,)
+    out = seqs.clone()
+    out[drop, :CAPTION_LEN] = NULL
+    return out
+
+
+def lm_loss(model: nn.Module, seqs: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy on the image ids and EOI of seqs (B, SEQ_LEN): the input is
+    seqs[:, :-1], the targets seqs[:, 1:], and caption/BOI targets are not scored."""
+    logits = model(seqs[:, :-1])  # (B, SEQ_LEN − 1, V)
+    targets = seqs[:, 1:].clone()
+    targets[:, :CAPTION_LEN] = -100  # position CAPTION_LEN reads BOI and predicts image token 0
+    return F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100)
+
+
+class TrainResult(NamedTuple):
+    model: GPT  # in eval mode
+    losses: list[float]
+    seconds: float
+
+
+def default_config(**overrides: int | float) -> GPTConfig:
+    """The shipped model's configuration (d_model 128, 4 layers, 4 heads), with overrides."""
+    base = {"vocab_size": VOCAB_SIZE, "block_size": SEQ_LEN - 1, "n_layer": 4, "n_head": 4}
+    return GPTConfig(**(base | {"d_model": 128, "dropout": 0.0} | overrides))
+
+
+def train_ar(
+    seqs: torch.Tensor,
+    *,
+    config: GPTConfig | None = None,
+    steps: int = 300,
+    batch: int = 64,
+    lr: float = 2e-3,
+    p_uncond: float = 0.15,
+    seed: int = 0,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a GPT on sequences (N, SEQ_LEN): captions dropped with probability p_uncond, AdamW
+    with warm-up and cosine decay, gradient clipping at 1."""
+    seqs = _validate.tensor("seqs", seqs, shape=("N", SEQ_LEN), dtype=torch.long)
+    steps, batch = _validate.positive_int("steps", steps), _validate.positive_int("batch", batch)
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    model = GPT(config or default_config())
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.95),
+    )
+    warmup = max(steps // 20, 1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min((i + 1) / warmup, 0.05 + 0.475 * (1 + math.cos(math.pi * i / steps)))
+    )
+    losses, start = [], time.perf_counter()
+    model.train()
+    for _ in tqdm(range(steps), desc="train", disable=not progress):
+        idx = torch.randint(len(seqs), (batch,), generator=g)
+        loss = lm_loss(model, drop_captions(seqs[idx], p_uncond, g))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        schedule.step()
+        losses.append(loss.item())
+    return TrainResult(model.eval(), losses, time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------- shipped weights and rebuild
+
+
+def _build(config: dict) -> GPT:
+    return GPT(GPTConfig(**config))
+
+
+def load_ar(path: Path | str = PATH, device: torch.device | str | None = None) -> GPT:
+    """The shipped caption → image-token model (data/ar_shapes.pt), in eval mode on `device`
+    (default: the course's). Weights ship in float16 and load into float32."""
+    path = Path(path)
+    ckpt = checkpoints.load(path, command=COMMAND)
+    state = {k: v.float() for k, v in ckpt["state_dict"].items()}
+    model = checkpoints.restore(
+        {**ckpt, "state_dict": state}, GPT, path=path, command=COMMAND, build=_build
+    )
+    return model.to(device or default_device())
+
+
+def rebuild(seed: int = 0) -> str:
+    """Train the shipped model from `seed` on one thread, write data/ar_shapes.pt (float16), and
+    return a summary with held-out judge faithfulness (the `python -m mmcourse.train ar` target)."""
+    from mmcourse.judge import load_judge
+    from mmcourse.sampling import faithfulness
+    from mmcourse.tokenizer import load_tokenizer
+    from mmcourse.vit import one_thread
+
+    with one_thread():
+        tokenizer = load_tokenizer(device="cpu")
+        seqs = shapes_sequences(seed=seed, tokenizer=tokenizer)
+        result = train_ar(seqs, steps=TRAIN_STEPS, seed=seed)
+        half = {k: v.half() for k, v in result.model.state_dict().items()}
+        checkpoints.save(PATH, half, config=result.model.config, command=COMMAND)
+        model, judge = load_ar(PATH, "cpu"), load_judge(device="cpu")
+        scores = {
+            s: faithfulness(model, tokenizer, judge, per_caption=2, scale=s, seed=seed)["all"]
+            for s in (1.0, 1.5, 3.0)
+        }
+    return (
+        f"wrote {PATH.name} in {result.seconds:.0f} s; final loss "
+        f"{sum(result.losses[-50:]) / 50:.3f}; judge faithfulness (180 samples, temperature 1) "
+        + ", ".join(f"scale {s:g}: {v:.3f}" for s, v in scores.items())
+    )

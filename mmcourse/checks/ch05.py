@@ -1,0 +1,378 @@
+"""Checkers of chapter 05 (autoregressive sampling): temperature, top-k, top-p, restricting to
+the image range, the order of the logit pipeline, classifier-free guidance on logits, the guided
+batch's prompts, attention with a KV cache, and removing the vocabulary offset before decoding.
+
+Every checker compares the candidate with `mmcourse.sampling` / `mmcourse.transformer` on
+seeded inputs built so that each classic bug changes the result: rows of a batch sorted
+differently (top-p with row 0's order), a token exactly at the crossing of p, ties at the k-th
+logit, a chunk of several queries after a cache (a causal mask without the cache offset).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mmcourse import ar, sampling, transformer
+from mmcourse.checks._core import Check, describe, exercise, seeded
+
+_INF = float("-inf")
+
+
+def _logits(g: torch.Generator, dev: torch.device, *shape: int) -> torch.Tensor:
+    return (2 * torch.randn(*shape, generator=g)).to(dev)
+
+
+# ------------------------------------------------------------------ Exercise 5.1: temperature
+
+
+@exercise("5.1", "temperature")
+def check_apply_temperature(check: Check) -> None:
+    """Exercise 5.1: apply_temperature(logits (B, V), temperature) -> logits / τ."""
+    g, dev = seeded(51), check.device
+    logits = _logits(g, dev, 3, 10)
+    for tau, what in [
+        (0.5, "τ = 0.5 sharpens: logits / 0.5"),
+        (2.0, "τ = 2 flattens: logits / 2"),
+        (1.0, "τ = 1 leaves the logits unchanged"),
+    ]:
+        check.close(
+            check.call(logits, tau),
+            sampling.apply_temperature(logits, tau),
+            what,
+            hint="divide the logits (not the probabilities) by τ: softmax(ℓ / τ); return "
+            "logits, not probabilities",
+        )
+    l64 = logits.double()
+    check.close(
+        check.call(l64, 0.7),
+        sampling.apply_temperature(l64, 0.7),
+        "keeps dtype float64 and the device",
+        atol=1e-12,
+    )
+
+
+# ------------------------------------------------------------------------ Exercise 5.2: top-k
+
+
+@exercise("5.2", "top-k filtering")
+def check_top_k_filter(check: Check) -> None:
+    """Exercise 5.2: top_k_filter(logits (B, V), k) -> logits with all but the k largest per
+    row set to −∞ (ties with the k-th largest kept)."""
+    dev = check.device
+    row = torch.tensor([[1.0, 5.0, 3.0, 4.0, 2.0]], device=dev)
+    check.equal(
+        check.call(row, 2),
+        torch.tensor([[_INF, 5.0, _INF, 4.0, _INF]], device=dev),
+        "k = 2 on [1, 5, 3, 4, 2] keeps exactly 5 and 4",
+        hint="the threshold is the k-th largest value, topk(k).values[:, -1:] (index k − 1 of "
+        "the sorted row, not k); keep logits ≥ it and set the others to −∞",
+    )
+    ties = torch.tensor([[3.0, 2.0, 2.0, 1.0]], device=dev)
+    check.equal(
+        check.call(ties, 2),
+        torch.tensor([[3.0, 2.0, 2.0, _INF]], device=dev),
+        "k = 2 on [3, 2, 2, 1] keeps both tokens tied at the 2nd largest value",
+        hint="compare with the k-th largest value (logits < kth → −∞) instead of keeping the "
+        "k indices topk returns: equal logits must be treated equally",
+    )
+    g = seeded(52)
+    batch = _logits(g, dev, 4, 12)
+    check.equal(
+        check.call(batch, 3),
+        sampling.top_k_filter(batch, 3),
+        "a batch of 4 rows, k = 3: each row keeps its own 3 largest",
+        hint="take the k-th largest of each row (shape (B, 1)), not one threshold for the batch",
+    )
+    check.equal(
+        check.call(batch, 12),
+        batch,
+        "k = V (12) keeps every logit",
+        hint="when k ≥ V there is nothing to filter: return the logits unchanged",
+    )
+    b64 = batch.double()
+    check.equal(check.call(b64, 5), sampling.top_k_filter(b64, 5), "keeps dtype float64")
+
+
+# ------------------------------------------------------------------------ Exercise 5.3: top-p
+
+
+@exercise("5.3", "top-p (nucleus) filtering")
+def check_top_p_filter(check: Check) -> None:
+    """Exercise 5.3: top_p_filter(logits (B, V), p) -> logits with, per row, only the smallest
+    set of most likely tokens whose mass reaches p kept (the crossing token included)."""
+    dev = check.device
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]], device=dev)
+    logits = probs.log()
+    check.equal(
+        check.call(logits, 0.6),
+        sampling.top_p_filter(logits, 0.6),
+        "p = 0.6 on probabilities [0.5, 0.3, 0.15, 0.05] keeps 0.5 and 0.3",
+        hint="0.5 alone does not reach p = 0.6, so the token that crosses it (0.3) is kept: "
+        "remove a token only when the mass of the tokens before it is already ≥ p "
+        "(cumsum − probs ≥ p), not when cumsum > p",
+    )
+    check.equal(
+        check.call(logits, 0.4),
+        sampling.top_p_filter(logits, 0.4),
+        "p = 0.4 keeps only the most likely token, which alone crosses p",
+        hint="the most likely token is always kept",
+    )
+    shuffle = torch.tensor([2, 0, 3, 1], device=dev)
+    mixed = logits[:, shuffle]  # probabilities [0.15, 0.5, 0.05, 0.3]
+    check.equal(
+        check.call(mixed, 0.6),
+        sampling.top_p_filter(mixed, 0.6),
+        "the same row in another vocabulary order: [0.15, 0.5, 0.05, 0.3] keeps 0.5 and 0.3 in "
+        "place",
+        hint="filter in sorted order, then scatter the result back to vocabulary order "
+        "(torch.empty_like(logits).scatter(-1, sorted_indices, sorted_filtered))",
+    )
+    g = seeded(53)
+    batch = _logits(g, dev, 4, 16)
+    check.equal(
+        check.call(batch, 0.8),
+        sampling.top_p_filter(batch, 0.8),
+        "a batch of 4 rows with different orders, p = 0.8",
+        hint="every row has its own sort order: sort, cumsum and scatter along dim=-1 for all "
+        "rows, never with row 0's indices",
+    )
+    check.equal(
+        check.call(batch, 1.0), batch, "p = 1 keeps every logit", hint="p = 1 removes nothing"
+    )
+    b64 = batch.double()
+    check.equal(check.call(b64, 0.5), sampling.top_p_filter(b64, 0.5), "keeps dtype float64")
+
+
+# ---------------------------------------------------------------- Exercise 5.4: allowed range
+
+
+@exercise("5.4", "restrict logits to a token range")
+def check_restrict_range(check: Check) -> None:
+    """Exercise 5.4: restrict_range(logits (B, V), start, end) -> −∞ outside ids [start, end)."""
+    g, dev = seeded(54), check.device
+    logits = _logits(g, dev, 3, 12)
+    got = check.call(logits, 4, 9)
+    check.equal(
+        got,
+        sampling.restrict_range(logits, 4, 9),
+        "ids 4 … 8 keep their logits, all others are −∞",
+        hint="the range is half-open: start is allowed, end is not; build a (V,) mask of "
+        "allowed ids and masked_fill the rest with −inf (don't touch the allowed logits)",
+    )
+    probs = got.softmax(-1)
+    picks = torch.multinomial(probs.cpu(), 2000, replacement=True, generator=seeded(540))
+    outside = int(((picks < 4) | (picks >= 9)).sum())
+    check.that(
+        outside == 0,
+        "2,000 samples from softmax of the result all lie in [4, 9)",
+        expected="0 samples outside the range",
+        got=f"{outside} samples outside",
+        hint="a token outside the image range must have probability exactly 0 (logit −∞)",
+    )
+    l64 = logits.double()
+    check.equal(check.call(l64, 0, 3), sampling.restrict_range(l64, 0, 3), "keeps dtype float64")
+
+
+# ------------------------------------------------------------- Exercise 5.5: the whole pipeline
+
+
+@exercise("5.5", "the logit pipeline in the right order")
+def check_process_logits(check: Check) -> None:
+    """Exercise 5.5: process_logits(logits, *, temperature, top_k, top_p, allowed) -> restrict,
+    temperature, top-k, top-p, in that order."""
+    g, dev = seeded(55), check.device
+    logits = _logits(g, dev, 4, 20)
+    cases = [
+        ({"temperature": 1.0}, "nothing but τ = 1: the logits unchanged"),
+        ({"temperature": 2.0, "top_p": 0.6}, "τ = 2 then top-p 0.6"),
+        ({"temperature": 0.5, "top_k": 5, "top_p": 0.9}, "τ = 0.5, top-k 5, top-p 0.9"),
+        ({"temperature": 1.0, "top_p": 0.7, "allowed": (8, 20)}, "ids [8, 20) then top-p 0.7"),
+        (
+            {"temperature": 1.5, "top_k": 4, "top_p": 0.8, "allowed": (5, 15)},
+            "all four: ids [5, 15), τ = 1.5, top-k 4, top-p 0.8",
+        ),
+    ]
+    for kwargs, what in cases:
+        full = {"top_k": None, "top_p": None, "allowed": None} | kwargs
+        check.equal(
+            check.call(logits, **full),
+            sampling.process_logits(logits, **kwargs),
+            what,
+            hint="restrict to the allowed ids first, then divide by τ, then top-k, then top-p: "
+            "the nucleus must be measured on the distribution that is sampled (after τ, "
+            "without the forbidden ids); skip a filter whose argument is None",
+        )
+
+
+# --------------------------------------------------------- Exercise 5.6: guidance on logits
+
+
+@exercise("5.6", "classifier-free guidance on logits")
+def check_cfg_logits(check: Check) -> None:
+    """Exercise 5.6: cfg_logits(cond (B, V), uncond (B, V), scale) -> ℓ_u + s (ℓ_c − ℓ_u)."""
+    g, dev = seeded(56), check.device
+    cond, uncond = _logits(g, dev, 3, 10), _logits(g, dev, 3, 10)
+    formula = "ℓ = ℓ_u + s · (ℓ_c − ℓ_u): start from the unconditional logits"
+    for scale, what in [
+        (1.0, "scale 1 gives the conditional logits ℓ_c"),
+        (0.0, "scale 0 gives the unconditional logits ℓ_u"),
+        (3.0, "scale 3 extrapolates past ℓ_c, away from ℓ_u"),
+    ]:
+        check.close(
+            check.call(cond, uncond, scale),
+            sampling.cfg_logits(cond, uncond, scale),
+            what,
+            hint=f"{formula}; the weights are s on ℓ_c and (1 − s) on ℓ_u",
+        )
+    c64, u64 = cond.double(), uncond.double()
+    check.close(
+        check.call(c64, u64, 2.5),
+        sampling.cfg_logits(c64, u64, 2.5),
+        "keeps dtype float64 and the device",
+        atol=1e-12,
+    )
+
+
+# ------------------------------------------------------ Exercise 5.7: the guided batch prompts
+
+
+@exercise("5.7", "prompts of a guided batch")
+def check_guidance_prompts(check: Check) -> None:
+    """Exercise 5.7: guidance_prompts(caption_ids (B, CAPTION_LEN)) -> (2B, CAPTION_LEN + 1):
+    [caption][BOI] rows, then [NULL × CAPTION_LEN][BOI] rows."""
+    dev = check.device
+    captions = ["a red circle in the top left", "a blue square in the center", "a cyan triangle "
+                "in the bottom right"]  # fmt: skip
+    ids = ar.encode_captions(captions).to(dev)
+    got = check.call(ids)
+    expected = sampling.guidance_prompts(ids)
+    check.that(
+        isinstance(got, torch.Tensor) and got.shape == expected.shape,
+        "3 captions give 6 prompts of the same length",
+        expected=f"shape {tuple(expected.shape)}",
+        got=describe(got),
+        hint="both halves are CAPTION_LEN + 1 long: the unconditional caption is CAPTION_LEN "
+        "NULL ids, not an empty caption, so the rows batch without padding",
+    )
+    boi = (got == ar.BOI).nonzero()[:, 1].tolist() if got.dim() == 2 else []
+    check.that(
+        boi == [ar.CAPTION_LEN] * len(got),
+        "BOI sits at the same position (the last) in every row",
+        expected=f"BOI in column {ar.CAPTION_LEN} of all 6 rows",
+        got=f"BOI in columns {boi}",
+        hint="conditional and unconditional rows share one KV cache and one position counter; "
+        "if BOI (and so every image token) sits at different positions in the two halves, "
+        "the cache positions are misaligned. Make the unconditional prompt as long as a caption",
+    )
+    check.equal(
+        got,
+        expected,
+        "rows 0–2 are [caption][BOI], rows 3–5 [NULL × 7][BOI]",
+        hint="conditional rows first (cfg splits logits[:B] as cond, logits[B:] as uncond), and "
+        "the unconditional caption is NULL ids (ar.NULL), the token caption dropout trained on, "
+        "not PAD",
+    )
+
+
+# ------------------------------------------------------- Exercise 5.8: attention with a cache
+
+
+def _qkv(g: torch.Generator, dev: torch.device, t: int) -> list[torch.Tensor]:
+    return [torch.randn(2, 3, t, 4, generator=g).to(dev) for _ in range(3)]
+
+
+@exercise("5.8", "attention with a KV cache")
+def check_cached_attention(check: Check) -> None:
+    """Exercise 5.8: cached_attention(q, k, v, cache=None, mask=None) -> (out (B, H, T, d),
+    (k_all, v_all) (B, H, P + T, d))."""
+    g, dev = seeded(58), check.device
+    q, k, v = _qkv(g, dev, 5)
+    out, _ = check.call(q, k, v, None)
+    check.close(
+        out,
+        transformer.cached_attention(q, k, v, None)[0],
+        "no cache, 5 positions: causal attention",
+        hint="softmax(q kᵀ / √d) v with scores of future keys (j > i) set to −∞",
+    )
+    past_k, past_v = _qkv(g, dev, 4)[:2]
+    q1, k1, v1 = _qkv(g, dev, 1)
+    out, cache = check.call(q1, k1, v1, (past_k, past_v))
+    ref_out, ref_cache = transformer.cached_attention(q1, k1, v1, (past_k, past_v))
+    check.that(
+        isinstance(cache, tuple) and len(cache) == 2 and cache[0].shape == ref_cache[0].shape,
+        "after 4 cached positions, one new position: the returned cache holds 5",
+        expected=f"(k_all, v_all) of shape {tuple(ref_cache[0].shape)} each",
+        got=describe(cache[0] if isinstance(cache, tuple) and cache else cache),
+        hint="append the new keys and values to the cache along the time axis "
+        "(torch.cat([k_past, k], dim=2)) and return the longer tensors",
+    )
+    check.close(
+        cache[0], ref_cache[0], "the new cache's keys are the old keys then the new one",
+        hint="cat([k_past, k]) in that order: the cache is in position order",
+    )  # fmt: skip
+    check.close(cache[1], ref_cache[1], "the new cache's values are the old then the new one")
+    check.close(
+        out,
+        ref_out,
+        "one new query attends to all 5 positions",
+        hint="the new query sits at position P = 4 and sees all P + 1 keys: attend over the "
+        "concatenated keys and values (not only the new one), with the causal mask shifted by "
+        "the cache length P",
+    )
+    q3, k3, v3 = _qkv(g, dev, 3)
+    out, _ = check.call(q3, k3, v3, (past_k, past_v))
+    check.close(
+        out,
+        transformer.cached_attention(q3, k3, v3, (past_k, past_v))[0],
+        "3 new queries after 4 cached positions (query i sits at position 4 + i)",
+        hint="the causal mask is (T, P + T) and shifted by the cache length P: query i sees "
+        "keys j ≤ P + i (transformer.causal_mask(T, P + T)); a mask built as if the queries "
+        "started at position 0 misaligns the positions",
+    )
+    full_q, full_k, full_v = (torch.cat(x, dim=2) for x in ((q, q1), (k, k1), (v, v1)))
+    whole, _ = transformer.cached_attention(full_q, full_k, full_v, None)
+    cache, steps = None, []
+    for i in range(6):
+        out, cache = check.call(full_q[:, :, i : i + 1], full_k[:, :, i : i + 1],
+                                full_v[:, :, i : i + 1], cache)  # fmt: skip
+        steps.append(out)
+    check.close(
+        torch.cat(steps, dim=2),
+        whole,
+        "6 steps of one position with the returned cache equal one pass over all 6",
+        hint="feed the cache you returned back in: each step must see every earlier position",
+    )
+    mask = torch.ones(3, 7, dtype=torch.bool, device=dev)
+    out, _ = check.call(q3, k3, v3, (past_k, past_v), mask)
+    check.close(
+        out,
+        transformer.cached_attention(q3, k3, v3, (past_k, past_v), mask)[0],
+        "an explicit all-True mask (3, 7) replaces the causal rule",
+        hint="when mask is given, use it (True = may attend) instead of the causal mask",
+    )
+
+
+# -------------------------------------------------- Exercise 5.9: image ids → tokenizer codes
+
+
+@exercise("5.9", "remove the vocabulary offset")
+def check_ids_to_codes(check: Check) -> None:
+    """Exercise 5.9: ids_to_codes(ids (B, 64)) -> codes (B, 8, 8) in [0, 512)."""
+    g, dev = seeded(59), check.device
+    codes = torch.randint(ar.CODES, (3, ar.GRID, ar.GRID), generator=g).to(dev)
+    ids = codes.flatten(1) + ar.IMAGE_OFFSET  # what generation returns, raster order
+    got = check.call(ids)
+    check.that(
+        isinstance(got, torch.Tensor) and got.shape == codes.shape,
+        "3 rows of 64 image ids give 3 grids of 8×8 codes",
+        expected=f"shape {tuple(codes.shape)}",
+        got=describe(got),
+        hint="reshape (B, 64) → (B, 8, 8) with .view(-1, 8, 8)",
+    )
+    check.equal(
+        got,
+        codes,
+        "the codes the tokenizer gave, in raster order",
+        hint=f"subtract ar.IMAGE_OFFSET ({ar.IMAGE_OFFSET}) so the ids become codes in [0, "
+        f"{ar.CODES}) again, and keep raster order: row by row, no transpose",
+    )

@@ -1,0 +1,303 @@
+"""Sampling from an autoregressive model (chapter 05): logit processing, guidance, KV cache.
+
+Every step turns the last position's logits (B, V) into one token per row:
+
+    logits / τ                                 temperature τ (τ < 1 sharpens, τ > 1 flattens)
+    top-k:  keep logits ≥ the k-th largest     (ties with the k-th are all kept)
+    top-p:  keep the smallest set of most likely tokens whose mass reaches p (the token that
+            crosses p included), per row, scattered back to vocabulary order
+    range:  −∞ outside the allowed ids (an image position may only hold an image token)
+    CFG:    ℓ = ℓ_u + s (ℓ_c − ℓ_u)            conditional and unconditional rows in one batch
+    sample  from softmax(ℓ) with one uniform number per row (inverse CDF, seeded)
+
+Order matters: guidance acts on the raw logits, then temperature, then the filters, so the
+nucleus of top-p is measured on the distribution that is actually sampled.
+
+`generate` runs the loop with a KV cache (prefill the prompt once, then one new position per
+step) or, as the baseline, recomputes the whole growing prefix every step; for a seed both give
+the same tokens. `generate_images` adds the Shapes layout of `mmcourse.ar`; `faithfulness` and
+`diversity` measure what guidance buys and costs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from mmcourse import _validate, ar
+from mmcourse.data import all_captions
+
+__all__ = [
+    "apply_temperature",
+    "cfg_logits",
+    "diversity",
+    "faithfulness",
+    "generate",
+    "generate_images",
+    "guidance_prompts",
+    "ids_to_codes",
+    "process_logits",
+    "restrict_range",
+    "sample_from_logits",
+    "top_k_filter",
+    "top_p_filter",
+]
+
+# ------------------------------------------------------------------------- logit processing
+
+
+def _check_logits(logits: object) -> torch.Tensor:
+    return _validate.tensor("logits", logits, shape=("B", "V"), floating=True)
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits (B, V) / τ: softmax(ℓ/τ) is sharper for τ < 1 and flatter for τ > 1."""
+    logits = _check_logits(logits)
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return logits / temperature
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep, in each row of logits (B, V), the logits ≥ that row's k-th largest; the others
+    become −∞. Tokens tied with the k-th largest are all kept; k ≥ V keeps everything."""
+    logits = _check_logits(logits)
+    k = _validate.positive_int("k", k)
+    if k >= logits.shape[-1]:
+        return logits
+    kth = logits.topk(k, dim=-1).values[:, -1:]  # (B, 1) the k-th largest of each row
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filter on logits (B, V): per row, keep the most likely tokens until their
+    probability mass reaches p, including the token that crosses p (so at least one token),
+    and set the rest to −∞, in the original vocabulary order."""
+    logits = _check_logits(logits)
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 0 < p <= 1:
+        raise ValueError(f"p must be a number in (0, 1], got {p!r}")
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V) per row
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # mass of the more likely tokens
+    sorted_logits = sorted_logits.masked_fill(mass_before >= p, float("-inf"))
+    return torch.empty_like(logits).scatter(-1, order, sorted_logits)  # back to vocab order
+
+
+def restrict_range(logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """Only ids in [start, end) may be sampled: logits (B, V) outside become −∞."""
+    logits = _check_logits(logits)
+    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end):
+        raise ValueError(f"need ints 0 ≤ start < end, got start={start!r}, end={end!r}")
+    ids = torch.arange(logits.shape[-1], device=logits.device)
+    allowed = (ids >= start) & (ids < end)  # (V,)
+    return logits.masked_fill(~allowed, float("-inf"))
+
+
+def cfg_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance on logits: ℓ = ℓ_u + s (ℓ_c − ℓ_u). s = 0 unconditional, s = 1
+    plain conditional, s > 1 moves further from the unconditional prediction."""
+    cond = _check_logits(cond)
+    uncond = _validate.tensor("uncond", uncond, shape=tuple(cond.shape), floating=True)
+    return uncond + scale * (cond - uncond)
+
+
+def process_logits(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    allowed: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """The whole pipeline on logits (B, V): restrict to `allowed` ids [start, end), then
+    temperature, then top-k, then top-p (the nucleus is measured after temperature)."""
+    if allowed is not None:
+        logits = restrict_range(logits, *allowed)
+    logits = apply_temperature(logits, temperature)
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    return logits
+
+
+def sample_from_logits(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One token per row of logits (B, V) from softmax, by inverse CDF with uniforms u (B,) in
+    [0, 1): the first id whose cumulative probability exceeds u. Ids of probability 0 (−∞
+    logits) are never chosen. → (B,) long."""
+    logits = _check_logits(logits)
+    u = _validate.tensor("u", u, shape=(len(logits),), floating=True)
+    cdf = logits.softmax(dim=-1).cumsum(dim=-1)  # (B, V)
+    target = (u.to(cdf) * cdf[:, -1]).unsqueeze(-1)  # (B, 1), scaled to the row's total
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=logits.shape[-1] - 1)
+
+
+# ------------------------------------------------------------------------------- generation
+
+
+def guidance_prompts(caption_ids: torch.Tensor) -> torch.Tensor:
+    """The prompts of one guided batch: caption_ids (B, CAPTION_LEN) → (2B, CAPTION_LEN + 1),
+    rows 0 … B−1 [caption][BOI], rows B … 2B−1 [NULL × CAPTION_LEN][BOI]. Both halves have the
+    same length, so BOI and every image token sit at the same position in all rows and one KV
+    cache serves both."""
+    caption_ids = _validate.tensor(
+        "caption_ids", caption_ids, shape=("B", ar.CAPTION_LEN), dtype=torch.long
+    )
+    b = len(caption_ids)
+    prompts = torch.cat([caption_ids, ar.null_prompt(b).to(caption_ids.device)])  # (2B, L)
+    boi = torch.full((2 * b, 1), ar.BOI, dtype=torch.long, device=caption_ids.device)
+    return torch.cat([prompts, boi], dim=1)
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    prompt: torch.Tensor,
+    n_new: int,
+    *,
+    uncond_prompt: torch.Tensor | None = None,
+    scale: float = 1.0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    allowed: tuple[int, int] | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> torch.Tensor:
+    """Sample n_new tokens after prompt (B, P) → (B, n_new) long.
+
+    With `uncond_prompt` (B, P) and scale ≠ 1, the conditional and unconditional rows run as one
+    batch of 2B and their last logits are combined by `cfg_logits`; every sampled token is
+    appended to both halves. use_cache=True prefills a KV cache with the prompt and then feeds
+    one token per step (n_new forwards of one position after the prefill); use_cache=False
+    recomputes the whole prefix every step (the baseline). Random numbers come from the CPU
+    `generator`, one uniform per row and step, so both paths and every device draw the same."""
+    prompt = _validate.tensor("prompt", prompt, shape=("B", "P"), dtype=torch.long)
+    n_new = _validate.positive_int("n_new", n_new)
+    guided = uncond_prompt is not None and scale != 1
+    batch = prompt
+    if guided:
+        uncond_prompt = _validate.tensor(
+            "uncond_prompt", uncond_prompt, shape=tuple(prompt.shape), dtype=torch.long
+        )  # same length: conditional and unconditional rows share positions
+        batch = torch.cat([prompt, uncond_prompt.to(prompt.device)])  # (2B, P)
+    b = len(prompt)
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    cache = model.new_cache() if use_cache else None
+    seq = batch
+    logits = model(batch, cache=cache)[:, -1]  # prefill: (2B or B, V)
+    out = []
+    for step in range(n_new):
+        if guided:
+            logits = cfg_logits(logits[:b], logits[b:], scale)  # (B, V)
+        logits = process_logits(
+            logits.float(), temperature=temperature, top_k=top_k, top_p=top_p, allowed=allowed
+        )
+        u = torch.rand(b, generator=generator)
+        token = sample_from_logits(logits, u.to(logits.device))  # (B,)
+        out.append(token)
+        if step == n_new - 1:
+            break
+        token = token.repeat(2) if guided else token  # the same token for both halves
+        if use_cache:
+            logits = model(token[:, None], cache=cache)[:, -1]  # one new position
+        else:
+            seq = torch.cat([seq, token[:, None]], dim=1)
+            logits = model(seq)[:, -1]  # the whole prefix again
+    return torch.stack(out, dim=1)
+
+
+def ids_to_codes(ids: torch.Tensor) -> torch.Tensor:
+    """Generated image ids (B, 64) in the joint vocabulary → tokenizer codes (B, 8, 8) in
+    [0, 512): remove IMAGE_OFFSET, then restore the raster order's 8×8 grid."""
+    ids = _validate.tensor("ids", ids, shape=("B", ar.IMAGE_LEN), dtype=torch.long)
+    codes = ids - ar.IMAGE_OFFSET
+    if codes.numel() and not bool(((codes >= 0) & (codes < ar.CODES)).all()):
+        raise ValueError(
+            f"ids must be image ids in [{ar.IMAGE_OFFSET}, {ar.VOCAB_SIZE}), got values in "
+            f"[{ids.min().item()}, {ids.max().item()}]"
+        )
+    return codes.view(-1, ar.GRID, ar.GRID)
+
+
+@torch.no_grad()
+def generate_images(
+    model: nn.Module,
+    tokenizer: nn.Module,
+    captions: Sequence[str],
+    *,
+    scale: float = 3.0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    use_cache: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image per caption → (images (N, 3, 32, 32) in [0, 1] on the CPU, image ids (N, 64)):
+    the 64 image ids sampled after [caption][BOI] with guidance `scale` (cond and uncond rows
+    in one batch), restricted to the image range, then decoded by the tokenizer."""
+    param = next(model.parameters())
+    prompts = guidance_prompts(ar.encode_captions(list(captions)).to(param.device))
+    b = len(prompts) // 2
+    ids = generate(
+        model,
+        prompts[:b],
+        ar.IMAGE_LEN,
+        uncond_prompt=prompts[b:],
+        scale=scale,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        allowed=(ar.IMAGE_OFFSET, ar.VOCAB_SIZE),
+        generator=torch.Generator().manual_seed(seed),
+        use_cache=use_cache,
+    )
+    codes = ids_to_codes(ids).to(next(tokenizer.parameters()).device)
+    return tokenizer.decode(codes).cpu(), ids.cpu()
+
+
+def faithfulness(
+    model: nn.Module,
+    tokenizer: nn.Module,
+    judge: nn.Module,
+    *,
+    per_caption: int = 2,
+    scale: float = 3.0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Judge faithfulness of `per_caption` images for each of the 90 captions → {"color",
+    "shape", "position", "all"} in [0, 1], plus "diversity" (see `diversity`)."""
+    per_caption = _validate.positive_int("per_caption", per_caption)
+    captions = all_captions() * per_caption  # caption-major blocks of 90
+    images, _ = generate_images(
+        model, tokenizer, captions, scale=scale, temperature=temperature, top_k=top_k,
+        top_p=top_p, seed=seed,
+    )  # fmt: skip
+    scores = judge.score(images.to(next(judge.parameters()).device), captions)
+    if per_caption > 1:
+        scores["diversity"] = diversity(images, per_caption)
+    return scores
+
+
+def diversity(images: torch.Tensor, per_caption: int) -> float:
+    """Mean pairwise RMS pixel distance between images of the same caption; images (R·C, 3, H, W)
+    hold R = per_caption repeats of the same C captions (caption i at rows i, C + i, …). 0 means
+    every caption always gives the same image."""
+    images = _validate.tensor("images", images, shape=("N", 3, None, None), floating=True)
+    per_caption = _validate.positive_int("per_caption", per_caption)
+    if per_caption < 2 or len(images) % per_caption:
+        raise ValueError(
+            f"need ≥ 2 images per caption and N divisible by per_caption, got N = {len(images)}, "
+            f"per_caption = {per_caption}"
+        )
+    x = images.reshape(per_caption, len(images) // per_caption, -1).transpose(0, 1)  # (C, R, P)
+    d = torch.cdist(x.float(), x.float()) / x.shape[-1] ** 0.5  # (C, R, R) RMS distances
+    pairs = per_caption * (per_caption - 1)
+    return (d.sum() / (len(x) * pairs)).item()

@@ -1,0 +1,474 @@
+"""Chapter 05 checkers: the references pass; each known-wrong version fails with its message."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from checker_cases import case_id, passes, rejects, stub
+
+from mmcourse import ar, sampling, transformer
+from mmcourse.checks import ch05
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# --- Exercise 5.1: temperature -----------------------------------------------------------------
+
+
+def _temperature(logits, temperature):
+    return logits / temperature
+
+
+def _temperature_times(logits, temperature):
+    return logits * temperature  # BUG: multiplies
+
+
+def _temperature_probs(logits, temperature):
+    return (logits.softmax(-1) / temperature).log()  # BUG: scales probabilities
+
+
+def _temperature_float32(logits, temperature):
+    return logits.float() / temperature
+
+
+def test_temperature_references_pass(capsys):
+    passes(ch05.check_apply_temperature, sampling.apply_temperature, capsys, "5.1")
+    passes(ch05.check_apply_temperature, _temperature, capsys, "5.1")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_temperature_times, r"failed check 1, \"τ = 0\.5 sharpens(.|\n)*divide the logits"),
+        (_temperature_probs, r"failed check 1(.|\n)*not the probabilities"),
+        (_temperature_float32, r"keeps dtype float64(.|\n)*torch\.float32"),
+        (stub, r"Exercise 5\.1 \(temperature\): not implemented yet"),
+    ],
+    ids=case_id,
+)
+def test_temperature_rejects(wrong, message):
+    rejects(ch05.check_apply_temperature, wrong, message)
+
+
+# --- Exercise 5.2: top-k -----------------------------------------------------------------------
+
+
+def _top_k(logits, k):
+    if k >= logits.shape[-1]:
+        return logits
+    kth = logits.sort(dim=-1, descending=True).values[:, k - 1 : k]
+    return logits.masked_fill(logits < kth, -math.inf)
+
+
+def _top_k_plus_one(logits, k):
+    kth = logits.sort(dim=-1, descending=True).values[:, k : k + 1]  # BUG: the (k+1)-th
+    return logits.masked_fill(logits < kth, -math.inf)
+
+
+def _top_k_strict(logits, k):
+    kth = logits.topk(k, dim=-1).values[:, -1:]
+    return logits.masked_fill(logits <= kth, -math.inf)  # BUG: drops the k-th itself
+
+
+def _top_k_indices(logits, k):
+    idx = logits.topk(min(k, logits.shape[-1]), dim=-1).indices  # BUG: exactly k, ties dropped
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, idx, True)
+    return logits.masked_fill(~keep, -math.inf)
+
+
+def _top_k_row0(logits, k):
+    kth = logits[0].topk(min(k, logits.shape[-1])).values[-1]  # BUG: row 0's threshold
+    return logits.masked_fill(logits < kth, -math.inf)
+
+
+def _top_k_crash(logits, k):
+    kth = logits.topk(k, dim=-1).values[:, -1:]  # BUG: topk fails when k > V … and at k = V ok
+    return logits.masked_fill(logits < kth, -math.inf).masked_fill(logits == kth, -math.inf)
+
+
+def test_top_k_references_pass(capsys):
+    passes(ch05.check_top_k_filter, sampling.top_k_filter, capsys, "5.2")
+    passes(ch05.check_top_k_filter, _top_k, capsys, "5.2")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_top_k_plus_one, r"failed check 1, \"k = 2 on \[1, 5, 3, 4, 2\](.|\n)*index k − 1"),
+        (_top_k_strict, r"failed check 1(.|\n)*keep logits ≥ it"),
+        (_top_k_indices, r"failed check 2, \"k = 2 on \[3, 2, 2, 1\](.|\n)*treated equally"),
+        (_top_k_row0, r"failed check 3, \"a batch of 4 rows(.|\n)*each row"),
+        (_top_k_crash, r"failed check 1"),
+        (stub, r"Exercise 5\.2 \(top-k filtering\): not implemented yet"),
+    ],
+    ids=case_id,
+)
+def test_top_k_rejects(wrong, message):
+    rejects(ch05.check_top_k_filter, wrong, message)
+
+
+# --- Exercise 5.3: top-p -----------------------------------------------------------------------
+
+
+def _top_p(logits, p):
+    sorted_logits, idx = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    drop = probs.cumsum(-1) - probs >= p
+    return logits.scatter(-1, idx, sorted_logits.masked_fill(drop, -math.inf))
+
+
+def _top_p_drops_crossing(logits, p):
+    sorted_logits, idx = logits.sort(dim=-1, descending=True)
+    drop = sorted_logits.softmax(-1).cumsum(-1) > p  # BUG: the crossing token is dropped
+    drop[:, 0] = False
+    return logits.scatter(-1, idx, sorted_logits.masked_fill(drop, -math.inf))
+
+
+def _top_p_no_scatter(logits, p):
+    sorted_logits, _ = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    return sorted_logits.masked_fill(probs.cumsum(-1) - probs >= p, -math.inf)  # BUG: sorted
+
+
+def _top_p_row0(logits, p):
+    sorted_logits, idx = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    drop = probs.cumsum(-1) - probs >= p
+    remove = torch.zeros_like(drop)
+    remove[:, idx[0]] = drop  # BUG: row 0's order for every row
+    return logits.masked_fill(remove, -math.inf)
+
+
+def test_top_p_references_pass(capsys):
+    passes(ch05.check_top_p_filter, sampling.top_p_filter, capsys, "5.3")
+    passes(ch05.check_top_p_filter, _top_p, capsys, "5.3")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_top_p_drops_crossing, r"failed check 1, \"p = 0\.6(.|\n)*token that crosses it"),
+        (_top_p_no_scatter, r"failed check 3, \"the same row in another(.|\n)*scatter"),
+        (_top_p_row0, r"failed check 4, \"a batch of 4 rows(.|\n)*never with row 0"),
+        (stub, r"Exercise 5\.3 \(top-p \(nucleus\) filtering\): not implemented yet"),
+    ],
+    ids=case_id,
+)
+def test_top_p_rejects(wrong, message):
+    rejects(ch05.check_top_p_filter, wrong, message)
+
+
+# --- Exercise 5.4: restrict_range --------------------------------------------------------------
+
+
+def _restrict(logits, start, end):
+    out = torch.full_like(logits, -math.inf)
+    out[:, start:end] = logits[:, start:end]
+    return out
+
+
+def _restrict_inclusive(logits, start, end):
+    out = torch.full_like(logits, -math.inf)
+    out[:, start : end + 1] = logits[:, start : end + 1]  # BUG: end included
+    return out
+
+
+def _restrict_zero(logits, start, end):
+    out = torch.zeros_like(logits)  # BUG: 0 is a logit, not a ban
+    out[:, start:end] = logits[:, start:end]
+    return out
+
+
+def _restrict_nothing(logits, start, end):
+    return logits  # BUG: image positions may sample text ids
+
+
+def test_restrict_references_pass(capsys):
+    passes(ch05.check_restrict_range, sampling.restrict_range, capsys, "5.4")
+    passes(ch05.check_restrict_range, _restrict, capsys, "5.4")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_restrict_inclusive, r"failed check 1, \"ids 4 … 8(.|\n)*half-open"),
+        (_restrict_zero, r"failed check 1(.|\n)*−inf"),
+        (_restrict_nothing, r"failed check 1(.|\n)*masked_fill"),
+        (stub, r"Exercise 5\.4 \(restrict logits to a token range\): not implemented yet"),
+    ],
+    ids=case_id,
+)
+def test_restrict_rejects(wrong, message):
+    rejects(ch05.check_restrict_range, wrong, message)
+
+
+# --- Exercise 5.5: process_logits --------------------------------------------------------------
+
+
+def _pipeline(logits, *, temperature, top_k, top_p, allowed):
+    if allowed is not None:
+        logits = sampling.restrict_range(logits, *allowed)
+    logits = logits / temperature
+    if top_k is not None:
+        logits = sampling.top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = sampling.top_p_filter(logits, top_p)
+    return logits
+
+
+def _pipeline_temperature_last(logits, *, temperature, top_k, top_p, allowed):
+    if allowed is not None:
+        logits = sampling.restrict_range(logits, *allowed)
+    if top_k is not None:
+        logits = sampling.top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = sampling.top_p_filter(logits, top_p)
+    return logits / temperature  # BUG: temperature after filtering
+
+
+def _pipeline_restrict_last(logits, *, temperature, top_k, top_p, allowed):
+    logits = logits / temperature
+    if top_k is not None:
+        logits = sampling.top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = sampling.top_p_filter(logits, top_p)
+    if allowed is not None:  # BUG: the nucleus was measured with forbidden ids in it
+        logits = sampling.restrict_range(logits, *allowed)
+    return logits
+
+
+def test_pipeline_references_pass(capsys):
+    passes(ch05.check_process_logits, sampling.process_logits, capsys, "5.5")
+    passes(ch05.check_process_logits, _pipeline, capsys, "5.5")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_pipeline_temperature_last, r"failed check 2, \"τ = 2 then top-p(.|\n)*after τ"),
+        (_pipeline_restrict_last, r"failed check 4, \"ids \[8, 20\) then top-p"),
+        (stub, r"Exercise 5\.5 \(the logit pipeline in the right order\): not implemented yet"),
+    ],
+    ids=case_id,
+)
+def test_pipeline_rejects(wrong, message):
+    rejects(ch05.check_process_logits, wrong, message)
+
+
+# --- Exercise 5.6: cfg_logits ------------------------------------------------------------------
+
+
+def _cfg(cond, uncond, scale):
+    return scale * cond + (1 - scale) * uncond
+
+
+def _cfg_from_cond(cond, uncond, scale):
+    return cond + scale * (cond - uncond)  # BUG: starts from the conditional logits
+
+
+def _cfg_swapped(cond, uncond, scale):
+    return cond + scale * (uncond - cond)  # BUG: uncond and cond swapped
+
+
+def test_cfg_references_pass(capsys):
+    passes(ch05.check_cfg_logits, sampling.cfg_logits, capsys, "5.6")
+    passes(ch05.check_cfg_logits, _cfg, capsys, "5.6")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_cfg_from_cond, r"failed check 1, \"scale 1 gives the cond(.|\n)*start from the uncond"),
+        (_cfg_swapped, r"failed check 1(.|\n)*s on ℓ_c and \(1 − s\) on ℓ_u"),
+        (stub, r"Exercise 5\.6 \(classifier-free guidance on logits\): not implemented yet"),
+    ],
+    ids=case_id,
+)
+def test_cfg_rejects(wrong, message):
+    rejects(ch05.check_cfg_logits, wrong, message)
+
+
+# --- Exercise 5.7: guidance_prompts ------------------------------------------------------------
+
+
+def _prompts(caption_ids):
+    b, n = caption_ids.shape
+    boi = torch.full((b, 1), ar.BOI, dtype=torch.long, device=caption_ids.device)
+    null = torch.full_like(caption_ids, ar.NULL)
+    return torch.cat([torch.cat([caption_ids, boi], 1), torch.cat([null, boi], 1)])
+
+
+def _prompts_short_uncond(caption_ids):
+    b, n = caption_ids.shape
+    boi = torch.full((b, 1), ar.BOI, dtype=torch.long, device=caption_ids.device)
+    pad = torch.full_like(caption_ids, ar.PAD)
+    uncond = torch.cat([boi, pad], 1)  # BUG: [BOI] alone, right-padded: positions misaligned
+    return torch.cat([torch.cat([caption_ids, boi], 1), uncond])
+
+
+def _prompts_uncond_first(caption_ids):
+    p = _prompts(caption_ids)
+    return torch.cat([p[len(caption_ids) :], p[: len(caption_ids)]])  # BUG: halves swapped
+
+
+def _prompts_pad(caption_ids):
+    p = _prompts(caption_ids)
+    p[len(caption_ids) :, :-1] = ar.PAD  # BUG: PAD is not the trained unconditional prompt
+    return p
+
+
+def _prompts_empty(caption_ids):
+    boi = torch.full((len(caption_ids), 1), ar.BOI, dtype=torch.long)
+    return [torch.cat([caption_ids, boi], 1), boi]  # BUG: two lengths, not one batch
+
+
+def test_prompts_references_pass(capsys):
+    passes(ch05.check_guidance_prompts, sampling.guidance_prompts, capsys, "5.7")
+    passes(ch05.check_guidance_prompts, _prompts, capsys, "5.7")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_prompts_short_uncond, r"failed check 2, \"BOI sits at the same(.|\n)*misaligned"),
+        (_prompts_uncond_first, r"failed check 3(.|\n)*conditional rows first"),
+        (_prompts_pad, r"failed check 3(.|\n)*not PAD"),
+        (_prompts_empty, r"failed check 1, \"3 captions give 6 prompts(.|\n)*NULL ids"),
+        (stub, r"Exercise 5\.7 \(prompts of a guided batch\): not implemented yet"),
+    ],
+    ids=case_id,
+)
+def test_prompts_rejects(wrong, message):
+    rejects(ch05.check_guidance_prompts, wrong, message)
+
+
+# --- Exercise 5.8: cached_attention ------------------------------------------------------------
+
+
+def _attend(q, k, v, mask):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    return scores.masked_fill(~mask, -math.inf).softmax(-1) @ v
+
+
+def _cached(q, k, v, cache=None, mask=None):
+    if cache is not None:
+        k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
+    t, n = q.shape[2], k.shape[2]
+    if mask is None:
+        mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()[n - t :]
+    return _attend(q, k, v, mask), (k, v)
+
+
+def _cached_not_appended(q, k, v, cache=None, mask=None):
+    t = q.shape[2]
+    if mask is None:
+        mask = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+    return _attend(q, k, v, mask), (k, v)  # BUG: the cache is ignored and never grows
+
+
+def _cached_no_offset(q, k, v, cache=None, mask=None):
+    if cache is not None:
+        k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
+    t, n = q.shape[2], k.shape[2]
+    if mask is None:  # BUG: query i treated as position i, not P + i
+        mask = torch.ones(t, n, dtype=torch.bool, device=q.device).tril()
+    return _attend(q, k, v, mask), (k, v)
+
+
+def _cached_returns_old(q, k, v, cache=None, mask=None):
+    out, new = _cached(q, k, v, cache, mask)
+    return out, (cache if cache is not None else new)  # BUG: the appended cache is not returned
+
+
+def _cached_ignores_mask(q, k, v, cache=None, mask=None):
+    return _cached(q, k, v, cache, None)  # BUG: an explicit mask is ignored
+
+
+def test_cached_attention_references_pass(capsys):
+    passes(ch05.check_cached_attention, transformer.cached_attention, capsys, "5.8")
+    passes(ch05.check_cached_attention, _cached, capsys, "5.8")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_cached_not_appended, r"failed check 2, \"after 4 cached positions(.|\n)*append"),
+        (_cached_no_offset, r"failed check 5, \"one new query(.|\n)*shifted by the cache length"),
+        (_cached_returns_old, r"failed check 2(.|\n)*return the longer tensors"),
+        (_cached_ignores_mask, r"explicit all-True mask"),
+        (stub, r"Exercise 5\.8 \(attention with a KV cache\): not implemented yet"),
+    ],
+    ids=case_id,
+)
+def test_cached_attention_rejects(wrong, message):
+    rejects(ch05.check_cached_attention, wrong, message)
+
+
+# --- Exercise 5.9: ids_to_codes ----------------------------------------------------------------
+
+
+def _codes(ids):
+    return (ids - ar.IMAGE_OFFSET).view(-1, 8, 8)
+
+
+def _codes_no_offset(ids):
+    return ids.view(-1, 8, 8)  # BUG: ids still carry the vocabulary offset
+
+
+def _codes_transposed(ids):
+    return (ids - ar.IMAGE_OFFSET).view(-1, 8, 8).transpose(1, 2)  # BUG: column order
+
+
+def _codes_flat(ids):
+    return ids - ar.IMAGE_OFFSET  # BUG: not a grid
+
+
+def test_codes_references_pass(capsys):
+    passes(ch05.check_ids_to_codes, sampling.ids_to_codes, capsys, "5.9")
+    passes(ch05.check_ids_to_codes, _codes, capsys, "5.9")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_codes_no_offset, r"failed check 2, \"the codes the tokenizer gave(.|\n)*IMAGE_OFFSET"),
+        (_codes_transposed, r"failed check 2(.|\n)*no transpose"),
+        (_codes_flat, r"failed check 1(.|\n)*\(B, 8, 8\)"),
+        (stub, r"Exercise 5\.9 \(remove the vocabulary offset\): not implemented yet"),
+    ],
+    ids=case_id,
+)
+def test_codes_rejects(wrong, message):
+    rejects(ch05.check_ids_to_codes, wrong, message)
+
+
+# --- every checker on the course device --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("checker", "reference"),
+    [
+        (ch05.check_apply_temperature, sampling.apply_temperature),
+        (ch05.check_top_k_filter, sampling.top_k_filter),
+        (ch05.check_top_p_filter, sampling.top_p_filter),
+        (ch05.check_restrict_range, sampling.restrict_range),
+        (ch05.check_process_logits, sampling.process_logits),
+        (ch05.check_cfg_logits, sampling.cfg_logits),
+        (ch05.check_guidance_prompts, sampling.guidance_prompts),
+        (ch05.check_cached_attention, transformer.cached_attention),
+        (ch05.check_ids_to_codes, sampling.ids_to_codes),
+    ],
+    ids=case_id,
+)
+def test_checks_run_on_the_chosen_device(checker, reference, device, capsys):
+    seen: set[torch.device] = set()
+
+    def spy(*args, **kwargs):
+        seen.update(a.device for a in args if isinstance(a, torch.Tensor))
+        return reference(*args, **kwargs)
+
+    checker(spy, device=device)
+    assert capsys.readouterr().out.startswith("✓ Exercise 5.")
+    assert seen <= {torch.device(device)}

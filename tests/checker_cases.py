@@ -28,3 +28,17 @@ def rejects(checker, wrong, message: str) -> None:
 def case_id(value) -> str:
     """pytest ids for (wrong version, message) parameters: the function's name."""
     return getattr(value, "__name__", "message")
+
+
+def devices_seen(checker, reference, device: str, capsys) -> set:
+    """Run `checker(…, device=device)` on a spy of `reference`; the checker must pass. Returns
+    the devices of every tensor the checker handed to the candidate."""
+    seen: set = set()
+
+    def spy(*args, **kwargs):
+        seen.update(a.device for a in args if hasattr(a, "device"))
+        return reference(*args, **kwargs)
+
+    checker(spy, device=device)
+    assert "✓" in capsys.readouterr().out
+    return seen

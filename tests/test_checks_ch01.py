@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from checker_cases import case_id, passes, rejects, stub
+from checker_cases import case_id, devices_seen, passes, rejects, stub
 
 from mmcourse import vq
 from mmcourse.checks import ch01
@@ -494,12 +494,5 @@ REFERENCES = [
 
 @pytest.mark.parametrize(("checker", "reference"), REFERENCES, ids=lambda v: v.__name__)
 def test_checks_run_on_the_chosen_device(checker, reference, device, capsys):
-    seen = set()
-
-    def spy(*args, **kwargs):
-        seen.update(a.device for a in args if isinstance(a, torch.Tensor))
-        return reference(*args, **kwargs)
-
-    checker(spy, device=device)
-    assert "✓" in capsys.readouterr().out
+    seen = devices_seen(checker, reference, device, capsys)
     assert seen == {torch.device(device)}

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from checker_cases import case_id, passes, rejects, stub
+from checker_cases import case_id, devices_seen, passes, rejects, stub
 
 from mmcourse import diffusion
 from mmcourse.checks import ch04
@@ -352,14 +352,7 @@ def test_cfg_combine_rejects(wrong, message):
     ids=case_id,
 )
 def test_checks_run_on_the_chosen_device(checker, reference, device, capsys):
-    seen: set[torch.device] = set()
-
-    def spy(*args, **kwargs):
-        seen.update(a.device for a in args if isinstance(a, torch.Tensor))
-        return reference(*args, **kwargs)
-
-    checker(spy, device=device)
-    assert capsys.readouterr().out.startswith("✓ Exercise 4.")
+    seen = devices_seen(checker, reference, device, capsys)
     assert seen == {torch.device(device)}
 
 

@@ -6,6 +6,8 @@ python -m mmcourse.train vit         # data/vit_digits.pt, the digits ViT (≈ 1
 python -m mmcourse.train clip        # data/clip_shapes.pt, CLIP on Shapes (≈ 15 s)
 python -m mmcourse.train captioner   # data/captioner_shapes.pt (run clip first)
 python -m mmcourse.train diffusion   # data/diffusion_shapes.pt, diffusion_latent_shapes.pt (15 min)
+python -m mmcourse.train ar          # data/ar_shapes.pt, caption → image tokens GPT (≈ 20 min)
+python -m mmcourse.train video       # data/video_tokenizer.pt, the video tokenizer (≈ 25 min)
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 
 import torch
 
-from mmcourse import checkpoints, diffusion, fusion, judge, tokenizer, vit
+from mmcourse import ar, checkpoints, diffusion, fusion, judge, tokenizer, video, vit
 from mmcourse.data import ShapesDataset
 
 
@@ -54,6 +56,8 @@ TARGETS = {
     "clip": lambda seed: print(fusion.rebuild_clip(seed)),
     "captioner": lambda seed: print(fusion.rebuild_captioner(seed)),
     "diffusion": lambda seed: print(diffusion.rebuild(seed)),
+    "ar": lambda seed: print(ar.rebuild(seed)),
+    "video": lambda seed: print(video.rebuild(seed)),
 }
 
 

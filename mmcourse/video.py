@@ -1,0 +1,551 @@
+"""The video tokenizer (chapter 06): an 8×32×32 clip → 2×8×8 = 128 tokens.
+
+    x (B, T, 3, H, W) ─ per frame: chapter 02's blocks, ×4 down ─▶ (B, C, T, H/4, W/4)
+                      ─ two causal 3-D convs, stride 2 in time ─▶ z_e (B, D, T/4, H/4, W/4)
+                      ─ VectorQuantizer ─▶ tokens (B, T/4, H/4, W/4), z_q
+    z_q ─ two (repeat ×2 in time, causal 3-D conv) ─ per frame, ×4 up ─▶ x̂ (B, T, 3, H, W)
+
+Chapter 02's tokenizer compresses space ×4 per side; consecutive frames of a clip are nearly the
+same, so time compresses too: a 3-D convolution with stride 2 in time, twice, gives one latent
+frame per 4 frames, and the clip costs 4× fewer tokens than tokenizing every frame.
+
+The temporal convolutions are causal (MAGVIT-v2, Yu et al. 2024): time is padded with
+kernel_t − stride_t zero frames on the left only, so latent frame j depends on frames
+≤ 4j + 3 and never on later ones, and the decoder's frame t only on latents ≤ t // 4. (MAGVIT-v2
+goes further and keeps the first frame alone, 1 + 4k frames → 1 + k latents; with the course's
+8-frame clips and the 8 → 2 target we keep plain stride 4.)
+
+The quantizer is chapter 01's `VectorQuantizer` (EMA codebook, straight-through estimator,
+commitment loss β‖z_e − sg(e)‖²), and training is chapter 02's recipe: k-means initialisation,
+dead-code restarts, Adam with a cosine learning rate. The trained tokenizer ships in
+data/video_tokenizer.pt, rebuilt by `python -m mmcourse.train video` (≈ 25 minutes on one
+thread of a busy 2-core CPU); `load_video_tokenizer()` reads it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from tqdm.auto import tqdm
+
+from mmcourse import _validate, checkpoints
+from mmcourse.data.moving import MovingShapesDataset
+from mmcourse.env import device as default_device
+from mmcourse.tokenizer import ResBlock, group_norm, psnr
+from mmcourse.vq import VectorQuantizer, code_usage, nearest_code, perplexity
+
+__all__ = [
+    "COMMAND",
+    "PATH",
+    "CausalConv3d",
+    "TrainResult",
+    "VideoDecoder",
+    "VideoEncoder",
+    "VideoOutput",
+    "VideoVQVAE",
+    "attention_cost",
+    "causal_pad",
+    "evaluate",
+    "load_video_tokenizer",
+    "held_out_clips",
+    "patchify_3d",
+    "per_frame",
+    "per_frame_evaluate",
+    "rebuild",
+    "temporal_downsample",
+    "temporal_upsample",
+    "train_video_tokenizer",
+    "unpatchify_3d",
+    "video_psnr",
+    "video_tokens",
+]
+
+PATH = checkpoints.DATA_DIR / "video_tokenizer.pt"
+COMMAND = "python -m mmcourse.train video"
+SPATIAL = 4  # 32×32 pixels → 8×8 tokens per latent frame
+TEMPORAL = 4  # 8 frames → 2 latent frames
+TRAIN_STEPS = 3600  # the shipped checkpoint's run
+HELD_OUT_SEED = 1  # MovingShapesDataset(seed=1) is the held-out set
+
+
+# ------------------------------------------------------------------------ token arithmetic
+
+
+def video_tokens(
+    frames: int, height: int, width: int, *, temporal_stride: int = 1, spatial_stride: int = 4
+) -> int:
+    """Tokens of a (frames, height, width) clip: (T / s_t) · (H / s) · (W / s).
+
+    temporal_stride = 1 is per-frame tokenization. Every stride must divide its size: a clip
+    whose frame count the temporal stride does not divide raises ValueError.
+    """
+    for name, value in (
+        ("frames", frames),
+        ("height", height),
+        ("width", width),
+        ("temporal_stride", temporal_stride),
+        ("spatial_stride", spatial_stride),
+    ):
+        _validate.positive_int(name, value)
+    _divisible("frames", frames, "temporal_stride", temporal_stride)
+    _divisible("height", height, "spatial_stride", spatial_stride)
+    _divisible("width", width, "spatial_stride", spatial_stride)
+    return (frames // temporal_stride) * (height // spatial_stride) * (width // spatial_stride)
+
+
+def attention_cost(tokens: int) -> int:
+    """Pairs of tokens full self-attention compares: tokens², the cost of one attention layer
+    up to the width (both QKᵀ and the weighted sum of values scale with it)."""
+    return _validate.positive_int("tokens", tokens) ** 2
+
+
+def _divisible(name: str, value: int, by_name: str, by: int) -> None:
+    if value % by:
+        lower, upper = value // by * by, -(-value // by) * by
+        options = f"{lower} or {upper}" if lower else f"{upper}"
+        raise ValueError(
+            f"{name} = {value} is not divisible by {by_name} = {by}; trim or pad that axis to a "
+            f"multiple of {by} ({options})"
+        )
+
+
+# --------------------------------------------------------------------------- 3-D patches
+
+
+def patchify_3d(x: torch.Tensor, pt: int, p: int) -> torch.Tensor:
+    """Clips x (B, T, C, H, W) → patches (B, N, pt·p·p·C), N = (T/pt)(H/p)(W/p).
+
+    Patches run in (t, h, w) order; inside a patch the features are ordered (pt p1 p2 c):
+    channels last, then columns, rows and frames, as a ViT patch with channels last.
+    """
+    x = _check_clips(x, floating=False)
+    pt, p = _validate.positive_int("pt", pt), _validate.positive_int("p", p)
+    _, t, _, h, w = x.shape
+    _divisible("frames", t, "pt", pt)
+    _divisible("height", h, "p", p)
+    _divisible("width", w, "p", p)
+    return rearrange(x, "b (t pt) c (h p1) (w p2) -> b (t h w) (pt p1 p2 c)", pt=pt, p1=p, p2=p)
+
+
+def unpatchify_3d(
+    patches: torch.Tensor, pt: int, p: int, frames: int, height: int, width: int
+) -> torch.Tensor:
+    """The inverse of `patchify_3d`: patches (B, N, pt·p·p·C) → clips (B, T, C, H, W)."""
+    patches = _validate.tensor("patches", patches, shape=("B", "N", "F"))
+    pt, p = _validate.positive_int("pt", pt), _validate.positive_int("p", p)
+    for name, size, by_name, by in (
+        ("frames", frames, "pt", pt),
+        ("height", height, "p", p),
+        ("width", width, "p", p),
+    ):
+        _divisible(name, _validate.positive_int(name, size), by_name, by)
+    t, h, w = frames // pt, height // p, width // p
+    if patches.shape[1] != t * h * w or patches.shape[2] % (pt * p * p):
+        raise ValueError(
+            f"patches must have shape (B, {t * h * w}, pt·p·p·C) = (B, {t * h * w}, "
+            f"{pt * p * p}·C) for a {frames}×{height}×{width} clip, got {tuple(patches.shape)}"
+        )
+    return rearrange(
+        patches, "b (t h w) (pt p1 p2 c) -> b (t pt) c (h p1) (w p2)", t=t, h=h, pt=pt, p1=p, p2=p
+    )
+
+
+# --------------------------------------------------------------------- causal time convolution
+
+
+def causal_pad(x: torch.Tensor, kernel_t: int, stride_t: int = 1) -> torch.Tensor:
+    """Pad time on the left only: x (B, C, T, H, W) → (B, C, T + kernel_t − stride_t, H, W),
+    with kernel_t − stride_t zero frames in front.
+
+    A convolution of kernel kernel_t and stride stride_t over the padded clip gives T / stride_t
+    outputs, and output j sees frames stride_t·j − (kernel_t − stride_t) … stride_t·j +
+    stride_t − 1: never one after its own block of frames.
+    """
+    x = _validate.tensor("x", x, shape=("B", "C", "T", "H", "W"))
+    kernel_t = _validate.positive_int("kernel_t", kernel_t)
+    stride_t = _validate.positive_int("stride_t", stride_t)
+    if stride_t > kernel_t:
+        raise ValueError(
+            f"stride_t must be ≤ kernel_t (a stride above the kernel skips frames), got "
+            f"stride_t = {stride_t}, kernel_t = {kernel_t}"
+        )
+    return F.pad(x, (0, 0, 0, 0, kernel_t - stride_t, 0))  # (W: 0, 0), (H: 0, 0), (T: left, 0)
+
+
+def temporal_downsample(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride_t: int
+) -> torch.Tensor:
+    """Causal 3-D convolution with stride stride_t in time, 1 in space (same spatial size):
+    x (B, C, T, H, W), weight (C', C, k_t, k_h, k_w), k_h and k_w odd → (B, C', T / s_t, H, W).
+
+    T must be divisible by stride_t (else ValueError); time is padded by `causal_pad`.
+    """
+    x = _validate.tensor("x", x, shape=("B", "C", "T", "H", "W"), floating=True)
+    weight = _validate.tensor("weight", weight, shape=("C_out", x.shape[1], "k_t", "k_h", "k_w"))
+    stride_t = _validate.positive_int("stride_t", stride_t)
+    _divisible("frames", x.shape[2], "stride_t", stride_t)
+    k_t, k_h, k_w = weight.shape[2:]
+    if k_h % 2 == 0 or k_w % 2 == 0:
+        raise ValueError(f"weight must have odd spatial sizes, got {k_h}×{k_w}")
+    x = causal_pad(x, k_t, stride_t)  # (B, C, T + k_t − s_t, H, W)
+    return F.conv3d(x, weight, bias, stride=(stride_t, 1, 1), padding=(0, k_h // 2, k_w // 2))
+
+
+def temporal_upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Repeat every frame `factor` times in place: (B, C, t, H, W) → (B, C, t·factor, H, W),
+    frames [a, b] → [a, a, b, b] (not the tiled [a, b, a, b], which would show frame b early)."""
+    x = _validate.tensor("x", x, shape=("B", "C", "T", "H", "W"))
+    return x.repeat_interleave(_validate.positive_int("factor", factor), dim=2)
+
+
+class CausalConv3d(nn.Module):
+    """A 3-D convolution of kernel (k_t, k, k), stride (stride_t, 1, 1), causal in time and
+    'same' in space: (B, C, T, H, W) → (B, C', T / stride_t, H, W)."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel: int = 3, stride_t: int = 1
+    ) -> None:
+        super().__init__()
+        self.stride_t = _validate.positive_int("stride_t", stride_t)
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return temporal_downsample(x, self.conv.weight, self.conv.bias, self.stride_t)
+
+
+# -------------------------------------------------------------------------------- the model
+
+
+def per_frame(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a 2-D network to every frame: (B, C, T, H, W) → (B, C', T, H', W')."""
+    b = x.shape[0]
+    y = net(rearrange(x, "b c t h w -> (b t) c h w"))
+    return rearrange(y, "(b t) c h w -> b c t h w", b=b)
+
+
+class VideoEncoder(nn.Module):
+    """x (B, T, 3, H, W) in [0, 1] → z_e (B, D, T/4, H/4, W/4).
+
+    Per frame, chapter 02's design (strided convs and ResBlocks, ×4 down in space); then two
+    causal 3-D convs of stride 2 in time, each followed by a per-frame ResBlock.
+    """
+
+    def __init__(self, channels: int, code_dim: int, groups: int) -> None:
+        super().__init__()
+        c = channels
+        self.spatial = nn.Sequential(
+            nn.Conv2d(3, c, 3, padding=1),  # (BT, C, H, W)
+            nn.Conv2d(c, c, 4, stride=2, padding=1),  # (BT, C, H/2, W/2)
+            ResBlock(c, groups),
+            nn.Conv2d(c, c, 4, stride=2, padding=1),  # (BT, C, H/4, W/4)
+            ResBlock(c, groups),
+        )
+        self.down = nn.ModuleList(CausalConv3d(c, c, 3, stride_t=2) for _ in range(2))
+        self.mix = nn.ModuleList(ResBlock(c, groups) for _ in range(2))
+        self.out = nn.Sequential(group_norm(c, groups), nn.SiLU(), nn.Conv2d(c, code_dim, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = per_frame(self.spatial, rearrange(x * 2 - 1, "b t c h w -> b c t h w"))
+        for down, mix in zip(self.down, self.mix):
+            h = per_frame(mix, down(h))  # (B, C, T/2, h, w), then (B, C, T/4, h, w)
+        return per_frame(self.out, h)  # (B, D, T/4, h, w)
+
+
+class VideoDecoder(nn.Module):
+    """z_q (B, D, t, h, w) → x̂ (B, 4t, 3, 4h, 4w), unbounded: the encoder mirrored, each ×2 in
+    time a frame repeat followed by a causal 3-D conv (so frame i sees latents ≤ i // 4)."""
+
+    def __init__(self, channels: int, code_dim: int, groups: int) -> None:
+        super().__init__()
+        c = channels
+        self.inp = nn.Sequential(nn.Conv2d(code_dim, c, 3, padding=1), ResBlock(c, groups))
+        self.up = nn.ModuleList(CausalConv3d(c, c, 3) for _ in range(2))
+        self.mix = nn.ModuleList(ResBlock(c, groups) for _ in range(2))
+        self.spatial = nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(c, c, 3, padding=1),  # (BT, C, 2h, 2w)
+            ResBlock(c, groups),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(c, c, 3, padding=1),  # (BT, C, 4h, 4w)
+            group_norm(c, groups),
+            nn.SiLU(),
+            nn.Conv2d(c, 3, 3, padding=1),  # (BT, 3, 4h, 4w)
+        )
+
+    def forward(self, z_q: torch.Tensor) -> torch.Tensor:
+        h = per_frame(self.inp, z_q)  # (B, C, t, h, w)
+        for up, mix in zip(self.up, self.mix):
+            h = per_frame(mix, up(temporal_upsample(h, 2)))  # (B, C, 2t, h, w), then 4t
+        return rearrange(per_frame(self.spatial, h), "b c t h w -> b t c h w")
+
+
+class VideoOutput(NamedTuple):
+    """What `VideoVQVAE.forward` returns."""
+
+    x_hat: torch.Tensor  # (B, T, 3, H, W) reconstruction, unclamped
+    tokens: torch.Tensor  # (B, T/4, H/4, W/4) long
+    loss: torch.Tensor  # recon_loss + vq_loss, scalar
+    recon_loss: torch.Tensor  # ‖x − x̂‖², mean over pixels
+    vq_loss: torch.Tensor  # β‖z_e − sg(e)‖² (EMA codebook: no codebook term)
+    perplexity: torch.Tensor  # of this batch's codes, no gradient
+
+
+class VideoVQVAE(nn.Module):
+    """VideoEncoder → VectorQuantizer (K = num_codes codes of dimension code_dim) → VideoDecoder.
+
+    `encode` maps clips (B, T, 3, H, W) to tokens (B, T/4, H/4, W/4), `decode` tokens back to
+    clips; `forward` runs both through the straight-through estimator and returns the losses.
+    """
+
+    temporal_stride = TEMPORAL
+    spatial_stride = SPATIAL
+
+    def __init__(
+        self,
+        channels: int = 32,
+        num_codes: int = 1024,
+        code_dim: int = 16,
+        groups: int = 8,
+        beta: float = 0.25,
+    ) -> None:
+        super().__init__()
+        _validate.positive_int("channels", channels)
+        _validate.positive_int("groups", groups)
+        group_norm(channels, groups)  # raises the clear error before any layer is built
+        self.config = {
+            "channels": channels,
+            "num_codes": num_codes,
+            "code_dim": code_dim,
+            "groups": groups,
+            "beta": beta,
+        }
+        self.encoder = VideoEncoder(channels, code_dim, groups)
+        self.quantizer = VectorQuantizer(num_codes, code_dim, beta=beta, ema=True)
+        self.decoder = VideoDecoder(channels, code_dim, groups)
+
+    @property
+    def num_codes(self) -> int:
+        return self.quantizer.num_codes
+
+    def forward(self, x: torch.Tensor) -> VideoOutput:
+        """x (B, T, 3, H, W) in [0, 1]; T a multiple of 4, H and W multiples of 4."""
+        z_e = self.encoder(_check_clips(x))  # (B, D, t, h, w)
+        vq = self.quantizer(z_e)  # z_q (B, D, t, h, w) straight-through, tokens (B, t, h, w)
+        x_hat = self.decoder(vq.z_q)  # (B, T, 3, H, W)
+        recon_loss = F.mse_loss(x_hat, x)
+        return VideoOutput(
+            x_hat, vq.tokens, recon_loss + vq.loss, recon_loss, vq.loss, vq.perplexity
+        )
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Clips (B, T, 3, H, W) in [0, 1] → tokens (B, T/4, H/4, W/4) long. Never moves the
+        codebook, even in training mode."""
+        z_e = self.encoder(_check_clips(x))  # (B, D, t, h, w)
+        b, d, t, h, w = z_e.shape
+        rows = rearrange(z_e, "b d t h w -> (b t h w) d")
+        return nearest_code(rows, self.quantizer.codebook).view(b, t, h, w)
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, t, h, w) long in [0, K) → clips (B, 4t, 3, 4h, 4w) in [0, 1]."""
+        tokens = _validate.tensor("tokens", tokens, shape=("B", "t", "h", "w"), dtype=torch.long)
+        return self.decoder(self.quantizer.decode(tokens)).clamp(0, 1)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """decode(encode(x)): (B, T, 3, H, W) → (B, T, 3, H, W) in [0, 1]."""
+        return self.decode(self.encode(x))
+
+
+def _check_clips(x: object, *, floating: bool = True) -> torch.Tensor:
+    """x (B, T, C, H, W); for the model C = 3, values in [0, 1], T and H, W multiples of 4."""
+    if not floating:
+        return _validate.tensor("x", x, shape=("B", "T", "C", "H", "W"))
+    x = _validate.tensor("x", x, shape=("B", "T", 3, "H", "W"), floating=True, value_range=(0, 1))
+    _divisible("frames", x.shape[1], "the temporal stride", TEMPORAL)
+    _divisible("height", x.shape[3], "the spatial stride", SPATIAL)
+    _divisible("width", x.shape[4], "the spatial stride", SPATIAL)
+    return x
+
+
+# --------------------------------------------------------------------------------------- metrics
+
+
+def video_psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """PSNR of each clip in dB over all its frames: x, y (B, T, C, H, W) in [0, 1] → (B,)."""
+    x = _validate.tensor("x", x, shape=("B", "T", "C", "H", "W"), floating=True)
+    y = _validate.tensor("y", y, shape=("B", "T", "C", "H", "W"), floating=True)
+    return psnr(x.flatten(1, 2), y.flatten(1, 2))  # frames × channels as one image's channels
+
+
+@torch.no_grad()
+def evaluate(model: VideoVQVAE, clips: torch.Tensor, batch: int = 64) -> dict[str, float]:
+    """Reconstruction of `clips` (N, T, 3, H, W) in [0, 1] through the video tokenizer:
+    {"psnr_db": mean per-clip PSNR, "tokens": tokens per clip, "code_usage", "perplexity"}."""
+    clips = _check_clips(clips)
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    tokens, scores = [], []
+    for x in clips.split(batch):
+        x = x.to(param)
+        t = model.encode(x)  # (b, t, h, w)
+        scores.append(video_psnr(model.decode(t), x).cpu())
+        tokens.append(t.cpu())
+    model.train(was_training)
+    tokens_all = torch.cat(tokens)
+    return {
+        "psnr_db": torch.cat(scores).mean().item(),
+        "tokens": tokens_all[0].numel(),
+        "code_usage": code_usage(tokens_all, model.num_codes),
+        "perplexity": perplexity(tokens_all, model.num_codes),
+    }
+
+
+@torch.no_grad()
+def per_frame_evaluate(image_tokenizer: nn.Module, clips: torch.Tensor, batch: int = 64) -> dict:
+    """The baseline: chapter 02's image tokenizer on every frame of `clips` (N, T, 3, H, W).
+    {"psnr_db": mean per-clip PSNR, "tokens": tokens per clip (T · h · w)}."""
+    clips = _check_clips(clips)
+    param = next(image_tokenizer.parameters())
+    scores, n_tokens = [], 0
+    for x in clips.split(batch):
+        frames = x.flatten(0, 1).to(param)  # (b·T, 3, H, W)
+        tokens = image_tokenizer.encode(frames)  # (b·T, h, w)
+        x_hat = image_tokenizer.decode(tokens).view_as(x.to(param))  # (b, T, 3, H, W)
+        scores.append(video_psnr(x_hat, x.to(param)).cpu())
+        n_tokens = tokens[0].numel() * x.shape[1]
+    return {"psnr_db": torch.cat(scores).mean().item(), "tokens": n_tokens}
+
+
+# -------------------------------------------------------------------------------------- training
+
+
+class TrainResult(NamedTuple):
+    """The trained model (eval mode), its per-step curves and the wall time."""
+
+    model: VideoVQVAE
+    history: dict[str, list[float]]  # "recon_loss", "vq_loss", "perplexity", "lr"
+    seconds: float
+
+
+def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random symmetries of clips (B, T, 3, H, W) that keep them moving-shapes clips: mirror
+    left/right, mirror up/down, swap the axes, play backwards (each with probability ½)."""
+    b = len(x)
+    flips = torch.rand(4, b, generator=g) < 0.5  # (4, B)
+    x = torch.where(flips[0, :, None, None, None, None], x.flip(-1), x)
+    x = torch.where(flips[1, :, None, None, None, None], x.flip(-2), x)
+    x = torch.where(flips[2, :, None, None, None, None], x.transpose(-1, -2), x)
+    return torch.where(flips[3, :, None, None, None, None], x.flip(1), x)
+
+
+def train_video_tokenizer(
+    seed: int = 0,
+    steps: int = TRAIN_STEPS,
+    *,
+    batch: int = 16,
+    lr: float = 2e-3,
+    n_clips: int = 4_000,
+    restart_every: int = 20,
+    log: Callable[[str], None] | None = print,
+    log_every: int = 250,
+    progress: bool = False,
+    device: torch.device | str | None = None,
+    **model_kwargs: object,
+) -> TrainResult:
+    """Train a VideoVQVAE on `n_clips` moving-shapes clips drawn from `seed` (seed 1 is the
+    held-out set, so train on another), with random mirrors, transposes and time reversal.
+
+    Chapter 02's recipe: Adam with a cosine learning rate from `lr` to 0, the codebook started
+    as k-means centres of the first batch's encoder outputs, codes unused for `restart_every`
+    steps moved onto random encoder outputs (not in the last fifth of training). Same seed and
+    arguments → same weights (on the same device and thread count).
+    """
+    steps = _validate.positive_int("steps", steps)
+    batch = _validate.positive_int("batch", batch)
+    restart_every = _validate.positive_int("restart_every", restart_every)
+    if seed == HELD_OUT_SEED:
+        raise ValueError(f"seed {HELD_OUT_SEED} draws the held-out clips; train on another seed")
+    dev = torch.device(device) if device is not None else default_device()
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    data = MovingShapesDataset(n=n_clips, seed=seed).clips  # (N, T, 3, H, W)
+    model = VideoVQVAE(**model_kwargs).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    history: dict[str, list[float]] = {"recon_loss": [], "vq_loss": [], "perplexity": [], "lr": []}
+    counts = torch.zeros(model.num_codes, device=dev)  # code uses since the last restart
+    model.train()
+    for step in tqdm(range(steps), desc="training", unit="step", disable=not progress):
+        x = _augment(data[torch.randint(len(data), (batch,), generator=g)], g).to(dev)
+        if step == 0:
+            with torch.no_grad():
+                model.quantizer.init_codebook(model.encoder(x), generator=g)
+        out = model(x)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        sched.step()
+        counts += torch.bincount(out.tokens.flatten(), minlength=model.num_codes)
+        if (step + 1) % restart_every == 0:
+            if step < 0.8 * steps:
+                with torch.no_grad():
+                    z_e = model.encoder(x)
+                model.quantizer.restart_dead_codes(z_e, counts, generator=g)
+            counts.zero_()
+        for key, value in (
+            ("recon_loss", out.recon_loss),
+            ("vq_loss", out.vq_loss),
+            ("perplexity", out.perplexity),
+        ):
+            history[key].append(value.item())
+        history["lr"].append(sched.get_last_lr()[0])
+        if log is not None and (step % log_every == 0 or step == steps - 1):
+            log(
+                f"step {step:5d}  recon {out.recon_loss.item():.5f}  "
+                f"vq {out.vq_loss.item():.5f}  perplexity {out.perplexity.item():.1f}"
+            )
+    return TrainResult(model.eval(), history, time.perf_counter() - start)
+
+
+def held_out_clips(n: int = 500) -> torch.Tensor:
+    """The course's held-out clips (n, 8, 3, 32, 32): MovingShapesDataset(n, seed=1)."""
+    return MovingShapesDataset(n=n, seed=HELD_OUT_SEED).clips
+
+
+def rebuild(seed: int = 0, steps: int = TRAIN_STEPS) -> str:
+    """Train the shipped video tokenizer from `seed` on one thread, write
+    data/video_tokenizer.pt, return a one-line summary with the held-out PSNR (the
+    `python -m mmcourse.train video` target)."""
+    from mmcourse.vit import one_thread
+
+    with one_thread():
+        result = train_video_tokenizer(seed=seed, steps=steps, device="cpu")
+        model = result.model
+        checkpoints.save(PATH, model.state_dict(), config=model.config, command=COMMAND)
+        scores = evaluate(model, held_out_clips())
+    return f"wrote {PATH.name} in {result.seconds:.0f} s; held-out " + ", ".join(
+        f"{k} {v:.4f}" for k, v in scores.items()
+    )
+
+
+def load_video_tokenizer(
+    path: Path | str | None = None, device: torch.device | str | None = None
+) -> VideoVQVAE:
+    """The trained video tokenizer from data/video_tokenizer.pt, in eval mode on `device`
+    (default: the course's). A missing or corrupt file raises an error naming the command that
+    rebuilds it."""
+    path = Path(path) if path is not None else PATH
+    ckpt = checkpoints.load(path, command=COMMAND)
+    model = checkpoints.restore(ckpt, VideoVQVAE, path=path, command=COMMAND)
+    return model.to(device or default_device())

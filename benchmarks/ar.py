@@ -7,9 +7,13 @@ temperature 1 (the model's own distribution); diversity_s{S}: mean pairwise RMS 
 between images of the same caption. faithfulness_best / best_scale: the best scale (chosen on these
 same samples); cfg_gain_points = 100 × (faithfulness_best − faithfulness_s1).
 hot_*: the same at temperature HOT (a looser sampler, where guidance has more to fix).
+early_*: the same at temperature 1 for the early checkpoint of the same training run
+(data/ar_shapes_early.pt, after early_steps of its ar.TRAIN_STEPS steps), a conditional model that
+has not sharpened yet: early_faithfulness_s1, early_faithfulness_best, early_best_scale,
+early_cfg_gain_points. The keys without a prefix are the final model's.
 kv_identical: the KV cache and recomputing the whole prefix give the same 64 tokens for the same
 seed, for every image; kv_speedup = recompute_s / kv_s for KV_IMAGES images (one guided batch of
-2 × KV_IMAGES rows); kv1_speedup the same for a single image.
+2 × KV_IMAGES rows, best of 2 runs each); kv1_speedup the same for a single image (best of 5).
 forwards_batched_cfg / forwards_separate_cfg: network calls per batch of images with the cond and
 uncond rows in one batch vs two separate passes (counted with a forward hook).
 ar_ms_per_image / ddim_ms_per_image: wall time per image, AR (KV cache, batched CFG, best scale)
@@ -55,13 +59,13 @@ def _count_forwards(model, fn) -> int:
     return len(calls)
 
 
-def _kv(model, tokenizer, captions: list[str]) -> tuple[bool, float]:
-    """(identical tokens?, recompute time / cache time) for one guided batch, best of 2."""
+def _kv(model, tokenizer, captions: list[str], reps: int) -> tuple[bool, float]:
+    """(identical tokens?, recompute time / cache time) for one guided batch, best of reps."""
     times = {}
     ids = {}
     for use_cache in (True, False):
         best = float("inf")
-        for _ in range(2):
+        for _ in range(reps):
             (_, tokens), seconds = _timed(
                 sampling.generate_images, model, tokenizer, captions, scale=3.0, use_cache=use_cache
             )
@@ -112,11 +116,13 @@ def _ddim_ms_per_step(gen, n: int) -> float:
 def run() -> dict[str, float | int | bool]:
     with one_thread():
         model, tokenizer = ar.load_ar(device="cpu"), load_tokenizer(device="cpu")
+        early = ar.load_ar(ar.EARLY_PATH, device="cpu")
         judge = load_judge(device="cpu")
         results: dict[str, float | int | bool] = {"samples": PER_CAPTION * 90}
+        results["early_steps"] = ar.EARLY_STEPS
         captions = all_captions()[:: 90 // KV_IMAGES][:KV_IMAGES]
-        results["kv_identical"], results["kv_speedup"] = _kv(model, tokenizer, captions)
-        identical_1, results["kv1_speedup"] = _kv(model, tokenizer, captions[:1])
+        results["kv_identical"], results["kv_speedup"] = _kv(model, tokenizer, captions, 2)
+        identical_1, results["kv1_speedup"] = _kv(model, tokenizer, captions[:1], 5)
         results["kv_identical"] = results["kv_identical"] and identical_1
         prompts = sampling.guidance_prompts(ar.encode_captions(captions))
         results["forwards_batched_cfg"] = _count_forwards(
@@ -130,10 +136,14 @@ def run() -> dict[str, float | int | bool]:
             model, lambda: _separate_cfg(model, prompts)
         )
         timings = {}
-        for prefix, temperature in (("", 1.0), ("hot_", HOT)):
+        for prefix, net, temperature in (
+            ("", model, 1.0),
+            ("hot_", model, HOT),
+            ("early_", early, 1.0),
+        ):
             for scale in SCALES:
                 scores, timings[prefix, scale] = _timed(
-                    sampling.faithfulness, model, tokenizer, judge, per_caption=PER_CAPTION,
+                    sampling.faithfulness, net, tokenizer, judge, per_caption=PER_CAPTION,
                     scale=scale, temperature=temperature,
                 )  # fmt: skip
                 results[f"{prefix}faithfulness_s{scale:g}"] = scores["all"]

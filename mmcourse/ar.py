@@ -12,14 +12,16 @@ Captions are dropped now and then: the 7 caption ids become 7 NULLs, the same le
 conditional and unconditional prompts of classifier-free guidance line up position for position.
 The loss is next-token cross-entropy on the 64 image ids and EOI only.
 
-The shipped model is data/ar_shapes.pt, rebuilt from its seed by `python -m mmcourse.train ar`.
+The shipped model is data/ar_shapes.pt, rebuilt from its seed by `python -m mmcourse.train ar`;
+the same run also writes data/ar_shapes_early.pt, its weights after EARLY_STEPS of the TRAIN_STEPS
+steps: a conditional model that has not yet sharpened, where classifier-free guidance matters.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -34,6 +36,7 @@ from mmcourse.env import device as default_device
 from mmcourse.transformer import GPT, GPTConfig
 
 PATH = checkpoints.DATA_DIR / "ar_shapes.pt"
+EARLY_PATH = checkpoints.DATA_DIR / "ar_shapes_early.pt"
 COMMAND = "python -m mmcourse.train ar"
 CACHE_DIR = checkpoints.DATA_DIR / "cache"
 
@@ -50,6 +53,7 @@ GRID = 8  # 8×8 image tokens
 IMAGE_LEN = GRID * GRID
 SEQ_LEN = CAPTION_LEN + 1 + IMAGE_LEN + 1  # caption, BOI, image, EOI = 73
 TRAIN_STEPS = 2400  # the shipped run (batch 64)
+EARLY_STEPS = 650  # the early checkpoint of that same run (data/ar_shapes_early.pt)
 _WORD_ID = {w: i for i, w in enumerate(WORDS)}
 
 
@@ -173,9 +177,12 @@ def train_ar(
     p_uncond: float = 0.15,
     seed: int = 0,
     progress: bool = True,
+    callback: Callable[[int, GPT], None] | None = None,
 ) -> TrainResult:
     """Train a GPT on sequences (N, SEQ_LEN): captions dropped with probability p_uncond, AdamW
-    with warm-up and cosine decay, gradient clipping at 1."""
+    with warm-up and cosine decay over `steps`, gradient clipping at 1. `callback(step, model)`,
+    if given, runs after every optimizer step (step = 1 … steps), e.g. to keep a snapshot of an
+    early checkpoint of the same run; it must not change the model."""
     seqs = _validate.tensor("seqs", seqs, shape=("N", SEQ_LEN), dtype=torch.long)
     steps, batch = _validate.positive_int("steps", steps), _validate.positive_int("batch", batch)
     torch.manual_seed(seed)
@@ -194,7 +201,7 @@ def train_ar(
     )
     losses, start = [], time.perf_counter()
     model.train()
-    for _ in tqdm(range(steps), desc="train", disable=not progress):
+    for step in tqdm(range(1, steps + 1), desc="train", disable=not progress):
         idx = torch.randint(len(seqs), (batch,), generator=g)
         loss = lm_loss(model, drop_captions(seqs[idx], p_uncond, g))
         opt.zero_grad(set_to_none=True)
@@ -203,6 +210,8 @@ def train_ar(
         opt.step()
         schedule.step()
         losses.append(loss.item())
+        if callback is not None:
+            callback(step, model)
     return TrainResult(model.eval(), losses, time.perf_counter() - start)
 
 
@@ -213,9 +222,15 @@ def _build(config: dict) -> GPT:
     return GPT(GPTConfig(**config))
 
 
+def _save_half(path: Path, model: GPT) -> None:
+    half = {k: v.detach().half() for k, v in model.state_dict().items()}  # a copy, in float16
+    checkpoints.save(path, half, config=model.config, command=COMMAND)
+
+
 def load_ar(path: Path | str = PATH, device: torch.device | str | None = None) -> GPT:
-    """The shipped caption → image-token model (data/ar_shapes.pt), in eval mode on `device`
-    (default: the course's). Weights ship in float16 and load into float32."""
+    """The shipped caption → image-token model (data/ar_shapes.pt; `path=EARLY_PATH` for the
+    early checkpoint of the same run), in eval mode on `device` (default: the course's).
+    Weights ship in float16 and load into float32."""
     path = Path(path)
     ckpt = checkpoints.load(path, command=COMMAND)
     state = {k: v.float() for k, v in ckpt["state_dict"].items()}
@@ -226,8 +241,10 @@ def load_ar(path: Path | str = PATH, device: torch.device | str | None = None) -
 
 
 def rebuild(seed: int = 0) -> str:
-    """Train the shipped model from `seed` on one thread, write data/ar_shapes.pt (float16), and
-    return a summary with held-out judge faithfulness (the `python -m mmcourse.train ar` target)."""
+    """Train the shipped model from `seed` on one thread, write data/ar_shapes.pt (float16) and,
+    from the same run after EARLY_STEPS steps, data/ar_shapes_early.pt (float16), and return a
+    summary with judge faithfulness against the guidance scale for both (the
+    `python -m mmcourse.train ar` target)."""
     from mmcourse.judge import load_judge
     from mmcourse.sampling import faithfulness
     from mmcourse.tokenizer import load_tokenizer
@@ -236,16 +253,28 @@ def rebuild(seed: int = 0) -> str:
     with one_thread():
         tokenizer = load_tokenizer(device="cpu")
         seqs = shapes_sequences(seed=seed, tokenizer=tokenizer)
-        result = train_ar(seqs, steps=TRAIN_STEPS, seed=seed)
-        half = {k: v.half() for k, v in result.model.state_dict().items()}
-        checkpoints.save(PATH, half, config=result.model.config, command=COMMAND)
-        model, judge = load_ar(PATH, "cpu"), load_judge(device="cpu")
-        scores = {
-            s: faithfulness(model, tokenizer, judge, per_caption=2, scale=s, seed=seed)["all"]
-            for s in (1.0, 1.5, 3.0)
-        }
-    return (
-        f"wrote {PATH.name} in {result.seconds:.0f} s; final loss "
-        f"{sum(result.losses[-50:]) / 50:.3f}; judge faithfulness (180 samples, temperature 1) "
-        + ", ".join(f"scale {s:g}: {v:.3f}" for s, v in scores.items())
-    )
+        early_steps = EARLY_STEPS  # read once: the snapshot and the summary agree
+        if not 1 <= early_steps <= TRAIN_STEPS:
+            raise ValueError(f"EARLY_STEPS must be in [1, {TRAIN_STEPS}], got {early_steps}")
+
+        def snapshot(step: int, model: GPT) -> None:
+            if step == early_steps:
+                _save_half(EARLY_PATH, model)
+
+        result = train_ar(seqs, steps=TRAIN_STEPS, seed=seed, callback=snapshot)
+        _save_half(PATH, result.model)
+        judge = load_judge(device="cpu")
+        lines = [f"wrote {PATH.name} and {EARLY_PATH.name} in {result.seconds:.0f} s"]
+        for path, steps in ((EARLY_PATH, early_steps), (PATH, TRAIN_STEPS)):
+            model = load_ar(path, "cpu")
+            scores = {
+                s: faithfulness(model, tokenizer, judge, per_caption=2, scale=s, seed=seed)["all"]
+                for s in (1.0, 1.5, 2.0, 3.0, 5.0)
+            }
+            window = result.losses[max(steps - 50, 0) : steps]  # the last 50 steps before it
+            loss = sum(window) / len(window)
+            lines.append(
+                f"{path.name} (step {steps}, loss {loss:.3f}): judge faithfulness (180 samples, "
+                "temperature 1) " + ", ".join(f"s {s:g}: {v:.3f}" for s, v in scores.items())
+            )
+    return "\n".join(lines)

@@ -52,21 +52,39 @@ def _check_logits(logits: object) -> torch.Tensor:
     return _validate.tensor("logits", logits, shape=("B", "V"), floating=True)
 
 
-def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """logits (B, V) / τ: softmax(ℓ/τ) is sharper for τ < 1 and flatter for τ > 1."""
-    logits = _check_logits(logits)
+def _check_temperature(temperature: object) -> float:
     if isinstance(temperature, bool) or not isinstance(temperature, int | float):
         raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    return logits / temperature
+    return temperature
+
+
+def _check_p(p: object) -> float:
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 0 < p <= 1:
+        raise ValueError(f"p must be a number in (0, 1], got {p!r}")
+    return p
+
+
+def _check_range(start: object, end: object) -> tuple[int, int]:
+    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end):
+        raise ValueError(f"need ints 0 ≤ start < end, got start={start!r}, end={end!r}")
+    return start, end
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits (B, V) / τ: softmax(ℓ/τ) is sharper for τ < 1 and flatter for τ > 1."""
+    logits = _check_logits(logits)
+    return logits / _check_temperature(temperature)
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep, in each row of logits (B, V), the logits ≥ that row's k-th largest; the others
     become −∞. Tokens tied with the k-th largest are all kept; k ≥ V keeps everything."""
-    logits = _check_logits(logits)
-    k = _validate.positive_int("k", k)
+    return _top_k(_check_logits(logits), _validate.positive_int("k", k))
+
+
+def _top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
     if k >= logits.shape[-1]:
         return logits
     kth = logits.topk(k, dim=-1).values[:, -1:]  # (B, 1) the k-th largest of each row
@@ -77,9 +95,10 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Nucleus filter on logits (B, V): per row, keep the most likely tokens until their
     probability mass reaches p, including the token that crosses p (so at least one token),
     and set the rest to −∞, in the original vocabulary order."""
-    logits = _check_logits(logits)
-    if isinstance(p, bool) or not isinstance(p, int | float) or not 0 < p <= 1:
-        raise ValueError(f"p must be a number in (0, 1], got {p!r}")
+    return _top_p(_check_logits(logits), _check_p(p))
+
+
+def _top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V) per row
     probs = sorted_logits.softmax(dim=-1)
     mass_before = probs.cumsum(dim=-1) - probs  # mass of the more likely tokens
@@ -90,11 +109,14 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 def restrict_range(logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
     """Only ids in [start, end) may be sampled: logits (B, V) outside become −∞."""
     logits = _check_logits(logits)
-    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end):
-        raise ValueError(f"need ints 0 ≤ start < end, got start={start!r}, end={end!r}")
-    ids = torch.arange(logits.shape[-1], device=logits.device)
-    allowed = (ids >= start) & (ids < end)  # (V,)
-    return logits.masked_fill(~allowed, float("-inf"))
+    start, end = _check_range(start, end)
+    return logits.masked_fill(_banned(logits.shape[-1], start, end, logits.device), float("-inf"))
+
+
+def _banned(vocab: int, start: int, end: int, device: torch.device) -> torch.Tensor:
+    """(V,) bool, True outside the allowed ids [start, end)."""
+    ids = torch.arange(vocab, device=device)
+    return (ids < start) | (ids >= end)
 
 
 def cfg_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -130,7 +152,10 @@ def sample_from_logits(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     [0, 1): the first id whose cumulative probability exceeds u. Ids of probability 0 (−∞
     logits) are never chosen. → (B,) long."""
     logits = _check_logits(logits)
-    u = _validate.tensor("u", u, shape=(len(logits),), floating=True)
+    return _sample(logits, _validate.tensor("u", u, shape=(len(logits),), floating=True))
+
+
+def _sample(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     cdf = logits.softmax(dim=-1).cumsum(dim=-1)  # (B, V)
     target = (u.to(cdf) * cdf[:, -1]).unsqueeze(-1)  # (B, 1), scaled to the row's total
     return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=logits.shape[-1] - 1)
@@ -175,9 +200,16 @@ def generate(
     appended to both halves. use_cache=True prefills a KV cache with the prompt and then feeds
     one token per step (n_new forwards of one position after the prefill); use_cache=False
     recomputes the whole prefix every step (the baseline). Random numbers come from the CPU
-    `generator`, one uniform per row and step, so both paths and every device draw the same."""
+    `generator`, one uniform per row and step, so both paths and every device draw the same.
+
+    Every argument is validated once, here; the loop then runs the same operations as
+    `cfg_logits`, `process_logits` and `sample_from_logits` without re-checking them each step."""
     prompt = _validate.tensor("prompt", prompt, shape=("B", "P"), dtype=torch.long)
     n_new = _validate.positive_int("n_new", n_new)
+    temperature = _check_temperature(temperature)
+    top_k = None if top_k is None else _validate.positive_int("top_k", top_k)
+    top_p = None if top_p is None else _check_p(top_p)
+    allowed = None if allowed is None else _check_range(*allowed)
     guided = uncond_prompt is not None and scale != 1
     batch = prompt
     if guided:
@@ -190,15 +222,23 @@ def generate(
     cache = model.new_cache() if use_cache else None
     seq = batch
     logits = model(batch, cache=cache)[:, -1]  # prefill: (2B or B, V)
+    banned = None if allowed is None else _banned(logits.shape[-1], *allowed, logits.device)
     out = []
     for step in range(n_new):
         if guided:
-            logits = cfg_logits(logits[:b], logits[b:], scale)  # (B, V)
-        logits = process_logits(
-            logits.float(), temperature=temperature, top_k=top_k, top_p=top_p, allowed=allowed
-        )
+            logits = logits[b:] + scale * (logits[:b] - logits[b:])  # cfg_logits (B, V)
+        logits = logits.float()
+        # process_logits: restrict, temperature (÷ 1 is exact, so skipped), top-k, top-p
+        if banned is not None:
+            logits = logits.masked_fill(banned, float("-inf"))
+        if temperature != 1:
+            logits = logits / temperature
+        if top_k is not None:
+            logits = _top_k(logits, top_k)
+        if top_p is not None:
+            logits = _top_p(logits, top_p)
         u = torch.rand(b, generator=generator)
-        token = sample_from_logits(logits, u.to(logits.device))  # (B,)
+        token = _sample(logits, u.to(logits.device))  # sample_from_logits (B,)
         out.append(token)
         if step == n_new - 1:
             break

@@ -6,7 +6,7 @@ python -m mmcourse.train vit         # data/vit_digits.pt, the digits ViT (≈ 1
 python -m mmcourse.train clip        # data/clip_shapes.pt, CLIP on Shapes (≈ 15 s)
 python -m mmcourse.train captioner   # data/captioner_shapes.pt (run clip first)
 python -m mmcourse.train diffusion   # data/diffusion_shapes.pt, diffusion_latent_shapes.pt (15 min)
-python -m mmcourse.train ar          # data/ar_shapes.pt, caption → image tokens GPT (≈ 20 min)
+python -m mmcourse.train ar          # data/ar_shapes.pt and ar_shapes_early.pt (its step 650) (≈ 20 min)
 python -m mmcourse.train video       # data/video_tokenizer.pt, the video tokenizer (≈ 25 min)
 """
 

@@ -96,3 +96,62 @@ def test_missing_or_corrupt_checkpoint_names_the_command(tmp_path):
     checkpoints.save(wrong, state, config=model.config, command=ar.COMMAND)
     with pytest.raises(checkpoints.CheckpointError, match="does not match the GPT model"):
         ar.load_ar(wrong)
+
+
+def test_early_checkpoint_is_small_loads_and_differs_from_the_final_one():
+    assert ar.EARLY_PATH.stat().st_size < 2_000_000
+    assert 1 <= ar.EARLY_STEPS < ar.TRAIN_STEPS
+    early, final = ar.load_ar(ar.EARLY_PATH, device="cpu"), ar.load_ar(device="cpu")
+    assert not early.training and early.config == final.config
+    assert next(early.parameters()).dtype == torch.float32
+    assert not torch.equal(early.norm.weight, final.norm.weight)
+
+
+def test_callback_sees_every_step_and_does_not_change_the_run():
+    seqs = _sequences(4)
+    config = ar.default_config(n_layer=1, d_model=32, n_head=2)
+    kwargs = {"config": config, "steps": 12, "batch": 8, "progress": False}
+    seen, snapshots = [], {}
+
+    def callback(step, model):
+        seen.append(step)
+        if step == 5:
+            snapshots[step] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    plain, watched = ar.train_ar(seqs, **kwargs), ar.train_ar(seqs, **kwargs, callback=callback)
+    assert seen == list(range(1, 13)) and plain.losses == watched.losses
+    stopped = []
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_five(step, model):
+        stopped.append({k: v.clone() for k, v in model.state_dict().items()})
+        if step == 5:
+            raise Stop  # the first 5 steps of a 12-step run, cut short
+
+    with pytest.raises(Stop):
+        ar.train_ar(seqs, **kwargs, callback=stop_after_five)
+    assert all(torch.equal(v, stopped[-1][k]) for k, v in snapshots[5].items())
+
+
+def test_rebuild_writes_the_final_and_the_early_checkpoint(tmp_path, monkeypatch):
+    """A miniature rebuild (3 of 6 steps, a stub faithfulness) writes both files in float16."""
+    from mmcourse import sampling
+
+    monkeypatch.setattr(ar, "PATH", tmp_path / "ar_shapes.pt")
+    monkeypatch.setattr(ar, "EARLY_PATH", tmp_path / "ar_shapes_early.pt")
+    monkeypatch.setattr(ar, "TRAIN_STEPS", 6)
+    monkeypatch.setattr(ar, "EARLY_STEPS", 3)
+    monkeypatch.setattr(ar, "shapes_sequences", lambda seed, tokenizer: _sequences(8, seed))
+    monkeypatch.setattr(sampling, "faithfulness", lambda *a, **k: {"all": 0.5})
+    summary = ar.rebuild(seed=0)
+    assert "ar_shapes_early.pt (step 3" in summary and "ar_shapes.pt (step 6" in summary
+    for path in (ar.PATH, ar.EARLY_PATH):
+        ckpt = checkpoints.load(path, command=ar.COMMAND)
+        assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values())
+    early, final = ar.load_ar(ar.EARLY_PATH, "cpu"), ar.load_ar(ar.PATH, "cpu")
+    assert not torch.equal(early.norm.weight, final.norm.weight)
+    monkeypatch.setattr(ar, "EARLY_STEPS", 7)
+    with pytest.raises(ValueError, match="EARLY_STEPS must be in"):
+        ar.rebuild(seed=0)

@@ -38,6 +38,7 @@ SCRIPT = textwrap.dedent(
         load()
     diffusion.load_diffusion(device="cpu")
     ar.load_ar(device="cpu")
+    ar.load_ar(ar.EARLY_PATH, device="cpu")
     video_tok = video.load_video_tokenizer(device="cpu")
     assert video_tok.encode(clips.clips[:2]).shape == (2, 2, 8, 8)
     print("offline ok", len(shapes), len(clips), len(digits))

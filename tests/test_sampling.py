@@ -211,3 +211,13 @@ def test_shipped_model_faithfulness_and_guidance(shipped, one_thread):
     hot = {s: sampling.faithfulness(model, tokenizer, judge, scale=s, temperature=1.6)["all"]
            for s in (1.0, 1.5)}  # fmt: skip
     assert hot[1.5] > hot[1.0]
+
+
+def test_early_checkpoint_needs_guidance_more_than_the_final_model(shipped, one_thread):
+    """The early checkpoint of the same run (ar.EARLY_STEPS steps) is clearly less faithful
+    without guidance than the final model, and guidance at s = 2 adds ≥ 10 points to it."""
+    model, tokenizer, judge = shipped
+    early = ar.load_ar(ar.EARLY_PATH, device="cpu")
+    s1, s2 = (sampling.faithfulness(early, tokenizer, judge, scale=s)["all"] for s in (1.0, 2.0))
+    assert s1 < sampling.faithfulness(model, tokenizer, judge, scale=1.0)["all"] - 0.1
+    assert s2 >= s1 + 0.1 and s2 >= 0.85

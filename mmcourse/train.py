@@ -6,8 +6,9 @@ python -m mmcourse.train vit         # data/vit_digits.pt, the digits ViT (≈ 1
 python -m mmcourse.train clip        # data/clip_shapes.pt, CLIP on Shapes (≈ 15 s)
 python -m mmcourse.train captioner   # data/captioner_shapes.pt (run clip first)
 python -m mmcourse.train diffusion   # data/diffusion_shapes.pt, diffusion_latent_shapes.pt (15 min)
-python -m mmcourse.train ar          # data/ar_shapes.pt and ar_shapes_early.pt (its step 650) (≈ 20 min)
+python -m mmcourse.train ar          # data/ar_shapes.pt, ar_shapes_early.pt (step 650) (≈ 20 min)
 python -m mmcourse.train video       # data/video_tokenizer.pt, the video tokenizer (≈ 25 min)
+python -m mmcourse.train unified     # data/unified_shapes.pt, the tiny Chameleon (≈ 15–20 min)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 
 import torch
 
-from mmcourse import ar, checkpoints, diffusion, fusion, judge, tokenizer, video, vit
+from mmcourse import ar, checkpoints, diffusion, fusion, judge, tokenizer, unified, video, vit
 from mmcourse.data import ShapesDataset
 
 
@@ -58,6 +59,7 @@ TARGETS = {
     "diffusion": lambda seed: print(diffusion.rebuild(seed)),
     "ar": lambda seed: print(ar.rebuild(seed)),
     "video": lambda seed: print(video.rebuild(seed)),
+    "unified": lambda seed: print(unified.rebuild(seed)),
 }
 
 

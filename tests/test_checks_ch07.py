@@ -1,0 +1,384 @@
+"""Chapter 07 checkers: the references pass; each known-wrong version fails with its message."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from checker_cases import case_id, passes, rejects, stub
+
+from mmcourse import bpe, vocab
+from mmcourse.checks import ch07
+from mmcourse.vocab import SPECIALS, Segment
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# --- Exercise 7.1: the merge step --------------------------------------------------------------
+
+
+def _merge(ids, pair, new_id):
+    out, i = [], 0
+    while i < len(ids):
+        if tuple(ids[i : i + 2]) == pair:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def _merge_overlapping(ids, pair, new_id):
+    out = []
+    for i, x in enumerate(ids):  # BUG: every position whose pair matches, overlaps included
+        if i + 1 < len(ids) and (x, ids[i + 1]) == pair:
+            out.append(new_id)
+        elif not (i > 0 and (ids[i - 1], x) == pair):
+            out.append(x)
+    return out
+
+
+def _merge_unordered(ids, pair, new_id):
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and {ids[i], ids[i + 1]} == set(pair):  # BUG: (2, 1) matches too
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def _merge_misses_last(ids, pair, new_id):
+    out, i = [], 0
+    while i < len(ids) - 2:  # BUG: never looks at the last pair
+        if (ids[i], ids[i + 1]) == pair:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out + list(ids[i:])
+
+
+def _merge_in_place(ids, pair, new_id):
+    i = 0
+    while i < len(ids) - 1:
+        if (ids[i], ids[i + 1]) == pair:
+            ids[i : i + 2] = [new_id]  # BUG: edits the caller's list
+        i += 1
+    return ids
+
+
+def test_merge_references_pass(capsys):
+    passes(ch07.check_merge, bpe.merge, capsys, "7.1")
+    passes(ch07.check_merge, _merge, capsys, "7.1")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_merge_overlapping, r"overlapping pairs(.|\n)*jump past both"),
+        (_merge_unordered, r"order matters(.|\n)*pair is ordered"),
+        (_merge_misses_last, r"pair at the very end"),
+        (_merge_in_place, r"input list is left as it was(.|\n)*new list"),
+        (stub, r"Exercise 7\.1 \(one BPE merge\): not implemented yet"),
+    ],
+    ids=case_id,
+)
+def test_merge_rejects(wrong, message):
+    rejects(ch07.check_merge, wrong, message)
+
+
+# --- Exercise 7.2: the layout ------------------------------------------------------------------
+
+
+def _layout(text_size, image_codes, video_codes):
+    special = text_size + len(SPECIALS)
+    return {
+        "text": (0, text_size),
+        "special": (text_size, special),
+        "image": (special, special + image_codes),
+        "video": (special + image_codes, special + image_codes + video_codes),
+    }
+
+
+def _layout_off_by_one(text_size, image_codes, video_codes):
+    special = text_size - 1  # BUG: the first special is the last text id
+    return {
+        "text": (0, text_size),
+        "special": (special, special + 7),
+        "image": (special + 7, special + 7 + image_codes),
+        "video": (special + 7 + image_codes, special + 7 + image_codes + video_codes),
+    }
+
+
+def _layout_specials_at_zero(text_size, image_codes, video_codes):
+    start = text_size  # BUG: specials numbered 0 … 6, on top of the text ids
+    return {
+        "text": (0, text_size),
+        "special": (0, 7),
+        "image": (start, start + image_codes),
+        "video": (start + image_codes, start + image_codes + video_codes),
+    }
+
+
+def _layout_video_on_image(text_size, image_codes, video_codes):
+    special = text_size + 7
+    return {
+        "text": (0, text_size),
+        "special": (text_size, special),
+        "image": (special, special + image_codes),
+        "video": (special, special + video_codes),  # BUG: shares the image offset
+    }
+
+
+def test_layout_references_pass(capsys):
+    passes(ch07.check_layout, vocab.layout, capsys, "7.2")
+    passes(ch07.check_layout, _layout, capsys, "7.2")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_layout_off_by_one, r"specials do not collide(.|\n)*special ids collide with text ids"),
+        (_layout_specials_at_zero, r"special ids collide with text ids"),
+        (_layout_video_on_image, r"image and video blocks follow(.|\n)*each block starts"),
+        (stub, r"Exercise 7\.2 \(the vocabulary layout\): not implemented yet"),
+    ],
+    ids=case_id,
+)
+def test_layout_rejects(wrong, message):
+    rejects(ch07.check_layout, wrong, message)
+
+
+# --- Exercise 7.3: token types -----------------------------------------------------------------
+
+
+def _types(ids, v):
+    if bool(((ids < 0) | (ids >= v.size)).any()):
+        raise ValueError("id out of range")
+    out = torch.zeros_like(ids)
+    for k, name in enumerate(vocab.TYPES):
+        start, end = v.ranges[name]
+        out[(ids >= start) & (ids < end)] = k
+    return out
+
+
+def _types_inclusive(ids, v):
+    if bool(((ids < 0) | (ids >= v.size)).any()):
+        raise ValueError("id out of range")
+    out = torch.zeros_like(ids)
+    for k, name in reversed(list(enumerate(vocab.TYPES))):
+        start, end = v.ranges[name]
+        out[(ids >= start) & (ids <= end)] = k  # BUG: the end belongs to the next block
+    return out
+
+
+def _types_no_error(ids, v):
+    bounds = torch.tensor([v.ranges[n][1] for n in vocab.TYPES[:-1]], device=ids.device)
+    return torch.bucketize(ids, bounds, right=True)  # BUG: anything ≥ size is "video"
+
+
+def _types_flat(ids, v):
+    return v.token_types(ids).flatten()  # BUG: loses the shape
+
+
+def test_token_types_references_pass(capsys):
+    passes(ch07.check_token_types, lambda ids, v: v.token_types(ids), capsys, "7.3")
+    passes(ch07.check_token_types, _types, capsys, "7.3")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_types_inclusive, r"block boundaries(.|\n)*half-open"),
+        (_types_no_error, r"outside \[0, \d+\), raises ValueError(.|\n)*no error"),
+        (_types_flat, r"keeps its shape(.|\n)*shape \(3, 20\)"),
+        (stub, r"Exercise 7\.3 \(token types\): not implemented yet"),
+    ],
+    ids=case_id,
+)
+def test_token_types_rejects(wrong, message):
+    rejects(ch07.check_token_types, wrong, message)
+
+
+# --- Exercise 7.4: encode ----------------------------------------------------------------------
+
+
+def _encode(segments, v, image_offset=None, video_offset=None, brackets=True, order=None):
+    image_offset = v.image_offset if image_offset is None else image_offset
+    video_offset = v.video_offset if video_offset is None else video_offset
+    parts = [[v.BOS]] if brackets else []
+    for kind, tokens in segments:
+        transpose = order == "transposed" and kind != "text"
+        flat = (tokens.transpose(-1, -2) if transpose else tokens).flatten().tolist()
+        if kind == "text":
+            parts.append(flat)
+        elif kind == "image":
+            parts.append([v.BOI, *(c + image_offset for c in flat), v.EOI])
+        else:
+            parts.append([v.BOV, *(c + video_offset for c in flat), v.EOV])
+    parts += [[v.EOS]] if brackets else []
+    return torch.tensor([i for p in parts for i in p])
+
+
+def _encode_no_offset(segments, v):
+    return _encode(segments, v, image_offset=0, video_offset=0)  # BUG: codes as ids
+
+
+def _encode_video_image_offset(segments, v):
+    return _encode(segments, v, video_offset=v.image_offset)  # BUG: video in the image block
+
+
+def _encode_no_brackets(segments, v):
+    return _encode(segments, v, brackets=False)  # BUG: no BOS / EOS
+
+
+def _encode_transposed(segments, v):
+    return _encode(segments, v, order="transposed")  # BUG: column-major grids
+
+
+def test_encode_references_pass(capsys):
+    passes(ch07.check_encode_interleaved, vocab.encode_interleaved, capsys, "7.4")
+    passes(ch07.check_encode_interleaved, _encode, capsys, "7.4")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_encode_no_offset, r"become image / video ids(.|\n)*codes are not ids"),
+        (_encode_video_image_offset, r"text, \[BOI\] image(.|\n)*video_offset"),
+        (_encode_no_brackets, r"starts with BOS and ends with EOS"),
+        (_encode_transposed, r"text, \[BOI\] image(.|\n)*raster order"),
+        (stub, r"Exercise 7\.4 \(encode an interleaved document\): not implemented yet"),
+    ],
+    ids=case_id,
+)
+def test_encode_rejects(wrong, message):
+    rejects(ch07.check_encode_interleaved, wrong, message)
+
+
+# --- Exercise 7.5: decode ----------------------------------------------------------------------
+
+
+def _decode_skipping_video(ids, v):
+    segments = vocab.decode_interleaved(ids, v)
+    return [s for s in segments if s.kind != "video"]  # BUG: video segments lost
+
+
+def _decode_keeping_offset(ids, v):
+    out = []
+    for kind, tokens in vocab.decode_interleaved(ids, v):
+        if kind == "image":
+            tokens = tokens + v.image_offset  # BUG: ids, not codes
+        out.append(Segment(kind, tokens))
+    return out
+
+
+def _decode_flat(ids, v):
+    return [Segment(k, t.flatten()) for k, t in vocab.decode_interleaved(ids, v)]  # BUG
+
+
+def _decode_video_as_text(ids, v):
+    values, out, text, i = ids.tolist(), [], [], 0
+    values = values[1:] if values[0] == v.BOS else values
+    values = values[:-1] if values[-1] == v.EOS else values
+    while i < len(values):
+        if values[i] == v.BOI:
+            codes = torch.tensor(values[i + 1 : i + 65]) - v.image_offset
+            if text:
+                out.append(Segment("text", torch.tensor(text)))
+                text = []
+            out.append(Segment("image", codes.view(8, 8)))
+            i += 66
+        else:
+            text.append(values[i])  # BUG: BOV, video ids and EOV read as text
+            i += 1
+    if text:
+        out.append(Segment("text", torch.tensor(text)))
+    return out
+
+
+def _decode_lenient(ids, v):
+    try:
+        return vocab.decode_interleaved(ids, v)
+    except ValueError:
+        return []  # BUG: a broken sequence passes silently
+
+
+def test_decode_references_pass(capsys):
+    passes(ch07.check_decode_interleaved, vocab.decode_interleaved, capsys, "7.5")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_decode_skipping_video, r"video segment survives(.|\n)*video segments lost on decode"),
+        (_decode_video_as_text, r"video segment survives(.|\n)*video segments lost on decode"),
+        (_decode_keeping_offset, r"image tokens decoded without removing the offset"),
+        (_decode_flat, r"come back exactly(.|\n)*reshape image codes"),
+        (_decode_lenient, r"cut short(.|\n)*no error"),
+        (stub, r"Exercise 7\.5 \(decode an interleaved document\): not implemented yet"),
+    ],
+    ids=case_id,
+)
+def test_decode_rejects(wrong, message):
+    rejects(ch07.check_decode_interleaved, wrong, message)
+
+
+# --- Exercise 7.6: padding and the loss mask ---------------------------------------------------
+
+
+def _pad(seqs, v, pad_id=None, mask_all=False, left=False):
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), v.PAD if pad_id is None else pad_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), n, dtype=torch.bool)
+    for row, s in enumerate(seqs):
+        cols = slice(n - len(s), n) if left else slice(0, len(s))
+        ids[row, cols] = s
+        mask[row, cols] = True
+    return ids, torch.ones_like(mask) if mask_all else mask
+
+
+def _pad_zero_no_mask(seqs, v):
+    return _pad(seqs, v, pad_id=0, mask_all=True)  # BUG: a real text id, everything scored
+
+
+def _pad_eos(seqs, v):
+    return _pad(seqs, v, pad_id=v.EOS)  # BUG: EOS is a real token
+
+
+def _pad_no_mask(seqs, v):
+    return _pad(seqs, v, mask_all=True)  # BUG: padding in the loss
+
+
+def _pad_left(seqs, v):
+    return _pad(seqs, v, left=True)  # BUG: left padding shifts every position
+
+
+def _pad_float_mask(seqs, v):
+    ids, mask = _pad(seqs, v)
+    return ids, mask.float()
+
+
+def test_pad_references_pass(capsys):
+    passes(ch07.check_pad_batch, vocab.pad_batch, capsys, "7.6")
+    passes(ch07.check_pad_batch, _pad, capsys, "7.6")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_pad_zero_no_mask, r"padding uses the PAD id(.|\n)*padding with a real token id"),
+        (_pad_eos, r"padding uses the PAD id(.|\n)*padding with a real token id"),
+        (_pad_no_mask, r"False at every padded position(.|\n)*without a loss mask"),
+        (_pad_left, r"the ids: each row, then PAD"),
+        (_pad_float_mask, r"bool tensor"),
+        (stub, r"Exercise 7\.6 \(pad a batch with a loss mask\): not implemented yet"),
+    ],
+    ids=case_id,
+)
+def test_pad_rejects(wrong, message):
+    rejects(ch07.check_pad_batch, wrong, message)

@@ -31,9 +31,9 @@ import torch
 
 from mmcourse import ar, diffusion, sampling
 from mmcourse.data import all_captions
+from mmcourse.env import one_thread
 from mmcourse.judge import load_judge
 from mmcourse.tokenizer import load_tokenizer
-from mmcourse.vit import one_thread
 
 PER_CAPTION = 4
 SCALES = (1.0, 1.25, 1.5, 2.0, 3.0, 5.0)

@@ -18,9 +18,9 @@ import time
 import torch
 
 from mmcourse import diffusion
+from mmcourse.env import one_thread
 from mmcourse.judge import load_judge
 from mmcourse.tokenizer import load_tokenizer
-from mmcourse.vit import one_thread
 
 PER_CAPTION = 2
 SCALES = (1.0, 2.0, 3.0, 5.0)

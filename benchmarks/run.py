@@ -80,6 +80,8 @@ def _cpu_model() -> str:
 
 
 def _format(value: float | int | str) -> str:
+    if isinstance(value, bool):  # before int: True is an int too
+        return str(value).lower()
     if isinstance(value, float):
         return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     if isinstance(value, int):

@@ -29,7 +29,7 @@ import torch
 
 from mmcourse import unified, vocab
 from mmcourse.data import MovingShapesDataset, ShapesDataset
-from mmcourse.vit import one_thread
+from mmcourse.env import one_thread
 
 PER_CAPTION = 2
 ROUND_TRIPS = 200

@@ -15,8 +15,8 @@ import time
 import torch
 
 from mmcourse import video
+from mmcourse.env import one_thread
 from mmcourse.tokenizer import load_tokenizer
-from mmcourse.vit import one_thread
 
 CLIPS = 500
 

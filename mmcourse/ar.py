@@ -245,10 +245,10 @@ def rebuild(seed: int = 0) -> str:
     from the same run after EARLY_STEPS steps, data/ar_shapes_early.pt (float16), and return a
     summary with judge faithfulness against the guidance scale for both (the
     `python -m mmcourse.train ar` target)."""
+    from mmcourse.env import one_thread
     from mmcourse.judge import load_judge
     from mmcourse.sampling import faithfulness
     from mmcourse.tokenizer import load_tokenizer
-    from mmcourse.vit import one_thread
 
     with one_thread():
         tokenizer = load_tokenizer(device="cpu")

@@ -426,8 +426,8 @@ def rebuild(seed: int = 0) -> str:
 
 
 def _rebuild_pixel(seed: int) -> str:
+    from mmcourse.env import one_thread
     from mmcourse.judge import load_judge
-    from mmcourse.vit import one_thread
 
     with one_thread():
         x0, labels = shapes_data(seed=seed)
@@ -443,9 +443,9 @@ def _rebuild_pixel(seed: int) -> str:
 
 
 def _rebuild_latent(seed: int) -> str:
+    from mmcourse.env import one_thread
     from mmcourse.judge import load_judge
     from mmcourse.tokenizer import load_tokenizer
-    from mmcourse.vit import one_thread
 
     with one_thread():
         tokenizer = load_tokenizer(device="cpu")

@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 
 import torch
 
 DEVICE_VARIABLE = "MMCOURSE_DEVICE"
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block on one CPU thread: for the course's small models it is the fastest setting,
+    it does not fight other programs for the cores, and it makes a training run reproducible bit
+    for bit whatever the machine's core count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def device() -> torch.device:

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from mmcourse import _validate, checkpoints
 from mmcourse.data import COLORS, POSITIONS, SHAPES, ShapesDataset, all_captions
-from mmcourse.vit import Block, TrainResult, ViT, fit, one_thread
+from mmcourse.env import one_thread
+from mmcourse.vit import Block, TrainResult, ViT, fit
 
 CLIP_PATH = checkpoints.DATA_DIR / "clip_shapes.pt"
 CLIP_COMMAND = "python -m mmcourse.train clip"

@@ -585,7 +585,7 @@ def rebuild(seed: int = 0, steps: int = TRAIN_STEPS) -> str:
     """Train the shipped model from `seed` on one thread, write data/unified_shapes.pt
     (float16), return a summary with both held-out scores (`python -m mmcourse.train
     unified`)."""
-    from mmcourse.vit import one_thread
+    from mmcourse.env import one_thread
 
     with one_thread():
         loader = make_loader(seed=seed)

@@ -527,7 +527,7 @@ def rebuild(seed: int = 0, steps: int = TRAIN_STEPS) -> str:
     """Train the shipped video tokenizer from `seed` on one thread, write
     data/video_tokenizer.pt, return a one-line summary with the held-out PSNR (the
     `python -m mmcourse.train video` target)."""
-    from mmcourse.vit import one_thread
+    from mmcourse.env import one_thread
 
     with one_thread():
         result = train_video_tokenizer(seed=seed, steps=steps, device="cpu")

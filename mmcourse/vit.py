@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 
 from mmcourse import _validate, checkpoints
 from mmcourse.data import DigitsDataset
+from mmcourse.env import one_thread
 from mmcourse.patches import PatchEmbed, sincos_2d
 
 PATH = checkpoints.DATA_DIR / "vit_digits.pt"
@@ -227,18 +227,6 @@ def load_vit_digits(path: Path = PATH) -> ViT:
     """The trained digits ViT from data/vit_digits.pt, in eval mode on the CPU."""
     ckpt = checkpoints.load(Path(path), command=COMMAND)
     return checkpoints.restore(ckpt, ViT, path=path, command=COMMAND)
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run the block on one CPU thread: for models this small it is the fastest setting, and it
-    makes a training run reproducible bit for bit whatever the machine's core count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def rebuild(seed: int = 0) -> str:

@@ -9,6 +9,7 @@ python -m mmcourse.train diffusion   # data/diffusion_shapes.pt, diffusion_laten
 python -m mmcourse.train ar          # data/ar_shapes.pt, ar_shapes_early.pt (step 650) (≈ 20 min)
 python -m mmcourse.train video       # data/video_tokenizer.pt, the video tokenizer (≈ 25 min)
 python -m mmcourse.train unified     # data/unified_shapes.pt, the tiny Chameleon (≈ 15–20 min)
+python -m mmcourse.train transfusion # data/transfusion_shapes.pt, Transfusion (≈ 10 min)
 """
 
 from __future__ import annotations
@@ -18,7 +19,18 @@ import time
 
 import torch
 
-from mmcourse import ar, checkpoints, diffusion, fusion, judge, tokenizer, unified, video, vit
+from mmcourse import (
+    ar,
+    checkpoints,
+    diffusion,
+    fusion,
+    judge,
+    tokenizer,
+    transfusion,
+    unified,
+    video,
+    vit,
+)
 from mmcourse.data import ShapesDataset
 
 
@@ -60,6 +72,7 @@ TARGETS = {
     "ar": lambda seed: print(ar.rebuild(seed)),
     "video": lambda seed: print(video.rebuild(seed)),
     "unified": lambda seed: print(unified.rebuild(seed)),
+    "transfusion": lambda seed: print(transfusion.rebuild(seed)),
 }
 
 

@@ -1,0 +1,204 @@
+"""Chapter 08 checkers: the references pass; each known-wrong version fails with its message."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from checker_cases import case_id, passes, rejects, stub
+
+from mmcourse import diffusion
+from mmcourse import transfusion as tf
+from mmcourse.checks import ch08
+from mmcourse.transformer import causal_mask
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# --- Exercise 8.1: the mask ---------------------------------------------------------------------
+
+
+def _mask_causal_inside(image_id):
+    n = image_id.shape[-1]
+    return causal_mask(n, n, image_id.device).expand(*image_id.shape[:-1], n, n)  # BUG
+
+
+def _mask_text_as_image(image_id):
+    n = image_id.shape[-1]
+    same = image_id[..., :, None] == image_id[..., None, :]  # BUG: −1 == −1 for text
+    return causal_mask(n, n, image_id.device) | same
+
+
+def _mask_any_image(image_id):
+    n = image_id.shape[-1]
+    img = image_id >= 0
+    both = img[..., :, None] & img[..., None, :]  # BUG: all images see each other
+    return causal_mask(n, n, image_id.device) | both
+
+
+def _mask_float(image_id):
+    return tf.transfusion_mask(image_id).float()  # BUG: not bool
+
+
+def _mask_unbatched(image_id):
+    if image_id.dim() == 2:
+        return torch.stack([tf.transfusion_mask(image_id[0])] * len(image_id))  # BUG: row 0
+    return tf.transfusion_mask(image_id)
+
+
+def test_mask_reference_passes(capsys):
+    passes(ch08.check_mask, tf.transfusion_mask, capsys, "8.1")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_mask_causal_inside, "bidirectional within"),
+        (_mask_text_as_image, "text positions stay causal"),
+        (_mask_any_image, "causal across the sequence"),
+        (_mask_float, "mask is bool"),
+        (_mask_unbatched, "one mask per row"),
+        (stub, "not implemented yet"),
+    ],
+    ids=case_id,
+)
+def test_mask_rejects(wrong, message):
+    rejects(ch08.check_mask, wrong, message)
+
+
+# --- Exercise 8.2: loss routing -----------------------------------------------------------------
+
+
+def _loss_mse_on_text(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam):
+    ref = tf.transfusion_loss(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam)
+    mse = (eps_pred - eps).pow(2).mean()  # BUG: every position, text included
+    return ref.ce + lam * mse, ref.ce, mse
+
+
+def _loss_ce_on_images(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam):
+    ref = tf.transfusion_loss(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam)
+    targets = ids[:, 1:].masked_fill(~valid[:, 1:], -100)  # BUG: image targets count too
+    ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, ignore_index=-100)
+    return ce + lam * ref.mse, ce, ref.mse
+
+
+def _loss_shifted_eps(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam):
+    ref = tf.transfusion_loss(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam)
+    scored = (diffuse & is_image & valid)[:, 1:]
+    mse = (eps_pred[:, :-1] - eps[:, 1:]).pow(2).mean(-1)[scored].mean()  # BUG: shifted
+    return ref.ce + lam * mse, ref.ce, mse
+
+
+def _loss_clean_image_scored(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam):
+    ref = tf.transfusion_loss(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam)
+    mse = (eps_pred - eps).pow(2).mean(-1)[is_image & valid].mean()  # BUG: ignores diffuse
+    return ref.ce + lam * mse, ref.ce, mse
+
+
+def _loss_lambda_on_ce(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam):
+    ref = tf.transfusion_loss(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam)
+    return lam * ref.ce + ref.mse, ref.ce, ref.mse  # BUG: λ on the wrong term
+
+
+def test_loss_reference_passes(capsys):
+    passes(ch08.check_loss, tf.transfusion_loss, capsys, "8.2")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_loss_mse_on_text, "diffusion loss ignores text positions"),
+        (_loss_ce_on_images, "cross-entropy ignores image positions"),
+        (_loss_shifted_eps, "at the same position"),
+        (_loss_clean_image_scored, "over the diffused patches"),
+        (_loss_lambda_on_ce, "total = ce"),
+        (stub, "not implemented yet"),
+    ],
+    ids=case_id,
+)
+def test_loss_rejects(wrong, message):
+    rejects(ch08.check_loss, wrong, message)
+
+
+# --- Exercise 8.3: noising the span -------------------------------------------------------------
+
+
+def _noise_everything(patches, is_image, t, alpha_bar, eps):
+    a = alpha_bar.to(patches)[t][:, None, None]
+    return a.sqrt() * patches + (1 - a).sqrt() * eps  # BUG: text noised too
+
+
+def _noise_first_t(patches, is_image, t, alpha_bar, eps):
+    return tf.noise_image_span(patches, is_image, t[:1].expand_as(t), alpha_bar, eps)  # BUG
+
+
+def _noise_no_sqrt(patches, is_image, t, alpha_bar, eps):
+    a = alpha_bar.to(patches)[t][:, None, None]
+    return torch.where(is_image[..., None], a * patches + (1 - a) * eps, patches)  # BUG
+
+
+def test_noise_reference_passes(capsys):
+    passes(ch08.check_noise, tf.noise_image_span, capsys, "8.3")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_noise_everything, "text positions .* unchanged"),
+        (_noise_first_t, "each row's own t"),
+        (_noise_no_sqrt, "each row's own t"),
+        (stub, "not implemented yet"),
+    ],
+    ids=case_id,
+)
+def test_noise_rejects(wrong, message):
+    rejects(ch08.check_noise, wrong, message)
+
+
+# --- Exercise 8.4: one generation step ----------------------------------------------------------
+
+
+def _step_swapped(model, cond, uncond, x, t, t_next, alpha_bar, guidance):
+    return tf.generation_step(model, uncond, cond, x, t, t_next, alpha_bar, guidance)  # BUG
+
+
+def _step_keeps_patches(model, cond, uncond, x, t, t_next, alpha_bar, guidance):
+    def eps_of(cache):
+        b, n, _ = x.shape
+        mask = torch.ones(n, len(cache) + n, dtype=torch.bool)
+        t_b = torch.full((b,), t, dtype=torch.long)
+        ids, image_id = torch.zeros(b, n, dtype=torch.long), torch.zeros(b, n, dtype=torch.long)
+        return model(ids, x, t_b, image_id, cache=cache, mask=mask)[1]  # BUG: cache grows
+
+    eps = diffusion.cfg_combine(eps_of(cond), eps_of(uncond), guidance)
+    return diffusion.ddim_step(
+        x[..., None], eps[..., None], t, t_next, alpha_bar, 0.0, torch.zeros_like(x[..., None])
+    )[..., 0]
+
+
+def _step_no_guidance(model, cond, uncond, x, t, t_next, alpha_bar, guidance):
+    return tf.generation_step(model, cond, uncond, x, t, t_next, alpha_bar, 1.0)  # BUG
+
+
+def test_generation_step_reference_passes(capsys):
+    passes(ch08.check_generation_step, tf.generation_step, capsys, "8.4")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (_step_swapped, "pushes towards the caption"),
+        (_step_keeps_patches, "keep their lengths"),
+        (_step_no_guidance, "one DDIM step"),
+        (stub, "not implemented yet"),
+    ],
+    ids=case_id,
+)
+def test_generation_step_rejects(wrong, message):
+    rejects(ch08.check_generation_step, wrong, message)
+
+
+def test_checkers_reject_non_callables():
+    for checker in (ch08.check_mask, ch08.check_loss, ch08.check_noise):
+        with pytest.raises(Exception, match="pass your function itself"):
+            checker(None)

@@ -1,0 +1,173 @@
+"""Chapter 08: the Transfusion model, its mask, loss routing, noising and generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmcourse import checkpoints, diffusion
+from mmcourse import transfusion as tf
+from mmcourse.transformer import GPTConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _tiny(seed: int = 0) -> tf.Transfusion:
+    torch.manual_seed(seed)
+    config = GPTConfig(vocab_size=20, block_size=160, n_layer=2, n_head=2, d_model=32)
+    model = tf.Transfusion(config, patch_dim=4)
+    torch.nn.init.normal_(model.patch_out.weight, std=0.3)
+    return model.eval()
+
+
+def test_mask_several_images():
+    ids = torch.tensor([-1, 0, 0, 0, -1, 1, 1, -1])
+    m = tf.transfusion_mask(ids)
+    assert m.dtype == torch.bool and m.shape == (8, 8)
+    assert m[1, 3] and m[3, 1] and m[5, 6]  # bidirectional within each image
+    assert not m[1, 5] and not m[3, 4] and not m[0, 1]  # causal across and for text
+    assert m[7].all() and m[5, :5].all()  # later positions see everything before
+    assert torch.equal(tf.transfusion_mask(torch.stack([ids, ids])), torch.stack([m, m]))
+
+
+def test_mask_without_images_is_causal():
+    m = tf.transfusion_mask(torch.full((5,), -1))
+    assert torch.equal(m, torch.ones(5, 5, dtype=torch.bool).tril())
+
+
+def test_mask_rejects_bad_input():
+    with pytest.raises(TypeError, match="image_id"):
+        tf.transfusion_mask(torch.zeros(3))
+    with pytest.raises(ValueError, match="image_id"):
+        tf.transfusion_mask(torch.zeros(1, 2, 3, dtype=torch.long))
+
+
+def test_make_batch_layout():
+    from mmcourse.unified import course_vocab
+
+    v = course_vocab()
+    latents = torch.randn(2, 64, 4)
+    b = tf.make_batch(latents, [[5, 6], [7]], [True, False], [False, False], v)
+    assert b.ids[0, :4].tolist() == [v.BOS, 5, 6, v.BOI]
+    assert b.ids[0, 68].item() == v.EOI and b.ids[0, 69].item() == v.EOS
+    assert torch.equal(b.patches[0, 4:68], latents[0]) and (b.image_id[0, 4:68] == 0).all()
+    assert b.diffuse[0].sum() == 64 and not b.diffuse[1].any()  # the captioning image is clean
+    assert b.ids[1, :2].tolist() == [v.BOS, v.BOI] and b.ids[1, 66:69].tolist() == [
+        v.EOI,
+        7,
+        v.EOS,
+    ]
+    assert b.valid[0].sum() == 70 and b.valid[1].sum() == 69
+    dropped = tf.make_batch(latents[:1], [[5, 6]], [True], [True], v)  # the null context
+    assert dropped.ids[0, :2].tolist() == [v.BOS, v.BOI]
+
+
+def test_noise_touches_only_images():
+    x0, eps = torch.randn(2, 6, 3), torch.randn(2, 6, 3)
+    is_image = torch.tensor([[0, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]], dtype=torch.bool)
+    ab = diffusion.linear_schedule(1000)
+    x = tf.noise_image_span(x0, is_image, torch.tensor([0, 999]), ab, eps)
+    assert torch.equal(x[~is_image], x0[~is_image])
+    a = ab[999].float()
+    assert torch.allclose(x[1, 3:], a.sqrt() * x0[1, 3:] + (1 - a).sqrt() * eps[1, 3:])
+    with pytest.raises(ValueError, match="t"):
+        tf.noise_image_span(x0, is_image, torch.tensor([0]), ab, eps)
+
+
+def test_loss_routes_gradients():
+    model = _tiny()
+    from mmcourse.unified import course_vocab
+
+    v = course_vocab()
+    lat = torch.randn(2, 64, 4)
+    b = tf.make_batch(lat, [[3, 4], [5]], [True, False], [False, False], v)
+    ids = b.ids.clamp(max=19)
+    patches = b.patches.requires_grad_(True)
+    logits, eps_pred = model(ids, patches, torch.tensor([500, 0]), b.image_id)
+    eps = torch.randn_like(eps_pred)
+    loss = tf.transfusion_loss(logits, eps_pred, ids, eps, b.image_id >= 0, b.diffuse, b.valid)
+    assert loss.total.isfinite() and loss.ce > 0 and loss.mse > 0
+    (g,) = torch.autograd.grad(loss.mse, patches)
+    assert g[~b.valid].abs().sum() == 0  # padding never influences the loss
+    zero = tf.transfusion_loss(logits, eps_pred, ids, eps, b.image_id >= 0, b.diffuse, b.valid, 0)
+    assert torch.allclose(zero.total, zero.ce)
+    with pytest.raises(ValueError, match="lam"):
+        tf.transfusion_loss(logits, eps_pred, ids, eps, b.image_id >= 0, b.diffuse, b.valid, -1)
+
+
+def test_forward_shapes_and_validation():
+    model = _tiny()
+    ids = torch.zeros(2, 70, dtype=torch.long)
+    image_id = torch.full((2, 70), -1)
+    image_id[:, 3:67] = 0
+    logits, eps = model(ids, torch.randn(2, 70, 4), torch.tensor([1, 2]), image_id)
+    assert logits.shape == (2, 70, 20) and eps.shape == (2, 70, 4)
+    with pytest.raises(ValueError, match="patches"):
+        model(ids, torch.randn(2, 70, 5), torch.tensor([1, 2]), image_id)
+    with pytest.raises(ValueError, match="t"):
+        model(ids, torch.randn(2, 70, 4), torch.tensor([1]), image_id)
+
+
+def test_image_eps_with_cache_matches_full_forward():
+    """The cached denoiser sees exactly what the full sequence under the Transfusion mask sees."""
+    model = _tiny()
+    prefix = torch.tensor([[1, 5, 7, 3]])
+    x = torch.randn(1, 64, 4)
+    with torch.no_grad():
+        cache = tf._prefix(model, prefix)
+        eps = tf.image_eps(model, cache, x, 300)
+        assert len(cache) == 4  # restored
+        ids = torch.cat([prefix, torch.zeros(1, 64, dtype=torch.long)], 1)
+        patches = torch.cat([torch.zeros(1, 4, 4), x], 1)
+        image_id = torch.tensor([[-1] * 4 + [0] * 64])
+        _, full = model(ids, patches, torch.tensor([300]), image_id)
+    assert torch.allclose(eps, full[:, 4:], atol=1e-5)
+
+
+def test_generation_step_guidance_one_is_conditional():
+    model = _tiny()
+    ab = diffusion.linear_schedule(1000)
+    x = torch.randn(2, 64, 4)
+    with torch.no_grad():
+        cond = tf._prefix(model, torch.tensor([[1, 5, 3]] * 2))
+        uncond = tf._prefix(model, torch.tensor([[1, 3]] * 2))
+        a = tf.generation_step(model, cond, uncond, x, 500, 250, ab, 1.0)
+        e = tf.image_eps(model, cond, x, 500)
+    b = diffusion.ddim_step(x[..., None], e[..., None], 500, 250, ab, 0.0,
+                            torch.zeros_like(x[..., None]))[..., 0]  # fmt: skip
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_train_tiny_runs_and_is_deterministic():
+    lat = torch.randn(16, 64, 16)
+    caps = ["a red circle in the top left"] * 8 + ["a blue square in the bottom right"] * 8
+    config = tf.default_config(n_layer=1, n_head=2, d_model=32)
+    r1 = tf.train_transfusion(lat, caps, config=config, steps=3, batch_size=4, progress=False)
+    r2 = tf.train_transfusion(lat, caps, config=config, steps=3, batch_size=4, progress=False)
+    assert r1.losses == r2.losses and all(c > 0 and m > 0 for c, m in r1.losses)
+    with pytest.raises(ValueError, match="captions"):
+        tf.train_transfusion(lat, caps[:3], config=config, steps=1, progress=False)
+
+
+def test_load_missing_names_the_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match="mmcourse.train transfusion"):
+        tf.load_transfusion(tmp_path / "nope.pt", "cpu")
+
+
+def test_load_mismatch_names_the_command(tmp_path):
+    path = tmp_path / "bad.pt"
+    checkpoints.save(path, {"x": torch.zeros(1)}, config={"vocab_size": 3}, command=tf.COMMAND)
+    with pytest.raises(checkpoints.CheckpointError, match="mmcourse.train transfusion"):
+        tf.load_transfusion(path, "cpu")
+
+
+@pytest.mark.skipif(not tf.PATH.is_file(), reason="shipped weights missing")
+def test_shipped_model_generates_and_captions():
+    model = tf.load_transfusion(device="cpu")
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000
+    images, latents = tf.generate_images(model, ["a red circle in the top left"], steps=5)
+    assert images.shape == (1, 3, 32, 32) and latents.shape == (1, 64, 16)
+    assert 0 <= images.min() and images.max() <= 1
+    held, truth = tf.held_out(8)
+    got = tf.caption_images(model, held)
+    assert len(got) == 8 and sum(a == b for a, b in zip(got, truth)) >= 5

@@ -19,7 +19,6 @@ steps: a conditional model that has not yet sharpened, where classifier-free gui
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,7 +32,7 @@ from tqdm.auto import tqdm
 from mmcourse import _validate, checkpoints
 from mmcourse.data import COLORS, POSITIONS, SHAPES, ShapesDataset, parse_caption
 from mmcourse.env import device as default_device
-from mmcourse.transformer import GPT, GPTConfig
+from mmcourse.transformer import GPT, GPTConfig, gpt_optimizer
 
 PATH = checkpoints.DATA_DIR / "ar_shapes.pt"
 EARLY_PATH = checkpoints.DATA_DIR / "ar_shapes_early.pt"
@@ -188,17 +187,7 @@ def train_ar(
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     model = GPT(config or default_config())
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr,
-        betas=(0.9, 0.95),
-    )
-    warmup = max(steps // 20, 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min((i + 1) / warmup, 0.05 + 0.475 * (1 + math.cos(math.pi * i / steps)))
-    )
+    opt, schedule = gpt_optimizer(model, lr, steps)
     losses, start = [], time.perf_counter()
     model.train()
     for step in tqdm(range(1, steps + 1), desc="train", disable=not progress):

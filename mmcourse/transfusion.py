@@ -42,7 +42,7 @@ from mmcourse import _validate, checkpoints, diffusion
 from mmcourse.bpe import BPE, course_bpe
 from mmcourse.data import ShapesDataset, all_captions
 from mmcourse.env import device as default_device
-from mmcourse.transformer import GPT, GPTConfig, KVCache, causal_mask
+from mmcourse.transformer import GPT, GPTConfig, KVCache, causal_mask, gpt_optimizer
 from mmcourse.vocab import Vocabulary
 
 __all__ = [
@@ -363,17 +363,7 @@ def train_transfusion(
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     model = Transfusion(config or default_config(vocab), patch_dim=latents.shape[-1])
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr,
-        betas=(0.9, 0.95),
-    )
-    warmup = max(steps // 20, 1)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min((i + 1) / warmup, 0.05 + 0.475 * (1 + math.cos(math.pi * i / steps)))
-    )
+    opt, lr_schedule = gpt_optimizer(model, lr, steps)
     losses, start = [], time.perf_counter()
     model.train()
     for _ in tqdm(range(steps), desc="train", disable=not progress):

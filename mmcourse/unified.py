@@ -20,7 +20,6 @@ The shipped model is data/unified_shapes.pt, rebuilt from its seed by
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,7 +34,7 @@ from mmcourse import _validate, checkpoints
 from mmcourse.bpe import BPE, course_bpe
 from mmcourse.data import MovingShapesDataset, ShapesDataset, all_captions
 from mmcourse.env import device as default_device
-from mmcourse.transformer import GPT, GPTConfig
+from mmcourse.transformer import GPT, GPTConfig, gpt_optimizer
 from mmcourse.vocab import (
     KINDS,
     MixingLoader,
@@ -237,17 +236,7 @@ def train_unified(
     steps = _validate.positive_int("steps", steps)
     torch.manual_seed(seed)
     model = GPT(config or default_config(loader.vocab))
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr,
-        betas=(0.9, 0.95),
-    )
-    warmup = max(steps // 20, 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min((i + 1) / warmup, 0.05 + 0.475 * (1 + math.cos(math.pi * i / steps)))
-    )
+    opt, schedule = gpt_optimizer(model, lr, steps)
     losses, start = [], time.perf_counter()
     model.train()
     for _ in tqdm(range(steps), desc="train", disable=not progress):

@@ -340,42 +340,12 @@ def train_tokenizer(
     g = torch.Generator().manual_seed(seed)
     data = ShapesDataset(n=n_images, seed=seed).images  # (N, 3, 32, 32)
     model = VQVAE(**model_kwargs).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    history: dict[str, list[float]] = {"recon_loss": [], "vq_loss": [], "perplexity": [], "lr": []}
-    counts = torch.zeros(model.num_codes, device=dev)  # code uses since the last restart
-    model.train()
-    for step in tqdm(range(steps), desc="training", unit="step", disable=not progress):
+
+    def next_batch() -> torch.Tensor:
         x = data[torch.randint(len(data), (batch,), generator=g)]  # (B, 3, 32, 32)
-        x = _augment(x, recolor, blobs, g).to(dev)
-        if step == 0:
-            with torch.no_grad():
-                z_e = model.encoder(x)  # (B, D, 8, 8)
-            model.quantizer.init_codebook(z_e, generator=g)
-        out = model(x)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-        sched.step()
-        counts += torch.bincount(out.tokens.flatten(), minlength=model.num_codes)
-        if (step + 1) % restart_every == 0:
-            if step < 0.8 * steps:
-                with torch.no_grad():
-                    z_e = model.encoder(x)
-                model.quantizer.restart_dead_codes(z_e, counts, generator=g)
-            counts.zero_()
-        for key, value in (
-            ("recon_loss", out.recon_loss),
-            ("vq_loss", out.vq_loss),
-            ("perplexity", out.perplexity),
-        ):
-            history[key].append(value.item())
-        history["lr"].append(sched.get_last_lr()[0])
-        if log is not None and (step % log_every == 0 or step == steps - 1):
-            log(
-                f"step {step:5d}  recon {out.recon_loss.item():.5f}  "
-                f"vq {out.vq_loss.item():.5f}  perplexity {out.perplexity.item():.1f}"
-            )
+        return _augment(x, recolor, blobs, g).to(dev)
+
+    history = fit_vqvae(model, next_batch, steps, lr, restart_every, g, log, log_every, progress)
     return TrainResult(model.eval(), history)
 
 
@@ -423,3 +393,59 @@ def load_tokenizer(
     ckpt = checkpoints.load(path, command=COMMAND)
     model = checkpoints.restore(ckpt, VQVAE, path=path, command=COMMAND)
     return model.to(device or default_device())
+
+
+def fit_vqvae(
+    model: nn.Module,
+    next_batch: Callable[[], torch.Tensor],
+    steps: int,
+    lr: float,
+    restart_every: int,
+    generator: torch.Generator,
+    log: Callable[[str], None] | None,
+    log_every: int,
+    progress: bool,
+) -> dict[str, list[float]]:
+    """Chapter 02's recipe for a VQ-VAE (this chapter's images, chapter 06's clips): Adam with a
+    cosine learning rate from `lr` to 0; the codebook starts as k-means centres of the first
+    batch's encoder outputs; every `restart_every` steps, codes no vector chose move onto random
+    encoder outputs (not in the last fifth, so the codebook settles). `model(x)` must give
+    `loss, recon_loss, vq_loss, perplexity, tokens`; `next_batch()` draws a batch on the model's
+    device. Returns the history of those numbers and the learning rate, per step."""
+    g = generator
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    history: dict[str, list[float]] = {"recon_loss": [], "vq_loss": [], "perplexity": [], "lr": []}
+    counts = torch.zeros(model.num_codes, device=next(model.parameters()).device)  # since restart
+    model.train()
+    for step in tqdm(range(steps), desc="training", unit="step", disable=not progress):
+        x = next_batch()
+        if step == 0:
+            with torch.no_grad():
+                z_e = model.encoder(x)  # (B, D, 8, 8) or (B, D, T, 8, 8)
+            model.quantizer.init_codebook(z_e, generator=g)
+        out = model(x)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        sched.step()
+        counts += torch.bincount(out.tokens.flatten(), minlength=model.num_codes)
+        if (step + 1) % restart_every == 0:
+            if step < 0.8 * steps:
+                with torch.no_grad():
+                    z_e = model.encoder(x)
+                model.quantizer.restart_dead_codes(z_e, counts, generator=g)
+            counts.zero_()
+        for key, value in (
+            ("recon_loss", out.recon_loss),
+            ("vq_loss", out.vq_loss),
+            ("perplexity", out.perplexity),
+        ):
+            history[key].append(value.item())
+        history["lr"].append(sched.get_last_lr()[0])
+        if log is not None and (step % log_every == 0 or step == steps - 1):
+            log(
+                f"step {step:5d}  recon {out.recon_loss.item():.5f}  "
+                f"vq {out.vq_loss.item():.5f}  perplexity {out.perplexity.item():.1f}"
+            )
+    return history

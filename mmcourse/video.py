@@ -33,12 +33,11 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
-from tqdm.auto import tqdm
 
 from mmcourse import _validate, checkpoints
 from mmcourse.data.moving import MovingShapesDataset
 from mmcourse.env import device as default_device
-from mmcourse.tokenizer import ResBlock, group_norm, psnr
+from mmcourse.tokenizer import ResBlock, fit_vqvae, group_norm, psnr
 from mmcourse.vq import VectorQuantizer, code_usage, nearest_code, perplexity
 
 __all__ = [
@@ -481,40 +480,11 @@ def train_video_tokenizer(
     g = torch.Generator().manual_seed(seed)
     data = MovingShapesDataset(n=n_clips, seed=seed).clips  # (N, T, 3, H, W)
     model = VideoVQVAE(**model_kwargs).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    history: dict[str, list[float]] = {"recon_loss": [], "vq_loss": [], "perplexity": [], "lr": []}
-    counts = torch.zeros(model.num_codes, device=dev)  # code uses since the last restart
-    model.train()
-    for step in tqdm(range(steps), desc="training", unit="step", disable=not progress):
-        x = _augment(data[torch.randint(len(data), (batch,), generator=g)], g).to(dev)
-        if step == 0:
-            with torch.no_grad():
-                model.quantizer.init_codebook(model.encoder(x), generator=g)
-        out = model(x)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-        sched.step()
-        counts += torch.bincount(out.tokens.flatten(), minlength=model.num_codes)
-        if (step + 1) % restart_every == 0:
-            if step < 0.8 * steps:
-                with torch.no_grad():
-                    z_e = model.encoder(x)
-                model.quantizer.restart_dead_codes(z_e, counts, generator=g)
-            counts.zero_()
-        for key, value in (
-            ("recon_loss", out.recon_loss),
-            ("vq_loss", out.vq_loss),
-            ("perplexity", out.perplexity),
-        ):
-            history[key].append(value.item())
-        history["lr"].append(sched.get_last_lr()[0])
-        if log is not None and (step % log_every == 0 or step == steps - 1):
-            log(
-                f"step {step:5d}  recon {out.recon_loss.item():.5f}  "
-                f"vq {out.vq_loss.item():.5f}  perplexity {out.perplexity.item():.1f}"
-            )
+
+    def next_batch() -> torch.Tensor:
+        return _augment(data[torch.randint(len(data), (batch,), generator=g)], g).to(dev)
+
+    history = fit_vqvae(model, next_batch, steps, lr, restart_every, g, log, log_every, progress)
     return TrainResult(model.eval(), history, time.perf_counter() - start)
 
 

@@ -302,12 +302,19 @@ def train_diffusion(
         loss.backward()
         opt.step()
         schedule.step()
-        decay = min(ema_decay, (1 + step) / (10 + step))  # short memory at the start
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), model.parameters()):
-                p_ema.lerp_(p, 1 - decay)  # θ_ema ← decay θ_ema + (1 − decay) θ
+        ema_update(ema, model, step, ema_decay)
         losses.append(loss.item())
     return TrainResult(ema, losses, time.perf_counter() - start)
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, step: int, decay: float) -> None:
+    """θ_ema ← d θ_ema + (1 − d) θ after optimizer step `step` (0-based), with
+    d = min(decay, (1 + step) / (10 + step)): a short memory at the start, so the average does
+    not drag the random initial weights along."""
+    d = min(decay, (1 + step) / (10 + step))
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.lerp_(p, 1 - d)
 
 
 def shapes_data(n: int = 20_000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

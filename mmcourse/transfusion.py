@@ -2,23 +2,23 @@
 
 A training sequence mixes discrete text ids and continuous image patches:
 
-    caption → image   [BOS] caption [BOI] 64 noisy patches x_t [EOI] [EOS]
-    image → caption   [BOS] [BOI] 64 clean patches x_0 [EOI] caption [EOS]
+    caption → image   [BOS] caption [BOI] 16 noisy patches x_t [EOI] [EOS]
+    image → caption   [BOS] [BOI] 16 clean patches x_0 [EOI] caption [EOS]
 
 An image is the chapter-02 tokenizer's continuous latent z_e (16 × 8 × 8, before quantization),
-scaled to unit standard deviation (`diffusion.latent_scale`) and read as 64 patch vectors of 16
-numbers. The body is chapter 07's GPT: its token embedding embeds the text ids, a linear layer
-`patch_in` embeds the patches (plus a learned patch-position embedding and a timestep
-embedding of the image's t), and at the output the tied text head gives logits while a linear
-`patch_out` gives the predicted noise ε̂ at every image position. Attention is causal across the
-sequence and bidirectional within each image (`transfusion_mask`). The loss routes each
-position to its own objective (`transfusion_loss`):
+scaled to unit standard deviation (`diffusion.latent_scale`) and cut into 2 × 2 patches: 16
+patch vectors of 64 numbers (`to_patches`). The body is chapter 07's GPT: its token embedding
+embeds the text ids, a linear layer `patch_in` embeds the patches (plus a learned
+patch-position embedding and a timestep embedding of the image's t), and at the output the
+tied text head gives logits while a linear `patch_out` gives the predicted noise ε̂ at every
+image position. Attention is causal across the sequence and bidirectional within each image
+(`transfusion_mask`). The loss routes each position to its own objective (`transfusion_loss`):
 
     L = CE(next text id | text positions) + λ · ‖ε − ε̂‖² (image positions that were noised)
 
-Caption → image samples the 64 patches by DDIM with classifier-free guidance inside the
+Caption → image samples the 16 patches by DDIM with classifier-free guidance inside the
 transformer: the caption's keys and values are cached once, and every denoising step runs
-only the 64 image positions against that cache (the null context is [BOS] [BOI], a dropped
+only the 16 image positions against that cache (the null context is [BOS] [BOI], a dropped
 caption). Image → caption decodes greedily after a clean image (t = 0).
 
 The shipped model is data/transfusion_shapes.pt, rebuilt by `python -m mmcourse.train
@@ -27,6 +27,7 @@ transfusion`.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 from tqdm.auto import tqdm
 
 from mmcourse import _validate, checkpoints, diffusion
@@ -67,8 +69,11 @@ __all__ = [
 PATH = checkpoints.DATA_DIR / "transfusion_shapes.pt"
 COMMAND = "python -m mmcourse.train transfusion"
 CACHE_DIR = checkpoints.DATA_DIR / "cache"
-N_PATCHES = 64  # an 8 × 8 latent grid
-PATCH_DIM = 16  # the tokenizer's latent channels
+GRID, LATENT_DIM = 8, 16  # the tokenizer's latent: 16 channels on an 8 × 8 grid
+PATCH = 2  # latent cells per patch side: a 2 × 2 patch of 16 channels is one vector
+N_PATCHES = (GRID // PATCH) ** 2  # 16 patches per image
+PATCH_DIM = LATENT_DIM * PATCH * PATCH  # 64 numbers per patch
+EMA_DECAY = 0.999  # sampling uses an exponential moving average of the weights (chapter 04)
 T = diffusion.T
 TRAIN_STEPS = 3000  # the shipped run (batch 32), chapter 07's budget
 CAPTION_FIRST = 0.8  # share of caption → image sequences (the rest image → caption)
@@ -100,9 +105,9 @@ class Transfusion(nn.Module):
     """A GPT body over text ids and continuous image patches.
 
     forward(ids, patches, t, image_id) with ids (B, L) long (any id at image positions),
-    patches (B, L, 16) float (read only at image positions), t (B,) long, the timestep of the
+    patches (B, L, 64) float (read only at image positions), t (B,) long, the timestep of the
     sequence's images, and image_id (B, L) long, −1 at text positions and k at the patches of
-    the k-th image → (logits (B, L, V), eps (B, L, 16))."""
+    the k-th image → (logits (B, L, V), eps (B, L, 64))."""
 
     def __init__(self, config: GPTConfig | None = None, patch_dim: int = PATCH_DIM, **kw):
         super().__init__()
@@ -145,7 +150,7 @@ class Transfusion(nn.Module):
         if start + n > gpt.cfg.block_size:
             raise ValueError(f"sequence too long: {start + n} positions for {gpt.cfg.block_size}")
         is_image = image_id >= 0
-        within = torch.zeros_like(image_id)  # the patch's index inside its image, 0 … 63
+        within = torch.zeros_like(image_id)  # the patch's index inside its image, 0 … 15
         for k in image_id.unique().tolist():
             if k >= 0:
                 sel = image_id == k
@@ -244,7 +249,7 @@ def transfusion_loss(
 
 @torch.no_grad()
 def course_latents(n: int = 20_000, seed: int = 0) -> tuple[torch.Tensor, float]:
-    """Shapes images of `seed` through the tokenizer's encoder, scaled → (latents (n, 64, 16),
+    """Shapes images of `seed` through the tokenizer's encoder, scaled → (latents (n, 16, 64),
     scale). Cached under data/cache/; the scale is always that of the training set (seed 0)."""
     from mmcourse.tokenizer import load_tokenizer
 
@@ -254,7 +259,7 @@ def course_latents(n: int = 20_000, seed: int = 0) -> tuple[torch.Tensor, float]
     if path.is_file():
         try:
             z = torch.load(path, weights_only=True)
-            z = z if z.shape == (n, PATCH_DIM, 8, 8) else None
+            z = z if z.shape == (n, LATENT_DIM, GRID, GRID) else None
         except Exception:
             z = None
     if z is None:
@@ -267,13 +272,15 @@ def course_latents(n: int = 20_000, seed: int = 0) -> tuple[torch.Tensor, float]
 
 
 def to_patches(z: torch.Tensor) -> torch.Tensor:
-    """(N, 16, 8, 8) → (N, 64, 16), row-major over the grid."""
-    return z.flatten(2).transpose(1, 2).contiguous()
+    """(N, 16, 8, 8) → (N, 16, 64): 2 × 2 latent patches, row-major over the 4 × 4 patch grid,
+    each flattened channels-first (as chapter 03's patchify, on latents)."""
+    return rearrange(z, "n c (h p) (w q) -> n (h w) (c p q)", p=PATCH, q=PATCH).contiguous()
 
 
 def from_patches(x: torch.Tensor) -> torch.Tensor:
-    """(N, 64, 16) → (N, 16, 8, 8)."""
-    return x.transpose(1, 2).reshape(len(x), -1, 8, 8)
+    """(N, 16, 64) → (N, 16, 8, 8), the inverse of `to_patches`."""
+    g = GRID // PATCH
+    return rearrange(x, "n (h w) (c p q) -> n c (h p) (w q)", h=g, w=g, p=PATCH, q=PATCH)
 
 
 class Batch(NamedTuple):
@@ -293,7 +300,7 @@ def make_batch(
 ) -> Batch:
     """One padded batch: row i is [BOS] caption [BOI] image [EOI] [EOS] (caption first, the
     caption left out when drop[i]) or [BOS] [BOI] image [EOI] caption [EOS] (clean image, not
-    diffused). latents (B, 64, P), captions as BPE ids."""
+    diffused). latents (B, 16, P), captions as BPE ids."""
     rows = []
     for _, cap, first, dropped in zip(latents, captions, caption_first, drop):
         head = [vocab.BOS, *([] if dropped else cap)] if first else [vocab.BOS]
@@ -323,7 +330,7 @@ def make_batch(
 
 
 class TrainResult(NamedTuple):
-    model: Transfusion  # in eval mode
+    model: Transfusion  # the EMA of the weights, in eval mode
     losses: list[tuple[float, float]]  # (ce, mse) per step
     seconds: float
 
@@ -345,6 +352,8 @@ def train_transfusion(
     batch_size: int = 32,
     lam: float = LAMBDA,
     lr: float = 2e-3,
+    ema_decay: float = EMA_DECAY,
+    caption_first: float = CAPTION_FIRST,
     seed: int = 0,
     progress: bool = True,
 ) -> TrainResult:
@@ -363,12 +372,13 @@ def train_transfusion(
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     model = Transfusion(config or default_config(vocab), patch_dim=latents.shape[-1])
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt, lr_schedule = gpt_optimizer(model, lr, steps)
     losses, start = [], time.perf_counter()
     model.train()
-    for _ in tqdm(range(steps), desc="train", disable=not progress):
+    for step in tqdm(range(steps), desc="train", disable=not progress):
         idx = torch.randint(len(latents), (batch_size,), generator=g)
-        first = torch.rand(batch_size, generator=g) < CAPTION_FIRST
+        first = torch.rand(batch_size, generator=g) < caption_first
         drop = (torch.rand(batch_size, generator=g) < P_DROP) & first
         t = torch.randint(T, (batch_size,), generator=g).masked_fill(~first, 0)
         batch = make_batch(
@@ -385,8 +395,9 @@ def train_transfusion(
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         lr_schedule.step()
+        diffusion.ema_update(ema, model, step, ema_decay)
         losses.append((loss.ce.item(), loss.mse.item()))
-    return TrainResult(model.eval(), losses, time.perf_counter() - start)
+    return TrainResult(ema, losses, time.perf_counter() - start)
 
 
 # ----------------------------------------------------------------------------- generation
@@ -408,7 +419,7 @@ def _prefix(model: Transfusion, ids: torch.Tensor) -> KVCache:
 
 
 def image_eps(model: Transfusion, cache: KVCache, x: torch.Tensor, t: int) -> torch.Tensor:
-    """ε̂ for the 64 patches x (B, 64, P) at timestep t, after the prefix in `cache` (left
+    """ε̂ for the 16 patches x (B, 16, P) at timestep t, after the prefix in `cache` (left
     unchanged): the patches see the whole prefix and each other."""
     b, n, _ = x.shape
     saved = list(cache.layers)
@@ -433,7 +444,7 @@ def generation_step(
 ) -> torch.Tensor:
     """One DDIM step (η = 0) of the image inside the transformer: ε̂ with the caption context
     (cond) and with the null context (uncond), combined by classifier-free guidance, then
-    x_t → x_{t_next}. x (B, 64, P)."""
+    x_t → x_{t_next}. x (B, 16, P)."""
     eps = diffusion.cfg_combine(
         image_eps(model, cond, x, t), image_eps(model, uncond, x, t), guidance
     )
@@ -454,7 +465,7 @@ def generate_images(
     bpe: BPE | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Caption → image: DDIM (+ CFG) after [BOS] caption [BOI], captions of equal token length
-    as one batch → (images (N, 3, 32, 32) in [0, 1] on the CPU, latents (N, 64, P))."""
+    as one batch → (images (N, 3, 32, 32) in [0, 1] on the CPU, latents (N, 16, P))."""
     from mmcourse.tokenizer import load_tokenizer
 
     if isinstance(captions, str) or not captions:
@@ -486,7 +497,7 @@ def caption_images(
     model: Transfusion, latents: torch.Tensor, *, max_len: int = 12, bpe: BPE | None = None
 ) -> list[str]:
     """Image → caption: greedy decoding after [BOS] [BOI] clean image (t = 0) [EOI], text ids
-    and EOS only. latents (N, 64, P) scaled → N str."""
+    and EOS only. latents (N, 16, P) scaled → N str."""
     latents = _validate.tensor("latents", latents, shape=("N", N_PATCHES, None), floating=True)
     bpe = bpe or course_bpe()
     vocab = course_vocab(bpe)
@@ -531,7 +542,7 @@ def caption_images(
 
 
 def held_out(n: int = 500) -> tuple[torch.Tensor, list[str]]:
-    """Held-out Shapes (seed 1): scaled latents (n, 64, 16) and captions."""
+    """Held-out Shapes (seed 1): scaled latents (n, 16, 64) and captions."""
     latents, _ = course_latents(n, HELD_OUT_SEED)
     return latents, ShapesDataset(n=n, seed=HELD_OUT_SEED).captions
 

@@ -45,21 +45,28 @@ def test_mask_rejects_bad_input():
 def test_make_batch_layout():
     from mmcourse.unified import course_vocab
 
-    v = course_vocab()
-    latents = torch.randn(2, 64, 4)
+    v, n = course_vocab(), tf.N_PATCHES
+    latents = torch.randn(2, n, 4)
     b = tf.make_batch(latents, [[5, 6], [7]], [True, False], [False, False], v)
     assert b.ids[0, :4].tolist() == [v.BOS, 5, 6, v.BOI]
-    assert b.ids[0, 68].item() == v.EOI and b.ids[0, 69].item() == v.EOS
-    assert torch.equal(b.patches[0, 4:68], latents[0]) and (b.image_id[0, 4:68] == 0).all()
-    assert b.diffuse[0].sum() == 64 and not b.diffuse[1].any()  # the captioning image is clean
-    assert b.ids[1, :2].tolist() == [v.BOS, v.BOI] and b.ids[1, 66:69].tolist() == [
-        v.EOI,
-        7,
-        v.EOS,
-    ]
-    assert b.valid[0].sum() == 70 and b.valid[1].sum() == 69
+    assert b.ids[0, 4 + n].item() == v.EOI and b.ids[0, 5 + n].item() == v.EOS
+    assert torch.equal(b.patches[0, 4 : 4 + n], latents[0])
+    assert (b.image_id[0, 4 : 4 + n] == 0).all()
+    assert b.diffuse[0].sum() == n and not b.diffuse[1].any()  # the captioning image is clean
+    assert b.ids[1, :2].tolist() == [v.BOS, v.BOI]
+    assert b.ids[1, 2 + n : 5 + n].tolist() == [v.EOI, 7, v.EOS]
+    assert b.valid[0].sum() == n + 6 and b.valid[1].sum() == n + 5
     dropped = tf.make_batch(latents[:1], [[5, 6]], [True], [True], v)  # the null context
     assert dropped.ids[0, :2].tolist() == [v.BOS, v.BOI]
+
+
+def test_patches_round_trip_and_layout():
+    z = torch.randn(3, tf.LATENT_DIM, tf.GRID, tf.GRID)
+    x = tf.to_patches(z)
+    assert x.shape == (3, tf.N_PATCHES, tf.PATCH_DIM)
+    assert torch.equal(tf.from_patches(x), z)
+    # patch 1 is the second 2 × 2 block of the top row, channels first inside the patch
+    assert torch.equal(x[0, 1], z[0, :, 0:2, 2:4].flatten())
 
 
 def test_noise_touches_only_images():
@@ -79,7 +86,7 @@ def test_loss_routes_gradients():
     from mmcourse.unified import course_vocab
 
     v = course_vocab()
-    lat = torch.randn(2, 64, 4)
+    lat = torch.randn(2, tf.N_PATCHES, 4)
     b = tf.make_batch(lat, [[3, 4], [5]], [True, False], [False, False], v)
     ids = b.ids.clamp(max=19)
     patches = b.patches.requires_grad_(True)
@@ -97,29 +104,31 @@ def test_loss_routes_gradients():
 
 def test_forward_shapes_and_validation():
     model = _tiny()
-    ids = torch.zeros(2, 70, dtype=torch.long)
-    image_id = torch.full((2, 70), -1)
-    image_id[:, 3:67] = 0
-    logits, eps = model(ids, torch.randn(2, 70, 4), torch.tensor([1, 2]), image_id)
-    assert logits.shape == (2, 70, 20) and eps.shape == (2, 70, 4)
+    n = tf.N_PATCHES + 6
+    ids = torch.zeros(2, n, dtype=torch.long)
+    image_id = torch.full((2, n), -1)
+    image_id[:, 3 : 3 + tf.N_PATCHES] = 0
+    logits, eps = model(ids, torch.randn(2, n, 4), torch.tensor([1, 2]), image_id)
+    assert logits.shape == (2, n, 20) and eps.shape == (2, n, 4)
     with pytest.raises(ValueError, match="patches"):
-        model(ids, torch.randn(2, 70, 5), torch.tensor([1, 2]), image_id)
+        model(ids, torch.randn(2, n, 5), torch.tensor([1, 2]), image_id)
     with pytest.raises(ValueError, match="t"):
-        model(ids, torch.randn(2, 70, 4), torch.tensor([1]), image_id)
+        model(ids, torch.randn(2, n, 4), torch.tensor([1]), image_id)
 
 
 def test_image_eps_with_cache_matches_full_forward():
     """The cached denoiser sees exactly what the full sequence under the Transfusion mask sees."""
     model = _tiny()
     prefix = torch.tensor([[1, 5, 7, 3]])
-    x = torch.randn(1, 64, 4)
+    n = tf.N_PATCHES
+    x = torch.randn(1, n, 4)
     with torch.no_grad():
         cache = tf._prefix(model, prefix)
         eps = tf.image_eps(model, cache, x, 300)
         assert len(cache) == 4  # restored
-        ids = torch.cat([prefix, torch.zeros(1, 64, dtype=torch.long)], 1)
+        ids = torch.cat([prefix, torch.zeros(1, n, dtype=torch.long)], 1)
         patches = torch.cat([torch.zeros(1, 4, 4), x], 1)
-        image_id = torch.tensor([[-1] * 4 + [0] * 64])
+        image_id = torch.tensor([[-1] * 4 + [0] * n])
         _, full = model(ids, patches, torch.tensor([300]), image_id)
     assert torch.allclose(eps, full[:, 4:], atol=1e-5)
 
@@ -127,7 +136,7 @@ def test_image_eps_with_cache_matches_full_forward():
 def test_generation_step_guidance_one_is_conditional():
     model = _tiny()
     ab = diffusion.linear_schedule(1000)
-    x = torch.randn(2, 64, 4)
+    x = torch.randn(2, tf.N_PATCHES, 4)
     with torch.no_grad():
         cond = tf._prefix(model, torch.tensor([[1, 5, 3]] * 2))
         uncond = tf._prefix(model, torch.tensor([[1, 3]] * 2))
@@ -139,7 +148,7 @@ def test_generation_step_guidance_one_is_conditional():
 
 
 def test_train_tiny_runs_and_is_deterministic():
-    lat = torch.randn(16, 64, 16)
+    lat = torch.randn(16, tf.N_PATCHES, tf.PATCH_DIM)
     caps = ["a red circle in the top left"] * 8 + ["a blue square in the bottom right"] * 8
     config = tf.default_config(n_layer=1, n_head=2, d_model=32)
     r1 = tf.train_transfusion(lat, caps, config=config, steps=3, batch_size=4, progress=False)
@@ -166,7 +175,7 @@ def test_shipped_model_generates_and_captions():
     model = tf.load_transfusion(device="cpu")
     assert sum(p.numel() for p in model.parameters()) < 1_000_000
     images, latents = tf.generate_images(model, ["a red circle in the top left"], steps=5)
-    assert images.shape == (1, 3, 32, 32) and latents.shape == (1, 64, 16)
+    assert images.shape == (1, 3, 32, 32) and latents.shape == (1, tf.N_PATCHES, tf.PATCH_DIM)
     assert 0 <= images.min() and images.max() <= 1
     held, truth = tf.held_out(8)
     got = tf.caption_images(model, held)

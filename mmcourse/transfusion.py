@@ -59,6 +59,10 @@ __all__ = [
     "load_transfusion",
     "make_batch",
     "noise_image_span",
+    "generation_step",
+    "image_eps",
+    "positions_per_step",
+    "prefix_cache",
     "rebuild",
     "schedule",
     "train_transfusion",
@@ -75,7 +79,8 @@ N_PATCHES = (GRID // PATCH) ** 2  # 16 patches per image
 PATCH_DIM = LATENT_DIM * PATCH * PATCH  # 64 numbers per patch
 EMA_DECAY = 0.999  # sampling uses an exponential moving average of the weights (chapter 04)
 T = diffusion.T
-TRAIN_STEPS = 3000  # the shipped run (batch 32), chapter 07's budget
+TRAIN_STEPS = 3000  # the shipped run: chapter 07's steps ...
+BATCH_SIZE = 104  # ... and its positions per step (≈ 2,730 vs 2,770, `positions_per_step`)
 CAPTION_FIRST = 0.8  # share of caption → image sequences (the rest image → caption)
 P_DROP = 0.1  # caption dropout of caption → image sequences (the null context of CFG)
 LAMBDA = 8.0  # the ε-MSE is ≈ 0.02, the text CE ≈ 0.3: the image term needs the weight
@@ -335,6 +340,42 @@ class TrainResult(NamedTuple):
     seconds: float
 
 
+def _draw(
+    latents: torch.Tensor,
+    captions: Sequence[str],
+    words: dict[str, list[int]],
+    batch_size: int,
+    caption_first: float,
+    vocab: Vocabulary,
+    g: torch.Generator,
+) -> tuple[Batch, torch.Tensor]:
+    """One random training batch and its timesteps t (B,): each row caption → image with
+    probability caption_first (caption dropped with P_DROP, t uniform) else image → caption
+    (t = 0, a clean image)."""
+    idx = torch.randint(len(latents), (batch_size,), generator=g)
+    first = torch.rand(batch_size, generator=g) < caption_first
+    drop = (torch.rand(batch_size, generator=g) < P_DROP) & first
+    t = torch.randint(T, (batch_size,), generator=g).masked_fill(~first, 0)
+    batch = make_batch(latents[idx], [words[captions[i]] for i in idx.tolist()], first, drop, vocab)
+    return batch, t
+
+
+def positions_per_step(batch_size: int, batches: int = 300, seed: int = 0) -> float:
+    """Mean number of real (not padding) positions in a training batch of `batch_size`: the
+    compute budget of one step, to set beside chapter 07's (same body, same cost per position)."""
+    bpe = course_bpe()
+    vocab = course_vocab(bpe)
+    captions = all_captions()
+    words = {c: bpe.encode(c) for c in captions}
+    latents = torch.zeros(len(captions), N_PATCHES, 1)
+    g = torch.Generator().manual_seed(seed)
+    total = 0
+    for _ in range(_validate.positive_int("batches", batches)):
+        batch, _ = _draw(latents, captions, words, batch_size, CAPTION_FIRST, vocab, g)
+        total += int(batch.valid.sum())
+    return total / batches
+
+
 def default_config(vocab: Vocabulary | None = None, **overrides: int | float) -> GPTConfig:
     """Chapter 07's shipped body (d_model 128, 4 layers, 4 heads, MLP ×3) over the text and
     special ids only; block size 96 (the longest sequence is ≈ 80)."""
@@ -377,13 +418,7 @@ def train_transfusion(
     losses, start = [], time.perf_counter()
     model.train()
     for step in tqdm(range(steps), desc="train", disable=not progress):
-        idx = torch.randint(len(latents), (batch_size,), generator=g)
-        first = torch.rand(batch_size, generator=g) < caption_first
-        drop = (torch.rand(batch_size, generator=g) < P_DROP) & first
-        t = torch.randint(T, (batch_size,), generator=g).masked_fill(~first, 0)
-        batch = make_batch(
-            latents[idx], [words[captions[i]] for i in idx.tolist()], first, drop, vocab
-        )
+        batch, t = _draw(latents, captions, words, batch_size, caption_first, vocab, g)
         eps = torch.randn(batch.patches.shape, generator=g)
         x_t = noise_image_span(batch.patches, batch.diffuse, t, alpha_bar, eps)
         logits, eps_pred = model(batch.ids, x_t, t, batch.image_id)
@@ -403,8 +438,9 @@ def train_transfusion(
 # ----------------------------------------------------------------------------- generation
 
 
-def _prefix(model: Transfusion, ids: torch.Tensor) -> KVCache:
-    """Run the text prefix ids (B, P) through the model into a fresh cache."""
+def prefix_cache(model: Transfusion, ids: torch.Tensor) -> KVCache:
+    """The keys and values of a text prefix ids (B, P) (e.g. [BOS] caption [BOI]) in a fresh
+    cache, computed once and reused by every denoising step."""
     b, n = ids.shape
     cache = model.new_cache()
     p = next(model.parameters())
@@ -481,8 +517,10 @@ def generate_images(
     for length in sorted({len(p) for p in prompts}):
         rows = [i for i, p in enumerate(prompts) if len(p) == length]
         b = len(rows)
-        cond = _prefix(model, torch.tensor([prompts[i] for i in rows], device=param.device))
-        uncond = _prefix(model, torch.tensor([[vocab.BOS, vocab.BOI]] * b, device=param.device))
+        cond = prefix_cache(model, torch.tensor([prompts[i] for i in rows], device=param.device))
+        uncond = prefix_cache(
+            model, torch.tensor([[vocab.BOS, vocab.BOI]] * b, device=param.device)
+        )
         x = torch.randn(b, N_PATCHES, model.patch_dim, generator=g).to(param.device)
         for t, t_next in diffusion.ddim_timesteps(T, steps):
             x = generation_step(model, cond, uncond, x, t, t_next, alpha_bar, guidance)
@@ -638,7 +676,7 @@ def rebuild(seed: int = 0, steps: int = TRAIN_STEPS) -> str:
     with one_thread():
         latents, scale = course_latents(seed=seed)
         captions = ShapesDataset(n=20_000, seed=seed).captions
-        result = train_transfusion(latents, captions, steps=steps, seed=seed)
+        result = train_transfusion(latents, captions, steps=steps, batch_size=BATCH_SIZE, seed=seed)
         half = {k: v.half() for k, v in result.model.state_dict().items()}
         config = result.model.config | {"latent_scale": scale}
         checkpoints.save(PATH, half, config=config, command=COMMAND)

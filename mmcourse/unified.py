@@ -61,6 +61,7 @@ __all__ = [
     "generate_images",
     "lm_loss",
     "load_unified",
+    "positions_per_step",
     "rebuild",
     "train_unified",
 ]
@@ -512,6 +513,14 @@ def make_loader(
     vocab = course_vocab()
     sources = build_sources(data or course_data(seed=seed), vocab, seed=seed)
     return MixingLoader(sources, ratios or DEFAULT_RATIOS, vocab, batch_size=batch_size, seed=seed)
+
+
+def positions_per_step(batches: int = 300, seed: int = 0) -> float:
+    """Mean number of real (not padding) ids in a batch of the shipped run's loader (batch 32):
+    the compute budget of one training step, to set beside chapter 08's."""
+    loader = make_loader(seed=seed)
+    batches = _validate.positive_int("batches", batches)
+    return sum(int(loader.next_batch()[1].sum()) for _ in range(batches)) / batches
 
 
 SWEEP_CONFIG = {"n_layer": 2, "n_head": 2, "d_model": 64, "mlp_ratio": 3}

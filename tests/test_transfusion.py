@@ -123,7 +123,7 @@ def test_image_eps_with_cache_matches_full_forward():
     n = tf.N_PATCHES
     x = torch.randn(1, n, 4)
     with torch.no_grad():
-        cache = tf._prefix(model, prefix)
+        cache = tf.prefix_cache(model, prefix)
         eps = tf.image_eps(model, cache, x, 300)
         assert len(cache) == 4  # restored
         ids = torch.cat([prefix, torch.zeros(1, n, dtype=torch.long)], 1)
@@ -138,8 +138,8 @@ def test_generation_step_guidance_one_is_conditional():
     ab = diffusion.linear_schedule(1000)
     x = torch.randn(2, tf.N_PATCHES, 4)
     with torch.no_grad():
-        cond = tf._prefix(model, torch.tensor([[1, 5, 3]] * 2))
-        uncond = tf._prefix(model, torch.tensor([[1, 3]] * 2))
+        cond = tf.prefix_cache(model, torch.tensor([[1, 5, 3]] * 2))
+        uncond = tf.prefix_cache(model, torch.tensor([[1, 3]] * 2))
         a = tf.generation_step(model, cond, uncond, x, 500, 250, ab, 1.0)
         e = tf.image_eps(model, cond, x, 500)
     b = diffusion.ddim_step(x[..., None], e[..., None], 500, 250, ab, 0.0,

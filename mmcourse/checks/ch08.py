@@ -263,8 +263,8 @@ def check_generation_step(check: Check) -> None:
     x = torch.randn(2, tf.N_PATCHES, 4, generator=g).to(dev)
     with torch.no_grad():
         for guidance, (t, t_next) in [(3.0, (600, 400)), (1.0, (200, -1))]:
-            caches = [tf._prefix(model, torch.tensor([[1, 5, 7, 3]] * 2, device=dev)),
-                      tf._prefix(model, torch.tensor([[1, 3]] * 2, device=dev))]  # fmt: skip
+            caches = [tf.prefix_cache(model, torch.tensor([[1, 5, 7, 3]] * 2, device=dev)),
+                      tf.prefix_cache(model, torch.tensor([[1, 3]] * 2, device=dev))]  # fmt: skip
             expected = tf.generation_step(model, *caches, x, t, t_next, alpha_bar, guidance)
             lengths = [len(c) for c in caches]
             got = check.call(model, *caches, x.clone(), t, t_next, alpha_bar, guidance)

@@ -1,0 +1,75 @@
+"""Transfusion (chapter 08): the shipped model in both directions, beside chapter 07's
+all-discrete model trained on an equal budget, one thread.
+
+caption_to_image_judge: judge "all" (colour, shape and position right) on PER_CAPTION images of
+each of the 90 captions, DDIM transfusion.DDIM_STEPS steps at guidance transfusion.GUIDANCE;
+caption_to_image_{color,shape,position} per attribute; caption_to_image_judge_s{S}: "all" at the
+other guidance scales in SCALES (s = 1: none), same seed. image_to_caption_exact: the fraction of
+500 held-out Shapes (seed 1) whose greedy caption is word for word right.
+ch07_caption_to_image_judge / ch07_image_to_caption_exact (and ch07_caption_to_image_{color,
+shape,position}): chapter 07's shipped tiny Chameleon on the same captions and held-out images
+(64 image ids sampled at τ = 1, no guidance — how it was trained and shipped).
+Budget: both models have the same body (GPT d 128, 4 layers, 4 heads, MLP × 3) and were
+trained the same number of steps (train_steps, ch07_train_steps); positions_per_step /
+ch07_positions_per_step: mean real positions per training batch (Transfusion's batch vs chapter
+07's mixed batch of 32), budget_ratio = their ratio (1 = equal).
+ms_per_image / ch07_ms_per_image: caption → image wall time per image for one batch of the 90
+captions, decoding included, best of REPEATS; forwards_per_image: network calls per image
+(DDIM steps × 2 for the caption and null contexts, each over the 16 patches) vs ch07's 64
+(one id each, KV cache).
+"""
+
+from __future__ import annotations
+
+import time
+
+from mmcourse import transfusion, unified
+from mmcourse.data import all_captions
+from mmcourse.env import one_thread
+from mmcourse.judge import load_judge
+from mmcourse.tokenizer import load_tokenizer
+
+PER_CAPTION = 2
+SCALES = (1.0, 2.0, 5.0)  # besides transfusion.GUIDANCE
+REPEATS = 3
+
+
+def _best_time(fn) -> float:
+    best = float("inf")
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def run() -> dict[str, float | int]:
+    with one_thread():
+        results: dict[str, float | int] = {}
+        model = transfusion.load_transfusion(device="cpu")
+        ch07 = unified.load_unified(device="cpu")
+        judge, tokenizer = load_judge(device="cpu"), load_tokenizer(device="cpu")
+        held = transfusion.held_out(500)
+        results |= transfusion.evaluate(model, per_caption=PER_CAPTION, held=held)
+        captions = all_captions() * PER_CAPTION
+        for s in SCALES:
+            images, _ = transfusion.generate_images(model, captions, guidance=s,
+                                                    tokenizer=tokenizer)  # fmt: skip
+            results[f"caption_to_image_judge_s{s:g}"] = judge.score(images, captions)["all"]
+        ch07_scores = unified.evaluate(ch07, per_caption=PER_CAPTION, n_captions=500)
+        results |= {f"ch07_{k}": v for k, v in ch07_scores.items()}
+
+        results["train_steps"] = transfusion.TRAIN_STEPS
+        results["ch07_train_steps"] = unified.TRAIN_STEPS
+        results["positions_per_step"] = transfusion.positions_per_step(transfusion.BATCH_SIZE)
+        results["ch07_positions_per_step"] = unified.positions_per_step()
+        results["budget_ratio"] = results["positions_per_step"] / results["ch07_positions_per_step"]
+
+        once = all_captions()
+        tf_s = _best_time(lambda: transfusion.generate_images(model, once, tokenizer=tokenizer))
+        ch07_s = _best_time(lambda: unified.generate_images(ch07, once, tokenizer=tokenizer))
+        results["ms_per_image"] = 1000 * tf_s / len(once)
+        results["ch07_ms_per_image"] = 1000 * ch07_s / len(once)
+        results["forwards_per_image"] = 2 * transfusion.DDIM_STEPS
+        results["ch07_forwards_per_image"] = 64
+    return results

@@ -13,6 +13,9 @@ Budget: both models have the same body (GPT d 128, 4 layers, 4 heads, MLP × 3) 
 trained the same number of steps (train_steps, ch07_train_steps); positions_per_step /
 ch07_positions_per_step: mean real positions per training batch (Transfusion's batch vs chapter
 07's mixed batch of 32), budget_ratio = their ratio (1 = equal).
+batch32_caption_to_image_judge / batch32_image_to_caption_exact: the same model trained here
+with chapter 07's 32 *sequences* per step instead of its positions (same steps and seed; a
+third of the positions, batch32_positions_per_step), to show what the budget is made of.
 ms_per_image / ch07_ms_per_image: caption → image wall time per image for one batch of the 90
 captions, decoding included, best of REPEATS; forwards_per_image: network calls per image
 (DDIM steps × 2 for the caption and null contexts, each over the 16 patches) vs ch07's 64
@@ -24,7 +27,7 @@ from __future__ import annotations
 import time
 
 from mmcourse import transfusion, unified
-from mmcourse.data import all_captions
+from mmcourse.data import ShapesDataset, all_captions
 from mmcourse.env import one_thread
 from mmcourse.judge import load_judge
 from mmcourse.tokenizer import load_tokenizer
@@ -64,6 +67,16 @@ def run() -> dict[str, float | int]:
         results["positions_per_step"] = transfusion.positions_per_step(transfusion.BATCH_SIZE)
         results["ch07_positions_per_step"] = unified.positions_per_step()
         results["budget_ratio"] = results["positions_per_step"] / results["ch07_positions_per_step"]
+
+        latents, _ = transfusion.course_latents()
+        train_captions = ShapesDataset(n=20_000, seed=0).captions
+        small = transfusion.train_transfusion(
+            latents, train_captions, steps=transfusion.TRAIN_STEPS, batch_size=32, progress=False
+        )
+        small_scores = transfusion.evaluate(small.model, per_caption=PER_CAPTION, held=held)
+        results["batch32_caption_to_image_judge"] = small_scores["caption_to_image_judge"]
+        results["batch32_image_to_caption_exact"] = small_scores["image_to_caption_exact"]
+        results["batch32_positions_per_step"] = transfusion.positions_per_step(32)
 
         once = all_captions()
         tf_s = _best_time(lambda: transfusion.generate_images(model, once, tokenizer=tokenizer))

@@ -55,6 +55,7 @@ __all__ = [
     "caption_images",
     "course_latents",
     "evaluate",
+    "from_patches",
     "generate_images",
     "load_transfusion",
     "make_batch",
@@ -67,6 +68,7 @@ __all__ = [
     "prefix_cache",
     "rebuild",
     "schedule",
+    "to_patches",
     "train_transfusion",
     "transfusion_loss",
     "transfusion_mask",
@@ -207,6 +209,9 @@ def noise_image_span(
     is_image = _validate.tensor("is_image", is_image, shape=(b, n), dtype=torch.bool)
     eps = _validate.tensor("eps", eps, shape=tuple(patches.shape), floating=True)
     t = _validate.tensor("t", t, shape=(b,), dtype=torch.long)
+    alpha_bar = _validate.tensor("alpha_bar", alpha_bar, shape=("T",), floating=True)
+    if b and not bool(((t >= 0) & (t < len(alpha_bar))).all()):
+        raise ValueError(f"t must be in [0, {len(alpha_bar)}), got {t.tolist()}")
     a = alpha_bar.to(patches)[t][:, None, None]  # ᾱ_t (B, 1, 1)
     noisy = a.sqrt() * patches + (1 - a).sqrt() * eps
     return torch.where(is_image[..., None], noisy, patches)
@@ -281,11 +286,13 @@ def course_latents(n: int = 20_000, seed: int = 0) -> tuple[torch.Tensor, float]
 def to_patches(z: torch.Tensor) -> torch.Tensor:
     """(N, 16, 8, 8) → (N, 16, 64): 2 × 2 latent patches, row-major over the 4 × 4 patch grid,
     each flattened channels-first (as chapter 03's patchify, on latents)."""
+    z = _validate.tensor("z", z, shape=("N", LATENT_DIM, GRID, GRID), floating=True)
     return rearrange(z, "n c (h p) (w q) -> n (h w) (c p q)", p=PATCH, q=PATCH).contiguous()
 
 
 def from_patches(x: torch.Tensor) -> torch.Tensor:
     """(N, 16, 64) → (N, 16, 8, 8), the inverse of `to_patches`."""
+    x = _validate.tensor("x", x, shape=("N", N_PATCHES, PATCH_DIM), floating=True)
     g = GRID // PATCH
     return rearrange(x, "n (h w) (c p q) -> n c (h p) (w q)", h=g, w=g, p=PATCH, q=PATCH)
 

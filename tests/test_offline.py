@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent(
     scores = load_judge(device="cpu").score(shapes.images, shapes.captions)
     assert min(scores.values()) > 0.9, scores
 
-    from mmcourse import ar, diffusion, fusion, tokenizer, unified, video, vit
+    from mmcourse import ar, diffusion, fusion, tokenizer, transfusion, unified, video, vit
 
     tok = tokenizer.load_tokenizer(device="cpu")
     assert tok.decode(tok.encode(shapes.images[:4])).shape == (4, 3, 32, 32)
@@ -40,6 +40,7 @@ SCRIPT = textwrap.dedent(
     ar.load_ar(device="cpu")
     ar.load_ar(ar.EARLY_PATH, device="cpu")
     unified.load_unified(device="cpu")
+    transfusion.load_transfusion(device="cpu")
     video_tok = video.load_video_tokenizer(device="cpu")
     assert video_tok.encode(clips.clips[:2]).shape == (2, 2, 8, 8)
     print("offline ok", len(shapes), len(clips), len(digits))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mmcourse import checkpoints, diffusion
 from mmcourse import transfusion as tf
@@ -79,6 +81,8 @@ def test_noise_touches_only_images():
     assert torch.allclose(x[1, 3:], a.sqrt() * x0[1, 3:] + (1 - a).sqrt() * eps[1, 3:])
     with pytest.raises(ValueError, match="t"):
         tf.noise_image_span(x0, is_image, torch.tensor([0]), ab, eps)
+    with pytest.raises(ValueError, match=r"t must be in \[0, 1000\)"):
+        tf.noise_image_span(x0, is_image, torch.tensor([0, 1000]), ab, eps)
 
 
 def test_loss_routes_gradients():
@@ -180,3 +184,70 @@ def test_shipped_model_generates_and_captions():
     held, truth = tf.held_out(8)
     got = tf.caption_images(model, held)
     assert len(got) == 8 and sum(a == b for a, b in zip(got, truth)) >= 5
+
+
+DTYPES = [torch.float32, torch.float64, torch.int64, torch.bool]
+shapes = st.lists(st.integers(0, 5), min_size=0, max_size=4).map(tuple)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=shapes, dtype=st.sampled_from(DTYPES))
+def test_mask_names_image_id_on_bad_input(shape, dtype):
+    if dtype == torch.int64 and len(shape) in (1, 2):
+        assert tf.transfusion_mask(torch.zeros(shape, dtype=dtype)).dtype == torch.bool
+        return
+    with pytest.raises((ValueError, TypeError), match="^image_id must"):
+        tf.transfusion_mask(torch.zeros(shape, dtype=dtype))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    b=st.integers(1, 3),
+    n=st.integers(1, 6),
+    p=st.integers(1, 4),
+    wrong=st.sampled_from(
+        ["is_image_shape", "is_image_dtype", "eps_shape", "t_shape", "patches_dtype"]
+    ),
+)
+def test_noise_names_the_wrong_argument(b, n, p, wrong):
+    args = {"patches": torch.zeros(b, n, p), "is_image": torch.zeros(b, n, dtype=torch.bool),
+            "t": torch.zeros(b, dtype=torch.long), "eps": torch.zeros(b, n, p)}  # fmt: skip
+    name = wrong.rsplit("_", 1)[0]
+    if wrong == "is_image_shape":
+        args[name] = torch.zeros(b, n + 1, dtype=torch.bool)
+    elif wrong == "is_image_dtype":
+        args[name] = torch.zeros(b, n, dtype=torch.long)
+    elif wrong == "eps_shape":
+        args[name] = torch.zeros(b, n, p + 1)
+    elif wrong == "t_shape":
+        args[name] = torch.zeros(b + 1, dtype=torch.long)
+    else:
+        args[name] = torch.zeros(b, n, p, dtype=torch.long)
+    with pytest.raises((ValueError, TypeError), match=f"^{name} must"):
+        tf.noise_image_span(args["patches"], args["is_image"], args["t"],
+                            diffusion.linear_schedule(1000), args["eps"])  # fmt: skip
+
+
+@settings(max_examples=30, deadline=None)
+@given(shape=shapes, dtype=st.sampled_from(DTYPES))
+def test_patch_layout_names_its_argument(shape, dtype):
+    good = dtype.is_floating_point
+    if not (good and shape[1:] == (tf.LATENT_DIM, tf.GRID, tf.GRID)):
+        with pytest.raises((ValueError, TypeError), match="^z must"):
+            tf.to_patches(torch.zeros(shape, dtype=dtype))
+    if not (good and shape[1:] == (tf.N_PATCHES, tf.PATCH_DIM)):
+        with pytest.raises((ValueError, TypeError), match="^x must"):
+            tf.from_patches(torch.zeros(shape, dtype=dtype))
+
+
+@settings(max_examples=30, deadline=None)
+@given(wrong=st.sampled_from(["ids", "patches", "t", "image_id"]), b=st.integers(1, 2))
+def test_forward_names_the_wrong_argument(wrong, b):
+    model = _tiny()
+    n = 5
+    args = {"ids": torch.zeros(b, n, dtype=torch.long), "patches": torch.zeros(b, n, 4),
+            "t": torch.zeros(b, dtype=torch.long),
+            "image_id": torch.full((b, n), -1, dtype=torch.long)}  # fmt: skip
+    args[wrong] = args[wrong].float() if wrong != "patches" else torch.zeros(b, n, 4).long()
+    with pytest.raises((ValueError, TypeError), match=f"^{wrong} must"):
+        model(args["ids"], args["patches"], args["t"], args["image_id"])

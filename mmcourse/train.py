@@ -9,7 +9,7 @@ python -m mmcourse.train diffusion   # data/diffusion_shapes.pt, diffusion_laten
 python -m mmcourse.train ar          # data/ar_shapes.pt, ar_shapes_early.pt (step 650) (≈ 20 min)
 python -m mmcourse.train video       # data/video_tokenizer.pt, the video tokenizer (≈ 25 min)
 python -m mmcourse.train unified     # data/unified_shapes.pt, the tiny Chameleon (≈ 15–20 min)
-python -m mmcourse.train transfusion # data/transfusion_shapes.pt, Transfusion (≈ 10 min)
+python -m mmcourse.train transfusion # data/transfusion_shapes.pt, Transfusion (≈ 8 min)
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def test_mask_rejects(wrong, message):
     rejects(ch08.check_mask, wrong, message)
 
 
-# --- Exercise 8.2: loss routing -----------------------------------------------------------------
+# --- Exercise 8.3: loss routing -----------------------------------------------------------------
 
 
 def _loss_mse_on_text(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam):
@@ -101,7 +101,7 @@ def _loss_lambda_on_ce(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam
 
 
 def test_loss_reference_passes(capsys):
-    passes(ch08.check_loss, tf.transfusion_loss, capsys, "8.2")
+    passes(ch08.check_loss, tf.transfusion_loss, capsys, "8.3")
 
 
 @pytest.mark.parametrize(
@@ -120,7 +120,7 @@ def test_loss_rejects(wrong, message):
     rejects(ch08.check_loss, wrong, message)
 
 
-# --- Exercise 8.3: noising the span -------------------------------------------------------------
+# --- Exercise 8.2: noising the span -------------------------------------------------------------
 
 
 def _noise_everything(patches, is_image, t, alpha_bar, eps):
@@ -138,7 +138,7 @@ def _noise_no_sqrt(patches, is_image, t, alpha_bar, eps):
 
 
 def test_noise_reference_passes(capsys):
-    passes(ch08.check_noise, tf.noise_image_span, capsys, "8.3")
+    passes(ch08.check_noise, tf.noise_image_span, capsys, "8.2")
 
 
 @pytest.mark.parametrize(

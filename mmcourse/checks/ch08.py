@@ -1,5 +1,5 @@
-"""Checkers of chapter 08 (Transfusion): the attention mask, the per-position loss routing,
-noising the image span, and one generation step of the image inside the transformer.
+"""Checkers of chapter 08 (Transfusion): the attention mask, noising the image span, the
+per-position loss routing, and one generation step of the image inside the transformer.
 
 Every checker compares the candidate with `mmcourse.transfusion` on fixed inputs built so that
 each classic Transfusion bug changes the result: sequences with two images and text between
@@ -101,7 +101,7 @@ def check_mask(check: Check) -> None:
     )
 
 
-# ------------------------------------------------------- Exercise 8.2: per-position loss routing
+# ------------------------------------------------------- Exercise 8.3: per-position loss routing
 
 
 def _loss_inputs(dev: torch.device):
@@ -133,9 +133,9 @@ def _three(check: Check, out: object, what: str) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
-@exercise("8.2", "per-position loss routing")
+@exercise("8.3", "per-position loss routing")
 def check_loss(check: Check) -> None:
-    """Exercise 8.2: transfusion_loss(logits, eps_pred, ids, eps, is_image, diffuse, valid,
+    """Exercise 8.3: transfusion_loss(logits, eps_pred, ids, eps, is_image, diffuse, valid,
     lam) → (total, ce, mse): CE on text targets only, λ · ε-MSE on diffused patches only."""
     ids, is_image, diffuse, valid, logits, eps_pred, eps = _loss_inputs(check.device)
     args = (logits, eps_pred, ids, eps, is_image, diffuse, valid, 0.5)
@@ -197,12 +197,12 @@ def check_loss(check: Check) -> None:
     )
 
 
-# ------------------------------------------------------------ Exercise 8.3: noise the image span
+# ------------------------------------------------------------ Exercise 8.2: noise the image span
 
 
-@exercise("8.3", "noising the image span")
+@exercise("8.2", "noising the image span")
 def check_noise(check: Check) -> None:
-    """Exercise 8.3: noise_image_span(patches, is_image, t, alpha_bar, eps) → x_t like
+    """Exercise 8.2: noise_image_span(patches, is_image, t, alpha_bar, eps) → x_t like
     patches: √ᾱ_t x_0 + √(1 − ᾱ_t) ε at image positions (t per row), unchanged elsewhere."""
     dev, g = check.device, seeded(83)
     b, n, p = 3, 10, 4

@@ -60,6 +60,8 @@ __all__ = [
     "load_transfusion",
     "make_batch",
     "noise_image_span",
+    "Document",
+    "generate_document",
     "generation_step",
     "held_out_losses",
     "lambda_sweep",
@@ -537,6 +539,108 @@ def generate_images(
     tokenizer = tokenizer or load_tokenizer(device="cpu")
     z = from_patches(out).to(next(tokenizer.parameters()))
     return diffusion.decode_latents(tokenizer, z, scale).cpu(), out
+
+
+def _document_text(ids: list[int], vocab: Vocabulary, bpe: BPE) -> str:
+    """ids → text, each BOI … EOI span shown as <image>, BOS and EOS left out."""
+    parts, run = [], []
+    for i in ids:
+        if i < vocab.text_size:
+            run.append(i)
+        elif i == vocab.BOI:
+            parts += [bpe.decode(run).strip(), "<image>"]
+            run = []
+    parts.append(bpe.decode(run).strip())
+    return " ".join(p for p in parts if p)
+
+
+class Document(NamedTuple):
+    text: str  # the whole document as text, the image shown as <image>
+    images: torch.Tensor  # (K, 3, 32, 32) in [0, 1], the K images in order
+    ids: list[int]  # the token ids, BOI / EOI around each image (no ids for the patches)
+
+
+def _append(
+    model: Transfusion, cache: KVCache, ids: torch.Tensor | None, x: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Append one text id (ids (1, 1)) or one clean image (x (1, 16, P), t = 0, bidirectional
+    among its patches) to the cache → the logits after it (1, V)."""
+    n = 1 if x is None else x.shape[1]
+    dev = next(model.parameters()).device
+    patches = torch.zeros(1, n, model.patch_dim, device=dev) if x is None else x
+    image_id = torch.full((1, n), -1 if x is None else 0, dtype=torch.long, device=dev)
+    ids = ids if x is None else torch.zeros(1, n, dtype=torch.long, device=dev)
+    mask = torch.ones(n, len(cache) + n, dtype=torch.bool, device=dev)
+    logits, _ = model(ids, patches, torch.zeros(1, dtype=torch.long, device=dev), image_id,
+                      cache=cache, mask=mask)  # fmt: skip
+    return logits[:, -1]
+
+
+@torch.no_grad()
+def generate_document(
+    model: Transfusion,
+    prompt: str = "",
+    *,
+    max_tokens: int = 24,
+    temperature: float = 1.0,
+    steps: int = DDIM_STEPS,
+    guidance: float = GUIDANCE,
+    seed: int = 0,
+    tokenizer: nn.Module | None = None,
+    bpe: BPE | None = None,
+) -> Document:
+    """Generate after [BOS] prompt, switching modality at BOI: text ids (and BOI / EOS) are
+    sampled one at a time at `temperature`; when the model emits BOI, the image is sampled by
+    DDIM + CFG with everything so far as its context (the null context [BOS] [BOI]), then
+    appended clean (t = 0) with EOI, and text resumes — until EOS or max_tokens text ids."""
+    from mmcourse.tokenizer import load_tokenizer
+
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or temperature <= 0
+    ):
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    bpe = bpe or course_bpe()
+    vocab = course_vocab(bpe)
+    dev = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    ids = [vocab.BOS, *bpe.encode(prompt)]
+    cache = prefix_cache(model, torch.tensor([ids[:-1]], device=dev)) if len(ids) > 1 else None
+    cache = cache or model.new_cache()
+    logits = _append(model, cache, torch.tensor([[ids[-1]]], device=dev))
+    allowed = torch.zeros(vocab.image_offset, dtype=torch.bool)
+    allowed[: vocab.text_size] = True
+    allowed[[vocab.BOI, vocab.EOS]] = True
+    images, alpha_bar = [], schedule()
+    text_tokens = 0
+    while text_tokens < max_tokens:
+        probs = (logits.cpu().float() / temperature).masked_fill(~allowed, float("-inf"))
+        token = int(torch.multinomial(probs.softmax(-1), 1, generator=g))
+        ids.append(token)
+        if token == vocab.EOS:
+            break
+        if token != vocab.BOI:
+            text_tokens += 1
+            logits = _append(model, cache, torch.tensor([[token]], device=dev))
+            continue
+        _append(model, cache, torch.tensor([[token]], device=dev))  # BOI joins the context
+        uncond = prefix_cache(model, torch.tensor([[vocab.BOS, vocab.BOI]], device=dev))
+        x = torch.randn(1, N_PATCHES, model.patch_dim, generator=g).to(dev)
+        for t, t_next in diffusion.ddim_timesteps(T, steps):
+            x = generation_step(model, cache, uncond, x, t, t_next, alpha_bar, guidance)
+        images.append(x.cpu())
+        _append(model, cache, None, x)  # the clean image, t = 0
+        ids.append(vocab.EOI)
+        logits = _append(model, cache, torch.tensor([[vocab.EOI]], device=dev))
+    tokenizer = tokenizer or load_tokenizer(device="cpu")
+    pictures = torch.zeros(0, 3, 32, 32)
+    if images:
+        z = from_patches(torch.cat(images)).to(next(tokenizer.parameters()))
+        pictures = diffusion.decode_latents(tokenizer, z, model_scale(model)).cpu()
+    return Document(_document_text(ids, vocab, bpe), pictures, ids)
 
 
 @torch.no_grad()

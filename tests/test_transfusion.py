@@ -251,3 +251,21 @@ def test_forward_names_the_wrong_argument(wrong, b):
     args[wrong] = args[wrong].float() if wrong != "patches" else torch.zeros(b, n, 4).long()
     with pytest.raises((ValueError, TypeError), match=f"^{wrong} must"):
         model(args["ids"], args["patches"], args["t"], args["image_id"])
+
+
+@pytest.mark.skipif(not tf.PATH.is_file(), reason="shipped weights missing")
+def test_generate_document_switches_modality_at_boi():
+    model = tf.load_transfusion(device="cpu")
+    v = tf.course_vocab()
+    doc = tf.generate_document(model, "a red circle in the top left", steps=4, seed=0)
+    again = tf.generate_document(model, "a red circle in the top left", steps=4, seed=0)
+    assert doc.ids == again.ids and torch.equal(doc.images, again.images)  # seeded
+    assert doc.ids[0] == v.BOS and doc.ids.count(v.BOI) == len(doc.images) >= 1
+    boi = doc.ids.index(v.BOI)
+    assert doc.ids[boi + 1] == v.EOI  # the patches have no ids: EOI follows BOI in the ids
+    assert doc.text.startswith("a red circle in the top left <image>")
+    assert doc.images.shape[1:] == (3, 32, 32) and 0 <= doc.images.min() <= doc.images.max() <= 1
+    with pytest.raises(TypeError, match="prompt"):
+        tf.generate_document(model, 3)
+    with pytest.raises(ValueError, match="temperature"):
+        tf.generate_document(model, "", temperature=0)

@@ -608,8 +608,9 @@ def generate_document(
     dev = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     ids = [vocab.BOS, *bpe.encode(prompt)]
-    cache = prefix_cache(model, torch.tensor([ids[:-1]], device=dev)) if len(ids) > 1 else None
-    cache = cache or model.new_cache()
+    cache = model.new_cache()
+    if len(ids) > 1:  # all but the last prompt id; appending the last gives the first logits
+        cache = prefix_cache(model, torch.tensor([ids[:-1]], device=dev))
     logits = _append(model, cache, torch.tensor([[ids[-1]]], device=dev))
     allowed = torch.zeros(vocab.image_offset, dtype=torch.bool)
     allowed[: vocab.text_size] = True

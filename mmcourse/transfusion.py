@@ -120,7 +120,13 @@ class Transfusion(nn.Module):
     sequence's images, and image_id (B, L) long, −1 at text positions and k at the patches of
     the k-th image → (logits (B, L, V), eps (B, L, 64))."""
 
-    def __init__(self, config: GPTConfig | None = None, patch_dim: int = PATCH_DIM, **kw):
+    def __init__(
+        self,
+        config: GPTConfig | None = None,
+        patch_dim: int = PATCH_DIM,
+        separate_mlp: bool = False,
+        **kw,
+    ):
         super().__init__()
         self.gpt = GPT(config or GPTConfig(**kw))
         d = self.gpt.cfg.d_model
@@ -132,6 +138,10 @@ class Transfusion(nn.Module):
         self.patch_out = nn.Linear(d, patch_dim)
         nn.init.zeros_(self.patch_out.weight)
         nn.init.zeros_(self.patch_out.bias)
+        self.image_mlps = None  # Mixture-of-Transformers style: patches get their own MLPs
+        if separate_mlp:
+            self.image_mlps = nn.ModuleList(copy.deepcopy(b.mlp) for b in self.gpt.blocks)
+            self.config |= {"separate_mlp": True}
 
     def new_cache(self) -> KVCache:
         return self.gpt.new_cache()
@@ -173,11 +183,28 @@ class Transfusion(nn.Module):
         if mask is None:
             mask = transfusion_mask(image_id)
         for i, block in enumerate(gpt.blocks):
-            h, layer = block(h, None if cache is None else cache.layers[i], mask)
+            layer = None if cache is None else cache.layers[i]
+            if self.image_mlps is None:
+                h, layer = block(h, layer, mask)
+            else:
+                h, layer = _block_by_modality(block, self.image_mlps[i], h, layer, mask, is_image)
             if cache is not None:
                 cache.layers[i] = layer
         h = gpt.norm(h)
         return h @ gpt.tok_emb.weight.T, self.patch_out(h)
+
+
+def _block_by_modality(block, image_mlp, h, cache, mask, is_image):
+    """A pre-norm block whose attention is shared and whose MLP is chosen per position: the
+    block's own MLP at text positions, `image_mlp` at patches (each position runs one MLP, so
+    the compute is that of the shared block). h (B, L, D), is_image (B, L)."""
+    out, cache = block.attn(block.norm1(h), cache, mask)
+    h = h + out
+    z = block.norm2(h)
+    mlp = torch.zeros_like(z)
+    mlp[~is_image] = block.mlp(z[~is_image])
+    mlp[is_image] = image_mlp(z[is_image])
+    return h + mlp, cache
 
 
 def transfusion_mask(image_id: torch.Tensor) -> torch.Tensor:
@@ -407,12 +434,14 @@ def train_transfusion(
     lr: float = 2e-3,
     ema_decay: float = EMA_DECAY,
     caption_first: float = CAPTION_FIRST,
+    separate_mlp: bool = False,
     seed: int = 0,
     progress: bool = True,
 ) -> TrainResult:
     """AdamW with warm-up and cosine decay (chapter 07's recipe) on random batches: each row
-    caption → image with probability CAPTION_FIRST (caption dropped with P_DROP, image noised
-    to a uniform t) else image → caption (clean image, t = 0)."""
+    caption → image with probability caption_first (caption dropped with P_DROP, image noised
+    to a uniform t) else image → caption (clean image, t = 0); an EMA of the weights (decay
+    ema_decay) is what comes back. separate_mlp: patches get their own MLP in every block."""
     latents = _validate.tensor("latents", latents, shape=("N", N_PATCHES, None), floating=True)
     steps = _validate.positive_int("steps", steps)
     batch_size = _validate.positive_int("batch_size", batch_size)
@@ -424,7 +453,9 @@ def train_transfusion(
     alpha_bar = schedule().float()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    model = Transfusion(config or default_config(vocab), patch_dim=latents.shape[-1])
+    model = Transfusion(
+        config or default_config(vocab), patch_dim=latents.shape[-1], separate_mlp=separate_mlp
+    )
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt, lr_schedule = gpt_optimizer(model, lr, steps)
     losses, start = [], time.perf_counter()
@@ -810,7 +841,8 @@ def _build(config: dict) -> Transfusion:
     config = dict(config)
     config.pop("latent_scale", None)
     patch_dim = config.pop("patch_dim", PATCH_DIM)
-    return Transfusion(GPTConfig(**config), patch_dim=patch_dim)
+    separate = config.pop("separate_mlp", False)
+    return Transfusion(GPTConfig(**config), patch_dim=patch_dim, separate_mlp=separate)
 
 
 def load_transfusion(

@@ -269,3 +269,38 @@ def test_generate_document_switches_modality_at_boi():
         tf.generate_document(model, 3)
     with pytest.raises(ValueError, match="temperature"):
         tf.generate_document(model, "", temperature=0)
+
+
+def test_separate_mlp_routes_each_position_to_its_own_mlp():
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=20, block_size=64, n_layer=2, n_head=2, d_model=32)
+    model = tf.Transfusion(config, patch_dim=4, separate_mlp=True).eval()
+    torch.nn.init.normal_(model.patch_out.weight, std=0.3)
+    n = tf.N_PATCHES
+    ids = torch.tensor([[1, 5, 7, 3] + [0] * n + [2, 6]])
+    image_id = torch.tensor([[-1] * 4 + [0] * n + [-1, -1]])
+    x = torch.randn(1, len(ids[0]), 4)
+    t = torch.tensor([300])
+    with torch.no_grad():
+        logits, eps = model(ids, x, t, image_id)
+        for p in model.image_mlps.parameters():
+            p.add_(0.5)
+        logits2, eps2 = model(ids, x, t, image_id)
+    assert torch.equal(logits[:, :4], logits2[:, :4])  # the caption never passes an image MLP
+    assert not torch.allclose(eps[:, 4 : 4 + n], eps2[:, 4 : 4 + n])
+    with torch.no_grad():  # the cached denoiser agrees with the full forward here too
+        cache = tf.prefix_cache(model, ids[:, :4])
+        cached = tf.image_eps(model, cache, x[:, 4 : 4 + n], 300)
+        full = model(ids[:, : 4 + n], x[:, : 4 + n], t, image_id[:, : 4 + n])[1][:, 4:]
+    assert torch.allclose(cached, full, atol=1e-5)
+
+
+def test_separate_mlp_survives_save_and_load(tmp_path):
+    torch.manual_seed(0)
+    model = tf.Transfusion(tf.default_config(n_layer=1, n_head=2, d_model=32), separate_mlp=True)
+    path = tmp_path / "mot.pt"
+    checkpoints.save(path, model.state_dict(), config=model.config, command=tf.COMMAND)
+    loaded = tf.load_transfusion(path, "cpu")
+    assert loaded.image_mlps is not None
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 loaded.state_dict().values()))  # fmt: skip

@@ -15,7 +15,9 @@ ch07_positions_per_step: mean real positions per training batch (Transfusion's b
 07's mixed batch of 32), budget_ratio = their ratio (1 = equal).
 batch32_caption_to_image_judge / batch32_image_to_caption_exact: the same model trained here
 with chapter 07's 32 *sequences* per step instead of its positions (same steps and seed; a
-third of the positions, batch32_positions_per_step), to show what the budget is made of.
+third of the positions, batch32_positions_per_step), to show what the budget is made of;
+batch32_mot_*: the same run with modality-specific MLPs (`separate_mlp`, Mixture-of-Transformers
+style: each position runs one MLP, so the compute is unchanged; params vs mot_params).
 ms_per_image / ch07_ms_per_image: caption → image wall time per image for one batch of the 90
 captions, decoding included, best of REPEATS; forwards_per_image: network calls per image
 (DDIM steps × 2 for the caption and null contexts, each over the 16 patches) vs ch07's 64
@@ -74,13 +76,17 @@ def run() -> dict[str, float | int]:
 
         latents, _ = transfusion.course_latents()
         train_captions = ShapesDataset(n=20_000, seed=0).captions
-        small = transfusion.train_transfusion(
-            latents, train_captions, steps=transfusion.TRAIN_STEPS, batch_size=32, progress=False
-        )
-        small_scores = transfusion.evaluate(small.model, per_caption=PER_CAPTION, held=held)
-        results["batch32_caption_to_image_judge"] = small_scores["caption_to_image_judge"]
-        results["batch32_image_to_caption_exact"] = small_scores["image_to_caption_exact"]
+        for prefix, separate in (("batch32", False), ("batch32_mot", True)):
+            run = transfusion.train_transfusion(
+                latents, train_captions, steps=transfusion.TRAIN_STEPS, batch_size=32,
+                separate_mlp=separate, progress=False,
+            )  # fmt: skip
+            scores = transfusion.evaluate(run.model, per_caption=PER_CAPTION, held=held)
+            results[f"{prefix}_caption_to_image_judge"] = scores["caption_to_image_judge"]
+            results[f"{prefix}_image_to_caption_exact"] = scores["image_to_caption_exact"]
         results["batch32_positions_per_step"] = transfusion.positions_per_step(32)
+        results["params"] = sum(p.numel() for p in model.parameters())
+        results["mot_params"] = sum(p.numel() for p in run.model.parameters())
 
         once = all_captions()
         tf_s = _best_time(lambda: transfusion.generate_images(model, once, tokenizer=tokenizer))

@@ -30,7 +30,7 @@ speedup_at_equal_quality = ch07_ms_per_image / ms_per_image_equal.
 
 from __future__ import annotations
 
-import time
+from _timing import best_seconds
 
 from mmcourse import transfusion, unified
 from mmcourse.data import ShapesDataset, all_captions
@@ -42,15 +42,6 @@ PER_CAPTION = 2
 SCALES = (1.0, 2.0, 5.0)  # besides transfusion.GUIDANCE
 REPEATS = 3
 EQUAL_STEPS = (2, 3, 4, 5, 6, 8, 10, 15, 25)
-
-
-def _best_time(fn) -> float:
-    best = float("inf")
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def run() -> dict[str, float | int]:
@@ -93,8 +84,12 @@ def run() -> dict[str, float | int]:
         results["mot_params"] = sum(p.numel() for p in run.model.parameters())
 
         once = all_captions()
-        tf_s = _best_time(lambda: transfusion.generate_images(model, once, tokenizer=tokenizer))
-        ch07_s = _best_time(lambda: unified.generate_images(ch07, once, tokenizer=tokenizer))
+        tf_s = best_seconds(
+            lambda: transfusion.generate_images(model, once, tokenizer=tokenizer), REPEATS
+        )
+        ch07_s = best_seconds(
+            lambda: unified.generate_images(ch07, once, tokenizer=tokenizer), REPEATS
+        )
         results["ms_per_image"] = 1000 * tf_s / len(once)
         results["ch07_ms_per_image"] = 1000 * ch07_s / len(once)
         for steps in EQUAL_STEPS:  # the fewest DDIM steps as faithful as chapter 07's model
@@ -103,8 +98,10 @@ def run() -> dict[str, float | int]:
             judged = judge.score(images, captions)["all"]
             if judged >= results["ch07_caption_to_image_judge"]:
                 break
-        few_s = _best_time(lambda: transfusion.generate_images(model, once, steps=steps,
-                                                               tokenizer=tokenizer))  # fmt: skip
+        few_s = best_seconds(
+            lambda: transfusion.generate_images(model, once, steps=steps, tokenizer=tokenizer),
+            REPEATS,
+        )
         results["ddim_steps_equal"] = steps
         results["caption_to_image_judge_equal"] = judged
         results["ms_per_image_equal"] = 1000 * few_s / len(once)

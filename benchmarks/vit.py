@@ -14,26 +14,14 @@ best of REPEAT runs each, one thread, measured side by side.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import torch
+from _timing import best_seconds
 
 from mmcourse import fusion, patches, vit
 from mmcourse.data import DigitsDataset, ShapesDataset
 
 REPEAT = 5
 BATCH, SIZE, PATCH, DIM = 32, 224, 16, 768
-
-
-def _best_seconds(fn: Callable[[], object]) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(REPEAT):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 @torch.no_grad()
@@ -46,8 +34,8 @@ def _patch_embedding() -> dict[str, float]:
     x64, embed64 = x.double(), patches.PatchEmbed(PATCH, 3, DIM).double()
     embed64.load_state_dict(embed.state_dict())
     error64 = (embed64(x64) - embed64.to_conv()(x64).flatten(2).transpose(1, 2)).abs().max()
-    linear_s = _best_seconds(lambda: embed(x))
-    conv_s = _best_seconds(lambda: conv(x).flatten(2).transpose(1, 2))
+    linear_s = best_seconds(lambda: embed(x), REPEAT, warmup=True)
+    conv_s = best_seconds(lambda: conv(x).flatten(2).transpose(1, 2), REPEAT, warmup=True)
     return {
         "patch_embed_max_error": error64.item(),
         "patch_embed_max_error_fp32": error,

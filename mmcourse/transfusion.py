@@ -595,15 +595,15 @@ class Document(NamedTuple):
 def _append(
     model: Transfusion, cache: KVCache, ids: torch.Tensor | None, x: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Append one text id (ids (1, 1)) or one clean image (x (1, 16, P), t = 0, bidirectional
-    among its patches) to the cache → the logits after it (1, V)."""
-    n = 1 if x is None else x.shape[1]
+    """Append one text id per row (ids (B, 1)) or one clean image per row (x (B, 16, P), t = 0,
+    bidirectional among its patches) to the cache → the logits after it (B, V)."""
+    b, n = (len(ids), 1) if x is None else x.shape[:2]
     dev = next(model.parameters()).device
-    patches = torch.zeros(1, n, model.patch_dim, device=dev) if x is None else x
-    image_id = torch.full((1, n), -1 if x is None else 0, dtype=torch.long, device=dev)
-    ids = ids if x is None else torch.zeros(1, n, dtype=torch.long, device=dev)
+    patches = torch.zeros(b, n, model.patch_dim, device=dev) if x is None else x
+    image_id = torch.full((b, n), -1 if x is None else 0, dtype=torch.long, device=dev)
+    ids = ids if x is None else torch.zeros(b, n, dtype=torch.long, device=dev)
     mask = torch.ones(n, len(cache) + n, dtype=torch.bool, device=dev)
-    logits, _ = model(ids, patches, torch.zeros(1, dtype=torch.long, device=dev), image_id,
+    logits, _ = model(ids, patches, torch.zeros(b, dtype=torch.long, device=dev), image_id,
                       cache=cache, mask=mask)  # fmt: skip
     return logits[:, -1]
 
@@ -702,9 +702,6 @@ def caption_images(
     allowed[vocab.EOS] = True
     out = torch.full((n, max_len), vocab.EOS, dtype=torch.long)
     done = torch.zeros(n, dtype=torch.bool)
-    zeros_p = torch.zeros(n, 1, model.patch_dim, device=p.device)
-    text_id = torch.full((n, 1), -1, dtype=torch.long, device=p.device)
-    t0 = torch.zeros(n, dtype=torch.long, device=p.device)
     last = logits[:, -1]
     for step in range(max_len):
         token = last.masked_fill(~allowed, float("-inf")).argmax(-1)
@@ -713,8 +710,7 @@ def caption_images(
         done |= token_cpu == vocab.EOS
         if bool(done.all()) or step == max_len - 1:
             break
-        mask = torch.ones(1, len(cache) + 1, dtype=torch.bool, device=p.device)
-        last = model(token[:, None], zeros_p, t0, text_id, cache=cache, mask=mask)[0][:, -1]
+        last = _append(model, cache, token[:, None])
     texts = []
     for row in out.tolist():
         row = row[: row.index(vocab.EOS)] if vocab.EOS in row else row

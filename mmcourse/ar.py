@@ -15,6 +15,9 @@ The loss is next-token cross-entropy on the 64 image ids and EOI only.
 The shipped model is data/ar_shapes.pt, rebuilt from its seed by `python -m mmcourse.train ar`;
 the same run also writes data/ar_shapes_early.pt, its weights after EARLY_STEPS of the TRAIN_STEPS
 steps: a conditional model that has not yet sharpened, where classifier-free guidance matters.
+data/ar_shapes_noisy.pt (`python -m mmcourse.train ar_noisy`) is the same recipe trained on pairs
+of which CAPTION_NOISE carry another image's caption, as web alt-text often does: its conditional
+distribution is a mixture that guidance sharpens.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ from mmcourse.transformer import GPT, GPTConfig, gpt_optimizer
 
 PATH = checkpoints.DATA_DIR / "ar_shapes.pt"
 EARLY_PATH = checkpoints.DATA_DIR / "ar_shapes_early.pt"
+NOISY_PATH = checkpoints.DATA_DIR / "ar_shapes_noisy.pt"
 COMMAND = "python -m mmcourse.train ar"
+NOISY_COMMAND = "python -m mmcourse.train ar_noisy"
 CACHE_DIR = checkpoints.DATA_DIR / "cache"
 
 WORDS: tuple[str, ...] = tuple(
@@ -53,6 +58,7 @@ IMAGE_LEN = GRID * GRID
 SEQ_LEN = CAPTION_LEN + 1 + IMAGE_LEN + 1  # caption, BOI, image, EOI = 73
 TRAIN_STEPS = 2400  # the shipped run (batch 64)
 EARLY_STEPS = 650  # the early checkpoint of that same run (data/ar_shapes_early.pt)
+CAPTION_NOISE = 0.3  # data/ar_shapes_noisy.pt: the fraction of training pairs mismatched
 _WORD_ID = {w: i for i, w in enumerate(WORDS)}
 
 
@@ -136,6 +142,25 @@ def shapes_sequences(
 # -------------------------------------------------------------------------------- training
 
 
+def mismatch_captions(seqs: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
+    """Noisy pairs, as in web alt-text: a fixed random `fraction` of the rows of seqs
+    (N, SEQ_LEN) take the caption of a random row instead of their own (the image ids stay; on
+    90 captions the borrowed one is the same by chance 1 time in 90). A model trained on them
+    learns p(x | c) ≈ (1 − f)·p_true(x | c) + f·p(x), a mixture that classifier-free guidance
+    can sharpen back, since p(c | x) still prefers the true caption."""
+    seqs = _validate.tensor("seqs", seqs, shape=("N", SEQ_LEN), dtype=torch.long)
+    number = isinstance(fraction, int | float) and not isinstance(fraction, bool)
+    if not number or not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be a number in [0, 1], got {fraction!r}")
+    g = torch.Generator().manual_seed(seed)
+    n = len(seqs)
+    rows = torch.randperm(n, generator=g)[: round(fraction * n)]  # (M,) the mismatched rows
+    donors = torch.randint(n, (len(rows),), generator=g)  # (M,) whose caption each one gets
+    out = seqs.clone()
+    out[rows.to(seqs.device), :CAPTION_LEN] = seqs[donors.to(seqs.device), :CAPTION_LEN]
+    return out
+
+
 def drop_captions(seqs: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
     """Caption dropout: each row's caption ids become NULL with probability p (same length)."""
     seqs = _validate.tensor("seqs", seqs, shape=("B", SEQ_LEN), dtype=torch.long)
@@ -211,22 +236,49 @@ def _build(config: dict) -> GPT:
     return GPT(GPTConfig(**config))
 
 
+def _command(path: Path) -> str:
+    return NOISY_COMMAND if path.name == NOISY_PATH.name else COMMAND
+
+
 def _save_half(path: Path, model: GPT) -> None:
     half = {k: v.detach().half() for k, v in model.state_dict().items()}  # a copy, in float16
-    checkpoints.save(path, half, config=model.config, command=COMMAND)
+    checkpoints.save(path, half, config=model.config, command=_command(path))
 
 
 def load_ar(path: Path | str = PATH, device: torch.device | str | None = None) -> GPT:
     """The shipped caption → image-token model (data/ar_shapes.pt; `path=EARLY_PATH` for the
-    early checkpoint of the same run), in eval mode on `device` (default: the course's).
-    Weights ship in float16 and load into float32."""
+    early checkpoint of the same run, `path=NOISY_PATH` for the model trained on noisy captions),
+    in eval mode on `device` (default: the course's). Weights ship in float16, load as float32."""
     path = Path(path)
-    ckpt = checkpoints.load(path, command=COMMAND)
+    command = _command(path)
+    ckpt = checkpoints.load(path, command=command)
     state = {k: v.float() for k, v in ckpt["state_dict"].items()}
     model = checkpoints.restore(
-        {**ckpt, "state_dict": state}, GPT, path=path, command=COMMAND, build=_build
+        {**ckpt, "state_dict": state}, GPT, path=path, command=command, build=_build
     )
     return model.to(device or default_device())
+
+
+_SUMMARY_SCALES = (1.0, 1.5, 2.0, 3.0, 5.0)
+
+
+def _summary_line(path: Path, steps: int, losses: list[float], seed: int) -> str:
+    """Judge faithfulness against the guidance scale for the weights at `path` (180 samples)."""
+    from mmcourse.judge import load_judge
+    from mmcourse.sampling import faithfulness
+    from mmcourse.tokenizer import load_tokenizer
+
+    model, judge = load_ar(path, "cpu"), load_judge(device="cpu")
+    tokenizer = load_tokenizer(device="cpu")
+    scores = {
+        s: faithfulness(model, tokenizer, judge, per_caption=2, scale=s, seed=seed)["all"]
+        for s in _SUMMARY_SCALES
+    }
+    window = losses[max(steps - 50, 0) : steps]  # the last 50 steps before it
+    return (
+        f"{path.name} (step {steps}, loss {sum(window) / len(window):.3f}): judge faithfulness "
+        "(180 samples, temperature 1) " + ", ".join(f"s {s:g}: {v:.3f}" for s, v in scores.items())
+    )
 
 
 def rebuild(seed: int = 0) -> str:
@@ -235,13 +287,10 @@ def rebuild(seed: int = 0) -> str:
     summary with judge faithfulness against the guidance scale for both (the
     `python -m mmcourse.train ar` target)."""
     from mmcourse.env import one_thread
-    from mmcourse.judge import load_judge
-    from mmcourse.sampling import faithfulness
     from mmcourse.tokenizer import load_tokenizer
 
     with one_thread():
-        tokenizer = load_tokenizer(device="cpu")
-        seqs = shapes_sequences(seed=seed, tokenizer=tokenizer)
+        seqs = shapes_sequences(seed=seed, tokenizer=load_tokenizer(device="cpu"))
         early_steps = EARLY_STEPS  # read once: the snapshot and the summary agree
         if not 1 <= early_steps <= TRAIN_STEPS:
             raise ValueError(f"EARLY_STEPS must be in [1, {TRAIN_STEPS}], got {early_steps}")
@@ -252,18 +301,26 @@ def rebuild(seed: int = 0) -> str:
 
         result = train_ar(seqs, steps=TRAIN_STEPS, seed=seed, callback=snapshot)
         _save_half(PATH, result.model)
-        judge = load_judge(device="cpu")
         lines = [f"wrote {PATH.name} and {EARLY_PATH.name} in {result.seconds:.0f} s"]
         for path, steps in ((EARLY_PATH, early_steps), (PATH, TRAIN_STEPS)):
-            model = load_ar(path, "cpu")
-            scores = {
-                s: faithfulness(model, tokenizer, judge, per_caption=2, scale=s, seed=seed)["all"]
-                for s in (1.0, 1.5, 2.0, 3.0, 5.0)
-            }
-            window = result.losses[max(steps - 50, 0) : steps]  # the last 50 steps before it
-            loss = sum(window) / len(window)
-            lines.append(
-                f"{path.name} (step {steps}, loss {loss:.3f}): judge faithfulness (180 samples, "
-                "temperature 1) " + ", ".join(f"s {s:g}: {v:.3f}" for s, v in scores.items())
-            )
+            lines.append(_summary_line(path, steps, result.losses, seed))
     return "\n".join(lines)
+
+
+def rebuild_noisy(seed: int = 0) -> str:
+    """The shipped recipe (same model, steps and seed) on the same sequences with CAPTION_NOISE
+    of the captions mismatched (`mismatch_captions`): writes data/ar_shapes_noisy.pt (float16)
+    and returns its judge summary (the `python -m mmcourse.train ar_noisy` target)."""
+    from mmcourse.env import one_thread
+    from mmcourse.tokenizer import load_tokenizer
+
+    with one_thread():
+        seqs = shapes_sequences(seed=seed, tokenizer=load_tokenizer(device="cpu"))
+        noisy = mismatch_captions(seqs, CAPTION_NOISE, seed)
+        result = train_ar(noisy, steps=TRAIN_STEPS, seed=seed)
+        _save_half(NOISY_PATH, result.model)
+        return "\n".join([
+            f"wrote {NOISY_PATH.name} ({CAPTION_NOISE:.0%} of captions mismatched) in "
+            f"{result.seconds:.0f} s",
+            _summary_line(NOISY_PATH, TRAIN_STEPS, result.losses, seed),
+        ])  # fmt: skip

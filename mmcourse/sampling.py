@@ -8,10 +8,18 @@ Every step turns the last position's logits (B, V) into one token per row:
             crosses p included), per row, scattered back to vocabulary order
     range:  −∞ outside the allowed ids (an image position may only hold an image token)
     CFG:    ℓ = ℓ_u + s (ℓ_c − ℓ_u)            conditional and unconditional rows in one batch
+    plausibility α: keep only ids the *conditional* model finds plausible, p_c(x) ≥ α·max p_c
     sample  from softmax(ℓ) with one uniform number per row (inverse CDF, seeded)
 
 Order matters: guidance acts on the raw logits, then temperature, then the filters, so the
 nucleus of top-p is measured on the distribution that is actually sampled.
+
+Why a plausibility constraint: s (ℓ_c − ℓ_u) also amplifies differences among the hundreds of
+codes that neither model expects, and at s ≥ 2 such codes get sampled and spoil images. Keeping
+only the ids with p_c(x) ≥ α·max_x' p_c(x') (the adaptive plausibility constraint of contrastive
+decoding, Li et al. 2023) lets guidance re-rank what the conditional model already finds
+plausible and nothing else. With s = 1 it is plain truncation of the conditional model (as in
+min-p sampling), so comparing scales at the same α isolates what guidance adds.
 
 `generate` runs the loop with a KV cache (prefill the prompt once, then one new position per
 step) or, as the baseline, recomputes the whole growing prefix every step; for a seed both give
@@ -21,6 +29,7 @@ the same tokens. `generate_images` adds the Shapes layout of `mmcourse.ar`; `fai
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -38,6 +47,7 @@ __all__ = [
     "generate_images",
     "guidance_prompts",
     "ids_to_codes",
+    "plausibility_filter",
     "process_logits",
     "restrict_range",
     "sample_from_logits",
@@ -64,6 +74,12 @@ def _check_p(p: object) -> float:
     if isinstance(p, bool) or not isinstance(p, int | float) or not 0 < p <= 1:
         raise ValueError(f"p must be a number in (0, 1], got {p!r}")
     return p
+
+
+def _check_alpha(alpha: object) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha <= 1:
+        raise ValueError(f"plausibility must be a number in (0, 1], got {alpha!r}")
+    return alpha
 
 
 def _check_range(start: object, end: object) -> tuple[int, int]:
@@ -125,6 +141,21 @@ def cfg_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.
     cond = _check_logits(cond)
     uncond = _validate.tensor("uncond", uncond, shape=tuple(cond.shape), floating=True)
     return uncond + scale * (cond - uncond)
+
+
+def plausibility_filter(logits: torch.Tensor, cond: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Keep, in each row of logits (B, V), only the ids whose conditional probability is at least
+    α times that row's largest, p_c(x) ≥ α·max p_c, i.e. ℓ_c(x) ≥ max ℓ_c + log α (the softmax
+    normaliser cancels); the others become −∞. cond (B, V) are the conditional logits (after any
+    range restriction, so the max is over allowed ids); α = 1 keeps only the top ids."""
+    logits = _check_logits(logits)
+    cond = _validate.tensor("cond", cond, shape=tuple(logits.shape), floating=True)
+    return _plausible(logits, cond, _check_alpha(alpha))
+
+
+def _plausible(logits: torch.Tensor, cond: torch.Tensor, alpha: float) -> torch.Tensor:
+    floor = cond.max(dim=-1, keepdim=True).values + math.log(alpha)  # (B, 1)
+    return logits.masked_fill(cond < floor, float("-inf"))
 
 
 def process_logits(
@@ -189,6 +220,7 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    plausibility: float | None = None,
     allowed: tuple[int, int] | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
@@ -197,7 +229,9 @@ def generate(
 
     With `uncond_prompt` (B, P) and scale ≠ 1, the conditional and unconditional rows run as one
     batch of 2B and their last logits are combined by `cfg_logits`; every sampled token is
-    appended to both halves. use_cache=True prefills a KV cache with the prompt and then feeds
+    appended to both halves. `plausibility` α keeps only the ids with p_c ≥ α·max p_c under the
+    conditional logits (`plausibility_filter`), after the range restriction and before
+    temperature, top-k and top-p. use_cache=True prefills a KV cache with the prompt and then feeds
     one token per step (n_new forwards of one position after the prefill); use_cache=False
     recomputes the whole prefix every step (the baseline). Random numbers come from the CPU
     `generator`, one uniform per row and step, so both paths and every device draw the same.
@@ -209,6 +243,7 @@ def generate(
     temperature = _check_temperature(temperature)
     top_k = None if top_k is None else _validate.positive_int("top_k", top_k)
     top_p = None if top_p is None else _check_p(top_p)
+    alpha = None if plausibility is None else _check_alpha(plausibility)
     allowed = None if allowed is None else _check_range(*allowed)
     guided = uncond_prompt is not None and scale != 1
     batch = prompt
@@ -225,12 +260,16 @@ def generate(
     banned = None if allowed is None else _banned(logits.shape[-1], *allowed, logits.device)
     out = []
     for step in range(n_new):
+        cond = logits[:b].float()  # (B, V) the conditional rows, for the plausibility floor
         if guided:
             logits = logits[b:] + scale * (logits[:b] - logits[b:])  # cfg_logits (B, V)
         logits = logits.float()
         # process_logits: restrict, temperature (÷ 1 is exact, so skipped), top-k, top-p
         if banned is not None:
             logits = logits.masked_fill(banned, float("-inf"))
+        if alpha is not None:  # plausibility_filter, its max over the allowed ids only
+            cond = cond if banned is None else cond.masked_fill(banned, float("-inf"))
+            logits = _plausible(logits, cond, alpha)
         if temperature != 1:
             logits = logits / temperature
         if top_k is not None:
@@ -274,12 +313,14 @@ def generate_images(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    plausibility: float | None = None,
     seed: int = 0,
     use_cache: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One image per caption → (images (N, 3, 32, 32) in [0, 1] on the CPU, image ids (N, 64)):
     the 64 image ids sampled after [caption][BOI] with guidance `scale` (cond and uncond rows
-    in one batch), restricted to the image range, then decoded by the tokenizer."""
+    in one batch), restricted to the image range (and to the conditional model's plausible ids
+    when `plausibility` is given), then decoded by the tokenizer."""
     param = next(model.parameters())
     prompts = guidance_prompts(ar.encode_captions(list(captions)).to(param.device))
     b = len(prompts) // 2
@@ -292,6 +333,7 @@ def generate_images(
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
+        plausibility=plausibility,
         allowed=(ar.IMAGE_OFFSET, ar.VOCAB_SIZE),
         generator=torch.Generator().manual_seed(seed),
         use_cache=use_cache,
@@ -310,6 +352,7 @@ def faithfulness(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    plausibility: float | None = None,
     seed: int = 0,
 ) -> dict[str, float]:
     """Judge faithfulness of `per_caption` images for each of the 90 captions → {"color",
@@ -318,7 +361,7 @@ def faithfulness(
     captions = all_captions() * per_caption  # caption-major blocks of 90
     images, _ = generate_images(
         model, tokenizer, captions, scale=scale, temperature=temperature, top_k=top_k,
-        top_p=top_p, seed=seed,
+        top_p=top_p, plausibility=plausibility, seed=seed,
     )  # fmt: skip
     scores = judge.score(images.to(next(judge.parameters()).device), captions)
     if per_caption > 1:

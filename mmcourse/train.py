@@ -7,6 +7,7 @@ python -m mmcourse.train clip        # data/clip_shapes.pt, CLIP on Shapes (≈ 
 python -m mmcourse.train captioner   # data/captioner_shapes.pt (run clip first)
 python -m mmcourse.train diffusion   # data/diffusion_shapes.pt, diffusion_latent_shapes.pt (15 min)
 python -m mmcourse.train ar          # data/ar_shapes.pt, ar_shapes_early.pt (step 650) (≈ 20 min)
+python -m mmcourse.train ar_noisy    # data/ar_shapes_noisy.pt, 30 % captions mismatched (≈ 25 min)
 python -m mmcourse.train video       # data/video_tokenizer.pt, the video tokenizer (≈ 25 min)
 python -m mmcourse.train unified     # data/unified_shapes.pt, the tiny Chameleon (≈ 15–20 min)
 python -m mmcourse.train transfusion # data/transfusion_shapes.pt, Transfusion (≈ 8 min)
@@ -70,6 +71,7 @@ TARGETS = {
     "captioner": lambda seed: print(fusion.rebuild_captioner(seed)),
     "diffusion": lambda seed: print(diffusion.rebuild(seed)),
     "ar": lambda seed: print(ar.rebuild(seed)),
+    "ar_noisy": lambda seed: print(ar.rebuild_noisy(seed)),
     "video": lambda seed: print(video.rebuild(seed)),
     "unified": lambda seed: print(unified.rebuild(seed)),
     "transfusion": lambda seed: print(transfusion.rebuild(seed)),

@@ -54,6 +54,21 @@ def test_caption_dropout_keeps_the_length():
     assert torch.equal(dropped[~rows], seqs[~rows])
 
 
+def test_mismatch_captions_swaps_a_fixed_fraction_of_captions_and_keeps_the_images():
+    seqs = _sequences(270)  # every caption 3 times
+    noisy = ar.mismatch_captions(seqs, 0.3, seed=0)
+    assert torch.equal(noisy, ar.mismatch_captions(seqs, 0.3, seed=0))  # seeded
+    assert not torch.equal(noisy, ar.mismatch_captions(seqs, 0.3, seed=1))
+    assert torch.equal(noisy[:, ar.CAPTION_LEN :], seqs[:, ar.CAPTION_LEN :])  # images untouched
+    changed = (noisy[:, : ar.CAPTION_LEN] != seqs[:, : ar.CAPTION_LEN]).any(dim=1)  # (270,)
+    assert 70 < int(changed.sum()) <= 81  # 30 % = 81 rows, minus same-caption draws
+    captions = {tuple(row) for row in ar.encode_captions(all_captions()).tolist()}
+    assert {tuple(row) for row in noisy[:, : ar.CAPTION_LEN].tolist()} <= captions  # real ones
+    assert torch.equal(ar.mismatch_captions(seqs, 0.0), seqs)
+    with pytest.raises(ValueError, match=r"^fraction must be a number in \[0, 1\], got 1.5"):
+        ar.mismatch_captions(seqs, 1.5)
+
+
 def test_loss_scores_image_tokens_only():
     model = ar.GPT(ar.default_config(n_layer=1, d_model=32, n_head=2)).eval()
     seqs = _sequences()
@@ -155,3 +170,25 @@ def test_rebuild_writes_the_final_and_the_early_checkpoint(tmp_path, monkeypatch
     monkeypatch.setattr(ar, "EARLY_STEPS", 7)
     with pytest.raises(ValueError, match="EARLY_STEPS must be in"):
         ar.rebuild(seed=0)
+
+
+def test_rebuild_noisy_trains_on_mismatched_captions(tmp_path, monkeypatch):
+    """A miniature ar_noisy rebuild (4 steps, a stub faithfulness): same recipe and seed as the
+    shipped model, only the captions differ, so the weights differ; errors name its command."""
+    from mmcourse import sampling
+
+    monkeypatch.setattr(ar, "NOISY_PATH", tmp_path / "ar_shapes_noisy.pt")
+    monkeypatch.setattr(ar, "TRAIN_STEPS", 4)
+    monkeypatch.setattr(ar, "shapes_sequences", lambda seed, tokenizer: _sequences(90, seed))
+    monkeypatch.setattr(sampling, "faithfulness", lambda *a, **k: {"all": 0.5})
+    seen = []
+    real = ar.mismatch_captions
+    monkeypatch.setattr(ar, "mismatch_captions", lambda *a: seen.append(a[1:]) or real(*a))
+    summary = ar.rebuild_noisy(seed=0)
+    assert seen == [(ar.CAPTION_NOISE, 0)] and "ar_shapes_noisy.pt (step 4" in summary
+    ckpt = checkpoints.load(ar.NOISY_PATH, command=ar.NOISY_COMMAND)
+    assert ckpt["command"] == "python -m mmcourse.train ar_noisy"
+    assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values())
+    ar.NOISY_PATH.write_bytes(b"broken")
+    with pytest.raises(checkpoints.CheckpointError, match="python -m mmcourse.train ar_noisy"):
+        ar.load_ar(ar.NOISY_PATH)

@@ -81,6 +81,39 @@ def test_cfg_logits_scale_one_is_conditional():
     torch.testing.assert_close(sampling.cfg_logits(cond, uncond, 0.0), uncond)
 
 
+def test_plausibility_filter_keeps_what_the_conditional_model_finds_plausible():
+    cond = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.04, 0.06, 0.1, 0.8]]))
+    guided = torch.tensor([[0.0, 1.0, 2.0, 9.0], [5.0, 4.0, 0.0, 1.0]])  # guidance favours the tail
+    out = sampling.plausibility_filter(guided, cond, 0.25)  # p_c ≥ 0.25 · max p_c
+    assert torch.isfinite(out).tolist() == [[True, True, True, False], [False, False, False, True]]
+    torch.testing.assert_close(out[torch.isfinite(out)], torch.tensor([0.0, 1.0, 2.0, 1.0]))
+    only_top = sampling.plausibility_filter(guided, cond, 1.0)
+    assert torch.isfinite(only_top).sum(-1).tolist() == [1, 1]
+    # the floor is relative to each row's own maximum, so shifting a row's logits changes nothing
+    assert torch.equal(sampling.plausibility_filter(guided, cond + torch.tensor([[3.0], [-7.0]]),
+                                                    0.25), out)  # fmt: skip
+
+
+def test_plausibility_at_scale_one_is_truncation_of_the_conditional_model():
+    model = _tiny_gpt()
+    prompts = sampling.guidance_prompts(ar.encode_captions(["a red circle in the center"] * 64))
+    cond_prompts, uncond_prompts = prompts[:64], prompts[64:]
+    image = (ar.IMAGE_OFFSET, ar.VOCAB_SIZE)
+    with torch.no_grad():
+        cond = sampling.restrict_range(model(cond_prompts)[:, -1], *image)
+    plausible = cond >= cond.max(-1, keepdim=True).values + torch.log(torch.tensor(0.9))  # (64, V)
+    guided = {"uncond_prompt": uncond_prompts, "scale": 8.0, "allowed": image}
+    first = {a: sampling.generate(model, cond_prompts, 1, plausibility=a, **guided)
+             for a in (None, 0.9)}  # fmt: skip
+    assert not bool(plausible.gather(1, first[None]).all())  # strong guidance leaves the set …
+    assert bool(plausible.gather(1, first[0.9]).all())  # … unless the constraint keeps it in
+    a, b = cond_prompts[:2], uncond_prompts[:2]
+    plain = sampling.generate(model, a, 6, plausibility=0.5, allowed=image)
+    scale_one = sampling.generate(model, a, 6, uncond_prompt=b, scale=1.0, plausibility=0.5,
+                                  allowed=image)  # fmt: skip
+    assert torch.equal(plain, scale_one)
+
+
 # --- generation ----------------------------------------------------------------------------------
 
 
@@ -88,7 +121,7 @@ def test_kv_cache_and_recompute_give_identical_tokens():
     model = _tiny_gpt()
     prompts = sampling.guidance_prompts(ar.encode_captions(["a red circle in the center"] * 3))
     kwargs = {
-        "uncond_prompt": prompts[3:], "scale": 3.0, "top_p": 0.9,
+        "uncond_prompt": prompts[3:], "scale": 3.0, "top_p": 0.9, "plausibility": 0.05,
         "allowed": (ar.IMAGE_OFFSET, ar.VOCAB_SIZE),
     }  # fmt: skip
     fast = sampling.generate(model, prompts[:3], 20, generator=torch.Generator().manual_seed(5),
@@ -177,6 +210,12 @@ def test_other_bad_arguments():
         sampling.top_p_filter(torch.zeros(2, 3, dtype=torch.long), 0.5)
     with pytest.raises(ValueError, match=r"^uncond must have shape \(4, 20\)"):
         sampling.cfg_logits(_logits(), _logits()[:2], 2.0)
+    with pytest.raises(ValueError, match=r"^plausibility must be a number in \(0, 1\]"):
+        sampling.plausibility_filter(_logits(), _logits(), 0.0)
+    with pytest.raises(ValueError, match=r"^cond must have shape \(4, 20\)"):
+        sampling.plausibility_filter(_logits(), _logits()[:2], 0.5)
+    with pytest.raises(ValueError, match=r"^plausibility must be a number in \(0, 1\]"):
+        sampling.generate(_tiny_gpt(), torch.full((1, 8), ar.BOI), 2, plausibility=1.5)
     with pytest.raises(ValueError, match=r"^caption_ids must have shape \(B, 7\)"):
         sampling.guidance_prompts(torch.zeros(2, 6, dtype=torch.long))
 

@@ -39,6 +39,7 @@ SCRIPT = textwrap.dedent(
     diffusion.load_diffusion(device="cpu")
     ar.load_ar(device="cpu")
     ar.load_ar(ar.EARLY_PATH, device="cpu")
+    ar.load_ar(ar.NOISY_PATH, device="cpu")
     unified.load_unified(device="cpu")
     transfusion.load_transfusion(device="cpu")
     video_tok = video.load_video_tokenizer(device="cpu")

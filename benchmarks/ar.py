@@ -15,7 +15,8 @@ early_steps of its ar.TRAIN_STEPS steps), a conditional model that has not sharp
 early_plausible_*: the same with the plausibility constraint α = PLAUSIBILITY at every scale
 (s = 1 included, where it is plain truncation of the conditional model);
 noisy_*: data/ar_shapes_noisy.pt, the shipped recipe trained on pairs of which
-ar.CAPTION_NOISE (caption_noise) carry another image's caption.
+ar.CAPTION_NOISE (caption_noise) carry another image's caption; noisy_plausible_*: that model
+with the plausibility constraint α = PLAUSIBILITY at every scale.
 kv_identical: the KV cache and recomputing the whole prefix give the same 64 tokens for the same
 seed, for every image; kv_speedup = recompute_s / kv_s for KV_IMAGES images (one guided batch of
 2 × KV_IMAGES rows, best of 2 runs each); kv1_speedup the same for a single image (best of 5).
@@ -41,7 +42,7 @@ from mmcourse.judge import load_judge
 from mmcourse.tokenizer import load_tokenizer
 
 PER_CAPTION = 4
-SCALES = (1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
+SCALES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
 HOT = 1.6
 PLAUSIBILITY = 0.1
 TEST_SEED, VALIDATION_SEED = 0, 1
@@ -151,6 +152,7 @@ def run() -> dict[str, float | int | bool]:
             ("early_", early, 1.0, None),
             ("early_plausible_", early, 1.0, PLAUSIBILITY),
             ("noisy_", noisy, 1.0, None),
+            ("noisy_plausible_", noisy, 1.0, PLAUSIBILITY),
         ):
             validation = {}
             for scale in SCALES:

@@ -31,7 +31,7 @@ def device() -> torch.device:
     else "cuda" when a GPU is available, else "cpu"."""
     wanted = os.environ.get(DEVICE_VARIABLE, "").strip()
     if not wanted:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return normalize_device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(wanted)
     except RuntimeError:
@@ -40,7 +40,23 @@ def device() -> torch.device:
         ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{DEVICE_VARIABLE}={wanted!r} but this machine has no CUDA GPU")
+    return normalize_device(dev)
+
+
+def normalize_device(dev: str | torch.device) -> torch.device:
+    """`dev` with its index filled in, as tensors report it: "cuda" → cuda:0 (the current GPU).
+
+    `torch.device("cuda") != torch.device("cuda", 0)` although a tensor created on the first is
+    on the second, so every comparison of devices in the course goes through this function."""
+    dev = torch.device(dev)
+    if dev.type == "cuda" and dev.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
     return dev
+
+
+def same_device(a: str | torch.device, b: str | torch.device) -> bool:
+    """Whether `a` and `b` name the same device ("cuda" and "cuda:0" do on a one-GPU machine)."""
+    return normalize_device(a) == normalize_device(b)
 
 
 def _version(package: str) -> str:

@@ -20,6 +20,7 @@ token, and a loss mask says which targets count. `MixingLoader` samples examples
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -231,22 +232,28 @@ def encode_interleaved(segments: Sequence[Segment], vocab: Vocabulary) -> torch.
         [BOS] then per segment: text ids | [BOI] image codes + image_offset [EOI]
                                | [BOV] video codes + video_offset [EOV], then [EOS]
 
-    Image and video codes are flattened in raster order (frame, row, column)."""
+    Image and video codes are flattened in raster order (frame, row, column). The ids are on
+    the device of the first segment's tokens (the CPU for a document without segments)."""
     if isinstance(segments, Segment | str | torch.Tensor):
         raise TypeError("segments must be a list of Segment, got a single item")
-    parts = [torch.tensor([vocab.BOS])]
-    for k, segment in enumerate(segments):
-        kind, tokens = _check_segment(k, segment, vocab)
-        tokens = tokens.cpu()
+    checked = [_check_segment(k, segment, vocab) for k, segment in enumerate(segments)]
+    device = checked[0][1].device if checked else torch.device("cpu")
+
+    def special(token: int) -> torch.Tensor:  # (1,)
+        return torch.tensor([token], device=device)
+
+    parts = [special(vocab.BOS)]
+    for kind, tokens in checked:
+        tokens = tokens.to(device)
         if kind == "text":
             parts.append(tokens)
         elif kind == "image":
             ids = vocab.image_ids(tokens.flatten())  # c ↦ c + image_offset
-            parts += [torch.tensor([vocab.BOI]), ids, torch.tensor([vocab.EOI])]
+            parts += [special(vocab.BOI), ids, special(vocab.EOI)]
         else:
             ids = vocab.video_ids(tokens.flatten())  # c ↦ c + video_offset
-            parts += [torch.tensor([vocab.BOV]), ids, torch.tensor([vocab.EOV])]
-    parts.append(torch.tensor([vocab.EOS]))
+            parts += [special(vocab.BOV), ids, special(vocab.EOV)]
+    parts.append(special(vocab.EOS))
     return torch.cat(parts)
 
 
@@ -255,9 +262,10 @@ def decode_interleaved(ids: torch.Tensor, vocab: Vocabulary) -> list[Segment]:
     back. A leading BOS and a final EOS are optional (a sequence being generated has no EOS
     yet). Consecutive text ids form one text segment; BOI must be followed by 64 image ids and
     EOI, BOV by 128 video ids and EOV; image and video codes come back without their offset, in
-    their grids (8, 8) and (2, 8, 8). Anything else raises ValueError naming the position."""
-    ids = vocab.check_ids(_validate.tensor("ids", ids, shape=("L",), dtype=torch.long)).cpu()
-    values = ids.tolist()
+    their grids (8, 8) and (2, 8, 8), on the device of `ids`. Anything else raises ValueError
+    naming the position."""
+    ids = vocab.check_ids(_validate.tensor("ids", ids, shape=("L",), dtype=torch.long))
+    values = ids.tolist()  # one copy to the host: the parse below reads Python ints
     start, end = 0, len(values)
     if values and values[0] == vocab.BOS:
         start = 1
@@ -273,12 +281,12 @@ def decode_interleaved(ids: torch.Tensor, vocab: Vocabulary) -> list[Segment]:
             i += 1
             continue
         if text:
-            segments.append(Segment("text", torch.tensor(text)))
+            segments.append(Segment("text", torch.tensor(text, device=ids.device)))
             text = []
         if v in (vocab.BOI, vocab.BOV):
             kind = "image" if v == vocab.BOI else "video"
             grid, close = _GRIDS[kind], vocab.EOI if kind == "image" else vocab.EOV
-            n = int(torch.tensor(grid).prod())
+            n = math.prod(grid)
             block = ids[i + 1 : i + 1 + n]
             if i + 1 + n >= len(values) or values[i + 1 + n] != close:
                 raise ValueError(
@@ -299,7 +307,7 @@ def decode_interleaved(ids: torch.Tensor, vocab: Vocabulary) -> list[Segment]:
             + ") cannot appear here: outside an image or video only text ids, BOI and BOV"
         )
     if text:
-        segments.append(Segment("text", torch.tensor(text)))
+        segments.append(Segment("text", torch.tensor(text, device=ids.device)))
     return segments
 
 
@@ -309,8 +317,8 @@ def positions(ids: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
     text and special tokens. The 2-D/3-D indices are what a factorised position embedding
     would read; the course's GPT uses the 1-D position only."""
     ids = vocab.check_ids(_validate.tensor("ids", ids, shape=("L",), dtype=torch.long))
-    out = torch.full((len(ids), 4), -1, dtype=torch.long)
-    out[:, 0] = torch.arange(len(ids))
+    out = torch.full((len(ids), 4), -1, dtype=torch.long, device=ids.device)
+    out[:, 0] = torch.arange(len(ids), device=ids.device)
     values = ids.tolist()
     i = 0
     while i < len(values):
@@ -318,7 +326,7 @@ def positions(ids: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
             grid = IMAGE_GRID if values[i] == vocab.BOI else VIDEO_GRID
             f, h, w = (1, *grid) if len(grid) == 2 else grid
             n = f * h * w
-            k = torch.arange(min(n, len(values) - i - 1))
+            k = torch.arange(min(n, len(values) - i - 1), device=ids.device)
             out[i + 1 : i + 1 + len(k), 1:] = torch.stack([k // (h * w), k // w % h, k % w], 1)
             i += n + 1
         else:
@@ -335,7 +343,7 @@ def pad_batch(
     """Sequences of different lengths → ids (B, L) long, right-padded with PAD, and the loss
     mask (B, L) bool, True at real tokens and False at padding. L = the longest sequence, or
     `length` if given. PAD is a special id, never a real token, and the mask keeps it out of
-    the loss either way."""
+    the loss either way. The batch is on the device of the sequences."""
     if isinstance(seqs, torch.Tensor) or not seqs:
         raise TypeError("seqs must be a non-empty list of 1-D id tensors")
     seqs = [vocab.check_ids(_validate.tensor(f"seqs[{k}]", s, shape=("L",)), f"seqs[{k}]")
@@ -345,8 +353,12 @@ def pad_batch(
         length = longest
     elif _validate.positive_int("length", length) < longest:
         raise ValueError(f"length must be ≥ the longest sequence ({longest}), got {length}")
-    ids = torch.full((len(seqs), length), vocab.PAD, dtype=torch.long)
-    mask = torch.zeros(len(seqs), length, dtype=torch.bool)
+    device = seqs[0].device
+    if any(s.device != device for s in seqs):
+        found = sorted({str(s.device) for s in seqs})
+        raise ValueError(f"seqs must all be on one device, got tensors on {', '.join(found)}")
+    ids = torch.full((len(seqs), length), vocab.PAD, dtype=torch.long, device=device)
+    mask = torch.zeros(len(seqs), length, dtype=torch.bool, device=device)
     for row, s in enumerate(seqs):
         ids[row, : len(s)] = s
         mask[row, : len(s)] = True

@@ -317,14 +317,21 @@ def _temperature_multiplies(image_emb, text_emb, temperature):
 def _not_normalised(image_emb, text_emb, temperature):
     _check_pairs(image_emb, text_emb)
     logits = image_emb @ text_emb.T / temperature
-    labels = torch.arange(len(logits))
+    labels = torch.arange(len(logits), device=logits.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
 def _zero_labels(image_emb, text_emb, temperature):
     _check_pairs(image_emb, text_emb)
     logits = F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T / temperature
-    labels = torch.zeros(len(logits), dtype=torch.long)  # BUG: every row's target is 0
+    labels = torch.zeros(len(logits), dtype=torch.long, device=logits.device)  # BUG: all 0
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def _labels_on_the_default_device(image_emb, text_emb, temperature):
+    _check_pairs(image_emb, text_emb)
+    logits = F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T / temperature
+    labels = torch.arange(len(logits))  # BUG: no device=, on a GPU the labels stay on the CPU
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
@@ -349,6 +356,11 @@ def test_contrastive_loss_references_pass(capsys):
         (_not_normalised, r"failed check 1, (.|\n)*not normalised"),
         (_zero_labels, r"failed check 1, (.|\n)*torch\.arange\(N\)"),
         (_detached_temperature, r"gradient reaches temperature"),
+        (
+            _labels_on_the_default_device,
+            r"on the device of its inputs(.|\n)*F\.cross_entropy got a tensor of shape \(5,\) "
+            r"created without device=(.|\n)*device=x\.device",
+        ),
         (stub, r"Exercise 3\.5 \(symmetric contrastive loss\): not implemented yet"),
     ],
     ids=case_id,

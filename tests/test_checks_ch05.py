@@ -320,7 +320,7 @@ def _prompts_pad(caption_ids):
 
 
 def _prompts_empty(caption_ids):
-    boi = torch.full((len(caption_ids), 1), ar.BOI, dtype=torch.long)
+    boi = torch.full((len(caption_ids), 1), ar.BOI, dtype=torch.long, device=caption_ids.device)
     return [torch.cat([caption_ids, boi], 1), boi]  # BUG: two lengths, not one batch
 
 

@@ -221,7 +221,7 @@ def _encode(segments, v, image_offset=None, video_offset=None, brackets=True, or
         else:
             parts.append([v.BOV, *(c + video_offset for c in flat), v.EOV])
     parts += [[v.EOS]] if brackets else []
-    return torch.tensor([i for p in parts for i in p])
+    return torch.tensor([i for p in parts for i in p], device=segments[0].tokens.device)
 
 
 def _encode_no_offset(segments, v):
@@ -287,9 +287,9 @@ def _decode_video_as_text(ids, v):
     values = values[:-1] if values[-1] == v.EOS else values
     while i < len(values):
         if values[i] == v.BOI:
-            codes = torch.tensor(values[i + 1 : i + 65]) - v.image_offset
+            codes = torch.tensor(values[i + 1 : i + 65], device=ids.device) - v.image_offset
             if text:
-                out.append(Segment("text", torch.tensor(text)))
+                out.append(Segment("text", torch.tensor(text, device=ids.device)))
                 text = []
             out.append(Segment("image", codes.view(8, 8)))
             i += 66
@@ -297,7 +297,7 @@ def _decode_video_as_text(ids, v):
             text.append(values[i])  # BUG: BOV, video ids and EOV read as text
             i += 1
     if text:
-        out.append(Segment("text", torch.tensor(text)))
+        out.append(Segment("text", torch.tensor(text, device=ids.device)))
     return out
 
 
@@ -332,9 +332,10 @@ def test_decode_rejects(wrong, message):
 
 
 def _pad(seqs, v, pad_id=None, mask_all=False, left=False):
-    n = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), n), v.PAD if pad_id is None else pad_id, dtype=torch.long)
-    mask = torch.zeros(len(seqs), n, dtype=torch.bool)
+    n, dev = max(len(s) for s in seqs), seqs[0].device
+    ids = torch.full((len(seqs), n), v.PAD if pad_id is None else pad_id, dtype=torch.long,
+                     device=dev)  # fmt: skip
+    mask = torch.zeros(len(seqs), n, dtype=torch.bool, device=dev)
     for row, s in enumerate(seqs):
         cols = slice(n - len(s), n) if left else slice(0, len(s))
         ids[row, cols] = s

@@ -165,9 +165,10 @@ def _step_swapped(model, cond, uncond, x, t, t_next, alpha_bar, guidance):
 def _step_keeps_patches(model, cond, uncond, x, t, t_next, alpha_bar, guidance):
     def eps_of(cache):
         b, n, _ = x.shape
-        mask = torch.ones(n, len(cache) + n, dtype=torch.bool)
-        t_b = torch.full((b,), t, dtype=torch.long)
-        ids, image_id = torch.zeros(b, n, dtype=torch.long), torch.zeros(b, n, dtype=torch.long)
+        dev = x.device
+        mask = torch.ones(n, len(cache) + n, dtype=torch.bool, device=dev)
+        t_b = torch.full((b,), t, dtype=torch.long, device=dev)
+        ids = image_id = torch.zeros(b, n, dtype=torch.long, device=dev)
         return model(ids, x, t_b, image_id, cache=cache, mask=mask)[1]  # BUG: cache grows
 
     eps = diffusion.cfg_combine(eps_of(cond), eps_of(uncond), guidance)

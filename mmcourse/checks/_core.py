@@ -16,6 +16,7 @@ the checker (`from None`): a learner reads the message, not torch's internals.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,7 +28,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from mmcourse.checks._placement import HostTensorMixed, PlacementAudit, is_host
 from mmcourse.env import device as _default_device
+from mmcourse.env import normalize_device
 
 
 class ExerciseFailed(AssertionError):
@@ -73,18 +76,49 @@ class Check:
     def call(self, *args: Any, **kwargs: Any) -> Any:
         """Run the candidate. The stub's NotImplementedError and any other exception become a
         failed check that names the inputs, instead of a traceback."""
+        _inputs_on_device(args, kwargs)
         try:
-            return self.candidate(*args, **kwargs)
+            result = self.candidate(*args, **kwargs)
         except NotImplementedError:
             raise _NotImplemented() from None
         except Exception as error:  # the learner's code crashed: report it in one line
             self.count += 1
+            if _is_device_mismatch(error):
+                raise _device_failure(self.device, args, kwargs, error) from None
             raise _Failure(
                 f"runs on {_describe_call(args, kwargs)}",
                 "a result",
                 f"it raised {_one_line(error)}",
                 "run your function on these inputs in a cell of its own to see the traceback",
             ) from None
+        self._result_on_device(result, args, kwargs)
+        return result
+
+    def _result_on_device(self, result: Any, args: tuple, kwargs: dict) -> None:
+        """The tensors a candidate returns are on the device of its tensor inputs: on a GPU a
+        result made without device= would be on the CPU (the audit marks such tensors on a CPU
+        run; on a GPU its device says so)."""
+        inputs = {
+            x.device
+            for x in tree_leaves((args, kwargs))
+            if isinstance(x, torch.Tensor) and not is_host(x)
+        }
+        if len(inputs) != 1:  # no inputs on the course device, or on several: nothing to follow
+            return
+        (device,) = inputs
+        for leaf in tree_leaves(result):
+            if not isinstance(leaf, torch.Tensor) or leaf.dim() == 0:
+                continue
+            if is_host(leaf) or normalize_device(leaf.device) != normalize_device(device):
+                self.count += 1
+                where = "cpu" if is_host(leaf) else str(leaf.device)
+                raise _Failure(
+                    "returns its tensors on the device of its inputs",
+                    f"tensors on {_device_words(self.device, device)}",
+                    f"a tensor of shape {tuple(leaf.shape)} on {where}"
+                    + (" (created without device=)" if is_host(leaf) else ""),
+                    _DEVICE_HINT,
+                )
 
     # --- individual checks -------------------------------------------------------------------
 
@@ -162,6 +196,7 @@ class Check:
         names = " or ".join(
             e.__name__ for e in (errors if isinstance(errors, tuple) else (errors,))
         )
+        _inputs_on_device(args, kwargs)
         try:
             result = self.candidate(*args, **kwargs)
         except NotImplementedError:
@@ -176,6 +211,62 @@ class Check:
 def _describe_call(args: tuple, kwargs: dict) -> str:
     parts = [describe(a) for a in args] + [f"{k}={describe(v)}" for k, v in kwargs.items()]
     return "(" + ", ".join(parts) + ")"
+
+
+_DEVICE_HINT = (
+    "a tensor created without device= stays on the CPU while the inputs are on the GPU: create "
+    "new tensors on the inputs' device, e.g. torch.arange(n, device=x.device), x.new_zeros(…), "
+    "torch.zeros_like(x), or move them with .to(x.device)"
+)
+# How CUDA words a device mismatch (torch 2.x), and the audit's own error on a CPU run.
+_MISMATCH_WORDS = (
+    "Expected all tensors to be on the same device",
+    "to be on the same device",
+    "is on cpu, different from other tensors",
+    "Expected a 'cuda' device type for generator",
+    "found two devices",
+    "should be the same device",
+)
+
+
+def _inputs_on_device(args: tuple, kwargs: dict) -> None:
+    """A checker hands the candidate its tensors on the course device: one it built without
+    device= (seen by the audit) is the checker's own bug, which a GPU would turn into a device
+    mismatch inside the learner's code. Raised as an internal error, never blamed on the learner."""
+    for leaf in tree_leaves((args, kwargs)):
+        if isinstance(leaf, torch.Tensor) and leaf.dim() > 0 and is_host(leaf):
+            raise RuntimeError(
+                f"checker bug: it passes a tensor of shape {tuple(leaf.shape)} built without "
+                "device= (move every input to check.device)"
+            )
+
+
+def _is_device_mismatch(error: BaseException) -> bool:
+    return isinstance(error, HostTensorMixed) or (
+        isinstance(error, RuntimeError) and any(w in str(error) for w in _MISMATCH_WORDS)
+    )
+
+
+def _device_words(course: torch.device, inputs: torch.device) -> str:
+    if course.type == "cpu":  # the audit: say what a GPU would make of it
+        return "the inputs' device (cpu here, cuda on a GPU machine)"
+    return str(normalize_device(inputs))
+
+
+def _device_failure(
+    course: torch.device, args: tuple, kwargs: dict, error: BaseException
+) -> _Failure:
+    inputs = [x for x in tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
+    where = _device_words(course, inputs[0].device) if inputs else str(course)
+    got = _one_line(error).removeprefix("HostTensorMixed: ")
+    if course.type == "cpu":
+        got += "; on a GPU this raises 'Expected all tensors to be on the same device'"
+    return _Failure(
+        "keeps every tensor it creates on the device of its inputs",
+        f"every tensor on {where}",
+        got,
+        _DEVICE_HINT,
+    )
 
 
 def _mismatch(got: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float) -> str:
@@ -203,9 +294,16 @@ def _mismatch(got: torch.Tensor, expected: torch.Tensor, atol: float, rtol: floa
     return message
 
 
-def exercise(number: str, title: str) -> Callable[[Callable[[Check], None]], Callable[..., None]]:
+def exercise(
+    number: str, title: str, *, audit_devices: bool = True
+) -> Callable[[Callable[[Check], None]], Callable[..., None]]:
     """Turn `body(check)` into the checker `check_<name>(candidate, *, device=None)` of
-    Exercise `number`. `device` defaults to `mmcourse.device()`."""
+    Exercise `number`. `device` defaults to `mmcourse.device()`.
+
+    On a CPU the checker and the candidate run under `PlacementAudit`, which applies a GPU's
+    device rule (a tensor made without device= must not meet the inputs), so a device mistake
+    fails on a laptop as it would on a GPU. `audit_devices=False` for exercises that are not
+    torch code (Triton kernels, run by their own launcher)."""
 
     def decorate(body: Callable[[Check], None]) -> Callable[..., None]:
         @functools.wraps(body)
@@ -215,10 +313,12 @@ def exercise(number: str, title: str) -> Callable[[Callable[[Check], None]], Cal
                     f"Exercise {number} ({title}): pass your function itself to the checker, "
                     f"e.g. check(my_function) without parentheses; got {describe(candidate)}"
                 )
-            check = Check(candidate, torch.device(device) if device else _default_device())
+            check = Check(candidate, normalize_device(device) if device else _default_device())
             prefix = f"Exercise {number} ({title})"
+            audit = audit_devices and check.device.type == "cpu"
             try:
-                body(check)
+                with PlacementAudit() if audit else contextlib.nullcontext():
+                    body(check)
             except _NotImplemented:
                 raise ExerciseFailed(
                     f"{prefix}: not implemented yet. Replace the lines `# YOUR CODE HERE` and "

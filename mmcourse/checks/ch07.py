@@ -18,15 +18,17 @@ from mmcourse.vocab import Segment, Vocabulary
 _SMALL = Vocabulary(text_size=10, image_codes=512, video_codes=1024)  # text 0–9, specials 10–16
 
 
-def _document(g: torch.Generator, v: Vocabulary) -> list[Segment]:
-    """Text, an image, text, a video: every kind of segment, text between and at the end."""
-    return [
-        Segment("text", torch.randint(v.text_size, (4,), generator=g)),
-        Segment("image", torch.randint(v.image_codes, vocab.IMAGE_GRID, generator=g)),
-        Segment("text", torch.randint(v.text_size, (3,), generator=g)),
-        Segment("video", torch.randint(v.video_codes, vocab.VIDEO_GRID, generator=g)),
-        Segment("text", torch.randint(v.text_size, (2,), generator=g)),
+def _document(g: torch.Generator, v: Vocabulary, device: torch.device) -> list[Segment]:
+    """Text, an image, text, a video: every kind of segment, text between and at the end,
+    drawn on the CPU generator `g` and placed on `device`."""
+    draws = [
+        ("text", torch.randint(v.text_size, (4,), generator=g)),
+        ("image", torch.randint(v.image_codes, vocab.IMAGE_GRID, generator=g)),
+        ("text", torch.randint(v.text_size, (3,), generator=g)),
+        ("video", torch.randint(v.video_codes, vocab.VIDEO_GRID, generator=g)),
+        ("text", torch.randint(v.text_size, (2,), generator=g)),
     ]
+    return [Segment(kind, tokens.to(device)) for kind, tokens in draws]
 
 
 # ------------------------------------------------------------------ Exercise 7.1: BPE merge
@@ -164,7 +166,7 @@ def _same_ids(check: Check, got: object, expected: torch.Tensor, what: str, hint
         got=describe(got),
         hint=hint,
     )
-    check.equal(got.cpu(), expected, what, hint=hint)
+    check.equal(got, expected, what, hint=hint)
 
 
 @exercise("7.4", "encode an interleaved document")
@@ -172,7 +174,7 @@ def check_encode_interleaved(check: Check) -> None:
     """Exercise 7.4: encode_interleaved(segments, vocab) -> ids (L,) long: [BOS], text ids,
     [BOI] image ids [EOI], [BOV] video ids [EOV], [EOS]."""
     v, g = _SMALL, seeded(74)
-    doc = _document(g, v)
+    doc = _document(g, v, check.device)
     expected = vocab.encode_interleaved(doc, v)
     got = check.call(doc, v)
     check.that(
@@ -208,7 +210,7 @@ def check_encode_interleaved(check: Check) -> None:
         "between BOV and EOV (not the image offset), grids flattened in raster order "
         "(.flatten(): frame, row, column)",
     )
-    text_only = [Segment("text", torch.tensor([1, 2, 3]))]
+    text_only = [Segment("text", torch.tensor([1, 2, 3], device=check.device))]
     _same_ids(
         check,
         check.call(text_only, v),
@@ -231,7 +233,7 @@ def _segments_equal(got: object, expected: list[Segment]) -> tuple[bool, str]:
         tokens = segment[1]
         if not isinstance(tokens, torch.Tensor) or tokens.shape != ref.tokens.shape:
             return False, f"segment {k} ({ref.kind}) holds {describe(tokens)}"
-        if not torch.equal(tokens.cpu().long(), ref.tokens):
+        if not torch.equal(tokens.to(ref.tokens.device).long(), ref.tokens):
             return False, f"segment {k} ({ref.kind}) holds other values: {describe(tokens)}"
     return True, "the same segments"
 
@@ -241,7 +243,7 @@ def check_decode_interleaved(check: Check) -> None:
     """Exercise 7.5: decode_interleaved(ids (L,), vocab) -> list of Segment(kind, tokens): text
     ids (n,), image codes (8, 8), video codes (2, 8, 8), offsets removed."""
     v, g = _SMALL, seeded(75)
-    doc = _document(g, v)
+    doc = _document(g, v, check.device)
     ids = vocab.encode_interleaved(doc, v)
     got = check.call(ids, v)
     kinds = [s[0] for s in got] if isinstance(got, list | tuple) else []
@@ -258,7 +260,7 @@ def check_decode_interleaved(check: Check) -> None:
     check.that(
         isinstance(codes, torch.Tensor)
         and codes.numel() == 64
-        and torch.equal(codes.cpu().long().flatten(), doc[1].tokens.flatten()),
+        and torch.equal(codes.to(doc[1].tokens.device).long().flatten(), doc[1].tokens.flatten()),
         "image tokens come back as the image's codes in [0, 512)",
         expected=f"codes in [0, {v.image_codes}) that the image tokenizer can decode",
         got=describe(codes) if not isinstance(codes, torch.Tensor)
@@ -283,7 +285,7 @@ def check_decode_interleaved(check: Check) -> None:
         got=what,
         hint="BOS at the start and EOS at the end are optional",
     )
-    broken = torch.cat([ids[:10], torch.tensor([v.EOS])])  # an image cut short
+    broken = torch.cat([ids[:10], ids.new_tensor([v.EOS])])  # an image cut short
     check.raises(
         ValueError,
         "an image cut short (BOI, then fewer than 64 image ids) raises ValueError",
@@ -301,8 +303,8 @@ def check_pad_batch(check: Check) -> None:
     """Exercise 7.6: pad_batch(seqs, vocab) -> (ids (B, L) long right-padded with PAD, loss
     mask (B, L) bool, True at real tokens)."""
     v = _SMALL
-    seqs = [torch.tensor([v.BOS, 1, 2, 3, v.EOS]), torch.tensor([v.BOS, 4, v.EOS]),
-            torch.tensor([v.BOS, 0, 0, v.EOS])]  # fmt: skip
+    rows = ([v.BOS, 1, 2, 3, v.EOS], [v.BOS, 4, v.EOS], [v.BOS, 0, 0, v.EOS])
+    seqs = [torch.tensor(row, device=check.device) for row in rows]  # (5,), (3,), (4,)
     got = check.call(seqs, v)
     ids, mask = vocab.pad_batch(seqs, v)
     check.that(

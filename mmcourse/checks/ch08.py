@@ -213,7 +213,7 @@ def check_noise(check: Check) -> None:
     is_image[2] = False  # a row without an image
     is_image = is_image.to(dev)
     t = torch.tensor([10, 700, 300], device=dev)
-    alpha_bar = diffusion.linear_schedule(1000)
+    alpha_bar = diffusion.linear_schedule(1000).to(dev)  # (1000,) float64, like the notebook
     expected = tf.noise_image_span(patches, is_image, t, alpha_bar, eps)
     got = check.call(patches.clone(), is_image, t, alpha_bar, eps)
     check.that(
@@ -259,7 +259,7 @@ def check_generation_step(check: Check) -> None:
     classifier-free guidance, one DDIM step (η = 0). The caches are left as they were."""
     dev, g = check.device, seeded(84)
     model = _tiny_model(dev)
-    alpha_bar = diffusion.linear_schedule(1000)
+    alpha_bar = diffusion.linear_schedule(1000).to(dev)  # (1000,) float64, like the notebook
     x = torch.randn(2, tf.N_PATCHES, 4, generator=g).to(dev)
     with torch.no_grad():
         for guidance, (t, t_next) in [(3.0, (600, 400)), (1.0, (200, -1))]:

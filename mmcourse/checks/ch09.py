@@ -201,7 +201,7 @@ def _run_tile(
     return {"out": out, "bad_reads": bad_reads, "expected": expected, "e_sq": e_sq}
 
 
-@exercise("9.1", "a masked tile of distances")
+@exercise("9.1", "a masked tile of distances", audit_devices=False)
 def check_distance_tile(check: Check) -> None:
     """Exercise 9.1: distance_tile(...) stores the (BLOCK_N, BLOCK_K) tile of
     d = ‖z‖² − 2 z·e + ‖e‖² of program (pid 0 over rows, pid 1 over codes), BLOCK_D ≥ D."""
@@ -355,7 +355,7 @@ def _run_update(candidate: Callable, d: torch.Tensor, block_n: int, block_k: int
     return best, idx
 
 
-@exercise("9.2", "the running argmin update")
+@exercise("9.2", "the running argmin update", audit_devices=False)
 def check_update_argmin(check: Check) -> None:
     """Exercise 9.2: update_argmin(best (BLOCK_N,) f32, best_idx (BLOCK_N,) int, d (BLOCK_N,
     BLOCK_K) f32, k0) → (best, best_idx) after folding in the tile of codes k0 … k0+BLOCK_K−1."""

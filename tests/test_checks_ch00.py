@@ -43,6 +43,20 @@ def _key_error(caption):
     return data.parse_caption(caption)
 
 
+def _two_word_slice(caption):
+    words = caption.split(" ")
+    if len(words) < 6 or words[0] != "a" or words[3:5] != ["in", "the"]:
+        raise ValueError(caption)
+    two = " ".join(words[5:7])  # BUG: reads at most two position words, ignores the rest
+    position = two if two in data.POSITIONS else words[5]
+    parsed = {"color": words[1], "shape": words[2], "position": position}
+    if parsed["color"] not in data.COLORS or parsed["shape"] not in data.SHAPES:
+        raise ValueError(caption)
+    if position not in data.POSITIONS:
+        raise ValueError(caption)
+    return parsed
+
+
 def test_parse_caption_reference_passes(capsys):
     ch00.check_parse_caption(data.parse_caption)
     assert capsys.readouterr().out.startswith("✓ Exercise 0.1 passed (")
@@ -56,6 +70,7 @@ def test_parse_caption_reference_passes(capsys):
         (_colour_key, r"got:      \{'colour': 'red'"),
         (_accepts_unknown_colours, r"raises ValueError for an unknown colour(.|\n)*no error"),
         (_key_error, r"unknown colour(.|\n)*got:      KeyError: 'pink'(.|\n)*not KeyError"),
+        (_two_word_slice, r"a word after the position(.|\n)*no error"),
         (stub, r"Exercise 0\.1 \(read a caption\): not implemented yet"),
     ],
     ids=case_id,
@@ -114,6 +129,14 @@ def _modifies_input(x, ncols=8, pad=2, pad_value=1.0):
     return grid
 
 
+def _default_four_columns(x, ncols=4, pad=2, pad_value=1.0):
+    return viz.image_grid(x, ncols, pad, pad_value)  # BUG: the documented default is 8
+
+
+def _default_black_frame(x, ncols=8, pad=2, pad_value=0.0):
+    return viz.image_grid(x, ncols, pad, pad_value)  # BUG: the documented default is 1.0
+
+
 def _no_input_check(x, ncols=8, pad=2, pad_value=1.0):
     if x.dim() == 3:
         x = x[:, None]  # silently treats channels as images
@@ -150,7 +173,9 @@ def test_image_grid_loop_solution_passes(capsys):
         (_pads_with_zero, r"pad_value=1\.0(.|\n)*values differ"),
         (_float32, r"keeps dtype float64(.|\n)*dtype torch\.float32(.|\n)*x\.new_full"),
         (_full_rows_only, r"it raised RuntimeError"),
-        (_modifies_input, r"leaves its input unchanged"),
+        (_modifies_input, r"leaves its input x unchanged(.|\n)*x\.clone\(\)"),
+        (_default_four_columns, r"documented defaults ncols=8(.|\n)*shape \(3, 10, 34\)"),
+        (_default_black_frame, r"documented defaults(.|\n)*values differ"),
         (_no_input_check, r"3-D input(.|\n)*no error"),
         (stub, r"Exercise 0\.2 \(an image grid\): not implemented yet"),
     ],

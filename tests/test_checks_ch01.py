@@ -56,6 +56,13 @@ def _cdist(z, codebook):
     return torch.cdist(z, codebook).pow(2)
 
 
+def _centres_in_place(z, codebook):
+    centre = codebook.mean(dim=0)
+    z -= centre  # BUG: centring both keeps every distance, but changes the caller's tensors
+    codebook -= centre
+    return _expansion(z, codebook)
+
+
 def test_squared_distances_references_pass(capsys):
     passes(ch01.check_squared_distances, vq.squared_distances, capsys, "1.1")
     passes(ch01.check_squared_distances, _expansion, capsys, "1.1")
@@ -75,6 +82,7 @@ def test_squared_distances_references_pass(capsys):
         (_naive_broadcast, r"builds no \(N, K, D\) tensor(.|\n)*32768 elements(.|\n)*z @ codebook"),
         (_float32, r"keeps dtype float64(.|\n)*got:      dtype torch\.float32"),
         (_no_shape_check, r"raises ValueError when z has D = 3(.|\n)*got:      RuntimeError"),
+        (_centres_in_place, r"failed check 2, \"leaves its input z unchanged(.|\n)*clone"),
         (stub, r"Exercise 1\.1 \(squared distances to every code\): not implemented yet"),
     ],
     ids=case_id,
@@ -117,6 +125,14 @@ def _fixed_beta(z_e, e, beta=0.25):
     return _losses(z_e, e, 0.25)
 
 
+def _default_beta_one(z_e, e, beta=1.0):
+    return _losses(z_e, e, beta)  # BUG: the documented default is 0.25
+
+
+def _float32_losses(z_e, e, beta=0.25):
+    return tuple(loss.float() for loss in _losses(z_e, e, beta))
+
+
 def test_vq_losses_references_pass(capsys):
     passes(ch01.check_vq_losses, vq.quantize_losses, capsys, "1.2")
     passes(ch01.check_vq_losses, _losses, capsys, "1.2")
@@ -131,6 +147,8 @@ def test_vq_losses_references_pass(capsys):
         (_no_stop_gradients, r"codebook loss gives z_e no gradient: sg\(z_e\)"),
         (_sums, r"codebook_loss with beta=0\.25: the mean(.|\n)*values differ"),
         (_fixed_beta, r"commitment_loss with beta=2\.0"),
+        (_default_beta_one, r"commitment_loss with beta left out(.|\n)*beta=0\.25\)"),
+        (_float32_losses, r"float64 and the device \(codebook_loss\)(.|\n)*torch\.float32"),
         (stub, r"Exercise 1\.2 \(codebook and commitment losses\): not implemented yet"),
     ],
     ids=case_id,
@@ -194,6 +212,19 @@ def _no_sg_forward(z_e, codebook, beta=0.25):
     return (z_q, tokens, *_no_stop_gradients(z_e, codebook[tokens], beta))
 
 
+def _fixed_beta_forward(z_e, codebook, beta=0.25):
+    return _forward(z_e, codebook, 0.25)  # BUG: β hard-coded
+
+
+def _forward_default_beta(z_e, codebook, beta=0.5):
+    return _forward(z_e, codebook, beta)  # BUG: the documented default is 0.25
+
+
+def _forward_float32_losses(z_e, codebook, beta=0.25):
+    z_q, tokens, codebook_loss, commitment_loss = _forward(z_e, codebook, beta)
+    return z_q, tokens, codebook_loss.float(), commitment_loss.float()
+
+
 def test_vq_forward_references_pass(capsys):
     passes(ch01.check_vq_forward, _forward, capsys, "1.3")
     passes(ch01.check_vq_forward, _package_forward, capsys, "1.3")
@@ -207,7 +238,10 @@ def test_vq_forward_references_pass(capsys):
         (_losses_after_straight_through, r"codebook loss gives the codebook its(.|\n)*before the"),
         (_row_norm_as_row_forward, r"tokens \(N,\) long for N=8(.|\n)*is a column \(N, 1\)"),
         (_argmin_over_vectors, r"tokens \(N,\) long for N=8 (.|\n)*dim=1"),
-        (_beta_on_codebook_forward, r"codebook_loss \(N=8, K=8\)(.|\n)*β on the commitment"),
+        (_beta_on_codebook_forward, r"codebook_loss \(N=8, K=8, beta=0\.25\)(.|\n)*β = the beta"),
+        (_fixed_beta_forward, r"commitment_loss \(N=10, K=6, beta=2\.0\)(.|\n)*values differ"),
+        (_forward_default_beta, r"commitment_loss with beta left out(.|\n)*beta=0\.25\)"),
+        (_forward_float32_losses, r"float64 and the device for codebook_loss(.|\n)*float32"),
         (_no_sg_forward, r"the codebook loss gives z_e no gradient"),
         (stub, r"Exercise 1\.3 \(the VQ layer's forward pass\): not implemented yet"),
     ],
@@ -330,9 +364,54 @@ def _randperm_only(codebook, counts, z, threshold=1.0, generator=None):
     return codebook
 
 
+def _with_replacement(codebook, counts, z, threshold=1.0, generator=None):
+    codebook, dead = codebook.clone(), counts < threshold
+    rows = torch.randint(len(z), (int(dead.sum()),), generator=generator)  # BUG: repeats rows
+    codebook[dead] = z[rows.to(z.device)]
+    return codebook
+
+
+def _first_rows(codebook, counts, z, threshold=1.0, generator=None):
+    codebook, dead = codebook.clone(), counts < threshold
+    n_dead = int(dead.sum())
+    rows = torch.arange(n_dead) % len(z)  # BUG: always the first rows of z, no randomness
+    codebook[dead] = z[rows.to(z.device)]
+    return codebook
+
+
+def _all_but_last_row(codebook, counts, z, threshold=1.0, generator=None):
+    codebook, dead = codebook.clone(), counts < threshold
+    n_dead = int(dead.sum())
+    rows = torch.randperm(max(len(z) - 1, 1), generator=generator)  # BUG: never the last row
+    rows = rows[:n_dead] if n_dead <= len(rows) else torch.randint(len(z), (n_dead,))
+    codebook[dead] = z[rows.to(z.device)]
+    return codebook
+
+
+def _default_threshold_two(codebook, counts, z, threshold=2.0, generator=None):
+    return _restart_by_hand(codebook, counts, z, threshold, generator)  # BUG: default 1.0
+
+
+def _needs_a_generator(codebook, counts, z, threshold=1.0, generator=None):
+    generator = torch.Generator().manual_seed(generator.initial_seed())  # BUG: fails on None
+    return _restart_by_hand(codebook, counts, z, threshold, generator)
+
+
+def _restart_multinomial(codebook, counts, z, threshold=1.0, generator=None):
+    codebook, dead = codebook.clone(), counts < threshold
+    n_dead = int(dead.sum())
+    if n_dead == 0:
+        return codebook
+    weights = torch.ones(len(z))
+    rows = torch.multinomial(weights, n_dead, replacement=n_dead > len(z), generator=generator)
+    codebook[dead] = z[rows.to(z.device)]
+    return codebook
+
+
 def test_restart_dead_codes_references_pass(capsys):
     passes(ch01.check_restart_dead_codes, _restart, capsys, "1.5")
     passes(ch01.check_restart_dead_codes, _restart_by_hand, capsys, "1.5")
+    passes(ch01.check_restart_dead_codes, _restart_multinomial, capsys, "1.5")
 
 
 @pytest.mark.parametrize(
@@ -343,7 +422,12 @@ def test_restart_dead_codes_references_pass(capsys):
         (_from_noise, r"moves every dead code onto a vector of z(.|\n)*3 of 3 are not rows"),
         (_one_row_for_all, r"different dead codes different rows(.|\n)*1 distinct"),
         (_global_rng, r"from `generator` only(.|\n)*generator=generator"),
-        (_in_place, r"leaves the input codebook unchanged(.|\n)*clone"),
+        (_in_place, r"leaves its input codebook unchanged(.|\n)*clone"),
+        (_with_replacement, r"draws 6 distinct rows of z(.|\n)*seed \d+ gave rows(.|\n)*randint"),
+        (_first_rows, r"every row of z is picked sometimes(.|\n)*rows \[6, 7\] never picked"),
+        (_all_but_last_row, r"every row of z is picked sometimes(.|\n)*rows \[7\] never"),
+        (_default_threshold_two, r"threshold left out(.|\n)*threshold=1\.0"),
+        (_needs_a_generator, r"runs on(.|\n)*AttributeError(.|\n)*generator defaults to None"),
         (_randperm_only, r"runs on \(tensor of shape \(4, 3\)(.|\n)*it raised"),
         (stub, r"Exercise 1\.5 \(restart dead codes\): not implemented yet"),
     ],
@@ -422,16 +506,16 @@ def _fsq(z, levels, eps=1e-3):
     return (bounded + (bounded.round() - bounded).detach()) / (n // 2)
 
 
-def _package_fsq(z, levels):
-    return vq.FSQ(tuple(levels)).quantize(z)
+def _package_fsq(z, levels, eps=1e-3):
+    return vq.FSQ(tuple(levels), eps=eps).quantize(z)
 
 
-def _no_straight_through_fsq(z, levels):
-    bounded = vq.FSQ(tuple(levels)).bound(z)
+def _no_straight_through_fsq(z, levels, eps=1e-3):
+    bounded = vq.FSQ(tuple(levels), eps=eps).bound(z)
     return bounded.round() / z.new_tensor([n // 2 for n in levels])  # BUG: zero gradient
 
 
-def _no_bound(z, levels):
+def _no_bound(z, levels, eps=1e-3):
     half = z.new_tensor([n // 2 for n in levels])
     return (z + (z.round() - z).detach()) / half  # BUG: unbounded
 
@@ -442,19 +526,27 @@ def _even_levels_unshifted(z, levels, eps=1e-3):
     return (bounded + (bounded.round() - bounded).detach()) / (n // 2)
 
 
-def _divide_by_levels_minus_one(z, levels):
-    bounded = vq.FSQ(tuple(levels)).bound(z)
+def _divide_by_levels_minus_one(z, levels, eps=1e-3):
+    bounded = vq.FSQ(tuple(levels), eps=eps).bound(z)
     rounded = bounded + (bounded.round() - bounded).detach()
     return rounded / (z.new_tensor(levels) - 1)  # BUG: the grid is scaled by ⌊L/2⌋
 
 
-def _gradient_skips_tanh(z, levels):
-    fsq = vq.FSQ(tuple(levels))
+def _gradient_skips_tanh(z, levels, eps=1e-3):
+    fsq = vq.FSQ(tuple(levels), eps=eps)
     return fsq.quantize(z).detach() + z - z.detach()  # BUG: gradient 1, not tanh's slope
 
 
-def _no_channel_check(z, levels):
-    return vq.FSQ(tuple(levels)).quantize(z[..., : len(levels)])
+def _no_channel_check(z, levels, eps=1e-3):
+    return vq.FSQ(tuple(levels), eps=eps).quantize(z[..., : len(levels)])
+
+
+def _fixed_eps(z, levels, eps=1e-3):
+    return _fsq(z, levels)  # BUG: ignores the eps argument
+
+
+def _no_eps_parameter(z, levels):
+    return _fsq(z, levels)  # BUG: the documented eps parameter is missing
 
 
 def test_fsq_quantize_references_pass(capsys):
@@ -471,6 +563,8 @@ def test_fsq_quantize_references_pass(capsys):
         (_divide_by_levels_minus_one, r"values for levels \(5, 5\)(.|\n)*divide by ⌊L/2⌋"),
         (_gradient_skips_tanh, r"gradient: straight through(.|\n)*tanh's slope"),
         (_no_channel_check, r"raises ValueError when z has 3 channels(.|\n)*no error"),
+        (_fixed_eps, r"uses the eps argument: eps = 0\.1(.|\n)*values differ"),
+        (_no_eps_parameter, r"eps=0\.1\)(.|\n)*unexpected keyword(.|\n)*docstring's signature"),
         (stub, r"Exercise 1\.7 \(finite scalar quantization\): not implemented yet"),
     ],
     ids=case_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from mmcourse import viz
+from mmcourse.checks._contract import call
 from mmcourse.checks._core import Check, exercise, seeded
 from mmcourse.data import shapes
 
@@ -37,6 +38,8 @@ def check_parse_caption(check: Check) -> None:
         ("a red circle", "a caption cut short"),
         ("the red circle in the top left", "a wrong first word"),
         ("a red circle on the top left", "'on' instead of 'in'"),
+        ("a red circle in the top left corner", "a word after the position"),
+        ("a red circle in the", "no position at all"),
     ]:
         check.raises(
             ValueError,
@@ -54,8 +57,8 @@ def check_image_grid(check: Check) -> None:
     dev = check.device
     # A targeted case first: image i is filled with the value i, so a misplaced image is obvious.
     marked = torch.arange(1.0, 6.0).view(5, 1, 1, 1).expand(5, 1, 2, 3).to(dev)  # (5, 1, 2, 3)
-    got = check.call(marked.clone(), ncols=3, pad=1, pad_value=0.0)
     expected = viz.image_grid(marked, ncols=3, pad=1, pad_value=0.0)
+    got = call(check, marked.clone(), ncols=3, pad=1, pad_value=0.0)
     check.close(
         got,
         expected,
@@ -71,30 +74,31 @@ def check_image_grid(check: Check) -> None:
     ]
     for n, c, h, w, ncols, pad, pad_value in cases:
         x = torch.rand(n, c, h, w, generator=g).to(dev)
-        got = check.call(x.clone(), ncols=ncols, pad=pad, pad_value=pad_value)
+        expected = viz.image_grid(x, ncols=ncols, pad=pad, pad_value=pad_value)
+        got = call(check, x, ncols=ncols, pad=pad, pad_value=pad_value)
         check.close(
             got,
-            viz.image_grid(x, ncols=ncols, pad=pad, pad_value=pad_value),
+            expected,
             f"matches the reference for x of shape {(n, c, h, w)}, ncols={ncols}, "
             f"pad={pad}, pad_value={pad_value}",
             hint="output shape (C, rows·(H + pad) + pad, ncols·(W + pad) + pad) with "
             "rows = ceil(N / ncols); the frame is on all four sides",
         )
-    x = torch.rand(4, 3, 3, 3, generator=g, dtype=torch.float64).to(dev)
-    expected, before = viz.image_grid(x, ncols=2, pad=1), x.clone()
-    got = check.call(x, ncols=2, pad=1, pad_value=1.0)
+    x = torch.rand(10, 3, 2, 2, generator=g).to(dev)
+    expected = viz.image_grid(x)
     check.close(
-        got,
+        call(check, x),
+        expected,
+        "uses the documented defaults ncols=8, pad=2, pad_value=1.0 for 10 images",
+        hint="keep the signature image_grid(x, ncols=8, pad=2, pad_value=1.0)",
+    )
+    x = torch.rand(4, 3, 3, 3, generator=g, dtype=torch.float64).to(dev)
+    expected = viz.image_grid(x, ncols=2, pad=1)
+    check.close(
+        call(check, x, ncols=2, pad=1, pad_value=1.0),
         expected,
         "keeps dtype float64 and the device",
         hint="build the grid with x.new_full(...) so it has x's dtype and device",
-    )
-    check.that(
-        torch.equal(x, before),
-        "leaves its input unchanged",
-        expected="x unchanged",
-        got="x was modified",
-        hint="write into a new tensor, never into x",
     )
     check.raises(
         (ValueError, TypeError),

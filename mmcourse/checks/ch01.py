@@ -14,7 +14,17 @@ from typing import Any
 import torch
 
 from mmcourse import vq
-from mmcourse.checks._core import Check, OpSpy, describe, exercise, gradients, leaves, seeded
+from mmcourse.checks._contract import call
+from mmcourse.checks._core import (
+    Check,
+    OpSpy,
+    _Failure,
+    describe,
+    exercise,
+    gradients,
+    leaves,
+    seeded,
+)
 
 _EXPANSION = "‖z − e‖² = ‖z‖² − 2 z·e + ‖e‖²"
 _LOSSES = "codebook_loss = mean (sg(z_e) − e)², commitment_loss = β · mean (z_e − sg(e))²"
@@ -50,7 +60,7 @@ def check_squared_distances(check: Check) -> None:
     z = torch.randn(4, 3, generator=g).to(dev)  # (N, D), N = K on purpose
     zeros = torch.zeros(4, 3, device=dev)  # (K, D)
     check.close(
-        check.call(z, zeros),
+        call(check, z, zeros),
         vq.squared_distances(z, zeros),
         "distances from 4 vectors to 4 zero codes: row i holds ‖z_i‖² in every column",
         atol=1e-4,
@@ -61,7 +71,7 @@ def check_squared_distances(check: Check) -> None:
     codebook = torch.randn(5, 3, generator=g).to(dev)  # (K, D)
     z = codebook[torch.tensor([3, 0, 4, 1, 2])]  # every z_i is a code
     check.close(
-        check.call(z, codebook),
+        call(check, z, codebook),
         vq.squared_distances(z, codebook),
         "vectors that are codes themselves: distance 0 to their own code",
         atol=1e-4,
@@ -72,7 +82,7 @@ def check_squared_distances(check: Check) -> None:
         z = torch.randn(n, d, generator=g, dtype=dtype).to(dev)
         codebook = torch.randn(k, d, generator=g, dtype=dtype).to(dev)
         check.close(
-            check.call(z, codebook),
+            call(check, z, codebook),
             vq.squared_distances(z, codebook),
             f"matches the broadcast ‖z_i − e_k‖² for z ({n}, {d}) and codebook ({k}, {d})",
             atol=1e-4,
@@ -81,7 +91,7 @@ def check_squared_distances(check: Check) -> None:
     z = torch.randn(7, 4, generator=g, dtype=torch.float64).to(dev)
     codebook = torch.randn(5, 4, generator=g, dtype=torch.float64).to(dev)
     check.close(
-        check.call(z, codebook),
+        call(check, z, codebook),
         vq.squared_distances(z, codebook),
         "keeps dtype float64 and the device",
         atol=1e-9,
@@ -91,7 +101,7 @@ def check_squared_distances(check: Check) -> None:
     z = torch.randn(n, d, generator=g).to(dev)
     codebook = torch.randn(k, d, generator=g).to(dev)
     with OpSpy() as spy:
-        check.call(z, codebook)
+        call(check, z, codebook)
     check.that(
         spy.largest < n * k * d,
         f"builds no (N, K, D) tensor of differences (N={n}, K={k}, D={d})",
@@ -120,7 +130,7 @@ def check_vq_losses(check: Check) -> None:
     codes = torch.randn(6, 3, generator=g).to(dev)
     for beta in (0.25, 2.0):
         expected = vq.quantize_losses(z_e, codes, beta)
-        got = _unpack(check, check.call(z_e, codes, beta), ("codebook_loss", "commitment_loss"))
+        got = _unpack(check, call(check, z_e, codes, beta), ("codebook_loss", "commitment_loss"))
         check.close(
             got[0],
             expected[0],
@@ -134,7 +144,7 @@ def check_vq_losses(check: Check) -> None:
             hint=f"β multiplies only the commitment term: {_LOSSES}",
         )
     z_leaf, codes_leaf = leaves(z_e, codes)
-    got = _unpack(check, check.call(z_leaf, codes_leaf, 0.25), ("codebook_loss", "commitment_loss"))
+    got = _unpack(check, call(check, z_leaf, codes_leaf, 0.25), ("codebook_loss", "commitment_loss"))
     ref_z, ref_codes = leaves(z_e, codes)
     expected = vq.quantize_losses(ref_z, ref_codes, 0.25)
     ref_grads = [gradients(loss, (ref_z, ref_codes)) for loss in expected]
@@ -165,14 +175,26 @@ def check_vq_losses(check: Check) -> None:
         hint="stop the gradient with e.detach() in the commitment loss; otherwise β scales "
         "the codebook's update too",
     )
+    expected = vq.quantize_losses(z_e, codes)
+    got = _unpack(check, call(check, z_e, codes), ("codebook_loss", "commitment_loss"))
+    for index, name in enumerate(("codebook_loss", "commitment_loss")):
+        check.close(
+            got[index],
+            expected[index],
+            f"{name} with beta left out: the documented default β = 0.25",
+            hint="keep the signature vq_losses(z_e, e, beta=0.25)",
+        )
     z64, codes64 = z_e.double(), codes.double()
-    got = _unpack(check, check.call(z64, codes64, 0.25), ("codebook_loss", "commitment_loss"))
-    check.close(
-        got[1],
-        vq.quantize_losses(z64, codes64, 0.25)[1],
-        "keeps dtype float64 and the device",
-        atol=1e-9,
-    )
+    expected = vq.quantize_losses(z64, codes64, 0.25)
+    got = _unpack(check, call(check, z64, codes64, 0.25), ("codebook_loss", "commitment_loss"))
+    for index, name in enumerate(("codebook_loss", "commitment_loss")):
+        check.close(
+            got[index],
+            expected[index],
+            f"keeps dtype float64 and the device ({name})",
+            atol=1e-9,
+            hint="compute with the inputs' own tensors; no Python floats or float32 tensors",
+        )
 
 
 # --------------------------------------------------------------- Exercise 1.3: forward pass
@@ -198,11 +220,12 @@ def check_vq_forward(check: Check) -> None:
     """Exercise 1.3: vq_forward(z_e (N, D), codebook (K, D), beta) -> (z_q, tokens,
     codebook_loss, commitment_loss)."""
     g, dev = seeded(13), check.device
-    for n, k in [(8, 8), (10, 6)]:  # N = K first: a transposed distance matrix still fits
+    # N = K first: a transposed distance matrix still fits; then β away from its default
+    for n, k, beta in [(8, 8, 0.25), (10, 6, 2.0)]:
         z_e = torch.randn(n, 4, generator=g).to(dev)
         codebook = torch.randn(k, 4, generator=g).to(dev)
-        expected = _vq_forward(z_e, codebook, 0.25)
-        got = _unpack(check, check.call(z_e, codebook, 0.25), _FORWARD)
+        expected = _vq_forward(z_e, codebook, beta)
+        got = _unpack(check, call(check, z_e, codebook, beta), _FORWARD)
         check.equal(
             got[1],
             expected[1],
@@ -220,14 +243,14 @@ def check_vq_forward(check: Check) -> None:
             check.close(
                 got[index],
                 expected[index],
-                f"{name} (N={n}, K={k})",
-                hint=f"{_LOSSES}, with β on the commitment term only",
+                f"{name} (N={n}, K={k}, beta={beta})",
+                hint=f"{_LOSSES}, with β = the beta argument on the commitment term only",
             )
     z_e = torch.randn(12, 4, generator=g).to(dev)
     codebook = torch.randn(6, 4, generator=g).to(dev)
     upstream = torch.randn(12, 4, generator=g).to(dev)  # ∂L/∂z_q from a pretend decoder
     z_leaf, cb_leaf = leaves(z_e, codebook)
-    got = _unpack(check, check.call(z_leaf, cb_leaf, 0.25), _FORWARD)
+    got = _unpack(check, call(check, z_leaf, cb_leaf, 0.25), _FORWARD)
     ref_z, ref_cb = leaves(z_e, codebook)
     expected = _vq_forward(ref_z, ref_cb, 0.25)
     downstream = [
@@ -270,22 +293,33 @@ def check_vq_forward(check: Check) -> None:
         "the commitment loss gives the codebook no gradient",
         hint="detach the codes in the commitment loss: β‖z_e − sg(e)‖²",
     )
-    part = _unpack(check, check.call(z_e[:5], codebook, 0.25), _FORWARD)
-    whole = _unpack(check, check.call(z_e, codebook, 0.25), _FORWARD)
+    part = _unpack(check, call(check, z_e[:5], codebook, 0.25), _FORWARD)
+    whole = _unpack(check, call(check, z_e, codebook, 0.25), _FORWARD)
     check.equal(
         part[1],
         whole[1][:5],
         "each row is quantized on its own: the first 5 rows alone get the same tokens",
         hint="a row's token depends only on that row and the codebook",
     )
-    z64, cb64 = z_e.double(), codebook.double()
-    got = _unpack(check, check.call(z64, cb64, 0.25), _FORWARD)
+    expected = _vq_forward(z_e, codebook, 0.25)
+    got = _unpack(check, call(check, z_e, codebook), _FORWARD)
     check.close(
-        got[0],
-        _vq_forward(z64, cb64, 0.25)[0],
-        "keeps dtype float64 and the device for z_q",
-        atol=1e-9,
+        got[3],
+        expected[3],
+        "commitment_loss with beta left out: the documented default β = 0.25",
+        hint="keep the signature vq_forward(z_e, codebook, beta=0.25)",
     )
+    z64, cb64 = z_e.double(), codebook.double()
+    expected = _vq_forward(z64, cb64, 0.25)
+    got = _unpack(check, call(check, z64, cb64, 0.25), _FORWARD)
+    for index in (0, 2, 3):
+        check.close(
+            got[index],
+            expected[index],
+            f"keeps dtype float64 and the device for {_FORWARD[index]}",
+            atol=1e-9,
+            hint="compute with the inputs' own tensors; no Python floats or float32 tensors",
+        )
 
 
 # ----------------------------------------------------------- Exercise 1.4: codebook health
@@ -304,7 +338,7 @@ def check_codebook_usage(check: Check) -> None:
     ]
     for tokens, k, what in cases:
         tokens = tokens.to(dev)
-        got = _unpack(check, check.call(tokens, k), ("usage", "perplexity"))
+        got = _unpack(check, call(check, tokens, k), ("usage", "perplexity"))
         usage, ppl = vq.code_usage(tokens, k), vq.perplexity(tokens, k)
         check.that(
             math.isclose(float(got[0]), usage, rel_tol=1e-5),
@@ -339,24 +373,8 @@ def _check_restart(
 ) -> torch.Tensor:
     """Run the candidate once and check which codes moved and where to; returns its result."""
     before = codebook.clone()
-    got = check.call(codebook, counts, z, threshold, generator=seeded(0))
-    check.that(
-        isinstance(got, torch.Tensor)
-        and got.shape == codebook.shape
-        and got.dtype == codebook.dtype
-        and got.device == codebook.device,
-        f"returns a new codebook like the old one ({what})",
-        expected=describe(codebook),
-        got=describe(got),
-        hint="return the codebook (K, D), with the input's dtype and device",
-    )
-    check.that(
-        torch.equal(codebook, before),
-        f"leaves the input codebook unchanged ({what})",
-        expected="the input unchanged",
-        got="the input codebook was modified",
-        hint="work on codebook.clone() and return it",
-    )
+    got = call(check, codebook, counts, z, threshold, generator=seeded(0))
+    _like_codebook(check, got, codebook, what)
     dead = counts < threshold  # (K,)
     live = (got[~dead] == before[~dead]).all(dim=1)
     check.that(
@@ -379,6 +397,85 @@ def _check_restart(
     return got
 
 
+def _like_codebook(check: Check, got: Any, codebook: torch.Tensor, what: str) -> None:
+    check.that(
+        isinstance(got, torch.Tensor)
+        and got.shape == codebook.shape
+        and got.dtype == codebook.dtype
+        and got.device == codebook.device,
+        f"returns a new codebook like the old one ({what})",
+        expected=describe(codebook),
+        got=describe(got),
+        hint="return the codebook (K, D), with the input's dtype and device",
+    )
+
+
+def _picked_rows(got: torch.Tensor, dead: torch.Tensor, z: torch.Tensor) -> list[int]:
+    """For each dead code, the index of the row of z it now equals (−1 if none)."""
+    match = (got[dead][:, None, :] == z[None, :, :]).all(dim=2)  # (n_dead, N)
+    return [int(row.nonzero()[0]) if row.any() else -1 for row in match]
+
+
+_NO_GENERATOR_HINT = (
+    "generator defaults to None: pass it through as it is, torch.randperm(len(z), "
+    "generator=generator), which draws from the global random state when it is None"
+)
+
+
+def _check_rows_of_z(
+    check: Check, got: Any, codebook: torch.Tensor, counts: torch.Tensor, z: torch.Tensor
+) -> None:
+    _like_codebook(check, got, codebook, "generator=None")
+    rows = _picked_rows(got, counts < 1, z)
+    check.that(
+        -1 not in rows and bool((got[counts >= 1] == codebook[counts >= 1]).all()),
+        "works without a generator (generator=None: the global random state)",
+        expected="the dead codes on rows of z, the others unchanged",
+        got=f"{rows.count(-1)} of {len(rows)} dead codes are not rows of z",
+        hint=_NO_GENERATOR_HINT,
+    )
+
+
+def _check_random_rows(check: Check, g: torch.Generator, dev: torch.device) -> None:
+    """Over many seeds: distinct rows for the dead codes, and every row of z drawn sometimes."""
+    codebook = torch.randn(8, 3, generator=g).to(dev)
+    counts = torch.tensor([0, 0, 0, 9, 0, 0, 0, 9], device=dev)  # 6 dead codes
+    z = torch.randn(8, 3, generator=g).to(dev) + 5  # 8 different rows
+    dead = counts < 1
+    seeds, picks = range(24), []
+    for seed in seeds:
+        got = call(check, codebook, counts, z, 1.0, generator=seeded(seed))
+        _like_codebook(check, got, codebook, f"seed {seed}")
+        rows = _picked_rows(got, dead, z)
+        check.that(
+            -1 not in rows,
+            f"moves every dead code onto a vector of z (seed {seed})",
+            expected="each revived code equal to some row of z",
+            got=f"{rows.count(-1)} of {len(rows)} are not rows of z",
+            hint="codebook[k] = z[i] for a random row i",
+        )
+        picks.append(rows)
+    repeated = [(seed, rows) for seed, rows in zip(seeds, picks) if len(set(rows)) < len(rows)]
+    check.that(
+        not repeated,
+        f"draws 6 distinct rows of z (N = 8) for 6 dead codes, for each of {len(seeds)} seeds",
+        expected="no row of z given to two dead codes",
+        got=f"seed {repeated[0][0]} gave rows {repeated[0][1]}" if repeated else "",
+        hint="draw without replacement while N allows: torch.randperm(len(z), "
+        "generator=generator)[:n_dead]; torch.randint draws with replacement and repeats rows",
+    )
+    never = sorted(set(range(len(z))) - {r for rows in picks for r in rows})
+    check.that(
+        not never,
+        f"draws the rows at random: over {len(seeds)} seeds every row of z is picked sometimes",
+        expected="each of the 8 rows of z picked for some seed",
+        got=f"rows {never} never picked; seeds 0 and 1 gave rows {picks[0]} and {picks[1]}",
+        hint="the rows must be a uniform random choice among all N rows of z, e.g. "
+        "torch.randperm(len(z), generator=generator)[:n_dead]; the first rows of z (or a "
+        "permutation of only some of them) revive the same vectors every time",
+    )
+
+
 @exercise("1.5", "restart dead codes")
 def check_restart_dead_codes(check: Check) -> None:
     """Exercise 1.5: restart_dead_codes(codebook (K, D), counts (K,), z (N, D), threshold,
@@ -398,14 +495,15 @@ def check_restart_dead_codes(check: Check) -> None:
         hint="draw distinct rows, e.g. torch.randperm(len(z), generator=generator)[:n_dead]; "
         "codes restarted on the same vector compete for it and all but one die again",
     )
+    _check_random_rows(check, g, dev)
     thresholded = torch.tensor([3, 1, 2, 0], device=dev)
     _check_restart(check, codebook[:4], thresholded, z, 2.0, "counts [3, 1, 2, 0], threshold 2")
     few = torch.randn(2, 3, generator=g).to(dev)
     _check_restart(check, codebook[:4], torch.zeros(4, device=dev), few, 1.0, "4 dead, 2 rows")
-    same = [check.call(codebook, counts, z, 1.0, generator=seeded(7)) for _ in range(2)]
+    same = [call(check, codebook, counts, z, 1.0, generator=seeded(7)) for _ in range(2)]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(123)
-        other_global = check.call(codebook, counts, z, 1.0, generator=seeded(7))
+        other_global = call(check, codebook, counts, z, 1.0, generator=seeded(7))
     check.that(
         torch.equal(same[0], same[1]) and torch.equal(same[0], other_global),
         "draws its random rows from `generator` only: the same seed gives the same codebook",
@@ -414,9 +512,24 @@ def check_restart_dead_codes(check: Check) -> None:
         hint="pass generator=generator to torch.randperm / torch.randint (on the CPU, then "
         "move the indices to z.device); don't use the global random state",
     )
+    check.equal(
+        call(check, codebook, counts, z, generator=seeded(3)),
+        call(check, codebook, counts, z, 1.0, generator=seeded(3)),
+        "threshold left out: the documented default threshold = 1.0",
+        hint="keep the signature restart_dead_codes(codebook, counts, z, threshold=1.0, "
+        "generator=None)",
+    )
+    with torch.random.fork_rng(devices=[]):  # the learner's global random state untouched
+        torch.manual_seed(0)
+        try:
+            got = call(check, codebook, counts, z, 1.0)
+        except _Failure as failure:
+            failure.hint = _NO_GENERATOR_HINT
+            raise
+        _check_rows_of_z(check, got, codebook, counts, z)
     alive = torch.ones(6, device=dev)
     check.equal(
-        check.call(codebook, alive, z, 1.0, generator=seeded(0)),
+        call(check, codebook, alive, z, 1.0, generator=seeded(0)),
         codebook,
         "changes nothing when no code is dead",
     )
@@ -452,7 +565,7 @@ def check_rvq_encode(check: Check) -> None:
     g, dev = seeded(16), check.device
     z = torch.randn(20, 3, generator=g).to(dev)
     books = [b.to(dev) for b in _stage_codebooks(g, 3, 8, 3)]
-    tokens, z_q = _unpack(check, check.call(z, books[:1]), ("tokens", "z_q"))
+    tokens, z_q = _unpack(check, call(check, z, books[:1]), ("tokens", "z_q"))
     check.equal(
         tokens,
         vq.nearest_code(z, books[0])[:, None],
@@ -460,7 +573,7 @@ def check_rvq_encode(check: Check) -> None:
         hint="tokens has shape (N, S), one column per stage; torch.stack(per_stage, dim=1)",
     )
     expected_tokens, expected_z_q = _rvq_reference(z, books)
-    tokens, z_q = _unpack(check, check.call(z, books), ("tokens", "z_q"))
+    tokens, z_q = _unpack(check, call(check, z, books), ("tokens", "z_q"))
     check.equal(
         tokens,
         expected_tokens,
@@ -476,7 +589,7 @@ def check_rvq_encode(check: Check) -> None:
     )
     errors = []
     for s in range(1, len(books) + 1):
-        _, partial = _unpack(check, check.call(z, books[:s]), ("tokens", "z_q"))
+        _, partial = _unpack(check, call(check, z, books[:s]), ("tokens", "z_q"))
         errors.append((z - partial).pow(2).mean().item())
     check.that(
         all(b <= a + 1e-6 for a, b in zip(errors, errors[1:])),
@@ -485,14 +598,14 @@ def check_rvq_encode(check: Check) -> None:
         got="errors " + ", ".join(f"{e:.4f}" for e in errors),
         hint="each stage must quantize what the stages before left over",
     )
-    part = _unpack(check, check.call(z[:7], books), ("tokens", "z_q"))
+    part = _unpack(check, call(check, z[:7], books), ("tokens", "z_q"))
     check.equal(
         part[0],
         expected_tokens[:7],
         "each row is encoded on its own: the first 7 rows alone get the same tokens",
     )
     z64, books64 = z.double(), [b.double() for b in books]
-    _, z_q = _unpack(check, check.call(z64, books64), ("tokens", "z_q"))
+    _, z_q = _unpack(check, call(check, z64, books64), ("tokens", "z_q"))
     check.close(z_q, _rvq_reference(z64, books64)[1], "keeps dtype float64 and the device")
 
 
@@ -505,7 +618,7 @@ def check_fsq_quantize(check: Check) -> None:
     g, dev = seeded(17), check.device
     for levels, shape in [((5, 5), (64, 2)), ((8, 5, 5, 5), (3, 10, 4)), ((2, 3, 4), (40, 3))]:
         z = (torch.randn(*shape, generator=g) * 2).to(dev)
-        got = check.call(z, levels)
+        got = call(check, z, levels)
         fsq = vq.FSQ(levels)
         check.close(
             got,
@@ -517,7 +630,7 @@ def check_fsq_quantize(check: Check) -> None:
         )
     huge = torch.tensor([[-100.0, -100.0], [100.0, 100.0]], device=dev)
     check.close(
-        check.call(huge, (5, 8)),
+        call(check, huge, (5, 8)),
         vq.FSQ((5, 8)).quantize(huge),
         "saturates: z = ±100 maps to the outermost levels (−1, −1) and (1, ¾) for levels (5, 8)",
         atol=1e-6,
@@ -526,7 +639,7 @@ def check_fsq_quantize(check: Check) -> None:
     z = (torch.randn(16, 3, generator=g) * 2).to(dev)
     upstream = torch.randn(16, 3, generator=g).to(dev)
     (leaf,), (ref_leaf,) = leaves(z), leaves(z)
-    got = check.call(leaf, (7, 4, 3))
+    got = call(check, leaf, (7, 4, 3))
     check.that(
         isinstance(got, torch.Tensor) and got.requires_grad,
         "the output carries a gradient back to z",
@@ -541,9 +654,17 @@ def check_fsq_quantize(check: Check) -> None:
         hint="the straight-through step goes on the bounded value b, b + sg(round(b) − b), so "
         "the gradient still carries tanh's slope and the 1/⌊L/2⌋ scale",
     )
+    wide = (torch.randn(200, 3, generator=g) * 1.5).to(dev)
+    check.close(
+        call(check, wide, (5, 4, 3), eps=0.1),
+        vq.FSQ((5, 4, 3), eps=0.1).quantize(wide),
+        "uses the eps argument: eps = 0.1, levels (5, 4, 3)",
+        atol=1e-6,
+        hint="h = (L − 1)(1 + eps)/2 with the eps argument, not a fixed 1e-3",
+    )
     z64 = z.double()
     check.close(
-        check.call(z64, (7, 4, 3)),
+        call(check, z64, (7, 4, 3)),
         vq.FSQ((7, 4, 3)).quantize(z64),
         "keeps dtype float64 and the device",
         atol=1e-9,

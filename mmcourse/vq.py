@@ -87,10 +87,27 @@ def nearest_code(
     """
     z, codebook = _check_pair(z, codebook)
     if chunk_size is None:
-        return squared_distances(z, codebook).argmin(dim=1)
-    _validate.positive_int("chunk_size", chunk_size)
-    blocks = [squared_distances(c, codebook).argmin(dim=1) for c in z.split(chunk_size)]
-    return torch.cat(blocks)  # (N,)
+        tokens = squared_distances(z, codebook).argmin(dim=1)  # (N,)
+    else:
+        _validate.positive_int("chunk_size", chunk_size)
+        blocks = [squared_distances(c, codebook).argmin(dim=1) for c in z.split(chunk_size)]
+        tokens = torch.cat(blocks)  # (N,)
+    first = _first_copies(codebook)
+    return tokens if first is None else first[tokens]
+
+
+def _first_copies(codebook: torch.Tensor) -> torch.Tensor | None:
+    """(K,) long: for each code, the lowest index of a code equal to it; None when all codes
+    differ. Identical codes are exact ties, yet a matrix product may round identical columns of
+    z @ codebook.T differently (float64 BLAS kernels do), so argmin alone can pick the later
+    copy; mapping every token to its first copy restores "ties go to the lowest index"."""
+    unique, group = torch.unique(codebook, dim=0, return_inverse=True)  # group: (K,)
+    if len(unique) == len(codebook):
+        return None
+    index = torch.arange(len(codebook), device=codebook.device)
+    first = torch.full((len(unique),), len(codebook), device=codebook.device)
+    first = first.scatter_reduce(0, group, index, reduce="amin")  # (U,) lowest index per group
+    return first[group]  # (K,)
 
 
 # ------------------------------------------------------------------------------ the VQ layer

@@ -101,6 +101,24 @@ def test_ties_go_to_the_lowest_index():
     assert torch.equal(nearest_code(z, codebook, chunk_size=2), want)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("k", "d"), [(64, 16), (512, 64), (100, 33)])
+def test_duplicated_codes_go_to_the_lowest_copy_like_the_broadcast(dtype, k, d):
+    # Copies of a code are exact ties, yet a matrix product can round identical columns of
+    # z @ codebook.T differently (in float64 a few % of rows picked the later copy). The direct
+    # broadcast computes every copy the same way, so its argmin is the second formulation.
+    g = _gen(k + d)
+    half = torch.randn(k // 2, d, generator=g, dtype=dtype)
+    codebook = torch.cat([half, half])[torch.randperm(k, generator=g)]  # every code twice
+    z = torch.randn(3000, d, generator=g, dtype=dtype)
+    want = _broadcast_distances(z, codebook).argmin(1)
+    assert torch.equal(nearest_code_naive(z, codebook), want)
+    assert torch.equal(nearest_code(z, codebook), want)
+    assert torch.equal(nearest_code(z, codebook, chunk_size=777), want)
+    first = [int((codebook == codebook[i]).all(1).nonzero()[0]) for i in range(k)]
+    assert all(first[int(t)] == int(t) for t in want.unique())  # only first copies chosen
+
+
 # ------------------------------------------------------------------------------ the VQ layer
 
 

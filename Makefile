@@ -3,7 +3,7 @@
 #   make test       the whole test suite: pytest over tests/ plus nbval over solutions/, on CPU
 #   make student    regenerate notebooks/ (student versions) from solutions/
 #   make bench      run every benchmark and refresh the table in benchmarks/README.md
-#   make test-gpu   the tests marked `gpu`, then every benchmark, on CUDA
+#   make test-gpu   the whole suite, every solution notebook and every benchmark, on CUDA
 #   make check NB=notebooks/NN_topic.ipynb   grade one learner notebook (nbval), exercise by exercise
 #   make browser    install Debian's chromium for the browser test (root; CI runs it)
 # Knobs: PYTHON (interpreter that creates .venv), TORCH (the torch requirement; keep it equal to
@@ -47,9 +47,10 @@ student: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py --all --update-readme
 
+# The whole suite and every solution notebook on CUDA (in parallel, then each notebook alone),
+# then every benchmark; logs and a summary in gpu-logs/. See .ci/gpu-check for its options.
 test-gpu: $(STAMP)
-	MMCOURSE_DEVICE=cuda $(BIN)/python -m pytest -m gpu tests
-	MMCOURSE_DEVICE=cuda $(BIN)/python benchmarks/run.py --all
+	bash .ci/gpu-check --python $(BIN)/python --budget 100000
 
 check: $(STAMP)
 	@test -n "$(NB)" || { echo "usage: make check NB=notebooks/NN_topic.ipynb"; exit 2; }

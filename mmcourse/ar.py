@@ -162,11 +162,13 @@ def mismatch_captions(seqs: torch.Tensor, fraction: float, seed: int = 0) -> tor
 
 
 def drop_captions(seqs: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
-    """Caption dropout: each row's caption ids become NULL with probability p (same length)."""
+    """Caption dropout: each row's caption ids become NULL with probability p (same length).
+    The draws come from `generator`, on its device."""
     seqs = _validate.tensor("seqs", seqs, shape=("B", SEQ_LEN), dtype=torch.long)
-    drop = torch.rand(len(seqs), generator=generator).to(seqs.device) < p  # (B,)
+    drop = torch.rand(len(seqs), generator=generator, device=generator.device) < p  # (B,)
+    drop = drop.to(seqs.device)
     out = seqs.clone()
-    out[drop, :CAPTION_LEN] = NULL
+    out[:, :CAPTION_LEN] = torch.where(drop[:, None], NULL, seqs[:, :CAPTION_LEN])  # no sync
     return out
 
 
@@ -202,31 +204,38 @@ def train_ar(
     seed: int = 0,
     progress: bool = True,
     callback: Callable[[int, GPT], None] | None = None,
+    device: torch.device | str | None = None,
 ) -> TrainResult:
     """Train a GPT on sequences (N, SEQ_LEN): captions dropped with probability p_uncond, AdamW
     with warm-up and cosine decay over `steps`, gradient clipping at 1. `callback(step, model)`,
     if given, runs after every optimizer step (step = 1 … steps), e.g. to keep a snapshot of an
-    early checkpoint of the same run; it must not change the model."""
+    early checkpoint of the same run; it must not change the model.
+
+    The model and the sequences live on `device` (default: the course's), the batches are drawn
+    there by a generator of that device (on the CPU, the same draws as always), and the losses
+    are read back once, at the end."""
     seqs = _validate.tensor("seqs", seqs, shape=("N", SEQ_LEN), dtype=torch.long)
     steps, batch = _validate.positive_int("steps", steps), _validate.positive_int("batch", batch)
+    dev = torch.device(device) if device is not None else default_device()
     torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    model = GPT(config or default_config())
+    g = torch.Generator(device=dev).manual_seed(seed)
+    model = GPT(config or default_config()).to(dev)
+    seqs = seqs.to(dev)
     opt, schedule = gpt_optimizer(model, lr, steps)
-    losses, start = [], time.perf_counter()
+    losses, start = torch.zeros(steps, device=dev), time.perf_counter()
     model.train()
     for step in tqdm(range(1, steps + 1), desc="train", disable=not progress):
-        idx = torch.randint(len(seqs), (batch,), generator=g)
+        idx = torch.randint(len(seqs), (batch,), generator=g, device=dev)
         loss = lm_loss(model, drop_captions(seqs[idx], p_uncond, g))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         schedule.step()
-        losses.append(loss.item())
+        losses[step - 1] = loss.detach()
         if callback is not None:
             callback(step, model)
-    return TrainResult(model.eval(), losses, time.perf_counter() - start)
+    return TrainResult(model.eval(), losses.tolist(), time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------- shipped weights and rebuild
@@ -299,7 +308,7 @@ def rebuild(seed: int = 0) -> str:
             if step == early_steps:
                 _save_half(EARLY_PATH, model)
 
-        result = train_ar(seqs, steps=TRAIN_STEPS, seed=seed, callback=snapshot)
+        result = train_ar(seqs, steps=TRAIN_STEPS, seed=seed, callback=snapshot, device="cpu")
         _save_half(PATH, result.model)
         lines = [f"wrote {PATH.name} and {EARLY_PATH.name} in {result.seconds:.0f} s"]
         for path, steps in ((EARLY_PATH, early_steps), (PATH, TRAIN_STEPS)):
@@ -317,7 +326,7 @@ def rebuild_noisy(seed: int = 0) -> str:
     with one_thread():
         seqs = shapes_sequences(seed=seed, tokenizer=load_tokenizer(device="cpu"))
         noisy = mismatch_captions(seqs, CAPTION_NOISE, seed)
-        result = train_ar(noisy, steps=TRAIN_STEPS, seed=seed)
+        result = train_ar(noisy, steps=TRAIN_STEPS, seed=seed, device="cpu")
         _save_half(NOISY_PATH, result.model)
         return "\n".join([
             f"wrote {NOISY_PATH.name} ({CAPTION_NOISE:.0%} of captions mismatched) in "

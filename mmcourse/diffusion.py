@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from mmcourse import _validate, checkpoints
 from mmcourse.data import ShapesDataset, all_captions, caption_to_labels
 from mmcourse.env import device as default_device
+from mmcourse.env import to_device
 from mmcourse.unet import NULL, UNet
 
 PATH = checkpoints.DATA_DIR / "diffusion_shapes.pt"
@@ -105,7 +106,7 @@ def drop_labels(labels: torch.Tensor, p: float, generator: torch.Generator) -> t
     """Conditioning dropout: each row of labels (B, 3) becomes NULL with probability p, so the
     network also learns the unconditional ε_θ(x_t, t, ∅) that guidance needs."""
     labels = _validate.tensor("labels", labels, shape=("B", 3), dtype=torch.long)
-    drop = torch.rand(len(labels), generator=generator) < p  # (B,) on the CPU generator
+    drop = torch.rand(len(labels), generator=generator, device=generator.device) < p  # (B,)
     return torch.where(drop.to(labels.device)[:, None], NULL, labels)
 
 
@@ -272,38 +273,50 @@ def train_diffusion(
     alpha_bar: torch.Tensor | None = None,
     seed: int = 0,
     progress: bool = True,
+    device: torch.device | str | None = None,
 ) -> TrainResult:
     """Train an ε-prediction U-Net (`config`: UNet keyword arguments) on data x0 (N, C, H, W) in
     model space with labels (N, 3):
     random t and ε per example, captions dropped with probability p_uncond, AdamW with warm-up
-    and cosine decay, and an EMA of the weights (what sampling uses)."""
+    and cosine decay, and an EMA of the weights (what sampling uses).
+
+    Everything happens on `device` (default: the course's): the data moves there once, and t, ε
+    and the dropped captions are drawn there by a generator of that device (on the CPU, the
+    same draws as always); the losses are read back once, at the end."""
     x0 = _validate.tensor("x0", x0, shape=("N", None, None, None), floating=True)
     labels = _validate.tensor("labels", labels, shape=(len(x0), 3), dtype=torch.long)
     steps, batch = _validate.positive_int("steps", steps), _validate.positive_int("batch", batch)
+    dev = torch.device(device) if device is not None else default_device()
     torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    model = UNet(**(config or {"in_channels": x0.shape[1]}))  # built after seeding
+    g = torch.Generator(device=dev).manual_seed(seed)
+    model = UNet(**(config or {"in_channels": x0.shape[1]})).to(dev)  # built after seeding
     alpha_bar = linear_schedule() if alpha_bar is None else _check_alpha_bar(alpha_bar)
+    a_dev = alpha_bar.to(dev)  # ᾱ on the device, indexed by t there
+    x0, labels = x0.to(dev), labels.to(dev)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     warmup = max(steps // 20, 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: min((i + 1) / warmup, 0.5 * (1 + math.cos(math.pi * i / steps)))
     )
-    losses, start = [], time.perf_counter()
+    losses, start = torch.zeros(steps, device=dev), time.perf_counter()
     model.train()
     for step in tqdm(range(steps), desc="train", disable=not progress):
-        idx = torch.randint(len(x0), (batch,), generator=g)
-        t = torch.randint(len(alpha_bar), (batch,), generator=g)  # (B,) uniform timesteps
-        eps = torch.randn(x0[idx].shape, generator=g)  # (B, C, H, W)
+        idx = torch.randint(len(x0), (batch,), generator=g, device=dev)
+        t = torch.randint(len(alpha_bar), (batch,), generator=g, device=dev)  # (B,) uniform
+        x = x0[idx]  # (B, C, H, W)
+        eps = torch.randn(x.shape, generator=g, device=dev)
         y = drop_labels(labels[idx], p_uncond, g)
-        loss = diffusion_loss(model, x0[idx], t, y, alpha_bar, eps)
+        a = a_dev[t].to(x.dtype)[:, None, None, None]  # ᾱ_t, as q_sample (unchecked: no sync)
+        x_t = a.sqrt() * x + (1 - a).sqrt() * eps
+        loss = (model(x_t, t, y) - eps).pow(2).mean()  # diffusion_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         schedule.step()
         ema_update(ema, model, step, ema_decay)
-        losses.append(loss.item())
+        losses[step] = loss.detach()
+    losses = losses.tolist()  # the only read-back of the run
     return TrainResult(ema, losses, time.perf_counter() - start)
 
 
@@ -438,7 +451,7 @@ def _rebuild_pixel(seed: int) -> str:
 
     with one_thread():
         x0, labels = shapes_data(seed=seed)
-        result = train_diffusion(x0, labels, steps=PIXEL_STEPS, batch=128, seed=seed)
+        result = train_diffusion(x0, labels, steps=PIXEL_STEPS, batch=128, seed=seed, device="cpu")
         config = result.model.config | {"schedule": "linear"}
         checkpoints.save(PATH, result.model.state_dict(), config=config, command=COMMAND)
         labels = caption_labels(2)
@@ -461,7 +474,13 @@ def _rebuild_latent(seed: int) -> str:
         scale = latent_scale(z)
         config = {"in_channels": z.shape[1], "channels": (48, 96), "patch": 1}
         result = train_diffusion(
-            z * scale, labels, config=config, steps=LATENT_STEPS, batch=128, seed=seed
+            z * scale,
+            labels,
+            config=config,
+            steps=LATENT_STEPS,
+            batch=128,
+            seed=seed,
+            device="cpu",
         )
         config = result.model.config | {"schedule": "linear", "latent_scale": scale}
         checkpoints.save(LATENT_PATH, result.model.state_dict(), config=config, command=COMMAND)
@@ -496,13 +515,16 @@ def _start(
         raise ValueError(f"shape must be (C, H, W) of positive ints, got {shape!r}")
     param = next(model.parameters())
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    x = torch.randn((len(labels), *shape), generator=generator).to(param)  # x_T
+    x_T = torch.randn((len(labels), *shape), generator=generator, device=generator.device)
+    x = to_device(x_T, param.device).to(param.dtype)
     return x, labels.to(param.device), alpha_bar, generator
 
 
 def _randn_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Noise drawn on the CPU generator (the same on every device), moved to x's device."""
-    return torch.randn(x.shape, generator=generator).to(x)
+    """Noise drawn by `generator` on its device (by default the CPU, so that every device
+    samples the same images), moved to x's device without making the CPU wait for the GPU."""
+    noise = torch.randn(x.shape, generator=generator, device=generator.device)
+    return to_device(noise, x.device).to(x.dtype)
 
 
 def _check_like(name: str, y: object, x: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,39 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+@contextmanager
+def compute_threads(dev: str | torch.device | None = None) -> Iterator[None]:
+    """Run the block with the CPU thread count that suits computing on `dev` (default: the
+    course's device): one thread on the CPU (see `one_thread`), torch's own setting on a GPU,
+    where the CPU only prepares batches and launches kernels and one slow thread would starve
+    the GPU."""
+    if torch.device(dev if dev is not None else device()).type == "cpu":
+        with one_thread():
+            yield
+    else:
+        yield
+
+
+def set_compute_threads(dev: str | torch.device | None = None) -> int:
+    """A notebook's setting for the whole session, as `compute_threads` for one block: one CPU
+    thread when the course computes on the CPU, torch's setting left alone on a GPU. Returns
+    the number of threads torch now uses."""
+    if torch.device(dev if dev is not None else device()).type == "cpu":
+        torch.set_num_threads(1)
+    return torch.get_num_threads()
+
+
+def to_device(x: torch.Tensor, dev: str | torch.device) -> torch.Tensor:
+    """`x` on `dev`. A CPU tensor bound for a GPU goes through page-locked memory without
+    blocking: a plain `.to("cuda")` makes the CPU wait until the GPU has finished everything
+    queued before it, once per training step if the batches are drawn on the CPU. On the CPU
+    this is `x.to(dev)`, the same tensor."""
+    dev = torch.device(dev)
+    if dev.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(dev, non_blocking=True)
+    return x.to(dev)
+
+
 def device() -> torch.device:
     """The device the course computes on: $MMCOURSE_DEVICE if set (e.g. "cpu", "cuda:0"),
     else "cuda" when a GPU is available, else "cpu"."""

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from mmcourse import _validate, checkpoints
 from mmcourse.data import COLORS, POSITIONS, SHAPES, ShapesDataset, all_captions
-from mmcourse.env import one_thread
+from mmcourse.env import device as default_device
+from mmcourse.env import one_thread, to_device
 from mmcourse.vit import Block, TrainResult, ViT, fit
 
 CLIP_PATH = checkpoints.DATA_DIR / "clip_shapes.pt"
@@ -153,10 +154,13 @@ class CLIP(nn.Module):
 @torch.no_grad()
 def retrieve(model: CLIP, x: torch.Tensor, candidates: Sequence[str]) -> list[str]:
     """Image → caption retrieval: for each image (N, 3, 32, 32), the candidate caption whose
-    embedding has the largest cosine similarity with the image's."""
+    embedding has the largest cosine similarity with the image's (computed on the model's
+    device)."""
     x = _validate.tensor("x", x, shape=("N", 3, 32, 32), floating=True)
-    text = model.encode_text(encode_captions(candidates).to(x.device))  # (K, E)
-    best = torch.cat([model.encode_image(xb) @ text.T for xb in x.split(512)]).argmax(dim=1)
+    dev = model.logit_scale.device
+    text = model.encode_text(encode_captions(candidates).to(dev))  # (K, E)
+    scores = [model.encode_image(xb.to(dev)) @ text.T for xb in x.split(512)]
+    best = torch.cat(scores).argmax(dim=1)
     return [candidates[i] for i in best.tolist()]
 
 
@@ -257,8 +261,8 @@ class Captioner(nn.Module):
 
     @torch.no_grad()
     def generate(self, x: torch.Tensor) -> list[str]:
-        """Greedy captions for images x (B, 3, 32, 32)."""
-        x = _validate.tensor("x", x, shape=("B", 3, 32, 32), floating=True)
+        """Greedy captions for images x (B, 3, 32, 32), written on the model's device."""
+        x = _validate.tensor("x", x, shape=("B", 3, 32, 32), floating=True).to(self.pos.device)
         image_tokens = self.image_tokens(x)
         ids = torch.full((len(x), 1), BOS, dtype=torch.long, device=x.device)
         for _ in range(MAX_LEN - 1):
@@ -280,7 +284,7 @@ def _distinct_caption_batches(
     data: ShapesDataset, batch: int, g: torch.Generator
 ) -> Callable[[], torch.Tensor]:
     """A sampler of image indices whose captions are all different: a contrastive batch then
-    holds no false negatives (two images of the same caption)."""
+    holds no false negatives (two images of the same caption). Drawn on the CPU by `g`."""
     caption_ids = torch.tensor([all_captions().index(c) for c in data.captions])
     groups = [torch.nonzero(caption_ids == k).flatten() for k in range(len(all_captions()))]
     groups = [gr for gr in groups if len(gr)]
@@ -301,18 +305,23 @@ def train_clip(
     lr: float = 2e-3,
     n_images: int = 5_000,
     progress: Callable | None = None,
+    device: torch.device | str | None = None,
     **config: int,
 ) -> TrainResult:
-    """Train CLIP on Shapes (seed 0) with batches of distinct captions."""
+    """Train CLIP on Shapes (seed 0) with batches of distinct captions, on `device` (default:
+    the course's); the batches are drawn on the CPU (the same on every device) and sent over
+    without waiting for the GPU."""
+    dev = torch.device(device) if device is not None else default_device()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     data = ShapesDataset(n=n_images, seed=0)
-    ids = encode_captions(data.captions)  # (n, L)
-    model = CLIP(**config)
+    images, ids = data.images.to(dev), encode_captions(data.captions).to(dev)  # (n, L) ids
+    model = CLIP(**config).to(dev)
+    draw = _distinct_caption_batches(data, batch, g)
     return fit(
         model,
-        lambda idx: model.loss(data.images[idx], ids[idx]),
-        _distinct_caption_batches(data, batch, g),
+        lambda idx: model.loss(images[idx], ids[idx]),
+        lambda: to_device(draw(), dev),
         steps,
         lr,
         progress,
@@ -327,18 +336,21 @@ def train_captioner(
     lr: float = 2e-3,
     n_images: int = 5_000,
     progress: Callable | None = None,
+    device: torch.device | str | None = None,
     **config: int,
 ) -> TrainResult:
-    """Train projector and decoder on Shapes (seed 0) to caption through the frozen `vision`."""
+    """Train projector and decoder on Shapes (seed 0) to caption through the frozen `vision`,
+    on `device` (default: the course's; the captioner holds its own copy of `vision`)."""
+    dev = torch.device(device) if device is not None else default_device()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     data = ShapesDataset(n=n_images, seed=0)
-    ids = encode_captions(data.captions)
-    model = Captioner(vision, **config)
+    images, ids = data.images.to(dev), encode_captions(data.captions).to(dev)
+    model = Captioner(vision, **config).to(dev)
     return fit(
         model,
-        lambda idx: model.loss(data.images[idx], ids[idx]),
-        lambda: torch.randint(len(data), (batch,), generator=g),
+        lambda idx: model.loss(images[idx], ids[idx]),
+        lambda: to_device(torch.randint(len(data), (batch,), generator=g), dev),
         steps,
         lr,
         progress,
@@ -365,7 +377,7 @@ def rebuild_clip(seed: int = 0) -> str:
     """Train CLIP from `seed` on one thread, write data/clip_shapes.pt, return a one-line summary
     (the `python -m mmcourse.train clip` target)."""
     with one_thread():
-        result = train_clip(seed=seed)
+        result = train_clip(seed=seed, device="cpu")
     model = result.model
     checkpoints.save(CLIP_PATH, model.state_dict(), config=model.config, command=CLIP_COMMAND)
     held_out = ShapesDataset(n=1_000, seed=1)
@@ -381,7 +393,7 @@ def rebuild_captioner(seed: int = 0) -> str:
     data/clip_shapes.pt; write data/captioner_shapes.pt and return a one-line summary (the
     `python -m mmcourse.train captioner` target)."""
     with one_thread():
-        result = train_captioner(load_clip().image_encoder, seed=seed)
+        result = train_captioner(load_clip().image_encoder, seed=seed, device="cpu")
     model = result.model
     checkpoints.save(
         CAPTIONER_PATH, model.state_dict(), config=model.config, command=CAPTIONER_COMMAND

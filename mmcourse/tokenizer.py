@@ -194,7 +194,12 @@ class VQVAE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> VQVAEOutput:
         """x (B, 3, H, W) in [0, 1], H and W multiples of 4."""
-        z_e = self.encoder(_check_images(x))  # (B, D, h, w)
+        return self._losses(_check_images(x))
+
+    def _losses(self, x: torch.Tensor) -> VQVAEOutput:
+        """forward without the input checks, for the training loop's own batches (checking the
+        value range reads it back from the device, which would stall a GPU every step)."""
+        z_e = self.encoder(x)  # (B, D, h, w)
         vq = self.quantizer(z_e)  # z_q (B, D, h, w), tokens (B, h, w)
         x_hat = self.decoder(vq.z_q)  # (B, 3, H, W)
         recon_loss = F.mse_loss(x_hat, x)
@@ -330,6 +335,8 @@ def train_tokenizer(
     those steps move onto random encoder outputs (not in the last fifth of training, so the
     codebook settles). Same seed and arguments → same weights (on the same device and threads).
     The defaults are the shipped checkpoint's recipe: 2,000 steps, 2–3 minutes on a 2-core CPU.
+    Everything happens on `device` (default: the course's): the images live there and the batches
+    are drawn there by a generator of that device (on the CPU, the same draws as always).
     """
     steps = _validate.positive_int("steps", steps)
     batch = _validate.positive_int("batch", batch)
@@ -337,13 +344,13 @@ def train_tokenizer(
     recolor, blobs = _fraction("recolor", recolor), _fraction("blobs", blobs)
     dev = torch.device(device) if device is not None else default_device()
     torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    data = ShapesDataset(n=n_images, seed=seed).images  # (N, 3, 32, 32)
+    g = torch.Generator(device=dev).manual_seed(seed)
+    data = ShapesDataset(n=n_images, seed=seed).images.to(dev)  # (N, 3, 32, 32)
     model = VQVAE(**model_kwargs).to(dev)
 
     def next_batch() -> torch.Tensor:
-        x = data[torch.randint(len(data), (batch,), generator=g)]  # (B, 3, 32, 32)
-        return _augment(x, recolor, blobs, g).to(dev)
+        x = data[torch.randint(len(data), (batch,), generator=g, device=dev)]  # (B, 3, 32, 32)
+        return _augment(x, recolor, blobs, g)
 
     history = fit_vqvae(model, next_batch, steps, lr, restart_every, g, log, log_every, progress)
     return TrainResult(model.eval(), history)
@@ -361,25 +368,26 @@ def _augment(x: torch.Tensor, recolor: float, blobs: float, g: torch.Generator) 
     x (B, 3, H, W) on a black background. A `recolor` fraction of the images gets its shape
     repainted in a random colour: a pixel is α·colour with α its coverage, so α is the channel
     maximum rescaled to reach 1, and the new pixel is α·c with c uniform in [0, 1]³. A `blobs`
-    fraction is replaced by random smooth blobs (`_blobs`), white or coloured.
+    fraction is replaced by random smooth blobs (`_blobs`), white or coloured. The draws come
+    from `g`, on its device (which is x's).
     """
-    b = len(x)
+    b, dev = len(x), g.device
     alpha = x.amax(dim=1, keepdim=True)  # (B, 1, H, W)
     alpha = alpha / alpha.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)
-    colour = torch.rand(b, 3, 1, 1, generator=g)  # (B, 3, 1, 1)
-    x = torch.where(torch.rand(b, 1, 1, 1, generator=g) < recolor, alpha * colour, x)
+    colour = torch.rand(b, 3, 1, 1, generator=g, device=dev)  # (B, 3, 1, 1)
+    x = torch.where(torch.rand(b, 1, 1, 1, generator=g, device=dev) < recolor, alpha * colour, x)
     field = _blobs(b, x.shape[-2:], g)  # (B, 1, H, W)
-    colour = torch.rand(b, 3, 1, 1, generator=g)
-    white = torch.rand(b, 1, 1, 1, generator=g) < 0.5
+    colour = torch.rand(b, 3, 1, 1, generator=g, device=dev)
+    white = torch.rand(b, 1, 1, 1, generator=g, device=dev) < 0.5
     colour = torch.where(white, torch.ones_like(colour), colour)
-    return torch.where(torch.rand(b, 1, 1, 1, generator=g) < blobs, field * colour, x)
+    return torch.where(torch.rand(b, 1, 1, 1, generator=g, device=dev) < blobs, field * colour, x)
 
 
 def _blobs(n: int, size: torch.Size, g: torch.Generator) -> torch.Tensor:
     """n random smooth intensity fields (n, 1, H, W) in [0, 1]: values drawn on the token grid
     (H/4 × W/4), about half of them zero, upsampled bilinearly."""
     h, w = size[0] // DOWNSAMPLE, size[1] // DOWNSAMPLE
-    coarse = (torch.rand(n, 1, h, w, generator=g) * 2 - 1).clamp_min(0) * 2  # (n, 1, h, w)
+    coarse = (torch.rand(n, 1, h, w, generator=g, device=g.device) * 2 - 1).clamp_min(0) * 2
     fine = F.interpolate(coarse, size=tuple(size), mode="bilinear", align_corners=False)
     return fine.clamp(0, 1)
 
@@ -409,14 +417,18 @@ def fit_vqvae(
     """Chapter 02's recipe for a VQ-VAE (this chapter's images, chapter 06's clips): Adam with a
     cosine learning rate from `lr` to 0; the codebook starts as k-means centres of the first
     batch's encoder outputs; every `restart_every` steps, codes no vector chose move onto random
-    encoder outputs (not in the last fifth, so the codebook settles). `model(x)` must give
-    `loss, recon_loss, vq_loss, perplexity, tokens`; `next_batch()` draws a batch on the model's
-    device. Returns the history of those numbers and the learning rate, per step."""
+    encoder outputs (not in the last fifth, so the codebook settles). `model._losses(x)` (the
+    forward pass without input checks) must give `loss, recon_loss, vq_loss, perplexity,
+    tokens`; `next_batch()` draws a batch on the model's device. Returns the history of those
+    numbers and the learning rate, per step. The numbers stay on the device until the end (and
+    for `log`, every `log_every` steps): reading one back each step would stall a GPU."""
     g = generator
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    history: dict[str, list[float]] = {"recon_loss": [], "vq_loss": [], "perplexity": [], "lr": []}
-    counts = torch.zeros(model.num_codes, device=next(model.parameters()).device)  # since restart
+    dev = next(model.parameters()).device
+    curves = torch.zeros(steps, 3, device=dev)  # recon_loss, vq_loss, perplexity per step
+    lrs = []
+    counts = torch.zeros(model.num_codes, device=dev)  # uses per code since the last restart
     model.train()
     for step in tqdm(range(steps), desc="training", unit="step", disable=not progress):
         x = next_batch()
@@ -424,28 +436,23 @@ def fit_vqvae(
             with torch.no_grad():
                 z_e = model.encoder(x)  # (B, D, 8, 8) or (B, D, T, 8, 8)
             model.quantizer.init_codebook(z_e, generator=g)
-        out = model(x)
+        out = model._losses(x)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
         sched.step()
-        counts += torch.bincount(out.tokens.flatten(), minlength=model.num_codes)
+        tokens = out.tokens.flatten()
+        counts.index_add_(0, tokens, torch.ones_like(tokens, dtype=counts.dtype))  # no sync
         if (step + 1) % restart_every == 0:
             if step < 0.8 * steps:
                 with torch.no_grad():
                     z_e = model.encoder(x)
                 model.quantizer.restart_dead_codes(z_e, counts, generator=g)
             counts.zero_()
-        for key, value in (
-            ("recon_loss", out.recon_loss),
-            ("vq_loss", out.vq_loss),
-            ("perplexity", out.perplexity),
-        ):
-            history[key].append(value.item())
-        history["lr"].append(sched.get_last_lr()[0])
+        curves[step] = torch.stack([out.recon_loss, out.vq_loss, out.perplexity]).detach()
+        lrs.append(sched.get_last_lr()[0])
         if log is not None and (step % log_every == 0 or step == steps - 1):
-            log(
-                f"step {step:5d}  recon {out.recon_loss.item():.5f}  "
-                f"vq {out.vq_loss.item():.5f}  perplexity {out.perplexity.item():.1f}"
-            )
-    return history
+            recon, vq_loss, perp = curves[step].tolist()
+            log(f"step {step:5d}  recon {recon:.5f}  vq {vq_loss:.5f}  perplexity {perp:.1f}")
+    recon, vq_loss, perp = curves.T.tolist()
+    return {"recon_loss": recon, "vq_loss": vq_loss, "perplexity": perp, "lr": lrs}

@@ -44,6 +44,7 @@ from mmcourse import _validate, checkpoints, diffusion
 from mmcourse.bpe import BPE, course_bpe
 from mmcourse.data import ShapesDataset, all_captions
 from mmcourse.env import device as default_device
+from mmcourse.env import to_device
 from mmcourse.transformer import GPT, GPTConfig, KVCache, causal_mask, gpt_optimizer
 from mmcourse.vocab import Vocabulary
 
@@ -171,12 +172,7 @@ class Transfusion(nn.Module):
         if start + n > gpt.cfg.block_size:
             raise ValueError(f"sequence too long: {start + n} positions for {gpt.cfg.block_size}")
         is_image = image_id >= 0
-        within = torch.zeros_like(image_id)  # the patch's index inside its image, 0 … 15
-        for k in image_id.unique().tolist():
-            if k >= 0:
-                sel = image_id == k
-                within = torch.where(sel, torch.cumsum(sel.long(), 1) - 1, within)
-        within = within.clamp(0, N_PATCHES - 1)
+        within = _index_within_image(image_id).clamp(0, N_PATCHES - 1)  # (B, L), 0 … 15
         h_img = self.patch_in(patches) + self.patch_pos[within] + self.time_embedding(t)[:, None]
         h = torch.where(is_image[..., None], h_img, gpt.tok_emb(ids.clamp(0, None)))
         h = h + gpt.pos_emb(torch.arange(start, start + n, device=ids.device))
@@ -192,6 +188,16 @@ class Transfusion(nn.Module):
                 cache.layers[i] = layer
         h = gpt.norm(h)
         return h @ gpt.tok_emb.weight.T, self.patch_out(h)
+
+
+def _index_within_image(image_id: torch.Tensor) -> torch.Tensor:
+    """image_id (B, L) → (B, L) long: at a patch, how many patches of the same image come
+    before it in the row (0 … 15); 0 at text. Counted for all images at once, so nothing is
+    read back from the device."""
+    n = image_id.shape[1]
+    earlier = torch.ones(n, n, dtype=torch.bool, device=image_id.device).tril(-1)  # j < i
+    same = (image_id[:, :, None] == image_id[:, None, :]) & earlier  # (B, L, L)
+    return torch.where(image_id >= 0, same.sum(-1), 0)
 
 
 def _block_by_modality(block, image_mlp, h, cache, mask, is_image):
@@ -437,11 +443,16 @@ def train_transfusion(
     separate_mlp: bool = False,
     seed: int = 0,
     progress: bool = True,
+    device: torch.device | str | None = None,
 ) -> TrainResult:
     """AdamW with warm-up and cosine decay (chapter 07's recipe) on random batches: each row
     caption → image with probability caption_first (caption dropped with P_DROP, image noised
     to a uniform t) else image → caption (clean image, t = 0); an EMA of the weights (decay
-    ema_decay) is what comes back. separate_mlp: patches get their own MLP in every block."""
+    ema_decay) is what comes back. separate_mlp: patches get their own MLP in every block.
+
+    The model trains on `device` (default: the course's). Each batch is built and noised on the
+    CPU, where its layout is known (the same draws on every device), and sent over without
+    waiting for the GPU; the losses are read back once, at the end."""
     latents = _validate.tensor("latents", latents, shape=("N", N_PATCHES, None), floating=True)
     steps = _validate.positive_int("steps", steps)
     batch_size = _validate.positive_int("batch_size", batch_size)
@@ -453,29 +464,73 @@ def train_transfusion(
     alpha_bar = schedule().float()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
+    dev = torch.device(device) if device is not None else default_device()
+    latents = latents.cpu()  # host: batches are assembled row by row on the CPU
     model = Transfusion(
         config or default_config(vocab), patch_dim=latents.shape[-1], separate_mlp=separate_mlp
-    )
+    ).to(dev)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt, lr_schedule = gpt_optimizer(model, lr, steps)
-    losses, start = [], time.perf_counter()
+    losses, start = torch.zeros(steps, 2, device=dev), time.perf_counter()  # (ce, mse) per step
     model.train()
     for step in tqdm(range(steps), desc="train", disable=not progress):
         batch, t = _draw(latents, captions, words, batch_size, caption_first, vocab, g)
         eps = torch.randn(batch.patches.shape, generator=g)
         x_t = noise_image_span(batch.patches, batch.diffuse, t, alpha_bar, eps)
-        logits, eps_pred = model(batch.ids, x_t, t, batch.image_id)
-        loss = transfusion_loss(
-            logits, eps_pred, batch.ids, eps, batch.image_id >= 0, batch.diffuse, batch.valid, lam
-        )
+        routes = _routes(batch)  # transfusion_loss's masks, resolved on the CPU
+        on_cpu = (batch.ids, x_t, t, batch.image_id, eps)
+        ids, x_t, t, image_id, eps = (to_device(v, dev) for v in on_cpu)
+        logits, eps_pred = model(ids, x_t, t, image_id)
+        loss = _routed_loss(logits, eps_pred, eps, routes, lam, dev)
         opt.zero_grad(set_to_none=True)
         loss.total.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         lr_schedule.step()
         diffusion.ema_update(ema, model, step, ema_decay)
-        losses.append((loss.ce.item(), loss.mse.item()))
-    return TrainResult(ema, losses, time.perf_counter() - start)
+        losses[step] = torch.stack([loss.ce, loss.mse]).detach()
+    return TrainResult(ema, [tuple(row) for row in losses.tolist()], time.perf_counter() - start)
+
+
+class _Routes(NamedTuple):
+    targets: torch.Tensor  # (B, L − 1) next text ids, −100 where not scored
+    any_text: bool
+    scored: tuple[torch.Tensor, torch.Tensor]  # rows and columns of the scored patches
+    any_scored: bool
+
+
+def _routes(batch: Batch) -> _Routes:
+    """`transfusion_loss`'s routing of a CPU batch, computed where the batch was built."""
+    is_image = batch.image_id >= 0
+    text = batch.valid[:, 1:] & ~is_image[:, 1:] & ~is_image[:, :-1]
+    scored = batch.diffuse & is_image & batch.valid
+    targets = batch.ids[:, 1:].masked_fill(~text, -100)
+    return _Routes(targets, bool(text.any()), scored.nonzero(as_tuple=True), bool(scored.any()))
+
+
+def _routed_loss(
+    logits: torch.Tensor,
+    eps_pred: torch.Tensor,
+    eps: torch.Tensor,
+    routes: _Routes,
+    lam: float,
+    dev: torch.device,
+) -> Losses:
+    """`transfusion_loss` from precomputed routes: the same numbers, bit for bit (indexing by
+    the scored rows and columns picks what the boolean mask picks, in the same order), and
+    nothing read back from the device."""
+    if isinstance(lam, bool) or not isinstance(lam, int | float) or lam < 0:
+        raise ValueError(f"lam must be a number ≥ 0, got {lam!r}")
+    targets = to_device(routes.targets, dev)
+    ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, ignore_index=-100)
+    if not routes.any_text:
+        ce = logits.sum() * 0.0
+    if routes.any_scored:
+        rows, cols = (to_device(i, dev) for i in routes.scored)
+        mse = (eps_pred - eps).pow(2).mean(-1)[rows, cols].mean()
+    else:
+        mse = eps_pred.sum() * 0.0
+    return Losses(ce + lam * mse, ce, mse)
 
 
 # ----------------------------------------------------------------------------- generation
@@ -544,7 +599,8 @@ def generate_images(
     bpe: BPE | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Caption → image: DDIM (+ CFG) after [BOS] caption [BOI], captions of equal token length
-    as one batch → (images (N, 3, 32, 32) in [0, 1] on the CPU, latents (N, 16, P))."""
+    as one batch → (images (N, 3, 32, 32) in [0, 1] on the CPU, latents (N, 16, P)). Without a
+    `tokenizer`, the shipped one decodes, on the model's device."""
     from mmcourse.tokenizer import load_tokenizer
 
     if isinstance(captions, str) or not captions:
@@ -568,7 +624,7 @@ def generate_images(
         for t, t_next in diffusion.ddim_timesteps(T, steps):
             x = generation_step(model, cond, uncond, x, t, t_next, alpha_bar, guidance)
         out[rows] = x.cpu()
-    tokenizer = tokenizer or load_tokenizer(device="cpu")
+    tokenizer = tokenizer or load_tokenizer(device=param.device)
     z = from_patches(out).to(next(tokenizer.parameters()))
     return diffusion.decode_latents(tokenizer, z, scale).cpu(), out
 
@@ -668,7 +724,7 @@ def generate_document(
         _append(model, cache, None, x)  # the clean image, t = 0
         ids.append(vocab.EOI)
         logits = _append(model, cache, torch.tensor([[vocab.EOI]], device=dev))
-    tokenizer = tokenizer or load_tokenizer(device="cpu")
+    tokenizer = tokenizer or load_tokenizer(device=dev)
     pictures = torch.zeros(0, 3, 32, 32)
     if images:
         z = from_patches(torch.cat(images)).to(next(tokenizer.parameters()))
@@ -739,10 +795,11 @@ def evaluate(
 ) -> dict[str, float]:
     """Chapter 07's two measures: `caption_to_image_judge` = judge "all" on per_caption
     images for each of the 90 captions (plus per attribute); `image_to_caption_exact` = the
-    fraction of held-out images (seed 1) whose greedy caption is word-for-word right."""
+    fraction of held-out images (seed 1) whose greedy caption is word-for-word right. Computed
+    on the model's device."""
     from mmcourse.judge import load_judge
 
-    judge = load_judge(device="cpu")
+    judge = load_judge(device=next(model.parameters()).device)
     captions = all_captions() * _validate.positive_int("per_caption", per_caption)
     images, _ = generate_images(model, captions, steps=steps, guidance=guidance, seed=seed)
     scores = judge.score(images, captions)
@@ -806,20 +863,22 @@ def lambda_sweep(
     batch_size: int = 32,
     seed: int = 0,
     progress: bool = False,
+    device: torch.device | str | None = None,
 ) -> list[dict]:
     """A SMALL budget, not the shipped model: for each λ, a SWEEP_CONFIG model (2 layers,
-    d = 64) trained `steps` steps of `batch_size` (same seed, same batches) → one dict per λ:
-    its `held_out_losses` on 200 held-out images (ce, mse), the training time (seconds) and
-    the training curve (losses, (ce, mse) per step)."""
+    d = 64) trained `steps` steps of `batch_size` (same seed, same batches) on `device`
+    (default: the course's) → one dict per λ: its `held_out_losses` on 200 held-out images
+    (ce, mse), the training time (seconds) and the training curve (losses, (ce, mse) per step).
+    `progress` shows one bar over the λ values (not one per training run: fewer redraws)."""
     latents, _ = course_latents()
     captions = ShapesDataset(n=20_000, seed=0).captions
     held = held_out(200)
     rows = []
-    for lam in lams:
+    for lam in tqdm(lams, desc="λ sweep", disable=not progress):
         config = default_config(**SWEEP_CONFIG)
         r = train_transfusion(latents, captions, config=config, steps=steps,
                               batch_size=batch_size, lam=lam, lr=3e-3, seed=seed,
-                              progress=progress)  # fmt: skip
+                              progress=False, device=device)  # fmt: skip
         scores = held_out_losses(r.model, held)
         rows.append({"lam": float(lam), **scores, "seconds": r.seconds, "losses": r.losses})
     return rows
@@ -864,7 +923,9 @@ def rebuild(seed: int = 0, steps: int = TRAIN_STEPS) -> str:
     with one_thread():
         latents, scale = course_latents(seed=seed)
         captions = ShapesDataset(n=20_000, seed=seed).captions
-        result = train_transfusion(latents, captions, steps=steps, batch_size=BATCH_SIZE, seed=seed)
+        result = train_transfusion(
+            latents, captions, steps=steps, batch_size=BATCH_SIZE, seed=seed, device="cpu"
+        )
         half = {k: v.half() for k, v in result.model.state_dict().items()}
         config = result.model.config | {"latent_scale": scale}
         checkpoints.save(PATH, half, config=config, command=COMMAND)

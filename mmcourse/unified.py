@@ -34,6 +34,7 @@ from mmcourse import _validate, checkpoints
 from mmcourse.bpe import BPE, course_bpe
 from mmcourse.data import MovingShapesDataset, ShapesDataset, all_captions
 from mmcourse.env import device as default_device
+from mmcourse.env import to_device
 from mmcourse.transformer import GPT, GPTConfig, gpt_optimizer
 from mmcourse.vocab import (
     KINDS,
@@ -228,35 +229,41 @@ def train_unified(
     lr: float = 2e-3,
     seed: int = 0,
     progress: bool = True,
+    device: torch.device | str | None = None,
 ) -> TrainResult:
     """Train a GPT on the loader's mixed batches: AdamW with warm-up and cosine decay, gradient
     clipping at 1. Each batch is split into its short rows and its long rows (> 100 ids), each
-    padded only to its own longest row, and the loss is averaged over all real targets."""
+    padded only to its own longest row, and the loss is averaged over all real targets.
+
+    The model trains on `device` (default: the course's); the loader's batches are split on the
+    CPU and sent over without waiting for the GPU, and the losses are read back once, at the
+    end."""
     if not isinstance(loader, MixingLoader):
         raise TypeError(f"loader must be a MixingLoader, got {type(loader).__name__}")
     steps = _validate.positive_int("steps", steps)
+    dev = torch.device(device) if device is not None else default_device()
     torch.manual_seed(seed)
-    model = GPT(config or default_config(loader.vocab))
+    model = GPT(config or default_config(loader.vocab)).to(dev)
     opt, schedule = gpt_optimizer(model, lr, steps)
-    losses, start = [], time.perf_counter()
+    losses = torch.zeros(steps, dtype=torch.float64, device=dev)  # float64: sums as Python did
+    start = time.perf_counter()
     model.train()
-    for _ in tqdm(range(steps), desc="train", disable=not progress):
-        ids, mask, _ = loader.next_batch()
+    for step in tqdm(range(steps), desc="train", disable=not progress):
+        ids, mask, _ = loader.next_batch()  # host: the loader pads on the CPU
         lengths = mask.sum(1)
         total = (mask[:, 1:].sum()).clamp_min(1)
         opt.zero_grad(set_to_none=True)
-        loss_value = 0.0
         for rows in (lengths <= _LONG, lengths > _LONG):  # two micro-batches
             if rows.any():
                 n = int(lengths[rows].max())
-                loss = lm_loss(model, ids[rows, :n], mask[rows, :n], reduction="sum") / total
+                part_ids, part_mask = to_device(ids[rows, :n], dev), to_device(mask[rows, :n], dev)
+                loss = lm_loss(model, part_ids, part_mask, reduction="sum") / total
                 loss.backward()
-                loss_value += loss.item()
+                losses[step] += loss.detach().double()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         schedule.step()
-        losses.append(loss_value)
-    return TrainResult(model.eval(), losses, time.perf_counter() - start)
+    return TrainResult(model.eval(), losses.tolist(), time.perf_counter() - start)
 
 
 # ------------------------------------------------------------------------------ generation
@@ -368,11 +375,11 @@ def decode_document(
         if kind == "text":
             items.append(bpe.decode(tokens.tolist()))
         elif kind == "image":
-            tokenizer = tokenizer or load_tokenizer(device="cpu")
+            tokenizer = tokenizer or load_tokenizer()
             p = next(tokenizer.parameters())
             items.append(tokenizer.decode(tokens[None].to(p.device))[0].cpu())
         else:
-            video_tokenizer = video_tokenizer or load_video_tokenizer(device="cpu")
+            video_tokenizer = video_tokenizer or load_video_tokenizer()
             p = next(video_tokenizer.parameters())
             items.append(video_tokenizer.decode(tokens[None].to(p.device))[0].cpu())
     return items
@@ -400,11 +407,11 @@ def encode_document(
             continue
         item = _validate.tensor(f"items[{k}]", item, floating=True)
         if item.shape == (3, 32, 32):
-            tokenizer = tokenizer or load_tokenizer(device="cpu")
+            tokenizer = tokenizer or load_tokenizer()
             p = next(tokenizer.parameters())
             segments.append(Segment("image", tokenizer.encode(item[None].to(p))[0].cpu()))
         elif item.shape == (8, 3, 32, 32):
-            video_tokenizer = video_tokenizer or load_video_tokenizer(device="cpu")
+            video_tokenizer = video_tokenizer or load_video_tokenizer()
             p = next(video_tokenizer.parameters())
             segments.append(Segment("video", video_tokenizer.encode(item[None].to(p))[0].cpu()))
         else:
@@ -534,12 +541,14 @@ def ratio_sweep(
     seed: int = 0,
     data: CourseData | None = None,
     progress: bool = True,
+    device: torch.device | str | None = None,
 ) -> list[dict[str, float]]:
     """How the mix moves both directions, on a small budget: for each share s, a small GPT
     (SWEEP_CONFIG) trained `steps` steps on a mix whose paired examples are a fraction s
     caption → image and 1 − s image → caption (text, interleaved and video at DEFAULT_RATIOS),
     then scored on 90 captions (one image each) and 200 held-out images (`evaluate`), and by
-    the teacher-forced `direction_losses` on the same 200 images."""
+    the teacher-forced `direction_losses` on the same 200 images. The models train on `device`
+    (default: the course's)."""
     bad = [s for s in shares if isinstance(s, bool) or not isinstance(s, int | float)
            or not 0 <= s <= 1]  # fmt: skip
     if bad:
@@ -556,7 +565,7 @@ def ratio_sweep(
         loader = MixingLoader(sources, ratios, vocab, batch_size=batch_size, seed=seed)
         config = default_config(vocab, **SWEEP_CONFIG)
         result = train_unified(loader, config=config, steps=steps, lr=3e-3, seed=seed,
-                               progress=progress)  # fmt: skip
+                               progress=progress, device=device)  # fmt: skip
         scores = evaluate(result.model, per_caption=1, held=held, seed=seed)
         scores |= direction_losses(result.model, *held, vocab=vocab)
         rows.append({"caption_image_share": share, **scores, "seconds": result.seconds})
@@ -587,7 +596,7 @@ def rebuild(seed: int = 0, steps: int = TRAIN_STEPS) -> str:
 
     with one_thread():
         loader = make_loader(seed=seed)
-        result = train_unified(loader, steps=steps, seed=seed)
+        result = train_unified(loader, steps=steps, seed=seed, device="cpu")
         half = {k: v.half() for k, v in result.model.state_dict().items()}
         checkpoints.save(PATH, half, config=result.model.config, command=COMMAND)
         scores = evaluate(load_unified(PATH, "cpu"), seed=seed)

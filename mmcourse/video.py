@@ -335,7 +335,11 @@ class VideoVQVAE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> VideoOutput:
         """x (B, T, 3, H, W) in [0, 1]; T a multiple of 4, H and W multiples of 4."""
-        z_e = self.encoder(_check_clips(x))  # (B, D, t, h, w)
+        return self._losses(_check_clips(x))
+
+    def _losses(self, x: torch.Tensor) -> VideoOutput:
+        """forward without the input checks, for the training loop's own batches."""
+        z_e = self.encoder(x)  # (B, D, t, h, w)
         vq = self.quantizer(z_e)  # z_q (B, D, t, h, w) straight-through, tokens (B, t, h, w)
         x_hat = self.decoder(vq.z_q)  # (B, T, 3, H, W)
         recon_loss = F.mse_loss(x_hat, x)
@@ -438,9 +442,10 @@ class TrainResult(NamedTuple):
 
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Random symmetries of clips (B, T, 3, H, W) that keep them moving-shapes clips: mirror
-    left/right, mirror up/down, swap the axes, play backwards (each with probability ½)."""
+    left/right, mirror up/down, swap the axes, play backwards (each with probability ½). The
+    draws come from `g`, on its device (which is x's)."""
     b = len(x)
-    flips = torch.rand(4, b, generator=g) < 0.5  # (4, B)
+    flips = torch.rand(4, b, generator=g, device=g.device) < 0.5  # (4, B)
     x = torch.where(flips[0, :, None, None, None, None], x.flip(-1), x)
     x = torch.where(flips[1, :, None, None, None, None], x.flip(-2), x)
     x = torch.where(flips[2, :, None, None, None, None], x.transpose(-1, -2), x)
@@ -467,7 +472,8 @@ def train_video_tokenizer(
     Chapter 02's recipe: Adam with a cosine learning rate from `lr` to 0, the codebook started
     as k-means centres of the first batch's encoder outputs, codes unused for `restart_every`
     steps moved onto random encoder outputs (not in the last fifth of training). Same seed and
-    arguments → same weights (on the same device and thread count).
+    arguments → same weights (on the same device and thread count). Everything happens on
+    `device` (default: the course's), the batches drawn there by a generator of that device.
     """
     steps = _validate.positive_int("steps", steps)
     batch = _validate.positive_int("batch", batch)
@@ -477,12 +483,12 @@ def train_video_tokenizer(
     dev = torch.device(device) if device is not None else default_device()
     start = time.perf_counter()
     torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    data = MovingShapesDataset(n=n_clips, seed=seed).clips  # (N, T, 3, H, W)
+    g = torch.Generator(device=dev).manual_seed(seed)
+    data = MovingShapesDataset(n=n_clips, seed=seed).clips.to(dev)  # (N, T, 3, H, W)
     model = VideoVQVAE(**model_kwargs).to(dev)
 
     def next_batch() -> torch.Tensor:
-        return _augment(data[torch.randint(len(data), (batch,), generator=g)], g).to(dev)
+        return _augment(data[torch.randint(len(data), (batch,), generator=g, device=dev)], g)
 
     history = fit_vqvae(model, next_batch, steps, lr, restart_every, g, log, log_every, progress)
     return TrainResult(model.eval(), history, time.perf_counter() - start)

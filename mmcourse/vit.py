@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from mmcourse import _validate, checkpoints
 from mmcourse.data import DigitsDataset
-from mmcourse.env import one_thread
+from mmcourse.env import device as default_device
+from mmcourse.env import one_thread, to_device
 from mmcourse.patches import PatchEmbed, sincos_2d
 
 PATH = checkpoints.DATA_DIR / "vit_digits.pt"
@@ -144,22 +145,29 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of images whose argmax logit is the label."""
+    """Fraction of images whose argmax logit is the label (computed on the model's device)."""
     was_training = model.training
     model.eval()
+    dev = next(model.parameters()).device
     correct = sum(
-        (model(xb).argmax(-1) == yb).sum().item() for xb, yb in zip(x.split(512), labels.split(512))
+        (model(xb.to(dev)).argmax(-1) == yb.to(dev)).sum()
+        for xb, yb in zip(x.split(512), labels.split(512))
     )
     model.train(was_training)
-    return correct / len(labels)
+    return int(correct) / len(labels)
 
 
 def _shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 1) -> torch.Tensor:
-    """Move each image by up to ±max_shift pixels (zero fill): x (B, C, S, S)."""
-    s = x.shape[-1]
-    padded = F.pad(x, [max_shift] * 4)
-    dy, dx = torch.randint(2 * max_shift + 1, (2, len(x)), generator=g).tolist()
-    return torch.stack([img[:, i : i + s, j : j + s] for img, i, j in zip(padded, dy, dx)])
+    """Move each image by up to ±max_shift pixels (zero fill): x (B, C, S, S). The shifts are
+    drawn by `g` on the CPU and the crops gathered on x's device, all images at once."""
+    b, c, s, _ = x.shape
+    padded = F.pad(x, [max_shift] * 4)  # (B, C, S + 2m, S + 2m)
+    dy, dx = to_device(torch.randint(2 * max_shift + 1, (2, b), generator=g), x.device)
+    span = torch.arange(s, device=x.device)
+    rows = (dy[:, None] + span)[:, None, :, None].expand(b, c, s, padded.shape[-1])
+    crop = padded.gather(2, rows)  # (B, C, S, S + 2m): rows dy … dy + S − 1 of each image
+    cols = (dx[:, None] + span)[:, None, None, :].expand(b, c, s, s)
+    return crop.gather(3, cols)  # (B, C, S, S)
 
 
 @dataclass
@@ -181,20 +189,21 @@ def fit(
     weight_decay: float = 0.01,
 ) -> TrainResult:
     """Train for `steps` steps of `loss_fn(sample())` with AdamW and a one-cycle schedule over the
-    trainable parameters; `progress` wraps the step range (e.g. tqdm)."""
+    trainable parameters; `progress` wraps the step range (e.g. tqdm). The losses stay on the
+    model's device until the end: reading one back every step would stall a GPU."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    losses, start = [], time.perf_counter()
+    losses, start = torch.zeros(steps, device=params[0].device), time.perf_counter()
     model.train()
-    for _ in progress(range(steps)) if progress else range(steps):
+    for step in progress(range(steps)) if progress else range(steps):
         loss = loss_fn(sample())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(loss.item())
-    return TrainResult(model.eval(), losses, time.perf_counter() - start)
+        losses[step] = loss.detach()
+    return TrainResult(model.eval(), losses.tolist(), time.perf_counter() - start)
 
 
 def train_vit_digits(
@@ -203,22 +212,27 @@ def train_vit_digits(
     batch: int = 64,
     lr: float = 2e-3,
     progress: Callable | None = None,
+    device: torch.device | str | None = None,
     **config: int | str,
 ) -> TrainResult:
     """Train a ViT on the 1,437 training digits with ±1 pixel shifts, AdamW and a one-cycle
-    schedule. `progress` wraps the step range (e.g. tqdm)."""
+    schedule. `progress` wraps the step range (e.g. tqdm). The model and the digits live on
+    `device` (default: the course's); the batches and shifts are drawn on the CPU (the same
+    draws on every device) and sent over without waiting for the GPU."""
+    dev = torch.device(device) if device is not None else default_device()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     train = DigitsDataset("train")
-    model = ViT(**config)
+    images, labels = train.images.to(dev), train.labels.to(dev)
+    model = ViT(**config).to(dev)
     steps = epochs * math.ceil(len(train) / batch)
 
     def loss_fn(idx: torch.Tensor) -> torch.Tensor:
-        x = _shift(train.images[idx], g)  # (B, 1, 8, 8)
-        return F.cross_entropy(model(x), train.labels[idx])
+        x = _shift(images[idx], g)  # (B, 1, 8, 8)
+        return F.cross_entropy(model(x), labels[idx])
 
     def sample() -> torch.Tensor:
-        return torch.randint(len(train), (batch,), generator=g)
+        return to_device(torch.randint(len(train), (batch,), generator=g), dev)
 
     return fit(model, loss_fn, sample, steps, lr, progress, weight_decay=0.05)
 
@@ -233,7 +247,7 @@ def rebuild(seed: int = 0) -> str:
     """Train the digits ViT from `seed` on one thread, write data/vit_digits.pt, return a
     one-line summary (the `python -m mmcourse.train vit` target)."""
     with one_thread():
-        result = train_vit_digits(seed=seed)
+        result = train_vit_digits(seed=seed, device="cpu")
     model = result.model
     checkpoints.save(PATH, model.state_dict(), config=model.config, command=COMMAND)
     test = DigitsDataset("test")

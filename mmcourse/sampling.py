@@ -110,15 +110,21 @@ def _top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Nucleus filter on logits (B, V): per row, keep the most likely tokens until their
     probability mass reaches p, including the token that crosses p (so at least one token),
-    and set the rest to −∞, in the original vocabulary order."""
+    and set the rest to −∞, in the original vocabulary order. p = 1 keeps every logit."""
     return _top_p(_check_logits(logits), _check_p(p))
 
 
 def _top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    if p >= 1:  # the whole distribution: nothing to remove
+        return logits
     sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V) per row
     probs = sorted_logits.softmax(dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs  # mass of the more likely tokens
-    sorted_logits = sorted_logits.masked_fill(mass_before >= p, float("-inf"))
+    # Remove a token when the mass before it reaches p, i.e. when the mass from it to the end
+    # of the row is at most 1 − p. Summed from the least likely end, that tail mass is exact
+    # where it matters; a running sum from the top reaches 1.0 by rounding before the tail
+    # (float32, V = 2000: thousands of ids), so the tail would be cut even for p close to 1.
+    tail = probs.flip(-1).cumsum(dim=-1).flip(-1)  # mass of this token and all less likely ones
+    sorted_logits = sorted_logits.masked_fill(tail <= 1 - p, float("-inf"))
     return torch.empty_like(logits).scatter(-1, order, sorted_logits)  # back to vocab order
 
 

@@ -49,6 +49,37 @@ def test_top_p_mass_reaches_p_with_the_smallest_set(p, seed):
     assert bool((mass - smallest_kept < p + 1e-5).all())  # without it, the mass is below p
 
 
+def _nucleus_by_hand(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """A second formulation: per row, in float64 Python arithmetic, walk the ids from the most
+    likely down and remove one once the mass before it has reached p."""
+    out = logits.clone()
+    for row, values in enumerate(logits.double()):
+        probs = values.softmax(-1).tolist()
+        mass = 0.0
+        for i in sorted(range(len(probs)), key=lambda i: -probs[i]):
+            if mass >= p:
+                out[row, i] = float("-inf")
+            mass += probs[i]
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_top_p_at_one_keeps_every_logit(dtype):
+    # A running sum reaches 1.0 by rounding before the tail: 97,152 ids with nonzero
+    # probability were removed here (float32) before p = 1 meant "off".
+    logits = 8 * torch.randn(64, 2000, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    logits[:, :5] = float("-inf")  # already banned ids stay banned
+    assert torch.equal(sampling.top_p_filter(logits, 1.0), logits)
+    assert torch.equal(sampling.process_logits(logits, top_p=1.0), logits)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.5, 0.9, 0.99, 0.999, 0.9999])
+@pytest.mark.parametrize(("scale", "v"), [(2.0, 20), (8.0, 2000)])
+def test_top_p_equals_a_float64_walk_down_the_sorted_row(p, scale, v):
+    logits = scale * torch.randn(6, v, generator=torch.Generator().manual_seed(v))
+    assert torch.equal(sampling.top_p_filter(logits, p), _nucleus_by_hand(logits, p))
+
+
 def test_top_k_and_range():
     logits = _logits()
     assert torch.equal(

@@ -40,7 +40,7 @@ class _Block(nn.Module):
     validate = True
     act = nn.SiLU
 
-    def __init__(self, channels, groups):
+    def __init__(self, channels, groups=8):
         super().__init__()
         if self.validate and channels % groups:
             raise ValueError(f"groups ({groups}) must divide channels ({channels})")
@@ -61,7 +61,7 @@ class _Relu(_Block):
 class _AssertInstead(_Block):
     validate = False
 
-    def __init__(self, channels, groups):
+    def __init__(self, channels, groups=8):
         assert channels % groups == 0  # an AssertionError, and it says nothing
         super().__init__(channels, groups)
 
@@ -69,7 +69,7 @@ class _AssertInstead(_Block):
 class _VagueError(_Block):
     validate = False
 
-    def __init__(self, channels, groups):
+    def __init__(self, channels, groups=8):
         if channels % groups:
             raise ValueError("bad groups")
         super().__init__(channels, groups)
@@ -112,6 +112,34 @@ class _NoPadding(_Block):
         return x[..., 1:-1, 1:-1] + self.block(x)
 
 
+class _DefaultGroupsFour(_Block):
+    def __init__(self, channels, groups=4):  # BUG: the documented default is 8
+        super().__init__(channels, groups)
+
+
+class _NoDefaultGroups(_Block):
+    def __init__(self, channels, groups):  # BUG: groups has no default
+        super().__init__(channels, groups)
+
+
+class _DetachedSkip(_Block):
+    def forward(self, x):
+        return x.detach() + self.block(x)  # BUG: the skip carries no gradient
+
+
+class _FrozenBlock(_Block):
+    def forward(self, x):
+        with torch.no_grad():  # BUG: the weights never learn
+            out = self.block(x)
+        return x + out
+
+
+class _AddsInPlace(_Block):
+    def forward(self, x):
+        x += self.block(x)  # BUG: writes into the caller's x
+        return x
+
+
 def test_res_block_reference_passes(capsys):
     ch02.check_res_block(tokenizer.ResBlock)
     assert capsys.readouterr().out.startswith("✓ Exercise 2.1 passed (")
@@ -126,6 +154,11 @@ def test_res_block_reference_passes(capsys):
         (_VagueError, r"names both numbers(.|\n)*got:      'bad groups'"),
         (_SwappedGroupNorm, r"runs on \(16, 4\)(.|\n)*must be divisible by num_groups \(16\)"),
         (_PostNorm, r"has the layers of the docstring"),
+        (_DefaultGroupsFour, r"ResBlock\(16\) with the reference's weights(.|\n)*groups=8"),
+        (_NoDefaultGroups, r"runs on \(16\)(.|\n)*missing 1 required(.|\n)*docstring's signature"),
+        (_DetachedSkip, r"gradient reaches x through the skip(.|\n)*nothing detached"),
+        (_FrozenBlock, r"gradient reaches x(.|\n)*no torch\.no_grad"),
+        (_AddsInPlace, r"failed check 3, \"leaves its input x unchanged"),
         (
             _NoPadding,
             r"keeps the shape \(2, 16, 6, 5\)(.|\n)*got:      tensor of shape \(2, 16, 4, 3\)",
@@ -270,7 +303,7 @@ def test_to_tokens_reference_passes(capsys):
         (_flat_tokens, r"expected: shape \(2, 3, 5\)(.|\n)*got:      shape \(30,\)"),
         (_sums_over_codes, r"tokens of z_e(.|\n)*values differ"),
         (_float_tokens, r"returns tokens as a long tensor(.|\n)*dtype torch.float32"),
-        (_in_place, r"leaves z_e and the codebook unchanged"),
+        (_in_place, r"leaves its input z_e unchanged(.|\n)*x\.clone\(\)"),
     ],
     ids=case_id,
 )

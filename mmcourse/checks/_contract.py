@@ -64,6 +64,8 @@ def _verify(check: Check, snap: Any, value: Any, name: str) -> None:
 def _names(candidate: Callable, n: int) -> list[str]:
     """The candidate's names for its first n positional arguments ('argument i' when unknown)."""
     fallback = [f"argument {i + 1}" for i in range(n)]
+    if isinstance(candidate, nn.Module):
+        candidate = candidate.forward
     try:
         params = list(inspect.signature(candidate).parameters.values())
     except (TypeError, ValueError):

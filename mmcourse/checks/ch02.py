@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from mmcourse import tokenizer, vq
-from mmcourse.checks._core import Check, describe, exercise, seeded
+from mmcourse.checks._contract import call
+from mmcourse.checks._core import Check, describe, exercise, gradients, seeded
 
 _BLOCK_LAYOUT = (
     "self.block = nn.Sequential(GroupNorm, SiLU, Conv2d 3×3, GroupNorm, SiLU, Conv2d 3×3) and "
@@ -19,14 +20,16 @@ def check_res_block(check: Check) -> None:
     """Exercise 2.1: ResBlock(channels, groups) is an nn.Module mapping (B, C, H, W) to itself."""
     g = seeded(21)
     dev = check.device
-    for channels, groups in [(16, 4), (24, 8), (8, 8)]:
+    for channels, groups in [(16, 4), (24, 8), (8, 8), (16, None)]:
+        args = (channels,) if groups is None else (channels, groups)
+        name = f"ResBlock({', '.join(str(a) for a in args)})"
         with torch.random.fork_rng(devices=[]):  # seeded weights, the learner's RNG untouched
             torch.manual_seed(channels)
-            reference = tokenizer.ResBlock(channels, groups).to(dev)
-        block = check.call(channels, groups)
+            reference = tokenizer.ResBlock(*args).to(dev)
+        block = call(check, *args)
         check.that(
             isinstance(block, nn.Module),
-            f"ResBlock({channels}, {groups}) builds an nn.Module",
+            f"{name} builds an nn.Module",
             expected="an nn.Module",
             got=type(block).__name__,
             hint="subclass nn.Module and call super().__init__() first",
@@ -36,7 +39,7 @@ def check_res_block(check: Check) -> None:
         got_layout = {k: tuple(v.shape) for k, v in theirs.items()}
         check.that(
             layout == got_layout,
-            f"ResBlock({channels}, {groups}) has the layers of the docstring",
+            f"{name} has the layers of the docstring",
             expected=f"parameters {layout}",
             got=f"parameters {got_layout}",
             hint=f"build {_BLOCK_LAYOUT}; nn.GroupNorm takes (num_groups, num_channels) in "
@@ -48,14 +51,14 @@ def check_res_block(check: Check) -> None:
         got, expected = _forward(check, block, x), reference(x)
         check.that(
             isinstance(got, torch.Tensor) and got.shape == x.shape,
-            f"ResBlock({channels}, {groups}) keeps the shape {tuple(x.shape)}",
+            f"{name} keeps the shape {tuple(x.shape)}",
             expected=f"shape {tuple(x.shape)}",
             got=describe(got),
             hint="padding=1 in every 3×3 convolution keeps H and W; the skip needs equal shapes",
         )
         check.that(
             not torch.allclose(got, expected - x, atol=1e-5),
-            f"ResBlock({channels}, {groups}) keeps the skip connection",
+            f"{name} keeps the skip connection",
             expected="x + block(x)",
             got="block(x) alone",
             hint="return x + self.block(x): the skip path carries x, and its gradient, through",
@@ -63,10 +66,13 @@ def check_res_block(check: Check) -> None:
         check.close(
             got,
             expected,
-            f"ResBlock({channels}, {groups}) with the reference's weights gives its output",
+            f"{name} with the reference's weights gives its output",
             atol=1e-5,
-            hint="normalise before each convolution, SiLU (not ReLU) after each GroupNorm",
+            hint="groups defaults to 8: ResBlock(channels, groups=8)"
+            if groups is None
+            else "normalise before each convolution, SiLU (not ReLU) after each GroupNorm",
         )
+    _check_gradients(check, block, reference, x, g)
     error = check.raises(
         ValueError,
         "ResBlock(36, 8) raises ValueError: 8 groups cannot split 36 channels",
@@ -98,7 +104,8 @@ def check_to_tokens(check: Check) -> None:
         picks = torch.randint(k, (b, h, w), generator=g).to(dev)
         noise = 0.01 * torch.randn(b, d, h, w, generator=g).to(dev)
         z_e = codebook[picks].permute(0, 3, 1, 2) + noise  # (B, D, h, w)
-        got = check.call(z_e.clone(), codebook.clone())
+        expected = _tokens(z_e, codebook)
+        got = call(check, z_e, codebook)
         check.that(
             isinstance(got, torch.Tensor) and got.dtype == torch.long,
             "returns tokens as a long tensor",
@@ -106,23 +113,20 @@ def check_to_tokens(check: Check) -> None:
             got=describe(got),
             hint="argmin returns torch.long indices; don't convert them to float or int32",
         )
-        expected = _tokens(z_e, codebook)
         check.equal(
             got,
             expected,
             f"tokens of z_e {(b, d, h, w)} with a codebook of {k} codes",
             hint=hint + "; nearest means the smallest squared distance (argmin)",
         )
-    z_e = torch.randn(2, 4, 3, 3, generator=g).to(dev)
-    codebook = torch.randn(10, 4, generator=g).to(dev)
-    before = z_e.clone(), codebook.clone()
-    check.call(z_e, codebook)
-    check.that(
-        torch.equal(z_e, before[0]) and torch.equal(codebook, before[1]),
-        "leaves z_e and the codebook unchanged",
-        expected="inputs unchanged",
-        got="an input was modified in place",
-        hint="permute/reshape create views; don't write into them",
+    z_e = torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64).to(dev)
+    codebook = torch.randn(10, 4, generator=g, dtype=torch.float64).to(dev)
+    expected = _tokens(z_e, codebook)
+    check.equal(
+        call(check, z_e, codebook),
+        expected,
+        "float64 latents and codebook: long tokens on the same device",
+        hint=hint,
     )
 
 
@@ -136,10 +140,11 @@ def check_psnr(check: Check) -> None:
     scale = torch.tensor([0.3, 0.1, 0.03, 0.01]).view(4, 1, 1, 1).to(dev)
     y = x + scale * torch.randn(4, 3, 8, 8, generator=g).to(dev)
     hint = "10 · log10(max_value² / MSE) with the MSE of each image (mean over C, H and W)"
-    got = check.call(x, y)
+    expected = tokenizer.psnr(x, y)
+    got = call(check, x, y)
     check.close(
         got,
-        tokenizer.psnr(x, y),
+        expected,
         "one PSNR per image for 4 images with different errors",
         atol=1e-3,
         hint=hint + "; average over images only afterwards, outside this function",
@@ -147,20 +152,20 @@ def check_psnr(check: Check) -> None:
     ramp = torch.linspace(0, 1, 48).view(1, 3, 4, 4).to(dev)
     noisy = ramp + 0.1 * torch.ones_like(ramp)  # MSE = 0.01 exactly: 20 dB at max_value 1
     check.close(
-        check.call(ramp, noisy),
+        call(check, ramp, noisy),
         torch.tensor([20.0], device=dev),
         "an error of 0.1 on every pixel of [0, 1] images is 20 dB",
         atol=1e-3,
         hint=hint + "; with pixels in [0, 1] the peak is 1, not 255",
     )
     check.close(
-        check.call(ramp * 255, noisy * 255, max_value=255.0),
+        call(check, ramp * 255, noisy * 255, max_value=255.0),
         torch.tensor([20.0], device=dev),
         "max_value=255 on the same images scaled to [0, 255] is still 20 dB",
         atol=1e-3,
         hint="use max_value² in the numerator, not a fixed 1",
     )
-    same = check.call(x, x.clone())
+    same = call(check, x, x.clone())
     check.close(
         same,
         torch.full((4,), 100.0, device=dev),
@@ -169,9 +174,10 @@ def check_psnr(check: Check) -> None:
         hint="mse.clamp_min(1e-10) before dividing",
     )
     x64, y64 = x.double(), y.double()
+    expected = tokenizer.psnr(x64, y64)
     check.close(
-        check.call(x64, y64),
-        tokenizer.psnr(x64, y64),
+        call(check, x64, y64),
+        expected,
         "keeps dtype float64 and the device",
         atol=1e-6,
         hint="compute with tensor operations on x and y, no Python floats or numpy",
@@ -179,12 +185,44 @@ def check_psnr(check: Check) -> None:
 
 
 def _forward(check: Check, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """block(x) run like a candidate: a crash or a stub becomes a readable failure."""
+    """block(x) run like a candidate: a crash or a stub becomes a readable failure, and x must
+    come back unchanged."""
     candidate, check.candidate = check.candidate, block
     try:
-        return check.call(x)
+        return call(check, x)
     finally:
         check.candidate = candidate
+
+
+def _check_gradients(
+    check: Check, block: nn.Module, reference: nn.Module, x: torch.Tensor, g: torch.Generator
+) -> None:
+    """The gradient of a pretend loss reaches x (through both paths) and every weight."""
+    upstream = torch.randn(x.shape, generator=g).to(x.device)
+    mine, theirs = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+    got = _forward(check, block, mine)
+    names = [n for n, _ in reference.named_parameters()]
+    got_params = dict(block.named_parameters())
+    got_grads = gradients((got * upstream).sum(), [mine, *(got_params[n] for n in names)])
+    ref_grads = gradients(
+        (reference(theirs) * upstream).sum(), [theirs, *reference.parameters()]
+    )
+    check.close(
+        got_grads[0],
+        ref_grads[0],
+        "the gradient reaches x through the skip and through the block",
+        atol=1e-4,
+        hint="return x + self.block(x) with nothing detached and no torch.no_grad(): the skip "
+        "carries the gradient to x unchanged",
+    )
+    for name, got_grad, ref_grad in zip(names, got_grads[1:], ref_grads[1:]):
+        check.close(
+            got_grad,
+            ref_grad,
+            f"the gradient reaches the weight block.{name}",
+            atol=1e-4,
+            hint="every layer must be trained: no .detach() and no torch.no_grad() in forward",
+        )
 
 
 def _tokens(z_e: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ and the next operation that mixes the two raises "Expected all tensors to be on 
 On a laptop both are CPU tensors and nothing happens, so the mistake ships. `PlacementAudit`
 replays the GPU's rule on the CPU:
 
-- a tensor made by a factory (`torch.zeros`, `arange`, `tensor`, `randn`, `from_numpy`, …)
+- a tensor made by a factory (`torch.zeros`, `arange`, `tensor`, `as_tensor`, `randn`, …)
   without `device=`, or moved with `.cpu()`, is a *host* tensor: where the course device is a
   GPU, it would sit on the CPU;
 - every other tensor (the inputs, models, anything made with `device=x.device`, `x.new_*`,
@@ -31,9 +31,10 @@ from torch.utils._pytree import tree_leaves
 
 _MARK = "_mmcourse_host"
 
-# Factories with a `device` argument (torch.zeros, arange, tensor, randn, ...), and from_numpy
-# (always the CPU). Private torch helper, the one DeviceContext uses; pinned torch.
-_FACTORIES = frozenset(_device_constructors()) | {torch.from_numpy}
+# Factories with a `device` argument (torch.zeros, arange, tensor, randn, ...). Private torch
+# helper, the one DeviceContext uses; pinned torch. (torch.from_numpy bypasses torch-function
+# modes, so the audit cannot see it: a known gap.)
+_FACTORIES = frozenset(_device_constructors())
 # Operations that accept a host tensor next to a CUDA one: indexing with host indices, copies
 # across devices, moves, and those that read only a shape.
 _MIXING_ALLOWED = frozenset(
@@ -52,6 +53,7 @@ _MIXING_ALLOWED = frozenset(
 )
 _TO_HOST = frozenset({torch.Tensor.cpu})
 _TO_DEVICE = frozenset({torch.Tensor.cuda})
+_MOVES = _TO_HOST | _TO_DEVICE | _FACTORIES
 
 
 class HostTensorMixed(RuntimeError):
@@ -103,6 +105,16 @@ class PlacementAudit(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
         tensors = [x for x in tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
+        host = [t for t in tensors if is_host(t)]
+        on_device = [t for t in tensors if not is_host(t)]
+        if host and on_device and func not in _MIXING_ALLOWED and func not in _MOVES:
+            mixed = [t for t in host if t.dim() > 0]
+            if mixed:  # checked before running, so the error is the one a GPU would give
+                raise HostTensorMixed(
+                    f"{_name(func)} got a tensor of shape {tuple(mixed[0].shape)} created "
+                    "without device= (on a GPU it stays on the CPU) together with tensors on the "
+                    "course device"
+                )
         out = func(*args, **kwargs)
         if isinstance(out, torch.device) and len(args) == 1 and isinstance(args[0], torch.Tensor):
             self._devices[id(out)] = (out, is_host(args[0]))  # x.device: remember whose it is
@@ -126,19 +138,7 @@ class PlacementAudit(TorchFunctionMode):
             if tensors:  # a dtype change keeps the placement
                 _mark(out, is_host(tensors[0]))
             return out
-        host = [t for t in tensors if is_host(t)]
-        on_device = [t for t in tensors if not is_host(t)]
-        if not host:
-            return out
-        if on_device and func not in _MIXING_ALLOWED:
-            mixed = [t for t in host if t.dim() > 0]
-            if mixed:
-                raise HostTensorMixed(
-                    f"{_name(func)} got a tensor of shape {tuple(mixed[0].shape)} created "
-                    "without device= (on a GPU it stays on the CPU) together with tensors on the "
-                    "course device"
-                )
-        if not on_device:
+        if host and not on_device:
             _mark(out, True)
         return out
 

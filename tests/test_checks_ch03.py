@@ -58,6 +58,12 @@ def _no_divisibility_check(x, patch_size):
     return rearrange(cols, "b (c p1 p2) n -> b n (p1 p2 c)", c=x.shape[1], p1=patch_size)
 
 
+def _height_check_only(x, patch_size):
+    if x.shape[-2] % patch_size:  # BUG: a width the patch does not divide passes
+        raise ValueError(f"height {x.shape[-2]} not divisible by {patch_size}")
+    return _no_divisibility_check(x, patch_size)
+
+
 def _float32(x, patch_size):
     return patches.patchify(x.float(), patch_size)
 
@@ -78,6 +84,7 @@ def test_patchify_references_pass(capsys, device):
         (_patch_transposed, r"failed check 2, (.|\n)*each patch is transposed"),
         (_plain_reshape, r"failed check 2, (.|\n)*plain reshape of x"),
         (_no_divisibility_check, r"raises ValueError for a 6×8 image(.|\n)*no error"),
+        (_height_check_only, r"raises ValueError for a 8×6 image(.|\n)*no error(.|\n)*both"),
         (_float32, r"keeps dtype float64(.|\n)*got:      dtype torch\.float32"),
         (stub, r"Exercise 3\.1 \(patchify\): not implemented yet"),
     ],
@@ -188,6 +195,12 @@ def _conv_no_check(x, weight, bias, patch_size):
     return F.conv2d(x, w, bias, stride=patch_size).flatten(2).transpose(1, 2)
 
 
+def _conv_height_check_only(x, weight, bias, patch_size):
+    if x.shape[-2] % patch_size:  # BUG: a width the patch does not divide passes
+        raise ValueError(f"height {x.shape[-2]} not divisible by {patch_size}")
+    return _conv_no_check(x, weight, bias, patch_size)
+
+
 def test_conv_patch_embed_references_pass(capsys):
     passes(ch03.check_conv_patch_embed, _conv_embed, capsys, "3.3")
     passes(ch03.check_conv_patch_embed, _conv_embed_module, capsys, "3.3")
@@ -201,6 +214,7 @@ def test_conv_patch_embed_references_pass(capsys):
         (_channels_not_last, r"failed check 1, (.|\n)*move D last"),
         (_linear_form, r"computes the embedding with a convolution(.|\n)*F\.conv2d"),
         (_conv_no_check, r"raises ValueError for a 6×8 image(.|\n)*silently drops"),
+        (_conv_height_check_only, r"raises ValueError for a 8×6 image(.|\n)*no error"),
         (stub, r"Exercise 3\.3 \(the patch embedding as a convolution\): not implemented yet"),
     ],
     ids=case_id,
@@ -341,6 +355,12 @@ def _detached_temperature(image_emb, text_emb, temperature):
     return _clip_loss(image_emb, text_emb, temperature)
 
 
+def _normalises_in_place(image_emb, text_emb, temperature):
+    image_emb /= image_emb.norm(dim=-1, keepdim=True)  # BUG: rescales the caller's tensors
+    text_emb /= text_emb.norm(dim=-1, keepdim=True)
+    return _clip_loss(image_emb, text_emb, temperature)
+
+
 def test_contrastive_loss_references_pass(capsys):
     passes(ch03.check_contrastive_loss, fusion.contrastive_loss, capsys, "3.5")
     passes(ch03.check_contrastive_loss, _clip_loss, capsys, "3.5")
@@ -356,6 +376,7 @@ def test_contrastive_loss_references_pass(capsys):
         (_not_normalised, r"failed check 1, (.|\n)*not normalised"),
         (_zero_labels, r"failed check 1, (.|\n)*torch\.arange\(N\)"),
         (_detached_temperature, r"gradient reaches temperature"),
+        (_normalises_in_place, r"failed check 1, \"leaves its input image_emb unchanged"),
         (
             _labels_on_the_default_device,
             r"on the device of its inputs(.|\n)*F\.cross_entropy got a tensor of shape \(5,\) "

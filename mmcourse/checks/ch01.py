@@ -144,7 +144,9 @@ def check_vq_losses(check: Check) -> None:
             hint=f"β multiplies only the commitment term: {_LOSSES}",
         )
     z_leaf, codes_leaf = leaves(z_e, codes)
-    got = _unpack(check, call(check, z_leaf, codes_leaf, 0.25), ("codebook_loss", "commitment_loss"))
+    got = _unpack(
+        check, call(check, z_leaf, codes_leaf, 0.25), ("codebook_loss", "commitment_loss")
+    )
     ref_z, ref_codes = leaves(z_e, codes)
     expected = vq.quantize_losses(ref_z, ref_codes, 0.25)
     ref_grads = [gradients(loss, (ref_z, ref_codes)) for loss in expected]

@@ -204,9 +204,7 @@ def _check_gradients(
     names = [n for n, _ in reference.named_parameters()]
     got_params = dict(block.named_parameters())
     got_grads = gradients((got * upstream).sum(), [mine, *(got_params[n] for n in names)])
-    ref_grads = gradients(
-        (reference(theirs) * upstream).sum(), [theirs, *reference.parameters()]
-    )
+    ref_grads = gradients((reference(theirs) * upstream).sum(), [theirs, *reference.parameters()])
     check.close(
         got_grads[0],
         ref_grads[0],

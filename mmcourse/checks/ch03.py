@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from mmcourse import fusion, patches
+from mmcourse.checks._contract import call
 from mmcourse.checks._core import Check, OpSpy, describe, exercise, gradients, leaves, seeded
 
 _ORDER = "x (B, C, H, W) → (B, N, P·P·C) with rearrange 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)'"
@@ -82,7 +83,7 @@ def check_patchify(check: Check) -> None:
     """Exercise 3.1: patchify(x (B, C, H, W), patch_size) -> (B, N, P·P·C), channels last."""
     dev = check.device
     x = _counting(2, 3, 8, 12, dev)
-    got = check.call(x, 4)
+    got = call(check, x, 4)
     check.that(
         isinstance(got, torch.Tensor) and tuple(got.shape) == (2, 6, 48),
         "the shape for x (2, 3, 8, 12) and patch_size 4",
@@ -92,7 +93,7 @@ def check_patchify(check: Check) -> None:
     )
     for c, what in ((1, "a 1-channel image"), (3, "a 3-channel image")):
         x = _counting(2, c, 4, 6, dev)
-        got = check.call(x, 2)
+        got = call(check, x, 2)
         check.close(
             got,
             patches.patchify(x, 2),
@@ -102,16 +103,17 @@ def check_patchify(check: Check) -> None:
             hint=_diagnose(got, _patch_mistakes(x, 2), _ORDER),
         )
     x = torch.randn(3, 2, 6, 6, generator=seeded(31), dtype=torch.float64).to(dev)
-    check.close(check.call(x, 3), patches.patchify(x, 3), "keeps dtype float64 and the device")
-    x = _counting(1, 3, 6, 8, dev)
-    check.raises(
-        ValueError,
-        "raises ValueError for a 6×8 image and patch_size 4 (8 divides, 6 does not)",
-        x,
-        4,
-        hint="check H % P and W % P first: F.unfold and a strided Conv2d silently drop the "
-        "leftover border",
-    )
+    check.close(call(check, x, 3), patches.patchify(x, 3), "keeps dtype float64 and the device")
+    for h, w in [(6, 8), (8, 6)]:
+        check.raises(
+            ValueError,
+            f"raises ValueError for a {h}×{w} image and patch_size 4 ({max(h, w)} divides, "
+            f"{min(h, w)} does not)",
+            _counting(1, 3, h, w, dev),
+            4,
+            hint="check H % P and W % P first (both): F.unfold and a strided Conv2d silently "
+            "drop the leftover border",
+        )
 
 
 # ---------------------------------------------------------------- Exercise 3.2: unpatchify
@@ -125,7 +127,7 @@ def check_unpatchify(check: Check) -> None:
     for c in (1, 3):
         x = _counting(2, c, 4, 6, dev)
         tokens = patches.patchify(x, 2)  # (2, 6, 4·c)
-        got = check.call(tokens, 2, 4, 6)
+        got = call(check, tokens, 2, 4, 6)
         mistakes = [
             (
                 rearrange(tokens, "b (w h) (p1 p2 c) -> b c (h p1) (w p2)", h=2, p1=2, p2=2),
@@ -158,7 +160,7 @@ def check_unpatchify(check: Check) -> None:
         )
     x = torch.randn(2, 3, 8, 4, generator=seeded(32), dtype=torch.float64).to(dev)
     check.close(
-        check.call(patches.patchify(x, 4), 4, 8, 4),
+        call(check, patches.patchify(x, 4), 4, 8, 4),
         x,
         "inverts patchify on a tall 8×4 image with patch_size 4, dtype float64 kept",
         atol=0,
@@ -188,7 +190,7 @@ def check_conv_patch_embed(check: Check) -> None:
         x = torch.randn(b, c, h, w, generator=g).to(dev)
         weight = torch.randn(d, p * p * c, generator=g).to(dev)
         bias = torch.randn(d, generator=g).to(dev)
-        got = check.call(x, weight, bias, p)
+        got = call(check, x, weight, bias, p)
         expected = patches.patchify(x, p) @ weight.T + bias  # (B, N, D)
         conv = F.conv2d(x, weight.reshape(d, c, p, p), bias, stride=p)  # not permuted
         wrong_order = rearrange(weight, "d (p1 p2 c) -> d c p2 p1", p1=p, p2=p)
@@ -226,7 +228,7 @@ def check_conv_patch_embed(check: Check) -> None:
     weight = torch.randn(6, 48, generator=g, dtype=torch.float64).to(dev)
     bias = torch.randn(6, generator=g, dtype=torch.float64).to(dev)
     with OpSpy() as spy:
-        got = check.call(x, weight, bias, 4)
+        got = call(check, x, weight, bias, 4)
     check.close(
         got,
         patches.patchify(x, 4) @ weight.T + bias,
@@ -241,15 +243,17 @@ def check_conv_patch_embed(check: Check) -> None:
         got=f"no convolution among the operations ({', '.join(sorted(spy.names)[:8])})",
         hint="the point of the exercise is the Conv2d form: F.conv2d(x, w, bias, stride=P)",
     )
-    check.raises(
-        ValueError,
-        "raises ValueError for a 6×8 image and patch_size 4",
-        torch.randn(1, 3, 6, 8, generator=g).to(dev),
-        torch.randn(4, 48, generator=g).to(dev),
-        torch.zeros(4, device=dev),
-        4,
-        hint="a strided Conv2d silently drops the leftover rows; check H % P and W % P first",
-    )
+    for h, w in [(6, 8), (8, 6)]:
+        check.raises(
+            ValueError,
+            f"raises ValueError for a {h}×{w} image and patch_size 4",
+            torch.randn(1, 3, h, w, generator=g).to(dev),
+            torch.randn(4, 48, generator=g).to(dev),
+            torch.zeros(4, device=dev),
+            4,
+            hint="a strided Conv2d silently drops the leftover rows or columns; check H % P "
+            "and W % P first (both)",
+        )
 
 
 # ------------------------------------------------------- Exercise 3.4: 2-D sin-cos embedding
@@ -295,7 +299,7 @@ def _sincos_mistakes(h: int, w: int, dim: int) -> list[tuple[torch.Tensor, str]]
 def check_sincos_2d(check: Check) -> None:
     """Exercise 3.4: sincos_2d(height, width, dim, base=10000.0) -> (H·W, dim) float32."""
     for h, w, dim in [(4, 4, 8), (3, 5, 16)]:
-        got = check.call(h, w, dim)
+        got = call(check, h, w, dim)
         check.close(
             got,
             patches.sincos_2d(h, w, dim),
@@ -308,7 +312,7 @@ def check_sincos_2d(check: Check) -> None:
                 "cos(x·ω)] with ω_k = base^(−k/F), F = dim/4; return float32",
             ),
         )
-    got = check.call(2, 3, 8, base=100.0)
+    got = call(check, 2, 3, 8, base=100.0)
     check.close(
         got,
         patches.sincos_2d(2, 3, 8, base=100.0),
@@ -375,7 +379,7 @@ def check_contrastive_loss(check: Check) -> None:
     for n, d, tau in [(5, 8, 0.07), (7, 3, 0.5), (4, 6, 1.0)]:
         image_emb = (3 * torch.randn(n, d, generator=g)).to(dev)
         text_emb = (0.5 * torch.randn(n, d, generator=g)).to(dev)
-        got = check.call(image_emb, text_emb, tau)
+        got = call(check, image_emb, text_emb, tau)
         check.close(
             got,
             fusion.contrastive_loss(image_emb, text_emb, tau),
@@ -392,7 +396,7 @@ def check_contrastive_loss(check: Check) -> None:
     text_emb = torch.randn(6, 4, generator=g).to(dev)
     got_leaves = leaves(image_emb, text_emb, torch.tensor(0.1, device=dev))
     ref_leaves = leaves(image_emb, text_emb, torch.tensor(0.1, device=dev))
-    got_grads = gradients(check.call(*got_leaves), got_leaves)
+    got_grads = gradients(call(check, *got_leaves), got_leaves)
     ref_grads = gradients(fusion.contrastive_loss(*ref_leaves), ref_leaves)
     for name, got_grad, ref_grad in zip(("image_emb", "text_emb", "temperature"), got_grads,
                                         ref_grads):  # fmt: skip
@@ -405,7 +409,7 @@ def check_contrastive_loss(check: Check) -> None:
             ".item() or new tensors in between",
         )
     same = torch.eye(4, 8, dtype=torch.float64, device=dev)  # four orthogonal pairs, matched
-    got = check.call(same, 2 * same, 0.01)
+    got = call(check, same, 2 * same, 0.01)
     check.close(
         got,
         fusion.contrastive_loss(same, 2 * same, 0.01),
@@ -439,7 +443,7 @@ def check_project(check: Check) -> None:
         torch.randn(d_t, generator=g).to(dev),
     ]
     w1, b1, w2, b2 = weights
-    got = check.call(tokens, *weights)
+    got = call(check, tokens, *weights)
     expected = fusion.project(tokens, *weights)
     check.that(
         isinstance(got, torch.Tensor) and tuple(got.shape) == (b, n, d_t),
@@ -473,7 +477,7 @@ def check_project(check: Check) -> None:
         hint=_diagnose(got, mistakes, "F.linear(F.gelu(F.linear(patches, w1, b1)), w2, b2)"),
     )
     mine = leaves(tokens, w1, w2)
-    got_grads = gradients(check.call(mine[0], mine[1], b1, mine[2], b2), mine)
+    got_grads = gradients(call(check, mine[0], mine[1], b1, mine[2], b2), mine)
     ref_leaves = leaves(tokens, w1, w2)
     ref_grads = gradients(fusion.project(ref_leaves[0], ref_leaves[1], b1, ref_leaves[2], b2),
                        ref_leaves)  # fmt: skip
@@ -488,12 +492,12 @@ def check_project(check: Check) -> None:
         got_grads[1], ref_grads[1], "the gradient reaches w1 (the projector is trained)", atol=1e-4
     )
     check.close(got_grads[2], ref_grads[2], "the gradient reaches w2", atol=1e-4)
-    one = check.call(tokens[:1], *weights)
+    one = call(check, tokens[:1], *weights)
     check.close(one, expected[:1], "one image at a time gives the same tokens", atol=1e-5)
     tokens64 = tokens.double()
     weights64 = [w.double() for w in weights]
     check.close(
-        check.call(tokens64, *weights64),
+        call(check, tokens64, *weights64),
         fusion.project(tokens64, *weights64),
         "keeps dtype float64 and the device",
         atol=1e-9,

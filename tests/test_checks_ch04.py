@@ -19,18 +19,28 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _q_sample(x0, t, alpha_bar, eps):
-    a = alpha_bar[t][:, None, None, None]
+    a = alpha_bar.to(x0)[t][:, None, None, None]
+    return a.sqrt() * x0 + (1 - a).sqrt() * eps
+
+
+def _q_no_cast(x0, t, alpha_bar, eps):
+    a = alpha_bar[t][:, None, None, None]  # BUG: float64 ᾱ makes x_t float64
     return a.sqrt() * x0 + (1 - a).sqrt() * eps
 
 
 def _q_no_sqrt(x0, t, alpha_bar, eps):
-    a = alpha_bar[t][:, None, None, None]
+    a = alpha_bar.to(x0)[t][:, None, None, None]
     return a * x0 + (1 - a) * eps  # BUG: variances used as scales
 
 
 def _q_off_by_one(x0, t, alpha_bar, eps):
-    a = alpha_bar[t - 1][:, None, None, None]  # BUG: ᾱ_{t−1}, 1-based thinking
+    a = alpha_bar.to(x0)[t - 1][:, None, None, None]  # BUG: ᾱ_{t−1}, 1-based thinking
     return a.sqrt() * x0 + (1 - a).sqrt() * eps
+
+
+def _q_in_place(x0, t, alpha_bar, eps):
+    a = alpha_bar.to(x0)[t][:, None, None, None]
+    return x0.mul_(a.sqrt()).add_((1 - a).sqrt() * eps)  # BUG: overwrites the clean images
 
 
 def _q_one_t(x0, t, alpha_bar, eps):
@@ -50,10 +60,12 @@ def test_q_sample_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_q_no_sqrt, r"failed check 1, \"x_t for a batch(.|\n)*square roots"),
-        (_q_off_by_one, r"failed check 1, (.|\n)*no t − 1 or t \+ 1"),
-        (_q_one_t, r"failed check 2, \"each image at its own timestep(.|\n)*\(B, 1, 1, 1\)"),
+        (_q_no_sqrt, r"failed check 2, \"x_t for a batch(.|\n)*square roots"),
+        (_q_off_by_one, r"failed check 2, (.|\n)*no t − 1 or t \+ 1"),
+        (_q_one_t, r"failed check 3, \"each image at its own timestep(.|\n)*\(B, 1, 1, 1\)"),
         (_q_float32, r"keeps dtype float64(.|\n)*got:      dtype torch\.float32"),
+        (_q_no_cast, r"failed check 1, (.|\n)*float64 alpha_bar(.|\n)*alpha_bar\.to\(x0\)"),
+        (_q_in_place, r"failed check 1, \"leaves its input x0 unchanged"),
         (stub, r"Exercise 4\.1 \(sample x_t from q\(x_t \| x_0\)\): not implemented yet"),
     ],
     ids=case_id,
@@ -94,6 +106,11 @@ def _loss_shifted_t(model, x0, t, labels, alpha_bar, eps):
     return ((model(x_t, t + 1, labels) - eps) ** 2).mean()  # BUG: the model sees t + 1
 
 
+def _loss_no_cast(model, x0, t, labels, alpha_bar, eps):
+    x_t = _q_no_cast(x0, t, alpha_bar, eps)  # BUG: a float64 x_t for a float32 model
+    return ((model(x_t, t, labels) - eps) ** 2).mean()
+
+
 def test_diffusion_loss_references_pass(capsys):
     passes(ch04.check_diffusion_loss, diffusion.diffusion_loss, capsys, "4.2")
     passes(ch04.check_diffusion_loss, _loss, capsys, "4.2")
@@ -102,11 +119,12 @@ def test_diffusion_loss_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_loss_x0_target, r"failed check 1, (.|\n)*with eps \(not with x0\)"),
-        (_loss_clean_input, r"failed check 1, (.|\n)*noise the images first"),
-        (_loss_sum, r"failed check 1, (.|\n)*averaged over every value"),
-        (_loss_shifted_t, r"failed check 1, \"the mean squared error"),
-        (_loss_no_grad, r"failed check 2, \"the loss reaches the model's weights"),
+        (_loss_x0_target, r"failed check 2, (.|\n)*with eps \(not with x0\)"),
+        (_loss_clean_input, r"failed check 2, (.|\n)*noise the images first"),
+        (_loss_sum, r"failed check 2, (.|\n)*averaged over every value"),
+        (_loss_shifted_t, r"failed check 2, \"the mean squared error"),
+        (_loss_no_grad, r"failed check 3, \"the loss reaches the model's weights"),
+        (_loss_no_cast, r"failed check 1, (.|\n)*torch\.float64'\](.|\n)*alpha_bar\.to\(x0\)"),
         (stub, r"Exercise 4\.2 \(the ε-prediction loss\): not implemented yet"),
     ],
     ids=case_id,
@@ -118,9 +136,9 @@ def test_diffusion_loss_rejects(wrong, message):
 # --- Exercise 4.3: ddpm_step -------------------------------------------------------------------
 
 
-def _ddpm(x, eps, t, alpha_bar, noise, *, a_prev=None, var=None):
+def _ddpm(x, eps, t, alpha_bar, noise, *, a_prev=None, var=None, a_t=None):
     """The DDPM step, with switches that put in the classic bugs."""
-    a_t = alpha_bar[t]
+    a_t = alpha_bar[t] if a_t is None else a_t
     if a_prev is None:
         a_prev = alpha_bar[t - 1] if t > 0 else torch.ones_like(a_t)
     beta = 1 - a_t / a_prev
@@ -160,6 +178,12 @@ def _ddpm_float32(x, eps, t, alpha_bar, noise):
     return _ddpm(x.float(), eps.float(), t, alpha_bar.float(), noise.float())
 
 
+def _ddpm_slices(x, eps, t, alpha_bar, noise):
+    a_t = alpha_bar[t : t + 1]  # BUG: (1,) float64 tensors promote x to float64
+    a_prev = alpha_bar[t - 1 : t] if t > 0 else torch.ones_like(a_t)
+    return _ddpm(x, eps, t, alpha_bar, noise, a_prev=a_prev, var=None, a_t=a_t)
+
+
 def test_ddpm_step_references_pass(capsys):
     passes(ch04.check_ddpm_step, diffusion.ddpm_step, capsys, "4.3")
     passes(ch04.check_ddpm_step, _ddpm_step, capsys, "4.3")
@@ -168,11 +192,12 @@ def test_ddpm_step_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_ddpm_off_by_one, r"failed check 1, \"x_\{t−1\} at t = 5(.|\n)*values differ"),
-        (_ddpm_beta_variance, r"failed check 1, (.|\n)*the posterior's β̃_t"),
-        (_ddpm_wraps_at_zero, r"failed check 4, \"the last step t = 0(.|\n)*wrap round"),
-        (_ddpm_noise_always, r"failed check 4, \"the last step t = 0 returns x̂_0"),
+        (_ddpm_off_by_one, r"failed check 2, \"x_\{t−1\} at t = 5(.|\n)*values differ"),
+        (_ddpm_beta_variance, r"failed check 2, (.|\n)*the posterior's β̃_t"),
+        (_ddpm_wraps_at_zero, r"failed check 5, \"the last step t = 0(.|\n)*wrap round"),
+        (_ddpm_noise_always, r"failed check 5, \"the last step t = 0 returns x̂_0"),
         (_ddpm_float32, r"keeps dtype float64(.|\n)*got:      dtype torch\.float32"),
+        (_ddpm_slices, r"failed check 1, (.|\n)*float64 alpha_bar(.|\n)*alpha_bar\.to"),
         (stub, r"Exercise 4\.3 \(one DDPM step\): not implemented yet"),
     ],
     ids=case_id,
@@ -279,6 +304,14 @@ def _ddim_sigma_squared(x, eps, t, t_next, alpha_bar, eta, noise):
     return a_next.sqrt() * x0 + (1 - a_next - sigma**2).sqrt() * eps + sigma * noise
 
 
+def _ddim_one_element(x, eps, t, t_next, alpha_bar, eta, noise):
+    a_t = alpha_bar[[t]]  # BUG: a (1,) float64 tensor, not a scalar: x_next becomes float64
+    a_next = alpha_bar[[t_next]] if t_next >= 0 else torch.ones_like(a_t)
+    x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    sigma = eta * ((1 - a_next) / (1 - a_t) * (1 - a_t / a_next)).sqrt()
+    return a_next.sqrt() * x0 + (1 - a_next - sigma**2).clamp(min=0).sqrt() * eps + sigma * noise
+
+
 def test_ddim_step_references_pass(capsys):
     passes(ch04.check_ddim_step, diffusion.ddim_step, capsys, "4.5")
     passes(ch04.check_ddim_step, _ddim_step, capsys, "4.5")
@@ -287,10 +320,11 @@ def test_ddim_step_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_ddim_off_by_one, r"failed check 1, \"η = 0 from t = 9(.|\n)*alpha_bar\[t_next\]"),
-        (_ddim_no_direction, r"failed check 1, (.|\n)*√\(1 − ᾱ_next − σ²\) ε"),
-        (_ddim_sigma_squared, r"failed check 3, \"η = 0.5 from t = 7"),
-        (_ddim_wraps_final, r"failed check 4, \"the final step, t_next = −1(.|\n)*ᾱ_next = 1"),
+        (_ddim_off_by_one, r"failed check 2, \"η = 0 from t = 9(.|\n)*alpha_bar\[t_next\]"),
+        (_ddim_no_direction, r"failed check 2, (.|\n)*√\(1 − ᾱ_next − σ²\) ε"),
+        (_ddim_sigma_squared, r"failed check 4, \"η = 0.5 from t = 7"),
+        (_ddim_one_element, r"failed check 1, (.|\n)*float64 alpha_bar"),
+        (_ddim_wraps_final, r"failed check 5, \"the final step, t_next = −1(.|\n)*ᾱ_next = 1"),
         (stub, r"Exercise 4\.5 \(one DDIM step\): not implemented yet"),
     ],
     ids=case_id,
@@ -318,6 +352,11 @@ def _cfg_average(eps_cond, eps_uncond, scale):
     return (eps_cond + scale * eps_uncond) / (1 + scale)  # BUG: a weighted mean, no extrapolation
 
 
+def _cfg_in_place(eps_cond, eps_uncond, scale):
+    eps_uncond += scale * (eps_cond - eps_uncond)  # BUG: overwrites the caller's ε_u
+    return eps_uncond
+
+
 def test_cfg_combine_references_pass(capsys):
     passes(ch04.check_cfg_combine, diffusion.cfg_combine, capsys, "4.6")
     passes(ch04.check_cfg_combine, _cfg, capsys, "4.6")
@@ -329,6 +368,7 @@ def test_cfg_combine_references_pass(capsys):
         (_cfg_from_cond, r"failed check 1, \"scale 1 gives the plain(.|\n)*start from the uncond"),
         (_cfg_swapped, r"failed check 1, \"scale 1(.|\n)*s on ε_c and \(1 − s\) on ε_u"),
         (_cfg_average, r"failed check 1, \"scale 1 gives the plain"),
+        (_cfg_in_place, r"failed check 1, \"leaves its input eps_uncond unchanged"),
         (stub, r"Exercise 4\.6 \(classifier-free guidance\): not implemented yet"),
     ],
     ids=case_id,

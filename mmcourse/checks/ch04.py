@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from mmcourse import diffusion
+from mmcourse.checks._contract import call
 from mmcourse.checks._core import Check, describe, exercise, seeded
 from mmcourse.unet import NULL
 
@@ -29,6 +30,24 @@ def _short_schedule() -> torch.Tensor:
     return diffusion.linear_schedule(10, 0.05, 0.5)
 
 
+_CAST = (
+    "alpha_bar is float64, like the notebook's schedules: cast it to the images' dtype (and "
+    "device) before mixing, alpha_bar.to(x0), or the result becomes float64 and the float32 "
+    "model downstream fails on it"
+)
+
+
+def _follows_dtype(check: Check, got: Any, like: torch.Tensor, what: str) -> None:
+    """The result keeps the images' dtype although the schedule is float64."""
+    check.that(
+        isinstance(got, torch.Tensor) and got.dtype == like.dtype,
+        f"{what}: keeps the images' dtype {like.dtype} with a float64 alpha_bar",
+        expected=f"a tensor of dtype {like.dtype}",
+        got=describe(got),
+        hint=_CAST,
+    )
+
+
 def _tensors(g: torch.Generator, dev: torch.device, n: int, *shape: int) -> list[torch.Tensor]:
     return [torch.randn(*shape, generator=g).to(dev) for _ in range(n)]
 
@@ -40,28 +59,33 @@ def _tensors(g: torch.Generator, dev: torch.device, n: int, *shape: int) -> list
 def check_q_sample(check: Check) -> None:
     """Exercise 4.1: q_sample(x0 (B, C, H, W), t (B,) long, alpha_bar (T,), eps) -> x_t."""
     g, dev = seeded(41), check.device
-    alpha_bar = _short_schedule().float().to(dev)
+    alpha_bar = _short_schedule().to(dev)  # float64, as in the notebook
     x0, eps = _tensors(g, dev, 2, 4, 3, 4, 4)
     t = torch.tensor([5, 5, 5, 5], device=dev)
+    expected = diffusion.q_sample(x0, t, alpha_bar, eps)
+    got = call(check, x0, t, alpha_bar, eps)
+    _follows_dtype(check, got, x0, "x_t for float32 images")
     check.close(
-        check.call(x0, t, alpha_bar, eps),
-        diffusion.q_sample(x0, t, alpha_bar, eps),
+        got,
+        expected,
         "x_t for a batch of 4 images, all at t = 5",
         hint=f"{_Q}: square roots of ᾱ_t and of 1 − ᾱ_t, and alpha_bar[t] itself (t counts "
         "from 0, so no t − 1 or t + 1)",
     )
     t = torch.tensor([0, 3, 7, 9], device=dev)
+    expected = diffusion.q_sample(x0, t, alpha_bar, eps)
     check.close(
-        check.call(x0, t, alpha_bar, eps),
-        diffusion.q_sample(x0, t, alpha_bar, eps),
+        call(check, x0, t, alpha_bar, eps),
+        expected,
         "each image at its own timestep t = [0, 3, 7, 9]",
         hint="index alpha_bar[t] → (B,), then reshape to (B, 1, 1, 1) with [:, None, None, None] "
         "so that image i is scaled by its own ᾱ_t",
     )
     x0_64, eps_64 = x0.double(), eps.double()
+    expected = diffusion.q_sample(x0_64, t, alpha_bar, eps_64)
     check.close(
-        check.call(x0_64, t, alpha_bar.double(), eps_64),
-        diffusion.q_sample(x0_64, t, alpha_bar.double(), eps_64),
+        call(check, x0_64, t, alpha_bar, eps_64),
+        expected,
         "keeps dtype float64 and the device",
         atol=1e-10,
         hint="compute from the inputs' own tensors; don't create float32 tensors",
@@ -81,8 +105,11 @@ class _Toy(nn.Module):
             for p in self.conv.parameters():
                 p.copy_(0.3 * torch.randn(p.shape, generator=g))
         self.label = nn.Parameter(torch.randn(7, channels, generator=g))
+        self.seen: list[torch.dtype] = []  # the dtype of every x_t it was called with
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.dtype)
+        x = x.to(self.conv.weight.dtype)  # a real float32 U-Net would fail on float64 here
         colour = torch.where(labels[:, 0] == NULL, 6, labels[:, 0])  # NULL → its own row
         shift = torch.sin(0.7 * t.to(x.dtype))[:, None, None, None]  # (B, 1, 1, 1)
         return torch.tanh(self.conv(x)) + shift + self.label[colour][:, :, None, None]
@@ -92,14 +119,21 @@ class _Toy(nn.Module):
 def check_diffusion_loss(check: Check) -> None:
     """Exercise 4.2: diffusion_loss(model, x0, t, labels, alpha_bar, eps) -> scalar."""
     g, dev = seeded(42), check.device
-    alpha_bar = _short_schedule().float().to(dev)
+    alpha_bar = _short_schedule().to(dev)  # float64, as in the notebook
     x0, eps = _tensors(g, dev, 2, 4, 3, 4, 4)
     t = torch.tensor([1, 4, 6, 9], device=dev)
     labels = torch.tensor([[0, 1, 2], [3, 0, 4], [NULL] * 3, [5, 2, 0]], device=dev)
     model, reference = _Toy(3, g).to(dev), _Toy(3, seeded(0)).to(dev)
     reference.load_state_dict(model.state_dict())
-    got = check.call(model, x0, t, labels, alpha_bar, eps)
     expected = diffusion.diffusion_loss(reference, x0, t, labels, alpha_bar, eps)
+    got = call(check, model, x0, t, labels, alpha_bar, eps)
+    check.that(
+        model.seen == [x0.dtype],
+        "calls the model once, on x_t in the images' dtype float32 (alpha_bar is float64)",
+        expected="one call with a float32 x_t",
+        got=f"calls with x_t of dtypes {[str(d) for d in model.seen]}",
+        hint=_CAST if torch.float64 in model.seen else "call model(x_t, t, labels) once",
+    )
     check.close(
         got,
         expected,
@@ -139,16 +173,18 @@ def check_diffusion_loss(check: Check) -> None:
 def check_ddpm_step(check: Check) -> None:
     """Exercise 4.3: ddpm_step(x (B, C, H, W), eps, t: int, alpha_bar (T,), noise) -> x_{t−1}."""
     g, dev = seeded(43), check.device
-    alpha_bar = _short_schedule().float().to(dev)
+    alpha_bar = _short_schedule().to(dev)  # float64, as in the notebook
     x, eps, noise = _tensors(g, dev, 3, 2, 3, 4, 4)
+    _follows_dtype(check, call(check, x, eps, 5, alpha_bar, noise), x, "x_{t−1} at t = 5")
     for t, what, hint in [
         (5, "x_{t−1} at t = 5: posterior mean plus √β̃_t · noise", f"{_X0}; {_MEAN}"),
         (9, "the first step, t = T − 1 = 9", f"{_MEAN}; with 0-based t, ᾱ_t = alpha_bar[t]"),
         (1, "t = 1, where ᾱ_{t−1} = alpha_bar[0]", "ᾱ_{t−1} = alpha_bar[t − 1]"),
     ]:
+        expected = diffusion.ddpm_step(x, eps, t, alpha_bar, noise)
         check.close(
-            check.call(x, eps, t, alpha_bar, noise),
-            diffusion.ddpm_step(x, eps, t, alpha_bar, noise),
+            call(check, x, eps, t, alpha_bar, noise),
+            expected,
             what,
             atol=1e-4,
             hint=f"{hint}; the variance is the posterior's {_VAR}",
@@ -156,7 +192,7 @@ def check_ddpm_step(check: Check) -> None:
     expected = diffusion.ddpm_step(x, eps, 0, alpha_bar, noise)
     for n, z in enumerate((noise, 3 * noise)):
         check.close(
-            check.call(x, eps, 0, alpha_bar, z),
+            call(check, x, eps, 0, alpha_bar, z),
             expected,
             f"the last step t = 0 returns x̂_0 and adds no noise (noise draw {n + 1})",
             atol=1e-4,
@@ -164,9 +200,10 @@ def check_ddpm_step(check: Check) -> None:
             "alpha_bar[−1] = ᾱ_{T−1}; use ᾱ_{−1} = 1, which makes β̃_0 = 0 (no noise)",
         )
     x64, eps64, noise64 = x.double(), eps.double(), noise.double()
+    expected = diffusion.ddpm_step(x64, eps64, 4, alpha_bar, noise64)
     check.close(
-        check.call(x64, eps64, 4, alpha_bar.double(), noise64),
-        diffusion.ddpm_step(x64, eps64, 4, alpha_bar.double(), noise64),
+        call(check, x64, eps64, 4, alpha_bar, noise64),
+        expected,
         "keeps dtype float64 and the device",
         atol=1e-10,
         hint="compute from the inputs' own tensors; don't create float32 tensors",
@@ -193,8 +230,8 @@ def _pairs(check: Check, got: Any, what: str) -> list[tuple[int, int]]:
 @exercise("4.4", "the strided DDIM schedule")
 def check_ddim_timesteps(check: Check) -> None:
     """Exercise 4.4: ddim_timesteps(T: int, steps: int) -> [(t, t_next), ...]."""
-    for T, steps in [(1000, 50), (1000, 20), (10, 10), (1000, 7)]:
-        got = _pairs(check, check.call(T, steps), f"returns (t, t_next) pairs for T={T}")
+    for T, steps in [(1000, 50), (1000, 20), (10, 10), (1000, 7), (20, 1)]:
+        got = _pairs(check, call(check, T, steps), f"returns (t, t_next) pairs for T={T}")
         expected = diffusion.ddim_timesteps(T, steps)
         check.that(
             len(got) == steps,
@@ -247,42 +284,48 @@ def check_ddim_timesteps(check: Check) -> None:
 def check_ddim_step(check: Check) -> None:
     """Exercise 4.5: ddim_step(x, eps, t, t_next, alpha_bar, eta, noise) -> x_{t_next}."""
     g, dev = seeded(45), check.device
-    alpha_bar = _short_schedule().float().to(dev)
+    alpha_bar = _short_schedule().to(dev)  # float64, as in the notebook
     x, eps, noise = _tensors(g, dev, 3, 2, 3, 4, 4)
+    got = call(check, x, eps, 9, 6, alpha_bar, 0.5, noise)
+    _follows_dtype(check, got, x, "x_{t_next} from t = 9 to 6")
     sigma = "σ = η √((1−ᾱ_next)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_next)"
     for t, t_next, eta, what in [
         (9, 6, 0.0, "η = 0 from t = 9 to t_next = 6: deterministic"),
         (6, 2, 0.0, "η = 0 from t = 6 to t_next = 2"),
         (7, 3, 0.5, "η = 0.5 from t = 7 to t_next = 3: some fresh noise"),
     ]:
+        expected = diffusion.ddim_step(x, eps, t, t_next, alpha_bar, eta, noise)
         check.close(
-            check.call(x, eps, t, t_next, alpha_bar, eta, noise),
-            diffusion.ddim_step(x, eps, t, t_next, alpha_bar, eta, noise),
+            call(check, x, eps, t, t_next, alpha_bar, eta, noise),
+            expected,
             what,
             atol=1e-4,
             hint=f"{_X0}, then x_next = √ᾱ_next x̂_0 + √(1 − ᾱ_next − σ²) ε + σ · noise, "
             f"{sigma}; ᾱ_t = alpha_bar[t] and ᾱ_next = alpha_bar[t_next]",
         )
     for eta in (0.0, 1.0):
+        expected = diffusion.ddim_step(x, eps, 3, -1, alpha_bar, eta, noise)
         check.close(
-            check.call(x, eps, 3, -1, alpha_bar, eta, noise),
-            diffusion.ddim_step(x, eps, 3, -1, alpha_bar, eta, noise),
+            call(check, x, eps, 3, -1, alpha_bar, eta, noise),
+            expected,
             f"the final step, t_next = −1 with η = {eta:g}, lands exactly on x̂_0",
             atol=1e-4,
             hint="t_next = −1 means x_0: use ᾱ_next = 1 there (alpha_bar[−1] would be "
             "ᾱ_{T−1}, nearly pure noise), so σ = 0 and the result is x̂_0",
         )
+    expected = diffusion.ddpm_step(x, eps, 5, alpha_bar, noise)
     check.close(
-        check.call(x, eps, 5, 4, alpha_bar, 1.0, noise),
-        diffusion.ddpm_step(x, eps, 5, alpha_bar, noise),
+        call(check, x, eps, 5, 4, alpha_bar, 1.0, noise),
+        expected,
         "η = 1 over a single step t → t − 1 is exactly the DDPM step",
         atol=1e-4,
         hint=f"{sigma}: with η = 1 and t_next = t − 1 this is DDPM's √β̃_t",
     )
     x64, eps64, noise64 = x.double(), eps.double(), noise.double()
+    expected = diffusion.ddim_step(x64, eps64, 8, 5, alpha_bar, 0.3, noise64)
     check.close(
-        check.call(x64, eps64, 8, 5, alpha_bar.double(), 0.3, noise64),
-        diffusion.ddim_step(x64, eps64, 8, 5, alpha_bar.double(), 0.3, noise64),
+        call(check, x64, eps64, 8, 5, alpha_bar, 0.3, noise64),
+        expected,
         "keeps dtype float64 and the device",
         atol=1e-10,
         hint="compute from the inputs' own tensors; don't create float32 tensors",
@@ -303,16 +346,18 @@ def check_cfg_combine(check: Check) -> None:
         (0.0, "scale 0 gives the unconditional prediction ε_u"),
         (4.0, "scale 4 extrapolates past ε_c, away from ε_u"),
     ]:
+        expected = diffusion.cfg_combine(eps_cond, eps_uncond, scale)
         check.close(
-            check.call(eps_cond, eps_uncond, scale),
-            diffusion.cfg_combine(eps_cond, eps_uncond, scale),
+            call(check, eps_cond, eps_uncond, scale),
+            expected,
             what,
             hint=f"{formula}; the weights are s on ε_c and (1 − s) on ε_u",
         )
     c64, u64 = eps_cond.double(), eps_uncond.double()
+    expected = diffusion.cfg_combine(c64, u64, 2.5)
     check.close(
-        check.call(c64, u64, 2.5),
-        diffusion.cfg_combine(c64, u64, 2.5),
+        call(check, c64, u64, 2.5),
+        expected,
         "keeps dtype float64 and the device",
         atol=1e-12,
     )

@@ -73,7 +73,7 @@ def test_the_stub_is_not_implemented_yet():
 
 
 def test_a_crash_is_one_line_not_a_traceback():
-    message = _fail(lambda x: x @ torch.ones(3))
+    message = _fail(lambda x: x @ torch.ones(3, device=x.device))  # (4,) @ (3,): a crash
     assert (
         'failed check 1, "runs on (tensor of shape (4,), dtype torch.float32, on cpu)"' in message
     )

@@ -88,6 +88,11 @@ def _top_k_crash(logits, k):
     return logits.masked_fill(logits < kth, -math.inf).masked_fill(logits == kth, -math.inf)
 
 
+def _top_k_no_guard(logits, k):
+    kth = logits.topk(k, dim=-1).values[:, -1:]  # BUG: topk raises for k > V
+    return logits.masked_fill(logits < kth, -math.inf)
+
+
 def test_top_k_references_pass(capsys):
     passes(ch05.check_top_k_filter, sampling.top_k_filter, capsys, "5.2")
     passes(ch05.check_top_k_filter, _top_k, capsys, "5.2")
@@ -101,6 +106,7 @@ def test_top_k_references_pass(capsys):
         (_top_k_indices, r"failed check 2, \"k = 2 on \[3, 2, 2, 1\](.|\n)*treated equally"),
         (_top_k_row0, r"failed check 3, \"a batch of 4 rows(.|\n)*each row"),
         (_top_k_crash, r"failed check 1"),
+        (_top_k_no_guard, r"runs on \(tensor of shape \(4, 12\)(.|\n)*15\)(.|\n)*k > V"),
         (stub, r"Exercise 5\.2 \(top-k filtering\): not implemented yet"),
     ],
     ids=case_id,
@@ -113,6 +119,8 @@ def test_top_k_rejects(wrong, message):
 
 
 def _top_p(logits, p):
+    if p >= 1:
+        return logits
     sorted_logits, idx = logits.sort(dim=-1, descending=True)
     probs = sorted_logits.softmax(-1)
     drop = probs.cumsum(-1) - probs >= p
@@ -141,6 +149,13 @@ def _top_p_row0(logits, p):
     return logits.masked_fill(remove, -math.inf)
 
 
+def _top_p_running_sum(logits, p):
+    sorted_logits, idx = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    drop = probs.cumsum(-1) - probs >= p  # BUG at p = 1: the sum reaches 1.0 before the tail
+    return logits.scatter(-1, idx, sorted_logits.masked_fill(drop, -math.inf))
+
+
 def test_top_p_references_pass(capsys):
     passes(ch05.check_top_p_filter, sampling.top_p_filter, capsys, "5.3")
     passes(ch05.check_top_p_filter, _top_p, capsys, "5.3")
@@ -152,6 +167,7 @@ def test_top_p_references_pass(capsys):
         (_top_p_drops_crossing, r"failed check 1, \"p = 0\.6(.|\n)*token that crosses it"),
         (_top_p_no_scatter, r"failed check 3, \"the same row in another(.|\n)*scatter"),
         (_top_p_row0, r"failed check 4, \"a batch of 4 rows(.|\n)*never with row 0"),
+        (_top_p_running_sum, r"p = 1 keeps every logit(.|\n)*\d+ ids were removed(.|\n)*1\.0"),
         (stub, r"Exercise 5\.3 \(top-p \(nucleus\) filtering\): not implemented yet"),
     ],
     ids=case_id,
@@ -185,6 +201,12 @@ def _restrict_nothing(logits, start, end):
     return logits  # BUG: image positions may sample text ids
 
 
+def _restrict_in_place(logits, start, end):
+    logits[:, :start] = -math.inf  # BUG: writes into the caller's logits
+    logits[:, end:] = -math.inf
+    return logits
+
+
 def test_restrict_references_pass(capsys):
     passes(ch05.check_restrict_range, sampling.restrict_range, capsys, "5.4")
     passes(ch05.check_restrict_range, _restrict, capsys, "5.4")
@@ -196,6 +218,7 @@ def test_restrict_references_pass(capsys):
         (_restrict_inclusive, r"failed check 1, \"ids 4 … 8(.|\n)*half-open"),
         (_restrict_zero, r"failed check 1(.|\n)*−inf"),
         (_restrict_nothing, r"failed check 1(.|\n)*masked_fill"),
+        (_restrict_in_place, r"failed check 1, \"leaves its input logits unchanged"),
         (stub, r"Exercise 5\.4 \(restrict logits to a token range\): not implemented yet"),
     ],
     ids=case_id,
@@ -207,7 +230,7 @@ def test_restrict_rejects(wrong, message):
 # --- Exercise 5.5: process_logits --------------------------------------------------------------
 
 
-def _pipeline(logits, *, temperature, top_k, top_p, allowed):
+def _pipeline(logits, *, temperature=1.0, top_k=None, top_p=None, allowed=None):
     if allowed is not None:
         logits = sampling.restrict_range(logits, *allowed)
     logits = logits / temperature
@@ -218,7 +241,7 @@ def _pipeline(logits, *, temperature, top_k, top_p, allowed):
     return logits
 
 
-def _pipeline_temperature_last(logits, *, temperature, top_k, top_p, allowed):
+def _pipeline_temperature_last(logits, *, temperature=1.0, top_k=None, top_p=None, allowed=None):
     if allowed is not None:
         logits = sampling.restrict_range(logits, *allowed)
     if top_k is not None:
@@ -228,7 +251,7 @@ def _pipeline_temperature_last(logits, *, temperature, top_k, top_p, allowed):
     return logits / temperature  # BUG: temperature after filtering
 
 
-def _pipeline_restrict_last(logits, *, temperature, top_k, top_p, allowed):
+def _pipeline_restrict_last(logits, *, temperature=1.0, top_k=None, top_p=None, allowed=None):
     logits = logits / temperature
     if top_k is not None:
         logits = sampling.top_k_filter(logits, top_k)
@@ -239,9 +262,34 @@ def _pipeline_restrict_last(logits, *, temperature, top_k, top_p, allowed):
     return logits
 
 
+def _pipeline_times_inverse(logits, *, temperature=1.0, top_k=None, top_p=None, allowed=None):
+    if allowed is not None:
+        logits = sampling.restrict_range(logits, *allowed)
+    logits = logits * (1 / temperature)  # right: equal to / τ up to the last bit
+    if top_k is not None:
+        logits = sampling.top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = sampling.top_p_filter(logits, top_p)
+    return logits
+
+
+def _pipeline_no_defaults(logits, *, temperature, top_k, top_p, allowed):
+    return _pipeline(logits, temperature=temperature, top_k=top_k, top_p=top_p, allowed=allowed)
+
+
+def _pipeline_default_temperature(logits, *, temperature=0.8, top_k=None, top_p=None, allowed=None):
+    return _pipeline(logits, temperature=temperature, top_k=top_k, top_p=top_p, allowed=allowed)
+
+
+def _pipeline_float32(logits, *, temperature=1.0, top_k=None, top_p=None, allowed=None):
+    return _pipeline(logits.float(), temperature=temperature, top_k=top_k, top_p=top_p,
+                     allowed=allowed)  # fmt: skip
+
+
 def test_pipeline_references_pass(capsys):
     passes(ch05.check_process_logits, sampling.process_logits, capsys, "5.5")
     passes(ch05.check_process_logits, _pipeline, capsys, "5.5")
+    passes(ch05.check_process_logits, _pipeline_times_inverse, capsys, "5.5")
 
 
 @pytest.mark.parametrize(
@@ -249,6 +297,9 @@ def test_pipeline_references_pass(capsys):
     [
         (_pipeline_temperature_last, r"failed check 2, \"τ = 2 then top-p(.|\n)*after τ"),
         (_pipeline_restrict_last, r"failed check 4, \"ids \[8, 20\) then top-p"),
+        (_pipeline_no_defaults, r"failed check 6, \"runs on(.|\n)*docstring's signature"),
+        (_pipeline_default_temperature, r"every option left out(.|\n)*temperature=1\.0, top_k"),
+        (_pipeline_float32, r"keeps dtype float64(.|\n)*torch\.float32"),
         (stub, r"Exercise 5\.5 \(the logit pipeline in the right order\): not implemented yet"),
     ],
     ids=case_id,
@@ -386,6 +437,24 @@ def _cached_ignores_mask(q, k, v, cache=None, mask=None):
     return _cached(q, k, v, cache, None)  # BUG: an explicit mask is ignored
 
 
+def _cached_additive_mask(q, k, v, cache=None, mask=None):
+    if mask is None:
+        return _cached(q, k, v, cache, None)
+    if cache is not None:
+        k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) + mask.float()  # BUG: adds 0/1
+    return scores.softmax(-1) @ v, (k, v)
+
+
+def _cached_no_defaults(q, k, v, cache, mask):
+    return _cached(q, k, v, cache, mask)  # BUG: cache and mask have no default
+
+
+def _cached_float32(q, k, v, cache=None, mask=None):
+    out, new = _cached(q, k, v, cache, mask)
+    return out.float(), new
+
+
 def test_cached_attention_references_pass(capsys):
     passes(ch05.check_cached_attention, transformer.cached_attention, capsys, "5.8")
     passes(ch05.check_cached_attention, _cached, capsys, "5.8")
@@ -394,10 +463,13 @@ def test_cached_attention_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_cached_not_appended, r"failed check 2, \"after 4 cached positions(.|\n)*append"),
-        (_cached_no_offset, r"failed check 5, \"one new query(.|\n)*shifted by the cache length"),
-        (_cached_returns_old, r"failed check 2(.|\n)*return the longer tensors"),
+        (_cached_not_appended, r"failed check 3, \"after 4 cached positions(.|\n)*append"),
+        (_cached_no_offset, r"failed check 6, \"one new query(.|\n)*shifted by the cache length"),
+        (_cached_returns_old, r"failed check 3(.|\n)*return the longer tensors"),
         (_cached_ignores_mask, r"explicit all-True mask"),
+        (_cached_additive_mask, r"explicit mask with holes(.|\n)*not combined with the causal"),
+        (_cached_no_defaults, r"failed check 1, \"runs on(.|\n)*docstring's signature"),
+        (_cached_float32, r"keeps dtype float64 and the device \(the output\)(.|\n)*float32"),
         (stub, r"Exercise 5\.8 \(attention with a KV cache\): not implemented yet"),
     ],
     ids=case_id,
@@ -425,6 +497,10 @@ def _codes_flat(ids):
     return ids - ar.IMAGE_OFFSET  # BUG: not a grid
 
 
+def _codes_fixed_batch(ids):
+    return (ids - ar.IMAGE_OFFSET).view(3, 8, 8)  # BUG: the batch size of the example
+
+
 def test_codes_references_pass(capsys):
     passes(ch05.check_ids_to_codes, sampling.ids_to_codes, capsys, "5.9")
     passes(ch05.check_ids_to_codes, _codes, capsys, "5.9")
@@ -436,6 +512,7 @@ def test_codes_references_pass(capsys):
         (_codes_no_offset, r"failed check 2, \"the codes the tokenizer gave(.|\n)*IMAGE_OFFSET"),
         (_codes_transposed, r"failed check 2(.|\n)*no transpose"),
         (_codes_flat, r"failed check 1(.|\n)*\(B, 8, 8\)"),
+        (_codes_fixed_batch, r"runs on \(tensor of shape \(1, 64\)(.|\n)*RuntimeError"),
         (stub, r"Exercise 5\.9 \(remove the vocabulary offset\): not implemented yet"),
     ],
     ids=case_id,

@@ -13,13 +13,20 @@ from __future__ import annotations
 import torch
 
 from mmcourse import ar, sampling, transformer
-from mmcourse.checks._core import Check, describe, exercise, seeded
+from mmcourse.checks._contract import call
+from mmcourse.checks._core import Check, _Failure, describe, exercise, seeded
 
 _INF = float("-inf")
 
 
 def _logits(g: torch.Generator, dev: torch.device, *shape: int) -> torch.Tensor:
     return (2 * torch.randn(*shape, generator=g)).to(dev)
+
+
+def _same_logits(check: Check, got: object, expected: torch.Tensor, what: str, hint: str) -> None:
+    """Equal up to float rounding (−∞ exactly where the reference has −∞): x / τ and x · (1/τ)
+    may differ in the last bit."""
+    check.close(got, expected, what, atol=1e-6, rtol=1e-6, hint=hint)
 
 
 # ------------------------------------------------------------------ Exercise 5.1: temperature
@@ -36,7 +43,7 @@ def check_apply_temperature(check: Check) -> None:
         (1.0, "τ = 1 leaves the logits unchanged"),
     ]:
         check.close(
-            check.call(logits, tau),
+            call(check, logits, tau),
             sampling.apply_temperature(logits, tau),
             what,
             hint="divide the logits (not the probabilities) by τ: softmax(ℓ / τ); return "
@@ -44,7 +51,7 @@ def check_apply_temperature(check: Check) -> None:
         )
     l64 = logits.double()
     check.close(
-        check.call(l64, 0.7),
+        call(check, l64, 0.7),
         sampling.apply_temperature(l64, 0.7),
         "keeps dtype float64 and the device",
         atol=1e-12,
@@ -60,16 +67,18 @@ def check_top_k_filter(check: Check) -> None:
     row set to −∞ (ties with the k-th largest kept)."""
     dev = check.device
     row = torch.tensor([[1.0, 5.0, 3.0, 4.0, 2.0]], device=dev)
-    check.equal(
-        check.call(row, 2),
+    _same_logits(
+        check,
+        call(check, row, 2),
         torch.tensor([[_INF, 5.0, _INF, 4.0, _INF]], device=dev),
         "k = 2 on [1, 5, 3, 4, 2] keeps exactly 5 and 4",
         hint="the threshold is the k-th largest value, topk(k).values[:, -1:] (index k − 1 of "
         "the sorted row, not k); keep logits ≥ it and set the others to −∞",
     )
     ties = torch.tensor([[3.0, 2.0, 2.0, 1.0]], device=dev)
-    check.equal(
-        check.call(ties, 2),
+    _same_logits(
+        check,
+        call(check, ties, 2),
         torch.tensor([[3.0, 2.0, 2.0, _INF]], device=dev),
         "k = 2 on [3, 2, 2, 1] keeps both tokens tied at the 2nd largest value",
         hint="compare with the k-th largest value (logits < kth → −∞) instead of keeping the "
@@ -77,20 +86,32 @@ def check_top_k_filter(check: Check) -> None:
     )
     g = seeded(52)
     batch = _logits(g, dev, 4, 12)
-    check.equal(
-        check.call(batch, 3),
+    _same_logits(
+        check,
+        call(check, batch, 3),
         sampling.top_k_filter(batch, 3),
         "a batch of 4 rows, k = 3: each row keeps its own 3 largest",
         hint="take the k-th largest of each row (shape (B, 1)), not one threshold for the batch",
     )
-    check.equal(
-        check.call(batch, 12),
-        batch,
-        "k = V (12) keeps every logit",
-        hint="when k ≥ V there is nothing to filter: return the logits unchanged",
+    every = (
+        "when k ≥ V there is nothing to filter: return the logits unchanged "
+        "(logits.topk(k) raises for k > V)"
     )
+    for k in (12, 15):
+        try:
+            got = call(check, batch, k)
+        except _Failure as failure:
+            failure.hint = every
+            raise
+        _same_logits(check, got, batch, f"k = {k} ≥ V = 12 keeps every logit", hint=every)
     b64 = batch.double()
-    check.equal(check.call(b64, 5), sampling.top_k_filter(b64, 5), "keeps dtype float64")
+    _same_logits(
+        check,
+        call(check, b64, 5),
+        sampling.top_k_filter(b64, 5),
+        "keeps dtype float64",
+        hint="filter with masked_fill on the logits themselves; don't convert them",
+    )
 
 
 # ------------------------------------------------------------------------ Exercise 5.3: top-p
@@ -103,24 +124,27 @@ def check_top_p_filter(check: Check) -> None:
     dev = check.device
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]], device=dev)
     logits = probs.log()
-    check.equal(
-        check.call(logits, 0.6),
+    _same_logits(
+        check,
+        call(check, logits, 0.6),
         sampling.top_p_filter(logits, 0.6),
         "p = 0.6 on probabilities [0.5, 0.3, 0.15, 0.05] keeps 0.5 and 0.3",
         hint="0.5 alone does not reach p = 0.6, so the token that crosses it (0.3) is kept: "
         "remove a token only when the mass of the tokens before it is already ≥ p "
         "(cumsum − probs ≥ p), not when cumsum > p",
     )
-    check.equal(
-        check.call(logits, 0.4),
+    _same_logits(
+        check,
+        call(check, logits, 0.4),
         sampling.top_p_filter(logits, 0.4),
         "p = 0.4 keeps only the most likely token, which alone crosses p",
         hint="the most likely token is always kept",
     )
     shuffle = torch.tensor([2, 0, 3, 1], device=dev)
     mixed = logits[:, shuffle]  # probabilities [0.15, 0.5, 0.05, 0.3]
-    check.equal(
-        check.call(mixed, 0.6),
+    _same_logits(
+        check,
+        call(check, mixed, 0.6),
         sampling.top_p_filter(mixed, 0.6),
         "the same row in another vocabulary order: [0.15, 0.5, 0.05, 0.3] keeps 0.5 and 0.3 in "
         "place",
@@ -129,18 +153,37 @@ def check_top_p_filter(check: Check) -> None:
     )
     g = seeded(53)
     batch = _logits(g, dev, 4, 16)
-    check.equal(
-        check.call(batch, 0.8),
+    _same_logits(
+        check,
+        call(check, batch, 0.8),
         sampling.top_p_filter(batch, 0.8),
         "a batch of 4 rows with different orders, p = 0.8",
         hint="every row has its own sort order: sort, cumsum and scatter along dim=-1 for all "
         "rows, never with row 0's indices",
     )
-    check.equal(
-        check.call(batch, 1.0), batch, "p = 1 keeps every logit", hint="p = 1 removes nothing"
+    wide = (8 * torch.randn(4, 2000, generator=g)).to(dev)  # a peaked row, a long tail
+    got = call(check, wide, 1.0)
+    removed = int((isinstance(got, torch.Tensor) and got.shape == wide.shape) and
+                  torch.isinf(got).sum())  # fmt: skip
+    _same_logits(
+        check,
+        got,
+        wide,
+        "p = 1 keeps every logit (4 rows of V = 2000, float32)",
+        hint=f"p = 1 is the whole distribution: return the logits unchanged. Here {removed} "
+        "ids were removed: in float32 the running sum reaches 1.0 by rounding before the "
+        "least likely ids, so `mass before ≥ p` cuts them although their probability is not 0"
+        if removed
+        else "p = 1 is the whole distribution: return the logits unchanged",
     )
     b64 = batch.double()
-    check.equal(check.call(b64, 0.5), sampling.top_p_filter(b64, 0.5), "keeps dtype float64")
+    _same_logits(
+        check,
+        call(check, b64, 0.5),
+        sampling.top_p_filter(b64, 0.5),
+        "keeps dtype float64",
+        hint="filter with masked_fill and scatter on the logits themselves; don't convert them",
+    )
 
 
 # ---------------------------------------------------------------- Exercise 5.4: allowed range
@@ -151,8 +194,9 @@ def check_restrict_range(check: Check) -> None:
     """Exercise 5.4: restrict_range(logits (B, V), start, end) -> −∞ outside ids [start, end)."""
     g, dev = seeded(54), check.device
     logits = _logits(g, dev, 3, 12)
-    got = check.call(logits, 4, 9)
-    check.equal(
+    got = call(check, logits, 4, 9)
+    _same_logits(
+        check,
         got,
         sampling.restrict_range(logits, 4, 9),
         "ids 4 … 8 keep their logits, all others are −∞",
@@ -170,7 +214,13 @@ def check_restrict_range(check: Check) -> None:
         hint="a token outside the image range must have probability exactly 0 (logit −∞)",
     )
     l64 = logits.double()
-    check.equal(check.call(l64, 0, 3), sampling.restrict_range(l64, 0, 3), "keeps dtype float64")
+    _same_logits(
+        check,
+        call(check, l64, 0, 3),
+        sampling.restrict_range(l64, 0, 3),
+        "keeps dtype float64; ids [0, 3)",
+        hint="masked_fill the logits themselves; don't convert them",
+    )
 
 
 # ------------------------------------------------------------- Exercise 5.5: the whole pipeline
@@ -192,16 +242,43 @@ def check_process_logits(check: Check) -> None:
             "all four: ids [5, 15), τ = 1.5, top-k 4, top-p 0.8",
         ),
     ]
+    order = (
+        "restrict to the allowed ids first, then divide by τ, then top-k, then top-p: the "
+        "nucleus must be measured on the distribution that is sampled (after τ, without the "
+        "forbidden ids); skip a filter whose argument is None"
+    )
     for kwargs, what in cases:
         full = {"top_k": None, "top_p": None, "allowed": None} | kwargs
-        check.equal(
-            check.call(logits, **full),
+        _same_logits(
+            check,
+            call(check, logits, **full),
             sampling.process_logits(logits, **kwargs),
             what,
-            hint="restrict to the allowed ids first, then divide by τ, then top-k, then top-p: "
-            "the nucleus must be measured on the distribution that is sampled (after τ, "
-            "without the forbidden ids); skip a filter whose argument is None",
+            hint=order,
         )
+    defaults = "keep the documented defaults: temperature=1.0, top_k=None, top_p=None, allowed=None"
+    _same_logits(
+        check,
+        call(check, logits),
+        logits,
+        "every option left out (τ = 1, no filter): the logits unchanged",
+        hint=defaults,
+    )
+    _same_logits(
+        check,
+        call(check, logits, top_k=5),
+        sampling.process_logits(logits, top_k=5),
+        "only top_k=5 given: τ = 1 and no top-p or range",
+        hint=defaults,
+    )
+    l64 = logits.double()
+    _same_logits(
+        check,
+        call(check, l64, temperature=0.7, top_k=6, top_p=0.9, allowed=(2, 18)),
+        sampling.process_logits(l64, temperature=0.7, top_k=6, top_p=0.9, allowed=(2, 18)),
+        "keeps dtype float64 (ids [2, 18), τ = 0.7, top-k 6, top-p 0.9)",
+        hint="apply the filters to the logits themselves; don't convert them",
+    )
 
 
 # --------------------------------------------------------- Exercise 5.6: guidance on logits
@@ -219,14 +296,14 @@ def check_cfg_logits(check: Check) -> None:
         (3.0, "scale 3 extrapolates past ℓ_c, away from ℓ_u"),
     ]:
         check.close(
-            check.call(cond, uncond, scale),
+            call(check, cond, uncond, scale),
             sampling.cfg_logits(cond, uncond, scale),
             what,
             hint=f"{formula}; the weights are s on ℓ_c and (1 − s) on ℓ_u",
         )
     c64, u64 = cond.double(), uncond.double()
     check.close(
-        check.call(c64, u64, 2.5),
+        call(check, c64, u64, 2.5),
         sampling.cfg_logits(c64, u64, 2.5),
         "keeps dtype float64 and the device",
         atol=1e-12,
@@ -244,7 +321,7 @@ def check_guidance_prompts(check: Check) -> None:
     captions = ["a red circle in the top left", "a blue square in the center", "a cyan triangle "
                 "in the bottom right"]  # fmt: skip
     ids = ar.encode_captions(captions).to(dev)
-    got = check.call(ids)
+    got = call(check, ids)
     expected = sampling.guidance_prompts(ids)
     check.that(
         isinstance(got, torch.Tensor) and got.shape == expected.shape,
@@ -277,6 +354,17 @@ def check_guidance_prompts(check: Check) -> None:
 # ------------------------------------------------------- Exercise 5.8: attention with a cache
 
 
+def _pair(check: Check, got: object) -> tuple:
+    check.that(
+        isinstance(got, tuple | list) and len(got) == 2,
+        "returns (out, (k_all, v_all))",
+        expected="a tuple of the output and the new cache",
+        got=describe(got),
+        hint="return out, (k, v)",
+    )
+    return tuple(got)
+
+
 def _qkv(g: torch.Generator, dev: torch.device, t: int) -> list[torch.Tensor]:
     return [torch.randn(2, 3, t, 4, generator=g).to(dev) for _ in range(3)]
 
@@ -287,16 +375,17 @@ def check_cached_attention(check: Check) -> None:
     (k_all, v_all) (B, H, P + T, d))."""
     g, dev = seeded(58), check.device
     q, k, v = _qkv(g, dev, 5)
-    out, _ = check.call(q, k, v, None)
+    out, _ = _pair(check, call(check, q, k, v))
     check.close(
         out,
         transformer.cached_attention(q, k, v, None)[0],
-        "no cache, 5 positions: causal attention",
-        hint="softmax(q kᵀ / √d) v with scores of future keys (j > i) set to −∞",
+        "no cache, 5 positions (cache and mask left out): causal attention",
+        hint="softmax(q kᵀ / √d) v with scores of future keys (j > i) set to −∞; keep the "
+        "documented defaults cache=None, mask=None",
     )
     past_k, past_v = _qkv(g, dev, 4)[:2]
     q1, k1, v1 = _qkv(g, dev, 1)
-    out, cache = check.call(q1, k1, v1, (past_k, past_v))
+    out, cache = call(check, q1, k1, v1, (past_k, past_v))
     ref_out, ref_cache = transformer.cached_attention(q1, k1, v1, (past_k, past_v))
     check.that(
         isinstance(cache, tuple) and len(cache) == 2 and cache[0].shape == ref_cache[0].shape,
@@ -320,7 +409,7 @@ def check_cached_attention(check: Check) -> None:
         "the cache length P",
     )
     q3, k3, v3 = _qkv(g, dev, 3)
-    out, _ = check.call(q3, k3, v3, (past_k, past_v))
+    out, _ = call(check, q3, k3, v3, (past_k, past_v))
     check.close(
         out,
         transformer.cached_attention(q3, k3, v3, (past_k, past_v))[0],
@@ -333,7 +422,7 @@ def check_cached_attention(check: Check) -> None:
     whole, _ = transformer.cached_attention(full_q, full_k, full_v, None)
     cache, steps = None, []
     for i in range(6):
-        out, cache = check.call(full_q[:, :, i : i + 1], full_k[:, :, i : i + 1],
+        out, cache = call(check, full_q[:, :, i : i + 1], full_k[:, :, i : i + 1],
                                 full_v[:, :, i : i + 1], cache)  # fmt: skip
         steps.append(out)
     check.close(
@@ -343,13 +432,32 @@ def check_cached_attention(check: Check) -> None:
         hint="feed the cache you returned back in: each step must see every earlier position",
     )
     mask = torch.ones(3, 7, dtype=torch.bool, device=dev)
-    out, _ = check.call(q3, k3, v3, (past_k, past_v), mask)
+    out, _ = call(check, q3, k3, v3, (past_k, past_v), mask)
     check.close(
         out,
         transformer.cached_attention(q3, k3, v3, (past_k, past_v), mask)[0],
         "an explicit all-True mask (3, 7) replaces the causal rule",
         hint="when mask is given, use it (True = may attend) instead of the causal mask",
     )
+    sparse = torch.tensor(
+        [[1, 0, 1, 0, 0, 1, 0], [0, 1, 0, 1, 1, 0, 1], [1, 1, 0, 0, 0, 0, 1]],
+        dtype=torch.bool,
+        device=dev,
+    )
+    out, _ = call(check, q3, k3, v3, (past_k, past_v), sparse)
+    check.close(
+        out,
+        transformer.cached_attention(q3, k3, v3, (past_k, past_v), sparse)[0],
+        "an explicit mask with holes (3, 7), keys allowed before and after each query",
+        hint="True = may attend: scores.masked_fill(~mask, −inf), with the mask as given "
+        "(not combined with the causal mask, not inverted)",
+    )
+    q64, k64, v64 = (x.double() for x in (q3, k3, v3))
+    past64 = (past_k.double(), past_v.double())
+    out, cache = _pair(check, call(check, q64, k64, v64, past64))
+    ref_out, ref_cache = transformer.cached_attention(q64, k64, v64, past64)
+    check.close(out, ref_out, "keeps dtype float64 and the device (the output)", atol=1e-10)
+    check.close(cache[0], ref_cache[0], "keeps dtype float64 and the device (the cache)")
 
 
 # -------------------------------------------------- Exercise 5.9: image ids → tokenizer codes
@@ -361,7 +469,7 @@ def check_ids_to_codes(check: Check) -> None:
     g, dev = seeded(59), check.device
     codes = torch.randint(ar.CODES, (3, ar.GRID, ar.GRID), generator=g).to(dev)
     ids = codes.flatten(1) + ar.IMAGE_OFFSET  # what generation returns, raster order
-    got = check.call(ids)
+    got = call(check, ids)
     check.that(
         isinstance(got, torch.Tensor) and got.shape == codes.shape,
         "3 rows of 64 image ids give 3 grids of 8×8 codes",
@@ -375,4 +483,10 @@ def check_ids_to_codes(check: Check) -> None:
         "the codes the tokenizer gave, in raster order",
         hint=f"subtract ar.IMAGE_OFFSET ({ar.IMAGE_OFFSET}) so the ids become codes in [0, "
         f"{ar.CODES}) again, and keep raster order: row by row, no transpose",
+    )
+    check.equal(
+        call(check, ids[1:2]),
+        codes[1:2],
+        "one row of 64 ids gives one 8×8 grid",
+        hint="reshape with .view(-1, 8, 8): the batch size is whatever comes in",
     )

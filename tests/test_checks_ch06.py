@@ -26,6 +26,8 @@ def _tokens(frames, height, width, *, temporal_stride=1, spatial_stride=4):
 
 
 def _tokens_ceil(frames, height, width, *, temporal_stride=1, spatial_stride=4):
+    if height % spatial_stride or width % spatial_stride:
+        raise ValueError(f"{height}×{width} is not divisible by {spatial_stride}")
     t = math.ceil(frames / temporal_stride)  # BUG: rounds up instead of refusing
     return t * (height // spatial_stride) * (width // spatial_stride)
 
@@ -40,6 +42,27 @@ def _tokens_float(frames, height, width, *, temporal_stride=1, spatial_stride=4)
 
 def _tokens_area_once(frames, height, width, *, temporal_stride=1, spatial_stride=4):
     return (frames // temporal_stride) * (height * width // spatial_stride)  # BUG: s, not s²
+
+
+def _tokens_no_spatial_check(frames, height, width, *, temporal_stride=1, spatial_stride=4):
+    if frames % temporal_stride:
+        raise ValueError(f"frames = {frames} is not divisible by {temporal_stride}")
+    t = frames // temporal_stride  # BUG: H and W rounded down silently
+    return t * (height // spatial_stride) * (width // spatial_stride)
+
+
+def _tokens_width_check_only(frames, height, width, *, temporal_stride=1, spatial_stride=4):
+    if width % spatial_stride:  # BUG: the height is never checked
+        raise ValueError(f"width {width} is not divisible by {spatial_stride}")
+    return _tokens_no_spatial_check(
+        frames, height, width, temporal_stride=temporal_stride, spatial_stride=spatial_stride
+    )
+
+
+def _tokens_default_stride_two(frames, height, width, *, temporal_stride=2, spatial_stride=4):
+    return _tokens(  # BUG: the documented default temporal_stride is 1
+        frames, height, width, temporal_stride=temporal_stride, spatial_stride=spatial_stride
+    )
 
 
 def _tokens_vague(frames, height, width, *, temporal_stride=1, spatial_stride=4):
@@ -63,6 +86,9 @@ def test_video_tokens_references_pass(capsys):
         (_tokens_area_once, r"failed check 1(.|\n)*expected: 512(.|\n)*both H and W"),
         (_tokens_ceil, r"9 frames with temporal stride 4 raise ValueError(.|\n)*no error"),
         (_tokens_vague, r"the error names the frame count and the stride(.|\n)*'bad clip'"),
+        (_tokens_no_spatial_check, r"a 30×32 frame with spatial stride 4(.|\n)*no error"),
+        (_tokens_width_check_only, r"a 30×32 frame(.|\n)*no error(.|\n)*both H and W"),
+        (_tokens_default_stride_two, r"strides left out(.|\n)*expected: 512\n  got:      256"),
         (stub, r"Exercise 6\.1 \(count the tokens of a clip\): not implemented yet"),
     ],
     ids=case_id,
@@ -123,28 +149,42 @@ def test_patchify_rejects(wrong, message):
 # --- Exercise 6.3: causal_pad ------------------------------------------------------------------
 
 
-def _pad(x, kernel_t, stride_t):
+def _pad(x, kernel_t, stride_t=1):
     return F.pad(x, (0, 0, 0, 0, kernel_t - stride_t, 0))
 
 
-def _pad_symmetric(x, kernel_t, stride_t):
+def _pad_symmetric(x, kernel_t, stride_t=1):
     return F.pad(x, (0, 0, 0, 0, kernel_t // 2, kernel_t // 2))  # BUG: sees the future
 
 
-def _pad_right(x, kernel_t, stride_t):
+def _pad_right(x, kernel_t, stride_t=1):
     return F.pad(x, (0, 0, 0, 0, 0, kernel_t - stride_t))  # BUG: padding after the clip
 
 
-def _pad_k_minus_1(x, kernel_t, stride_t):
+def _pad_k_minus_1(x, kernel_t, stride_t=1):
     return F.pad(x, (0, 0, 0, 0, kernel_t - 1, 0))  # BUG: ignores the stride
 
 
-def _pad_too_much(x, kernel_t, stride_t):
+def _pad_too_much(x, kernel_t, stride_t=1):
     return F.pad(x, (0, 0, 0, 0, kernel_t, 0))  # BUG: one frame too many
 
 
-def _pad_last_axis(x, kernel_t, stride_t):
+def _pad_last_axis(x, kernel_t, stride_t=1):
     return F.pad(x, (kernel_t - stride_t, 0))  # BUG: pads the width
+
+
+def _pad_no_default(x, kernel_t, stride_t):
+    return _pad(x, kernel_t, stride_t)  # BUG: stride_t has no default
+
+
+def _pad_float32(x, kernel_t, stride_t=1):
+    return _pad(x.float(), kernel_t, stride_t)
+
+
+def _pad_in_place_view(x, kernel_t, stride_t=1):
+    out = _pad(x, kernel_t, stride_t)
+    x[:, :, :1] = 0  # BUG: "clears" the first frame of the caller's clip
+    return out
 
 
 def test_causal_pad_references_pass(capsys):
@@ -160,6 +200,9 @@ def test_causal_pad_references_pass(capsys):
         (_pad_k_minus_1, r"\"8 frames padded for kernel 3, stride 2\"(.|\n)*kernel_t − stride_t"),
         (_pad_too_much, r"failed check 1,(.|\n)*shape \(2, 3, 11, 4, 4\)(.|\n)*F\.pad"),
         (_pad_last_axis, r"failed check 1,(.|\n)*shape \(2, 3, 8, 4, 6\)"),
+        (_pad_no_default, r"runs on(.|\n)*stride_t(.|\n)*docstring's signature"),
+        (_pad_float32, r"keeps dtype float64(.|\n)*torch\.float32"),
+        (_pad_in_place_view, r"failed check 1, \"leaves its input x unchanged"),
         (stub, r"Exercise 6\.3 \(pad time causally\): not implemented yet"),
     ],
     ids=case_id,
@@ -200,6 +243,17 @@ def _down_strided_space(x, weight, bias, stride_t):
     return F.conv3d(x, weight, bias, stride=stride_t, padding=(0, 1, 1))  # BUG: space too
 
 
+def _down_bias_added(x, weight, bias, stride_t):
+    if x.shape[2] % stride_t:
+        raise ValueError(f"frames = {x.shape[2]} is not divisible by stride_t = {stride_t}")
+    out = _down(x, weight, None, stride_t)
+    return out + bias[:, None, None, None]  # BUG: fails for bias=None
+
+
+def _down_float32(x, weight, bias, stride_t):
+    return _down(x.float(), weight.float(), None if bias is None else bias.float(), stride_t)
+
+
 def test_temporal_downsample_references_pass(capsys):
     passes(ch06.check_temporal_downsample, video.temporal_downsample, capsys, "6.4")
     passes(ch06.check_temporal_downsample, _down, capsys, "6.4")
@@ -212,6 +266,8 @@ def test_temporal_downsample_references_pass(capsys):
         (_down_no_time_pad, r"failed check 1,(.|\n)*shape \(2, 5, 6, 6, 6\)(.|\n)*causal_pad"),
         (_down_strided_space, r"\"shape of \(2, 4, 8, 6, 6\) with a \(3, 3, 3\) kernel, stride 2"),
         (_down_no_error, r"9 frames with stride 2 raise ValueError(.|\n)*no error"),
+        (_down_bias_added, r"runs on(.|\n)*None, 2\)(.|\n)*TypeError"),
+        (_down_float32, r"keeps dtype float64(.|\n)*torch\.float32"),
         (stub, r"Exercise 6\.4 \(downsample time with a causal 3-D convolution\): not impl"),
     ],
     ids=case_id,

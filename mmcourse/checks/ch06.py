@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from mmcourse import video
+from mmcourse.checks._contract import call
 from mmcourse.checks._core import Check, describe, exercise, seeded
 
 _TOKENS = "tokens = (T / s_t) · (H / s) · (W / s)"
@@ -37,7 +38,7 @@ def check_video_tokens(check: Check) -> None:
         ((6, 12, 20), 3, 2, "a 6×12×20 clip with strides 3 and 2 (not square)"),
     ]
     for (t, h, w), st, s, what in cases:
-        got = check.call(t, h, w, temporal_stride=st, spatial_stride=s)
+        got = call(check, t, h, w, temporal_stride=st, spatial_stride=s)
         expected = video.video_tokens(t, h, w, temporal_stride=st, spatial_stride=s)
         if isinstance(got, float) and got == expected:
             check.that(
@@ -52,6 +53,25 @@ def check_video_tokens(check: Check) -> None:
             expected,
             what,
             hint=f"{_TOKENS}: each stride divides its own axis, the spatial one both H and W",
+        )
+    check.equal(
+        call(check, 8, 32, 32),
+        video.video_tokens(8, 32, 32),
+        "strides left out: the documented defaults temporal_stride=1, spatial_stride=4",
+        hint="keep the signature video_tokens(frames, height, width, *, temporal_stride=1, "
+        "spatial_stride=4)",
+    )
+    for h, w in [(30, 32), (32, 30)]:
+        check.raises(
+            ValueError,
+            f"a {h}×{w} frame with spatial stride 4 raises ValueError",
+            8,
+            h,
+            w,
+            temporal_stride=2,
+            spatial_stride=4,
+            hint="the spatial stride must divide both H and W: check height % spatial_stride "
+            "and width % spatial_stride and raise ValueError, instead of rounding down",
         )
     error = check.raises(
         ValueError,
@@ -99,7 +119,7 @@ def check_patchify_3d(check: Check) -> None:
     g, dev = seeded(62), check.device
     for shape, pt, p in [((2, 4, 3, 4, 4), 2, 2), ((1, 6, 2, 8, 4), 3, 4)]:
         x = torch.randn(*shape, generator=g).to(dev)
-        got = check.call(x, pt, p)
+        got = call(check, x, pt, p)
         expected = video.patchify_3d(x, pt, p)
         what = f"patches of a clip {shape} with pt = {pt}, p = {p}"
         check.close(
@@ -123,14 +143,14 @@ def check_patchify_3d(check: Check) -> None:
     conv = F.conv3d(x.transpose(1, 2), weight, stride=(2, 2, 2))  # (B, E, t, h, w)
     flat = weight.permute(0, 2, 3, 4, 1).reshape(5, -1)  # (E, pt·p·p·C), (pt p1 p2 c) order
     check.close(
-        check.call(x, 2, 2) @ flat.T,
+        call(check, x, 2, 2) @ flat.T,
         rearrange(conv, "b e t h w -> b (t h w) e"),
         "patches times the permuted weights equal Conv3d(kernel = stride = (pt, p, p))",
         atol=1e-4,
     )
     x64 = x.double()
     check.close(
-        check.call(x64, 2, 2),
+        call(check, x64, 2, 2),
         video.patchify_3d(x64, 2, 2),
         "keeps dtype float64 and the device",
         atol=0.0,
@@ -157,7 +177,7 @@ def check_causal_pad(check: Check) -> None:
     g, dev = seeded(63), check.device
     x = torch.randn(2, 3, 8, 4, 4, generator=g).to(dev)
     weight = torch.randn(2, 3, 3, 1, 1, generator=g).to(dev)  # kernel 3 in time
-    got = check.call(x, 3, 1)
+    got = call(check, x, 3, 1)
     check.that(
         isinstance(got, torch.Tensor) and got.shape == (2, 3, 10, 4, 4),
         "8 frames padded for a kernel of 3, stride 1",
@@ -167,7 +187,7 @@ def check_causal_pad(check: Check) -> None:
     )
     late = x.clone()
     late[:, :, 5] += 1.0  # change frame 5 only
-    out, out_late = (F.conv3d(check.call(v, 3, 1), weight) for v in (x, late))
+    out, out_late = (F.conv3d(call(check, v, 3, 1), weight) for v in (x, late))
     leak = _future_leak(out, out_late, 5, 1)
     check.that(
         not leak,
@@ -178,13 +198,19 @@ def check_causal_pad(check: Check) -> None:
         + _CAUSAL,
     )
     check.close(
-        check.call(x, 3, 1),
+        call(check, x, 3, 1),
         video.causal_pad(x, 3, 1),
         "the padded clip (kernel 3, stride 1)",
         hint="the new frames are zeros, in front; the clip itself follows unchanged",
     )
+    check.close(
+        call(check, x, 3),
+        video.causal_pad(x, 3, 1),
+        "stride_t left out: the documented default stride_t = 1",
+        hint="keep the signature causal_pad(x, kernel_t, stride_t=1)",
+    )
     for k, s in [(3, 2), (4, 2), (4, 4)]:
-        got = check.call(x, k, s)
+        got = call(check, x, k, s)
         check.close(
             got,
             video.causal_pad(x, k, s),
@@ -192,6 +218,13 @@ def check_causal_pad(check: Check) -> None:
             hint=f"a strided conv needs kernel_t − stride_t = {k - s} padding frames to give "
             f"T / stride_t outputs, and output j then sees frames ≤ {s}·j + {s - 1}: " + _CAUSAL,
         )
+    x64 = x.double()
+    check.close(
+        call(check, x64, 4, 2),
+        video.causal_pad(x64, 4, 2),
+        "keeps dtype float64 and the device",
+        hint="F.pad keeps the dtype; don't build the padding frames in float32",
+    )
 
 
 # ------------------------------------------------- Exercise 6.4: causal strided 3-D conv
@@ -205,7 +238,7 @@ def check_temporal_downsample(check: Check) -> None:
     for k, s in [(3, 1), (3, 2), (4, 4)]:
         weight = torch.randn(5, 4, k, 3, 3, generator=g).to(dev) * 0.1
         bias = torch.randn(5, generator=g).to(dev)
-        got = check.call(x, weight, bias, s)
+        got = call(check, x, weight, bias, s)
         expected = video.temporal_downsample(x, weight, bias, s)
         what = f"(2, 4, 8, 6, 6) with a ({k}, 3, 3) kernel, stride {s} in time"
         check.close(
@@ -218,7 +251,7 @@ def check_temporal_downsample(check: Check) -> None:
         )
         late = x.clone()
         late[:, :, 5] += 1.0
-        leak = _future_leak(got, check.call(late, weight, bias, s), 5, s)
+        leak = _future_leak(got, call(check, late, weight, bias, s), 5, s)
         check.that(
             not leak,
             f"no output sees a later frame ({what}, frame 5 changed)",
@@ -228,6 +261,22 @@ def check_temporal_downsample(check: Check) -> None:
             "own symmetric padding: use padding=(0, k_h // 2, k_w // 2) in F.conv3d",
         )
         check.close(got, expected, what, atol=1e-4)
+    weight = (torch.randn(3, 4, 2, 3, 3, generator=g) * 0.1).to(dev)
+    check.close(
+        call(check, x, weight, None, 2),
+        video.temporal_downsample(x, weight, None, 2),
+        "bias=None: the convolution without a bias (kernel (2, 3, 3), stride 2)",
+        atol=1e-4,
+        hint="pass bias straight to F.conv3d, which takes None for no bias",
+    )
+    x64, w64 = x.double(), weight.double()
+    check.close(
+        call(check, x64, w64, None, 2),
+        video.temporal_downsample(x64, w64, None, 2),
+        "keeps dtype float64 and the device",
+        atol=1e-10,
+        hint="pad with F.pad and convolve with F.conv3d; both keep the dtype",
+    )
     weight = torch.randn(5, 4, 3, 3, 3, generator=g).to(dev)
     error = check.raises(
         ValueError,
@@ -255,7 +304,7 @@ def check_temporal_upsample(check: Check) -> None:
     g, dev = seeded(65), check.device
     x = torch.randn(2, 3, 2, 4, 4, generator=g).to(dev)
     for factor in (2, 4):
-        got = check.call(x, factor)
+        got = call(check, x, factor)
         check.close(
             got,
             video.temporal_upsample(x, factor),
@@ -265,7 +314,7 @@ def check_temporal_upsample(check: Check) -> None:
         )
     x64 = x.double()
     check.close(
-        check.call(x64, 2),
+        call(check, x64, 2),
         video.temporal_upsample(x64, 2),
         "keeps dtype float64 and the device",
         hint="repeating only copies numbers; don't convert them",

@@ -12,10 +12,13 @@ from __future__ import annotations
 import torch
 
 from mmcourse import bpe, vocab
+from mmcourse.checks._contract import call
 from mmcourse.checks._core import Check, describe, exercise, seeded
 from mmcourse.vocab import Segment, Vocabulary
 
 _SMALL = Vocabulary(text_size=10, image_codes=512, video_codes=1024)  # text 0–9, specials 10–16
+# Another layout, so that ids hard-coded from _SMALL show: text 0–29, specials 30–36, …
+_OTHER = Vocabulary(text_size=30, image_codes=600, video_codes=700)
 
 
 def _document(g: torch.Generator, v: Vocabulary, device: torch.device) -> list[Segment]:
@@ -127,9 +130,10 @@ def check_token_types(check: Check) -> None:
     v, dev = _SMALL, check.device
     edges = [0, 9, 10, 16, 17, 17 + 511, 17 + 512, v.size - 1]  # both sides of each boundary
     ids = torch.tensor(edges, device=dev)
+    expected = v.token_types(ids)
     check.equal(
-        check.call(ids, v),
-        v.token_types(ids),
+        call(check, ids, v),
+        expected,
         f"ids at the block boundaries {edges} (text 0–9, specials 10–16, image 17–528, video "
         f"529–{v.size - 1})",
         hint="ranges are half-open: id i is in a block when start ≤ i < end (compare with <, "
@@ -137,12 +141,25 @@ def check_token_types(check: Check) -> None:
     )
     g = seeded(73)
     grid = torch.randint(v.size, (3, 20), generator=g).to(dev)
+    expected = v.token_types(grid)
     check.equal(
-        check.call(grid, v),
-        v.token_types(grid),
+        call(check, grid, v),
+        expected,
         "a (3, 20) batch of random ids keeps its shape",
         hint="work element-wise on the whole tensor (e.g. torch.bucketize or comparisons); "
         "return long type indices, not strings",
+    )
+    w = _OTHER
+    edges = [0, 29, 30, 36, 37, 636, 637, w.size - 1]
+    ids = torch.tensor(edges, device=dev)
+    expected = w.token_types(ids)
+    check.equal(
+        call(check, ids, w),
+        expected,
+        f"another vocabulary (text 0–29, specials 30–36, image 37–636, video 637–"
+        f"{w.size - 1}): the ids {edges}",
+        hint="read the block boundaries from the vocabulary passed in (V.ranges), not from "
+        "numbers of one particular layout",
     )
     for bad in (-1, v.size):
         check.raises(
@@ -176,7 +193,7 @@ def check_encode_interleaved(check: Check) -> None:
     v, g = _SMALL, seeded(74)
     doc = _document(g, v, check.device)
     expected = vocab.encode_interleaved(doc, v)
-    got = check.call(doc, v)
+    got = call(check, doc, v)
     check.that(
         isinstance(got, torch.Tensor) and got.dim() == 1 and got.dtype == torch.long,
         "returns one 1-D long tensor",
@@ -213,10 +230,19 @@ def check_encode_interleaved(check: Check) -> None:
     text_only = [Segment("text", torch.tensor([1, 2, 3], device=check.device))]
     _same_ids(
         check,
-        check.call(text_only, v),
+        call(check, text_only, v),
         vocab.encode_interleaved(text_only, v),
         "a text-only document is [BOS] text [EOS]",
         hint="text ids go in unchanged",
+    )
+    other = _document(g, _OTHER, check.device)
+    _same_ids(
+        check,
+        call(check, other, _OTHER),
+        vocab.encode_interleaved(other, _OTHER),
+        "the same kind of document in another vocabulary (text 0–29, specials 30–36, …)",
+        hint="take every special id and offset from the vocabulary passed in (V.BOS, "
+        "V.image_offset, …), not from numbers of one particular layout",
     )
 
 
@@ -245,7 +271,7 @@ def check_decode_interleaved(check: Check) -> None:
     v, g = _SMALL, seeded(75)
     doc = _document(g, v, check.device)
     ids = vocab.encode_interleaved(doc, v)
-    got = check.call(ids, v)
+    got = call(check, ids, v)
     kinds = [s[0] for s in got] if isinstance(got, list | tuple) else []
     check.that(
         kinds.count("video") == 1,
@@ -277,7 +303,7 @@ def check_decode_interleaved(check: Check) -> None:
         hint="drop BOS and EOS, collect consecutive text ids into one text segment, and reshape "
         "image codes to (8, 8), video codes to (2, 8, 8)",
     )
-    ok, what = _segments_equal(check.call(ids[1:-1], v), doc)
+    ok, what = _segments_equal(call(check, ids[1:-1], v), doc)
     check.that(
         ok,
         "the same document without BOS and EOS (a sequence still being generated)",
@@ -285,14 +311,47 @@ def check_decode_interleaved(check: Check) -> None:
         got=what,
         hint="BOS at the start and EOS at the end are optional",
     )
-    broken = torch.cat([ids[:10], ids.new_tensor([v.EOS])])  # an image cut short
-    check.raises(
-        ValueError,
-        "an image cut short (BOI, then fewer than 64 image ids) raises ValueError",
-        broken,
-        v,
-        hint="after BOI expect exactly 64 image ids and then EOI; otherwise raise ValueError",
+    other = _document(g, _OTHER, check.device)
+    ok, what = _segments_equal(call(check, vocab.encode_interleaved(other, _OTHER), _OTHER), other)
+    check.that(
+        ok,
+        "the same kind of document in another vocabulary (text 0–29, specials 30–36, …)",
+        expected="the same segments",
+        got=what,
+        hint="take every special id and offset from the vocabulary passed in (V.BOI, "
+        "V.image_offset, …), not from numbers of one particular layout",
     )
+    # ids: BOS 0, text 1–4, BOI 5, image 6–69, EOI 70, text 71–73, BOV 74, video 75–202,
+    # EOV 203, text 204–205, EOS 206
+    malformed = [
+        (_replaced(ids, 2, v.EOI), "a stray special id: EOI among the text ids"),
+        (_replaced(ids, 72, v.PAD), "a stray special id: PAD among the text ids"),
+        (_replaced(ids, 2, v.image_offset + 3), "an image id among the text ids"),
+        (_replaced(ids, 70, 3), "an image without its end marker (a text id where EOI belongs)"),
+        (_replaced(ids, 70, v.EOV), "an image closed by EOV instead of EOI"),
+        (_replaced(ids, 30, v.video_offset + 5), "an image holding a video id"),
+        (_replaced(ids, 100, 4), "a clip holding a text id"),
+        (torch.cat([ids[:10], ids.new_tensor([v.EOS])]), "an image cut short (BOI, then "
+         "fewer than 64 image ids)"),
+        (torch.cat([ids[:150], ids.new_tensor([v.EOS])]), "a clip cut short (BOV, then "
+         "fewer than 128 video ids)"),
+    ]  # fmt: skip
+    for bad, what in malformed:
+        check.raises(
+            ValueError,
+            f"{what} raises ValueError",
+            bad,
+            v,
+            hint="after BOI expect exactly 64 image ids and then EOI, after BOV 128 video ids "
+            "and then EOV; outside them only text ids, BOI and BOV (BOS first and EOS last "
+            "are optional); anything else is a malformed sequence: raise ValueError",
+        )
+
+
+def _replaced(ids: torch.Tensor, position: int, value: int) -> torch.Tensor:
+    out = ids.clone()
+    out[position] = value
+    return out
 
 
 # ---------------------------------------------------------- Exercise 7.6: padding and the mask
@@ -305,8 +364,8 @@ def check_pad_batch(check: Check) -> None:
     v = _SMALL
     rows = ([v.BOS, 1, 2, 3, v.EOS], [v.BOS, 4, v.EOS], [v.BOS, 0, 0, v.EOS])
     seqs = [torch.tensor(row, device=check.device) for row in rows]  # (5,), (3,), (4,)
-    got = check.call(seqs, v)
     ids, mask = vocab.pad_batch(seqs, v)
+    got = call(check, seqs, v)
     check.that(
         isinstance(got, tuple) and len(got) == 2,
         "returns (ids, loss_mask)",
@@ -347,3 +406,20 @@ def check_pad_batch(check: Check) -> None:
         hint="without a loss mask the padding is scored as if it were text: mask it out",
     )
     check.equal(got_mask, mask, "the loss mask is True at every real token")
+    w = _OTHER
+    rows = ([w.BOS, 1, 2, w.EOS], [w.BOS, 28, 29, 5, 6, 7, w.EOS])
+    seqs = [torch.tensor(row, device=check.device) for row in rows]
+    ids, mask = vocab.pad_batch(seqs, w)
+    got = call(check, seqs, w)
+    check.that(
+        isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], torch.Tensor),
+        "another vocabulary: returns (ids, loss_mask)",
+        expected="a tuple of two tensors",
+        got=describe(got),
+    )
+    check.equal(
+        got[0],
+        ids,
+        f"another vocabulary (PAD = {w.PAD}): the ids, each row then PAD",
+        hint="pad with the PAD id of the vocabulary passed in, V.PAD",
+    )

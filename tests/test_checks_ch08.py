@@ -100,6 +100,25 @@ def _loss_lambda_on_ce(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam
     return lam * ref.ce + ref.mse, ref.ce, ref.mse  # BUG: λ on the wrong term
 
 
+def _loss_items(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam=8.0):
+    ref = tf.transfusion_loss(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam)
+    return ref.total.item(), ref.ce.item(), ref.mse.item()  # BUG: numbers, no backward
+
+
+def _loss_rewrapped(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam=8.0):
+    ref = tf.transfusion_loss(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam)
+    return tuple(torch.tensor(x.item(), device=logits.device) for x in ref)  # BUG: detached
+
+
+def _loss_default_lambda_one(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam=1.0):
+    return tf.transfusion_loss(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam)
+
+
+def _loss_float32(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam=8.0):
+    return tf.transfusion_loss(logits.float(), eps_pred.float(), ids, eps.float(), is_image,
+                               diffuse, valid, lam)  # fmt: skip
+
+
 def test_loss_reference_passes(capsys):
     passes(ch08.check_loss, tf.transfusion_loss, capsys, "8.3")
 
@@ -112,6 +131,10 @@ def test_loss_reference_passes(capsys):
         (_loss_shifted_eps, "at the same position"),
         (_loss_clean_image_scored, "over the diffused patches"),
         (_loss_lambda_on_ce, "total = ce"),
+        (_loss_items, r"total, ce and mse are scalar tensors(.|\n)*got:      \d\.\d+(.|\n)*\.item"),
+        (_loss_rewrapped, r"total\.backward\(\) reaches the logits(.|\n)*stay in the autograd"),
+        (_loss_default_lambda_one, r"lam left out(.|\n)*λ = 8(.|\n)*lam=8"),
+        (_loss_float32, r"keeps dtype float64 and the device \(total\)(.|\n)*float32"),
         (stub, "not implemented yet"),
     ],
     ids=case_id,
@@ -137,6 +160,13 @@ def _noise_no_sqrt(patches, is_image, t, alpha_bar, eps):
     return torch.where(is_image[..., None], a * patches + (1 - a) * eps, patches)  # BUG
 
 
+def _noise_in_place(patches, is_image, t, alpha_bar, eps):
+    a = alpha_bar.to(patches)[t][:, None, None]
+    noisy = a.sqrt() * patches + (1 - a).sqrt() * eps
+    patches[is_image] = noisy[is_image]  # BUG: overwrites the clean patches
+    return patches
+
+
 def test_noise_reference_passes(capsys):
     passes(ch08.check_noise, tf.noise_image_span, capsys, "8.2")
 
@@ -147,6 +177,7 @@ def test_noise_reference_passes(capsys):
         (_noise_everything, "text positions .* unchanged"),
         (_noise_first_t, "each row's own t"),
         (_noise_no_sqrt, "each row's own t"),
+        (_noise_in_place, r"failed check 1, \"leaves its input patches unchanged"),
         (stub, "not implemented yet"),
     ],
     ids=case_id,
@@ -181,6 +212,11 @@ def _step_no_guidance(model, cond, uncond, x, t, t_next, alpha_bar, guidance):
     return tf.generation_step(model, cond, uncond, x, t, t_next, alpha_bar, 1.0)  # BUG
 
 
+def _step_in_place(model, cond, uncond, x, t, t_next, alpha_bar, guidance):
+    out = tf.generation_step(model, cond, uncond, x, t, t_next, alpha_bar, guidance)
+    return x.copy_(out)  # BUG: the caller's x is overwritten
+
+
 def test_generation_step_reference_passes(capsys):
     passes(ch08.check_generation_step, tf.generation_step, capsys, "8.4")
 
@@ -191,6 +227,7 @@ def test_generation_step_reference_passes(capsys):
         (_step_swapped, "pushes towards the caption"),
         (_step_keeps_patches, "keep their lengths"),
         (_step_no_guidance, "one DDIM step"),
+        (_step_in_place, r"failed check 1, \"leaves its input x unchanged"),
         (stub, "not implemented yet"),
     ],
     ids=case_id,

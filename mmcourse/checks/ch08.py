@@ -14,7 +14,8 @@ import torch
 
 from mmcourse import diffusion
 from mmcourse import transfusion as tf
-from mmcourse.checks._core import Check, describe, exercise, seeded
+from mmcourse.checks._contract import call
+from mmcourse.checks._core import Check, describe, exercise, gradients, leaves, seeded
 from mmcourse.transformer import GPTConfig
 
 # text ×3, image 0 ×4, text ×2, image 1 ×3, text ×2: causal across, bidirectional within
@@ -44,7 +45,7 @@ def check_mask(check: Check) -> None:
     dev = check.device
     image_id = torch.tensor(_IDS, device=dev)
     expected = tf.transfusion_mask(image_id)
-    got = check.call(image_id)
+    got = call(check, image_id)
     check.that(
         isinstance(got, torch.Tensor) and got.shape == expected.shape,
         f"a sequence of {len(_IDS)} positions with two images gives a (L, L) mask",
@@ -93,7 +94,7 @@ def check_mask(check: Check) -> None:
     check.equal(got.cpu(), expected.cpu(), "the whole mask matches the reference")
     batch = torch.tensor([_IDS, [-1] * 10 + [0] * 4], device=dev)
     check.equal(
-        check.call(batch).cpu(),
+        call(check, batch).cpu(),
         tf.transfusion_mask(batch).cpu(),
         "a batch (2, L) of different layouts gives (2, L, L), one mask per row",
         hint="use image_id[..., :, None] and image_id[..., None, :] so the batch dimension "
@@ -130,6 +131,15 @@ def _three(check: Check, out: object, what: str) -> tuple[torch.Tensor, ...]:
         got=describe(out),
         hint="return total, ce, mse",
     )
+    kinds = [describe(x) for x in out]
+    check.that(
+        all(isinstance(x, torch.Tensor) and x.dim() == 0 for x in out),
+        f"{what}: total, ce and mse are scalar tensors",
+        expected="three 0-dimensional tensors",
+        got=", ".join(kinds),
+        hint="keep the losses as tensors (no .item() or float(...)): training calls "
+        "total.backward(), which a Python number cannot do",
+    )
     return tuple(out)
 
 
@@ -140,14 +150,14 @@ def check_loss(check: Check) -> None:
     ids, is_image, diffuse, valid, logits, eps_pred, eps = _loss_inputs(check.device)
     args = (logits, eps_pred, ids, eps, is_image, diffuse, valid, 0.5)
     ref = tf.transfusion_loss(*args)
-    total, ce, mse = _three(check, check.call(*args), "the two-row batch")
+    total, ce, mse = _three(check, call(check, *args), "the two-row batch")
     # probe: change only the predicted noise at text positions → the MSE must not move
     bumped = eps_pred.clone()
     before = torch.zeros_like(is_image)
     before[:, :-1] = is_image[:, 1:]  # the BOI positions are left alone (see the shift check)
     bumped[~is_image & ~before] += 3.0
     _, _, mse_text = _three(
-        check, check.call(logits, bumped, ids, eps, is_image, diffuse, valid, 0.5), "probe"
+        check, call(check, logits, bumped, ids, eps, is_image, diffuse, valid, 0.5), "probe"
     )
     check.that(
         abs(float(mse_text) - float(mse)) < 1e-5,
@@ -162,7 +172,7 @@ def check_loss(check: Check) -> None:
     bumped = logits.clone()
     bumped[:, :-1][reads_patch] += torch.linspace(-4, 4, logits.shape[-1], device=logits.device)
     _, ce_img, _ = _three(
-        check, check.call(bumped, eps_pred, ids, eps, is_image, diffuse, valid, 0.5), "probe"
+        check, call(check, bumped, eps_pred, ids, eps, is_image, diffuse, valid, 0.5), "probe"
     )
     check.that(
         abs(float(ce_img) - float(ce)) < 1e-5,
@@ -195,6 +205,67 @@ def check_loss(check: Check) -> None:
         atol=1e-5,
         hint="λ multiplies the diffusion term only",
     )
+    total, ce, mse = _three(
+        check, call(check, logits, eps_pred, ids, eps, is_image, diffuse, valid), "lam left out"
+    )
+    ref = tf.transfusion_loss(logits, eps_pred, ids, eps, is_image, diffuse, valid)
+    check.close(
+        total,
+        ref.total,
+        f"lam left out: total = ce + λ · mse with the documented default λ = {tf.LAMBDA:g}",
+        atol=1e-5,
+        hint=f"keep the signature transfusion_loss(..., valid, lam={tf.LAMBDA:g})",
+    )
+    _check_loss_gradients(check, ids, is_image, diffuse, valid, logits, eps_pred, eps)
+    doubles = [x.double() for x in (logits, eps_pred, eps)]
+    out = _three(
+        check,
+        call(check, doubles[0], doubles[1], ids, doubles[2], is_image, diffuse, valid, 0.5),
+        "float64 inputs",
+    )
+    ref = tf.transfusion_loss(doubles[0], doubles[1], ids, doubles[2], is_image, diffuse, valid,
+                              0.5)  # fmt: skip
+    for name, got_loss, ref_loss in zip(("total", "ce", "mse"), out, ref):
+        check.close(
+            got_loss,
+            ref_loss,
+            f"keeps dtype float64 and the device ({name})",
+            atol=1e-9,
+            hint="compute with the inputs' own tensors; no Python floats or float32 tensors",
+        )
+
+
+def _check_loss_gradients(check: Check, ids, is_image, diffuse, valid, logits, eps_pred, eps):
+    """total.backward() reaches the logits of text targets and the ε̂ of diffused patches."""
+    mine = leaves(logits, eps_pred)
+    out = _three(
+        check, call(check, mine[0], mine[1], ids, eps, is_image, diffuse, valid, 0.5), "gradients"
+    )
+    theirs = leaves(logits, eps_pred)
+    ref = tf.transfusion_loss(theirs[0], theirs[1], ids, eps, is_image, diffuse, valid, 0.5)
+    got_grads, ref_grads = gradients(out[0], mine), gradients(ref.total, theirs)
+    detached = (
+        "the total loss must stay in the autograd graph: no .item(), .detach(), float(...) or "
+        "torch.tensor(...) around the losses"
+    )
+    check.close(
+        got_grads[0],
+        ref_grads[0],
+        "total.backward() reaches the logits, and only those that predict text",
+        atol=1e-6,
+        hint=detached
+        if not out[0].requires_grad
+        else "only logits[:, :-1] at text targets get a gradient (the CE term)",
+    )
+    check.close(
+        got_grads[1],
+        ref_grads[1],
+        "total.backward() reaches eps_pred at the diffused patches, scaled by λ",
+        atol=1e-6,
+        hint=detached
+        if not out[0].requires_grad
+        else "only diffused, valid patches get a gradient, λ · 2 (ε̂ − ε) / (count · P)",
+    )
 
 
 # ------------------------------------------------------------ Exercise 8.2: noise the image span
@@ -215,7 +286,7 @@ def check_noise(check: Check) -> None:
     t = torch.tensor([10, 700, 300], device=dev)
     alpha_bar = diffusion.linear_schedule(1000).to(dev)  # (1000,) float64, like the notebook
     expected = tf.noise_image_span(patches, is_image, t, alpha_bar, eps)
-    got = check.call(patches.clone(), is_image, t, alpha_bar, eps)
+    got = call(check, patches.clone(), is_image, t, alpha_bar, eps)
     check.that(
         isinstance(got, torch.Tensor) and got.shape == patches.shape,
         "x_t has the shape of patches",
@@ -238,6 +309,15 @@ def check_noise(check: Check) -> None:
         atol=1e-5,
         hint="index ᾱ by t (B,) and broadcast as (B, 1, 1); take square roots of ᾱ_t and "
         "1 − ᾱ_t; cast ᾱ to the patches' dtype and device",
+    )
+    p64, e64 = patches.double(), eps.double()
+    expected = tf.noise_image_span(p64, is_image, t, alpha_bar, e64)
+    check.close(
+        call(check, p64, is_image, t, alpha_bar, e64),
+        expected,
+        "keeps dtype float64 and the device",
+        atol=1e-10,
+        hint="cast ᾱ to the patches' dtype (alpha_bar.to(patches)), not to float32",
     )
 
 
@@ -267,7 +347,7 @@ def check_generation_step(check: Check) -> None:
                       tf.prefix_cache(model, torch.tensor([[1, 3]] * 2, device=dev))]  # fmt: skip
             expected = tf.generation_step(model, *caches, x, t, t_next, alpha_bar, guidance)
             lengths = [len(c) for c in caches]
-            got = check.call(model, *caches, x.clone(), t, t_next, alpha_bar, guidance)
+            got = call(check, model, *caches, x.clone(), t, t_next, alpha_bar, guidance)
             check.that(
                 [len(c) for c in caches] == lengths,
                 f"the caption and null caches keep their lengths {lengths}",

@@ -59,6 +59,15 @@ def to_device(x: torch.Tensor, dev: str | torch.device) -> torch.Tensor:
     return x.to(dev)
 
 
+def synchronize(dev: str | torch.device | None = None) -> None:
+    """Wait until `dev` (default: the course's device) has finished the work queued on it. A GPU
+    runs kernels asynchronously, so a wall-clock timing must wait for it before reading the
+    clock; on the CPU there is nothing to wait for."""
+    dev = torch.device(dev if dev is not None else device())
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
 def device() -> torch.device:
     """The device the course computes on: $MMCOURSE_DEVICE if set (e.g. "cpu", "cuda:0"),
     else "cuda" when a GPU is available, else "cpu"."""

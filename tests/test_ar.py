@@ -85,6 +85,7 @@ def test_training_is_deterministic_and_learns():
     seqs = _sequences(4)
     config = ar.default_config(n_layer=1, d_model=32, n_head=2)
     kwargs = {"config": config, "steps": 40, "batch": 8, "lr": 1e-2, "progress": False}
+    kwargs["device"] = "cpu"  # bit for bit: the CPU's promise (a GPU may reorder its sums)
     a, b = ar.train_ar(seqs, **kwargs), ar.train_ar(seqs, **kwargs)
     assert a.losses == b.losses
     assert a.losses[-1] < a.losses[0] - 0.5
@@ -125,7 +126,7 @@ def test_early_checkpoint_is_small_loads_and_differs_from_the_final_one():
 def test_callback_sees_every_step_and_does_not_change_the_run():
     seqs = _sequences(4)
     config = ar.default_config(n_layer=1, d_model=32, n_head=2)
-    kwargs = {"config": config, "steps": 12, "batch": 8, "progress": False}
+    kwargs = {"config": config, "steps": 12, "batch": 8, "progress": False, "device": "cpu"}
     seen, snapshots = [], {}
 
     def callback(step, model):

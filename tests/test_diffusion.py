@@ -204,7 +204,7 @@ def test_training_is_deterministic_and_learns():
     def train():
         config = {"channels": (16, 32)}
         return diffusion.train_diffusion(
-            x0, labels, config=config, steps=40, batch=32, progress=False
+            x0, labels, config=config, steps=40, batch=32, progress=False, device="cpu"
         )
 
     a, b = train(), train()

@@ -91,8 +91,9 @@ def test_project_drops_cls_and_keeps_a_nonlinearity():
 
 def test_captioner_learns_on_a_small_run(one_thread):
     vision = ViT(image_size=32, patch_size=8, channels=3, dim=32, depth=1, num_classes=8)
-    first = fusion.train_captioner(vision, steps=30, n_images=500, dim=32, depth=1)
-    second = fusion.train_captioner(vision, steps=30, n_images=500, dim=32, depth=1)
+    kwargs = {"steps": 30, "n_images": 500, "dim": 32, "depth": 1, "device": "cpu"}
+    first = fusion.train_captioner(vision, **kwargs)
+    second = fusion.train_captioner(vision, **kwargs)
     assert first.losses == second.losses
     assert sum(first.losses[-5:]) / 5 < first.losses[0] - 1.0
     assert len(first.model.generate(ShapesDataset(n=3, seed=1).images)) == 3

@@ -155,11 +155,36 @@ def test_train_tiny_runs_and_is_deterministic():
     lat = torch.randn(16, tf.N_PATCHES, tf.PATCH_DIM)
     caps = ["a red circle in the top left"] * 8 + ["a blue square in the bottom right"] * 8
     config = tf.default_config(n_layer=1, n_head=2, d_model=32)
-    r1 = tf.train_transfusion(lat, caps, config=config, steps=3, batch_size=4, progress=False)
-    r2 = tf.train_transfusion(lat, caps, config=config, steps=3, batch_size=4, progress=False)
+    kwargs = {"config": config, "steps": 3, "batch_size": 4, "progress": False, "device": "cpu"}
+    r1 = tf.train_transfusion(lat, caps, **kwargs)
+    r2 = tf.train_transfusion(lat, caps, **kwargs)
     assert r1.losses == r2.losses and all(c > 0 and m > 0 for c, m in r1.losses)
     with pytest.raises(ValueError, match="captions"):
         tf.train_transfusion(lat, caps[:3], config=config, steps=1, progress=False)
+
+
+def test_training_loss_is_transfusion_loss_bit_for_bit():
+    """The training loop routes the loss from masks resolved on the CPU (no read-back from a
+    GPU); it must give exactly what `transfusion_loss` gives, and the patch index inside each
+    image exactly what a loop over the images gives."""
+    vocab = tf.course_vocab()
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(6, tf.N_PATCHES, 4, generator=g)
+    words = [[5, 6, 7], [8], [9, 10], [11, 12, 13, 14], [15], [16, 17]]
+    first, drop = [True, False, True, True, False, True], [False, False, True] + [False] * 3
+    batch = tf.make_batch(latents, words, first, drop, vocab)
+    logits = torch.randn(*batch.ids.shape, vocab.image_offset, generator=g)
+    eps_pred, eps = torch.randn(2, *batch.patches.shape, generator=g)
+    want = tf.transfusion_loss(logits, eps_pred, batch.ids, eps, batch.image_id >= 0,
+                               batch.diffuse, batch.valid, 8.0)  # fmt: skip
+    got = tf._routed_loss(logits, eps_pred, eps, tf._routes(batch), 8.0, torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    image_id = torch.tensor([[-1, 0, 0, 0, -1, 1, 1, -1], [0, 0, -1, -1, -1, -1, 1, 1]])
+    loop = torch.zeros_like(image_id)
+    for k in (0, 1):
+        sel = image_id == k
+        loop = torch.where(sel, torch.cumsum(sel.long(), 1) - 1, loop)
+    assert torch.equal(tf._index_within_image(image_id), loop)
 
 
 def test_load_missing_names_the_command(tmp_path):

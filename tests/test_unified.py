@@ -74,7 +74,9 @@ def test_training_lowers_the_loss_and_is_deterministic():
 
     def run():
         loader = MixingLoader(sources, unified.DEFAULT_RATIOS, V, batch_size=8, seed=0)
-        return unified.train_unified(loader, config=config, steps=30, lr=3e-3, progress=False)
+        return unified.train_unified(
+            loader, config=config, steps=30, lr=3e-3, progress=False, device="cpu"
+        )
 
     a, b = run(), run()
     assert a.losses == b.losses

@@ -72,8 +72,8 @@ def test_learned_and_sincos_positions():
 
 
 def test_training_is_deterministic_and_learns(one_thread):
-    first = vit.train_vit_digits(seed=3, epochs=4, lr=5e-3, dim=32, depth=1)
-    second = vit.train_vit_digits(seed=3, epochs=4, lr=5e-3, dim=32, depth=1)
+    first = vit.train_vit_digits(seed=3, epochs=4, lr=5e-3, dim=32, depth=1, device="cpu")
+    second = vit.train_vit_digits(seed=3, epochs=4, lr=5e-3, dim=32, depth=1, device="cpu")
     assert first.losses == second.losses
     assert sum(first.losses[-5:]) / 5 < first.losses[0] - 0.2
 

@@ -71,6 +71,17 @@ def _merge_in_place(ids, pair, new_id):
     return ids
 
 
+def _merge_never_advances(ids, pair, new_id):
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and ids[i] == pair[0] and ids[i + 1] == pair[1]:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])  # BUG: i += 1 forgotten: runs (and appends) forever
+    return out
+
+
 def test_merge_references_pass(capsys):
     passes(ch07.check_merge, bpe.merge, capsys, "7.1")
     passes(ch07.check_merge, _merge, capsys, "7.1")
@@ -83,6 +94,7 @@ def test_merge_references_pass(capsys):
         (_merge_unordered, r"order matters(.|\n)*pair is ordered"),
         (_merge_misses_last, r"pair at the very end"),
         (_merge_in_place, r"input list is left as it was(.|\n)*new list"),
+        (_merge_never_advances, r"runs on \(\[1, 2, 3(.|\n)*within 20,000 steps(.|\n)*never ends"),
         (stub, r"Exercise 7\.1 \(one BPE merge\): not implemented yet"),
     ],
     ids=case_id,
@@ -316,7 +328,7 @@ def _decode_video_as_text(ids, v):
     return out
 
 
-def _decode(ids, v, *, strays=True, closers=True, ranges=True):
+def _decode(ids, v, *, strays=True, closers=True, ranges=True, stuck=False):
     """The decoder, with switches that leave out one of its checks."""
     values = ids.tolist()
     values = values[1:] if values and values[0] == v.BOS else values
@@ -335,6 +347,8 @@ def _decode(ids, v, *, strays=True, closers=True, ranges=True):
         if values[i] not in blocks:
             if strays:
                 raise ValueError(f"id {values[i]} cannot stand at {i}")
+            if stuck:
+                continue  # BUG when stuck=True: i never moves past the stray id
             i += 1  # BUG when strays=False: skipped silently
             continue
         kind, close, offset, grid, size = blocks[values[i]]
@@ -353,6 +367,10 @@ def _decode(ids, v, *, strays=True, closers=True, ranges=True):
 
 def _decode_skips_strays(ids, v):
     return _decode(ids, v, strays=False)
+
+
+def _decode_stuck_on_strays(ids, v):
+    return _decode(ids, v, strays=False, stuck=True)
 
 
 def _decode_no_end_marker_check(ids, v):
@@ -384,6 +402,7 @@ def test_decode_references_pass(capsys):
         (_decode_flat, r"come back exactly(.|\n)*reshape image codes"),
         (_decode_lenient, r"a stray special id: EOI among the text ids(.|\n)*no error"),
         (_decode_skips_strays, r"a stray special id: EOI(.|\n)*no error(.|\n)*only text ids"),
+        (_decode_stuck_on_strays, r"a stray special id: EOI(.|\n)*steps of Python(.|\n)*advances"),
         (_decode_no_end_marker_check, r"an image without its end marker(.|\n)*no error"),
         (_decode_no_block_check, r"an image holding a video id raises(.|\n)*no error"),
         (stub, r"Exercise 7\.5 \(decode an interleaved document\): not implemented yet"),

@@ -5,12 +5,18 @@ as it came: tensors (values, shape, dtype), lists and tuples of them, dicts, and
 and buffers of an `nn.Module`. A candidate that writes into its input can still return the right
 result, and it breaks the caller's data (and the next check's inputs), so it fails on the spot,
 naming the argument.
+
+`step_budget(check, steps)` (and `call_bounded`) stops a candidate after `steps` executed lines
+of Python: a loop whose index never advances would otherwise run forever, or append until the
+kernel runs out of memory and dies, and the learner would see a dead kernel, not a message.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -46,6 +52,66 @@ def call(check: Check, *args: Any, **kwargs: Any) -> Any:
     for key, snap in before[1].items():
         _verify(check, snap, kwargs[key], key)
     return result
+
+
+class _OutOfSteps(Exception):
+    """The candidate ran more Python lines than its budget."""
+
+
+@contextlib.contextmanager
+def step_budget(check: Check, steps: int) -> Iterator[None]:
+    """Inside the block, every call of the candidate (through `check.call`, `call` or
+    `check.raises`) fails once it has executed `steps` lines of Python, its own and those of
+    the Python functions it calls, instead of running on."""
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        if event == "line":
+            left[0] -= 1
+            if left[0] < 0:
+                raise _OutOfSteps()
+        return trace
+
+    candidate, previous, left = check.candidate, sys.gettrace(), [steps]
+
+    def bounded(*a: Any, **k: Any) -> Any:
+        left[0] = steps
+        sys.settrace(trace)
+        try:
+            return candidate(*a, **k)
+        finally:
+            sys.settrace(previous)
+
+    bounded.__signature__ = _signature(candidate)  # type: ignore[attr-defined]
+    check.candidate = bounded
+    try:
+        yield
+    except _Failure as failure:
+        if "_OutOfSteps" in failure.got:
+            failure.expected = f"{failure.expected} within {steps:,} steps of Python"
+            failure.got = "still running: the loop never ends (stopped here)"
+            failure.hint = _LOOP_HINT
+        raise
+    finally:
+        check.candidate = candidate
+
+
+def call_bounded(check: Check, steps: int, *args: Any, **kwargs: Any) -> Any:
+    """`call(check, *args, **kwargs)` within a `step_budget` of `steps` lines of Python."""
+    with step_budget(check, steps):
+        return call(check, *args, **kwargs)
+
+
+_LOOP_HINT = (
+    "a loop whose index does not move on runs forever (and a list it appends to grows until "
+    "the kernel dies): make sure every pass of the loop advances, in every branch"
+)
+
+
+def _signature(candidate: Callable) -> inspect.Signature | None:
+    try:
+        return inspect.signature(candidate)
+    except (TypeError, ValueError):
+        return None
 
 
 def _verify(check: Check, snap: Any, value: Any, name: str) -> None:
@@ -143,4 +209,4 @@ def _same_tensor(saved: torch.Tensor, value: Any) -> bool:
     return torch.equal(now, saved)
 
 
-__all__ = ["call"]
+__all__ = ["call", "call_bounded", "step_budget"]

@@ -12,11 +12,15 @@ from __future__ import annotations
 import torch
 
 from mmcourse import bpe, vocab
-from mmcourse.checks._contract import call
+from mmcourse.checks._contract import call, step_budget
 from mmcourse.checks._core import Check, describe, exercise, seeded
 from mmcourse.vocab import Segment, Vocabulary
 
 _SMALL = Vocabulary(text_size=10, image_codes=512, video_codes=1024)  # text 0–9, specials 10–16
+# Steps of Python a candidate may take (the references take a small fraction): a scanning loop
+# that stops advancing fails with a message instead of hanging, or filling memory until the
+# kernel dies.
+_MERGE_STEPS, _DECODE_STEPS = 20_000, 400_000
 # Another layout, so that ids hard-coded from _SMALL show: text 0–29, specials 30–36, …
 _OTHER = Vocabulary(text_size=30, image_codes=600, video_codes=700)
 
@@ -56,7 +60,8 @@ def check_merge(check: Check) -> None:
     ]  # fmt: skip
     for ids, pair, new_id, what, hint in cases:
         original = list(ids)
-        got = check.call(ids, pair, new_id)
+        with step_budget(check, _MERGE_STEPS):
+            got = check.call(ids, pair, new_id)
         check.that(
             isinstance(got, list | tuple) and [int(i) for i in got] == bpe.merge(original, pair,
                                                                                  new_id),
@@ -268,6 +273,11 @@ def _segments_equal(got: object, expected: list[Segment]) -> tuple[bool, str]:
 def check_decode_interleaved(check: Check) -> None:
     """Exercise 7.5: decode_interleaved(ids (L,), vocab) -> list of Segment(kind, tokens): text
     ids (n,), image codes (8, 8), video codes (2, 8, 8), offsets removed."""
+    with step_budget(check, _DECODE_STEPS):  # a loop that stops advancing must not hang
+        _check_decode(check)
+
+
+def _check_decode(check: Check) -> None:
     v, g = _SMALL, seeded(75)
     doc = _document(g, v, check.device)
     ids = vocab.encode_interleaved(doc, v)

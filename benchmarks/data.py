@@ -3,6 +3,9 @@
 judge_real is the lowest per-attribute accuracy on held-out images with their own captions
 (the judge's floor); judge_shuffled is the same with the captions shuffled, which should sit
 near chance (1/6 colour, 1/3 shape, 1/5 position).
+
+Shapes are drawn on the CPU whatever the course device; the judge reads them on the course
+device (`mmcourse.device()`), so on a GPU judge_images_per_s includes sending the images over.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import time
 
 import torch
+from _timing import timed, warm_up
 
 from mmcourse.data import ShapesDataset
 from mmcourse.judge import load_judge
@@ -23,9 +27,8 @@ def run() -> dict[str, float]:
     draw_s = time.perf_counter() - start
 
     judge = load_judge()
-    start = time.perf_counter()
-    real = judge.score(held_out.images, held_out.captions)
-    judge_s = time.perf_counter() - start
+    warm_up(lambda: judge.score(held_out.images[:64], held_out.captions[:64]))
+    real, judge_s = timed(lambda: judge.score(held_out.images, held_out.captions))
     perm = torch.randperm(N, generator=torch.Generator().manual_seed(0))
     shuffled = judge.score(held_out.images, [held_out.captions[i] for i in perm])
 

@@ -388,6 +388,16 @@ def _all_but_last_row(codebook, counts, z, threshold=1.0, generator=None):
     return codebook
 
 
+def _redraw_until_distinct(codebook, counts, z, threshold=1.0, generator=None):
+    codebook, dead = codebook.clone(), counts < threshold
+    n_dead = int(dead.sum())
+    rows = torch.randint(len(z), (n_dead,), generator=generator)
+    while len(rows.unique()) < n_dead:  # BUG: never ends when there are fewer rows than codes
+        rows = torch.randint(len(z), (n_dead,), generator=generator)
+    codebook[dead] = z[rows.to(z.device)]
+    return codebook
+
+
 def _default_threshold_two(codebook, counts, z, threshold=2.0, generator=None):
     return _restart_by_hand(codebook, counts, z, threshold, generator)  # BUG: default 1.0
 
@@ -426,6 +436,10 @@ def test_restart_dead_codes_references_pass(capsys):
         (_with_replacement, r"draws 6 distinct rows of z(.|\n)*seed \d+ gave rows(.|\n)*randint"),
         (_first_rows, r"every row of z is picked sometimes(.|\n)*rows \[6, 7\] never picked"),
         (_all_but_last_row, r"every row of z is picked sometimes(.|\n)*rows \[7\] never"),
+        (
+            _redraw_until_distinct,
+            r"runs on \(tensor of shape \(4, 3\)(.|\n)*never ends(.|\n)*randint",
+        ),
         (_default_threshold_two, r"threshold left out(.|\n)*threshold=1\.0"),
         (_needs_a_generator, r"runs on(.|\n)*AttributeError(.|\n)*generator defaults to None"),
         (_randperm_only, r"runs on \(tensor of shape \(4, 3\)(.|\n)*it raised"),

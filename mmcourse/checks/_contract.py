@@ -59,10 +59,10 @@ class _OutOfSteps(Exception):
 
 
 @contextlib.contextmanager
-def step_budget(check: Check, steps: int) -> Iterator[None]:
+def step_budget(check: Check, steps: int, hint: str = "") -> Iterator[None]:
     """Inside the block, every call of the candidate (through `check.call`, `call` or
     `check.raises`) fails once it has executed `steps` lines of Python, its own and those of
-    the Python functions it calls, instead of running on."""
+    the Python functions it calls, instead of running on; `hint` says what likely loops."""
 
     def trace(frame: Any, event: str, arg: Any) -> Any:
         if event == "line":
@@ -89,7 +89,7 @@ def step_budget(check: Check, steps: int) -> Iterator[None]:
         if "_OutOfSteps" in failure.got:
             failure.expected = f"{failure.expected} within {steps:,} steps of Python"
             failure.got = "still running: the loop never ends (stopped here)"
-            failure.hint = _LOOP_HINT
+            failure.hint = hint or _LOOP_HINT
         raise
     finally:
         check.candidate = candidate
@@ -102,8 +102,8 @@ def call_bounded(check: Check, steps: int, *args: Any, **kwargs: Any) -> Any:
 
 
 _LOOP_HINT = (
-    "a loop whose index does not move on runs forever (and a list it appends to grows until "
-    "the kernel dies): make sure every pass of the loop advances, in every branch"
+    "a loop whose index does not move on in some branch runs forever (and a list it appends "
+    "to grows until the kernel dies): make sure every pass of the loop advances"
 )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from mmcourse import vq
-from mmcourse.checks._contract import call
+from mmcourse.checks._contract import call, step_budget
 from mmcourse.checks._core import (
     Check,
     OpSpy,
@@ -482,6 +482,18 @@ def _check_random_rows(check: Check, g: torch.Generator, dev: torch.device) -> N
 def check_restart_dead_codes(check: Check) -> None:
     """Exercise 1.5: restart_dead_codes(codebook (K, D), counts (K,), z (N, D), threshold,
     generator) -> new codebook (K, D)."""
+    with step_budget(check, 200_000, _ENDLESS_DRAW):
+        _check_restart_dead_codes(check)
+
+
+_ENDLESS_DRAW = (
+    "a loop that redraws until the rows are distinct never ends when there are more dead codes "
+    "than rows of z: draw distinct rows while N allows (torch.randperm), and with "
+    "replacement (torch.randint) otherwise"
+)
+
+
+def _check_restart_dead_codes(check: Check) -> None:
     g, dev = seeded(15), check.device
     codebook = torch.randn(6, 3, generator=g).to(dev)
     z = torch.randn(10, 3, generator=g).to(dev) + 5

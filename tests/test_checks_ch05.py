@@ -375,6 +375,12 @@ def _prompts_empty(caption_ids):
     return [torch.cat([caption_ids, boi], 1), boi]  # BUG: two lengths, not one batch
 
 
+def _prompts_fixed_batch(caption_ids):
+    null = torch.full((3, caption_ids.shape[1]), ar.NULL, device=caption_ids.device)  # BUG: B = 3
+    boi = torch.full((len(caption_ids) + 3, 1), ar.BOI, device=caption_ids.device)
+    return torch.cat([torch.cat([caption_ids, null]), boi], dim=1)
+
+
 def test_prompts_references_pass(capsys):
     passes(ch05.check_guidance_prompts, sampling.guidance_prompts, capsys, "5.7")
     passes(ch05.check_guidance_prompts, _prompts, capsys, "5.7")
@@ -386,6 +392,7 @@ def test_prompts_references_pass(capsys):
         (_prompts_short_uncond, r"failed check 2, \"BOI sits at the same(.|\n)*misaligned"),
         (_prompts_uncond_first, r"failed check 3(.|\n)*conditional rows first"),
         (_prompts_pad, r"failed check 3(.|\n)*not PAD"),
+        (_prompts_fixed_batch, r"failed check 4, \"one caption gives 2 prompts(.|\n)*fixed batch"),
         (_prompts_empty, r"failed check 1, \"3 captions give 6 prompts(.|\n)*NULL ids"),
         (stub, r"Exercise 5\.7 \(prompts of a guided batch\): not implemented yet"),
     ],

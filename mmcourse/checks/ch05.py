@@ -349,6 +349,14 @@ def check_guidance_prompts(check: Check) -> None:
         "the unconditional caption is NULL ids (ar.NULL), the token caption dropout trained on, "
         "not PAD",
     )
+    one = ids[1:2]
+    check.equal(
+        call(check, one),
+        sampling.guidance_prompts(one),
+        "one caption gives 2 prompts: [caption][BOI], then [NULL × 7][BOI]",
+        hint="build the halves from the batch that comes in (len(caption_ids) rows, e.g. "
+        "torch.full_like(caption_ids, ar.NULL)), not for a fixed batch size",
+    )
 
 
 # ------------------------------------------------------- Exercise 5.8: attention with a cache

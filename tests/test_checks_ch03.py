@@ -130,6 +130,16 @@ def _unpatchify_no_count_check(tokens, patch_size, height, width):
     )
 
 
+def _unpatchify_too_many_only(tokens, patch_size, height, width):
+    h, w = height // patch_size, width // patch_size
+    if tokens.shape[1] > h * w:  # BUG: too few patches slip through
+        raise ValueError(f"expected {h * w} patches, got {tokens.shape[1]}")
+    padded = F.pad(tokens, (0, 0, 0, h * w - tokens.shape[1]))  # missing patches become 0
+    return rearrange(
+        padded, "b (h w) (p1 p2 c) -> b c (h p1) (w p2)", h=h, p1=patch_size, p2=patch_size
+    )
+
+
 def test_unpatchify_references_pass(capsys):
     passes(ch03.check_unpatchify, patches.unpatchify, capsys, "3.2")
     passes(ch03.check_unpatchify, _unpatchify_fold, capsys, "3.2")
@@ -142,6 +152,7 @@ def test_unpatchify_references_pass(capsys):
         (_unpatchify_channels_first, r"failed check 2, (.|\n)*scrambles the colours"),
         (_unpatchify_reshape, r"failed check 1, (.|\n)*plain reshape does not undo"),
         (_unpatchify_no_count_check, r"raises ValueError for 5 patches(.|\n)*EinopsError"),
+        (_unpatchify_too_many_only, r"raises ValueError for 3 patches(.|\n)*no error"),
         (stub, r"Exercise 3\.2 \(unpatchify\): not implemented yet"),
     ],
     ids=case_id,

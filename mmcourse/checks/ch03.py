@@ -166,16 +166,17 @@ def check_unpatchify(check: Check) -> None:
         atol=0,
         rtol=0,
     )
-    tokens = torch.zeros(1, 5, 12, device=dev)
-    check.raises(
-        ValueError,
-        "raises ValueError for 5 patches and an 8×8 image with patch_size 4 (which has 4)",
-        tokens,
-        4,
-        8,
-        8,
-        hint="compare patches.shape[1] with (height // P)·(width // P) and raise ValueError",
-    )
+    for n in (5, 3):
+        check.raises(
+            ValueError,
+            f"raises ValueError for {n} patches and an 8×8 image with patch_size 4 (which has 4)",
+            torch.zeros(1, n, 48, device=dev),  # (B, N, P·P·C) with C = 3
+            4,
+            8,
+            8,
+            hint="compare patches.shape[1] with (height // P)·(width // P) and raise ValueError "
+            "when they differ, in either direction",
+        )
 
 
 # ----------------------------------------------------- Exercise 3.3: the patch embedding as a conv

@@ -12,9 +12,17 @@ before any kernel of the course is decorated:
   before importing, to debug them in the interpreter on a GPU machine too);
 - `TRITON_INTERPRET` already set → respected as it is.
 
-Triton's own library functions written in Triton (`tl.sum`, `tl.min`, `tl.zeros`, ...) take the
-mode in force when `triton.language` is first imported; `interpreter_scope()` lets a launch run
-in the interpreter even when triton was imported earlier, or imported for compiling.
+A process either interprets or compiles, never both: the interpreter patches `triton.language`
+while it runs, and kernels compiled afterwards in the same process can break. Code that needs
+the interpreter on a GPU machine runs it in a subprocess with `TRITON_INTERPRET=1`.
+
+Triton's own library functions written in Triton (`tl.sum`, `tl.min`, ...) take the mode in force
+when `triton.language` is first imported. When that import happened for compiling and this
+process interprets, importing this package swaps them once for interpreted twins.
+
+Chapter 09 relies on a few private Triton APIs (the interpreter's builder and function classes).
+Tested with triton `TESTED_TRITON` (3.6.0 on the GPU image, 3.9.0 pinned for CPUs); when one of
+them changes, `UnsupportedTriton` says so instead of a crash deep inside Triton.
 
 `import mmcourse` never imports this package or triton. Triton ships for Linux x86-64 only: on
 other platforms this package still imports, `TRITON_AVAILABLE` is False, and `require_triton()`
@@ -23,17 +31,25 @@ other platforms this package still imports, `TRITON_AVAILABLE` is False, and `re
 
 from __future__ import annotations
 
-import contextlib
-import importlib
+import importlib.metadata
 import importlib.util
 import os
-from collections.abc import Iterator
+import sys
 
 import torch
 
-__all__ = ["INTERPRETED", "TRITON_AVAILABLE", "interpreter_scope", "require_triton"]
+__all__ = [
+    "INTERPRETED",
+    "TESTED_TRITON",
+    "TRITON_AVAILABLE",
+    "UnsupportedTriton",
+    "require_triton",
+    "unsupported_triton",
+]
 
 INTERPRET_VARIABLE = "TRITON_INTERPRET"
+#: The Triton versions chapter 09 was tested with: the oldest and the newest.
+TESTED_TRITON = ("3.6.0", "3.9.0")
 
 
 def _triton_installed() -> bool:
@@ -61,32 +77,43 @@ def require_triton() -> None:
         )
 
 
-@contextlib.contextmanager
-def interpreter_scope() -> Iterator[None]:
-    """Inside `with interpreter_scope():`, interpreted kernels can call Triton's library functions
-    whatever mode `triton.language` was imported in: its compiled-mode @jit functions are swapped
-    for interpreted twins (and TRITON_INTERPRET reads 1), then everything is put back."""
-    require_triton()
-    import triton.language as tl
-    from triton.runtime.interpreter import InterpretedFunction
-    from triton.runtime.jit import JITFunction
+class UnsupportedTriton(RuntimeError):
+    """A private Triton API that chapter 09 relies on changed in the installed version."""
 
-    with contextlib.suppress(ImportError):  # imported lazily by a first launch: not in the swap
-        importlib.import_module("triton.experimental.gluon")
-    swapped = []
-    for module in (tl, tl.core, tl.math, tl.standard):
-        for name, value in list(vars(module).items()):
-            if isinstance(value, JITFunction):
-                swapped.append((module, name, value))
-                setattr(module, name, InterpretedFunction(value.fn))
-    before = os.environ.get(INTERPRET_VARIABLE)
-    os.environ[INTERPRET_VARIABLE] = "1"
+
+def unsupported_triton(what: str) -> UnsupportedTriton:
+    """The error to raise when `what` (a private Triton API) does not behave as tested."""
     try:
-        yield
-    finally:
-        for module, name, value in swapped:
-            setattr(module, name, value)
-        if before is None:
-            del os.environ[INTERPRET_VARIABLE]
-        else:
-            os.environ[INTERPRET_VARIABLE] = before
+        installed = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        installed = "unknown"
+    oldest, newest = TESTED_TRITON
+    return UnsupportedTriton(
+        f"this Triton version is not supported by chapter 09's checker: installed {installed}, "
+        f"tested {oldest}–{newest} ({what}); install one of those, e.g. "
+        f"pip install triton=={newest}"
+    )
+
+
+def _interpret_triton_library() -> None:
+    """If triton.language was imported for compiling, swap its @jit library functions (in its
+    modules and as tensor methods) for interpreted twins; only called in interpreting processes,
+    where nothing compiles."""
+    language = sys.modules.get("triton.language")
+    if language is None:  # imported later, it reads TRITON_INTERPRET=1 itself
+        return
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+        from triton.runtime.jit import JITFunction
+
+        namespaces = [language, language.core, language.math, language.standard, language.tensor]
+    except (ImportError, AttributeError) as error:
+        raise unsupported_triton(f"interpreting its library functions: {error}") from None
+    for namespace in namespaces:
+        for name, value in list(vars(namespace).items()):
+            if isinstance(value, JITFunction):
+                setattr(namespace, name, InterpretedFunction(value.fn))
+
+
+if INTERPRETED and TRITON_AVAILABLE:
+    _interpret_triton_library()

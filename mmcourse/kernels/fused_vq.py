@@ -6,11 +6,19 @@ Chapter 01 found each vector's nearest code as distance matrix + argmin:
 
 which writes an (N, K) matrix to memory and reads it back (N = 65536, K = 8192 in float32: 2 GiB)
 to keep N numbers. The kernel here gives each program a block of BLOCK_N rows of z; it walks the
-codebook in tiles of BLOCK_K codes, computes each (BLOCK_N, BLOCK_K) tile of d with `tl.dot`
-(float32 accumulation) and folds it into a running minimum and its index, kept in registers. Only
-the indices leave the chip, with the gathered codes z_q and the row's squared distance.
+codebook in tiles of BLOCK_K codes, computes each (BLOCK_N, BLOCK_K) tile of z·e with `tl.dot`
+(float32 accumulation) and folds it into a running minimum and its index, kept in registers.
+‖z_i‖² is the same for every code of row i, so the argmin runs on ‖e_k‖² − 2 z_i·e_k. Only the
+indices leave the chip; `quantize` then gathers z_q and ‖z − z_q‖² in a second, small kernel.
+
+float32 inputs multiply on TF32 tensor cores (10-bit mantissas, ~8× faster than exact float32
+products on an H100). TF32 can swap two codes whose distances lie within its rounding error, so
+the kernel also keeps each row's runner-up, and the rows whose best two codes are closer than a
+proven bound on that error are recomputed exactly (PyTorch, float32, as the reference): the
+tokens equal the reference's, ties to the lowest index included.
 
 - `nearest_code(z, codebook)`: the tokens (N,) long, ties to the lowest index like `torch.argmin`;
+- `search(z, codebook)`: the same, with how many rows were re-checked and the kernel's blocks;
 - `quantize(z, codebook)`: tokens, z_q with the straight-through gradient (an autograd Function)
   and the squared distance per row, whose gradient is the commitment term's;
 - `reference_nearest_code`: the PyTorch reference, distance matrix + argmin in float32.
@@ -21,13 +29,12 @@ device: CUDA tensors when kernels compile, CPU tensors in the interpreter (see `
 
 from __future__ import annotations
 
-import contextlib
 from typing import NamedTuple
 
 import torch
 
 from mmcourse import _validate
-from mmcourse.kernels import INTERPRETED, interpreter_scope, require_triton
+from mmcourse.kernels import INTERPRETED, require_triton
 
 require_triton()
 
@@ -40,37 +47,44 @@ __all__ = [
     "INTERPRETED",
     "H100",
     "Cost",
+    "Search",
     "choose_blocks",
     "cost",
     "nearest_code",
     "quantize",
     "reference_nearest_code",
+    "search",
+    "tf32_gap_bound",
 ]
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # The interpreter pays per program and per loop step, not per element: large blocks are fast there.
 _INTERPRETER_BLOCKS = (128, 256, 64)  # BLOCK_N, BLOCK_K, BLOCK_D caps
-# On a GPU the blocks must fit registers and shared memory (a tile that does not is skipped by
-# the autotuner); these suit H100/H200-class parts. (BLOCK_N, BLOCK_K, BLOCK_D, warps, stages)
-_TENSOR_CORE_CONFIGS = [  # float16, bfloat16, and float32 on TF32
-    (128, 128, 64, 8, 3),
-    (128, 128, 32, 4, 4),
-    (128, 64, 64, 4, 3),
-    (64, 128, 64, 4, 3),
-    (256, 128, 64, 8, 3),
-    (128, 64, 128, 8, 3),
-    (128, 128, 128, 8, 2),
-    (128, 64, 256, 8, 3),  # with D ≤ 256: the rows stay on chip for the whole codebook
-    (64, 128, 256, 4, 3),
+# On a GPU, Hopper-sized tiles (H100/H200: 227 KiB of shared memory per block). Each program
+# re-reads the whole codebook from L2, BLOCK_N rows per read: large BLOCK_N keeps the tensor cores
+# fed. BLOCK_D ≥ D keeps a program's rows on chip for the whole codebook; smaller BLOCK_D loops
+# over D. The autotuner times those that fit. (BLOCK_N, BLOCK_K, BLOCK_D, warps, stages)
+_HALF_CONFIGS = [  # float16, bfloat16
+    (256, 64, 256, 8, 2),
+    (256, 64, 256, 8, 3),
+    (256, 64, 256, 16, 2),
     (128, 128, 256, 8, 2),
+    (128, 64, 256, 8, 3),
+    (128, 256, 64, 8, 4),
+    (128, 128, 64, 4, 4),
+    (64, 64, 64, 4, 3),
 ]
-_FMA_CONFIGS = [  # exact float32 products run on the FMA units; large tiles compile slowly
+_TF32_CONFIGS = [  # float32 on TF32 tensor cores: twice the bytes per value, half the rows on chip
+    (128, 32, 256, 8, 2),
+    (128, 32, 256, 8, 3),
+    (128, 32, 256, 4, 3),
+    (64, 64, 256, 4, 2),
+    (128, 64, 64, 4, 4),
+    (128, 128, 32, 8, 4),
     (64, 64, 32, 4, 3),
-    (128, 64, 32, 8, 3),
-    (64, 128, 32, 4, 3),
-    (128, 128, 32, 8, 2),
 ]
+_GATHER_BLOCKS = (64, 128)  # BLOCK_N, BLOCK_D of the z_q gather on a GPU (memory-bound)
 
 
 def _configs(table: list[tuple[int, int, int, int, int]]) -> list[triton.Config]:
@@ -80,114 +94,139 @@ def _configs(table: list[tuple[int, int, int, int, int]]) -> list[triton.Config]
     ]
 
 
+def _fitting_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list:
+    """Drop configs whose BLOCK_D exceeds D's power of two (same work as a smaller one)."""
+    cap = max(16, triton.next_power_of_2(named_args["D"]))
+    kept = [c for c in configs if c.kwargs["BLOCK_D"] <= cap]
+    return kept or configs[-1:]
+
+
+@triton.jit
+def _fold_tile(d, k0, local, best, best_idx, second, SECOND: tl.constexpr):
+    """Fold a tile d (BLOCK_N, BLOCK_K) of codes k0 + local into the running minimum `best`, its
+    code `best_idx` and, with SECOND, the smallest value among all other codes `second`."""
+    # (BLOCK_N,) each row's minimum and its first column: ties go to the lowest code
+    tile_min, tile_arg = tl.min(d, axis=1, return_indices=True, return_indices_tie_break_left=True)
+    better = tile_min < best  # strict: an equal value in a later tile keeps the earlier code
+    if SECOND:  # runner-up: the tile without its own minimum, or the minimum it did not beat
+        rest = tl.min(tl.where(local[None, :] == tile_arg[:, None], float("inf"), d), axis=1)
+        second = tl.where(better, tl.minimum(best, rest), tl.minimum(second, tile_min))
+    best_idx = tl.where(better, k0 + tile_arg, best_idx)
+    best = tl.where(better, tile_min, best)
+    return best, best_idx, second
+
+
 @triton.jit
 def _nearest_code_kernel(
     z_ptr,  # (N, D)
     e_ptr,  # (K, D)
     e_sq_ptr,  # (K,) float32  ‖e_k‖²
-    tokens_ptr,  # (N,) int64   out
-    dist_ptr,  # (N,) float32 out: min_k d[i, k]
-    zq_ptr,  # (N, D)        out: e_{token_i}
+    tokens_ptr,  # (N,) int64   out: argmin_k d[i, k]
+    best_ptr,  # (N,) float32 out (SECOND): min_k ‖e_k‖² − 2 z_i·e_k
+    second_ptr,  # (N,) float32 out (SECOND): the same over every other code
     N,
     K,
     D,
     stride_z,
     stride_e,
-    stride_zq,
-    PRECISION: tl.constexpr,  # "ieee" for exact float32 products, "tf32" for speed
     UPCAST: tl.constexpr,  # multiply in float32 (the interpreter's bfloat16 tl.dot is wrong)
-    WRITE_ZQ: tl.constexpr,  # also gather z_q (quantize); nearest_code needs only the tokens
-    SINGLE_D: tl.constexpr,  # BLOCK_D ≥ D: no loop over D
+    SECOND: tl.constexpr,  # also track the runner-up, for the TF32 re-check
+    SINGLE_D: tl.constexpr,  # BLOCK_D ≥ D: the rows are loaded once, no loop over D
+    EVEN_K: tl.constexpr,  # K % BLOCK_K == 0: code tiles need no mask
+    EVEN_D: tl.constexpr,  # D % BLOCK_D == 0: columns need no mask (wide vector loads)
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rows = (pid * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)  # (BLOCK_N,)
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     row_ok = rows < N
+    local = tl.arange(0, BLOCK_K)  # (BLOCK_K,) code index inside a tile
     cols = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
-
-    if SINGLE_D:  # all of D in one block: load the rows once, keep them for every code tile
-        z_rows = tl.load(
-            z_ptr + rows[:, None] * stride_z + cols[None, :],
-            mask=row_ok[:, None] & (cols[None, :] < D),
-            other=0.0,
-        )  # (BLOCK_N, BLOCK_D)
-        z32 = z_rows.to(tl.float32)
-        z_sq = tl.sum(z32 * z32, axis=1)  # (BLOCK_N,)  ‖z_i‖² in float32
+    col_ok = (cols < D) | EVEN_D
+    z_ptrs = z_ptr + rows.to(tl.int64)[:, None] * stride_z + cols[None, :]  # (BLOCK_N, BLOCK_D)
+    e_ptrs = e_ptr + local[:, None] * stride_e + cols[None, :]  # (BLOCK_K, BLOCK_D), tile 0
+    if SINGLE_D:  # the rows stay on chip for the whole codebook
+        z_rows = tl.load(z_ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
         if UPCAST:
-            z_rows = z32
-    else:  # ‖z_i‖², one slice of columns at a time
-        z_sq = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            c = d0 + cols
-            z = tl.load(
-                z_ptr + rows[:, None] * stride_z + c[None, :],
-                mask=row_ok[:, None] & (c[None, :] < D),
-                other=0.0,
-            ).to(tl.float32)  # (BLOCK_N, BLOCK_D)
-            z_sq += tl.sum(z * z, axis=1)
+            z_rows = z_rows.to(tl.float32)
 
-    best = tl.full((BLOCK_N,), float("inf"), dtype=tl.float32)  # running min_k d[i, k]
-    best_idx = tl.zeros((BLOCK_N,), dtype=tl.int64)  # its k
+    best = tl.full((BLOCK_N,), float("inf"), dtype=tl.float32)  # running min_k ‖e_k‖² − 2 z·e_k
+    best_idx = tl.zeros((BLOCK_N,), dtype=tl.int32)  # its k
+    second = tl.full((BLOCK_N,), float("inf"), dtype=tl.float32)
+    # codes past K load ‖e‖² = +inf: they never win
+    e_sq = tl.load(e_sq_ptr + local, mask=local < K, other=float("inf"))  # (BLOCK_K,) tile 0
     for k0 in range(0, K, BLOCK_K):
-        codes = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)  # (BLOCK_K,)
-        code_ok = codes < K
+        # the next tile's ‖e‖², loaded now: its latency hides behind this tile's products
+        e_sq_next = tl.load(
+            e_sq_ptr + k0 + BLOCK_K + local, mask=k0 + BLOCK_K + local < K, other=float("inf")
+        )
+        code_ok = ((k0 + local) < K) | EVEN_K  # (BLOCK_K,)
         if SINGLE_D:
-            e = tl.load(
-                e_ptr + codes[:, None] * stride_e + cols[None, :],
-                mask=code_ok[:, None] & (cols[None, :] < D),
-                other=0.0,
-            )  # (BLOCK_K, BLOCK_D)
+            e = tl.load(e_ptrs, mask=code_ok[:, None] & col_ok[None, :], other=0.0)
             if UPCAST:  # exact: a product of two bfloat16 values fits a float32
                 e = e.to(tl.float32)
-            cross = tl.dot(z_rows, tl.trans(e), input_precision=PRECISION)  # (BLOCK_N, BLOCK_K)
+            cross = tl.dot(z_rows, tl.trans(e), input_precision="tf32")  # (BLOCK_N, BLOCK_K)
         else:
             cross = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)  # z_i·e_k, slice by slice
             for d0 in range(0, D, BLOCK_D):
-                c = d0 + cols
-                col_ok = c < D
-                z = tl.load(
-                    z_ptr + rows[:, None] * stride_z + c[None, :],
-                    mask=row_ok[:, None] & col_ok[None, :],
-                    other=0.0,
-                )  # (BLOCK_N, BLOCK_D)
-                e = tl.load(
-                    e_ptr + codes[:, None] * stride_e + c[None, :],
-                    mask=code_ok[:, None] & col_ok[None, :],
-                    other=0.0,
-                )  # (BLOCK_K, BLOCK_D)
+                ok = ((d0 + cols) < D) | EVEN_D
+                z = tl.load(z_ptrs + d0, mask=row_ok[:, None] & ok[None, :], other=0.0)
+                e = tl.load(e_ptrs + d0, mask=code_ok[:, None] & ok[None, :], other=0.0)
                 if UPCAST:
                     z = z.to(tl.float32)
                     e = e.to(tl.float32)
-                cross = tl.dot(z, tl.trans(e), cross, input_precision=PRECISION)
-        # codes past K load ‖e‖² = +inf: their distance is +inf and never wins
-        e_sq = tl.load(e_sq_ptr + codes, mask=code_ok, other=float("inf"))  # (BLOCK_K,)
-        d = tl.maximum(z_sq[:, None] - 2.0 * cross + e_sq[None, :], 0.0)  # (BLOCK_N, BLOCK_K)
-        tile_min, tile_arg = tl.min(
-            d, axis=1, return_indices=True, return_indices_tie_break_left=True
-        )
-        better = tile_min < best  # strict: an equal value in a later tile keeps the earlier index
-        best_idx = tl.where(better, k0 + tile_arg.to(tl.int64), best_idx)
-        best = tl.where(better, tile_min, best)
+                cross = tl.dot(z, tl.trans(e), cross, input_precision="tf32")
+        d = e_sq[None, :] - 2.0 * cross  # d[i, k] − ‖z_i‖²  (BLOCK_N, BLOCK_K)
+        best, best_idx, second = _fold_tile(d, k0, local, best, best_idx, second, SECOND)
+        e_ptrs += BLOCK_K * stride_e
+        e_sq = e_sq_next
 
-    tl.store(tokens_ptr + rows, best_idx, mask=row_ok)
-    tl.store(dist_ptr + rows, best, mask=row_ok)
-    if WRITE_ZQ:
-        for d0 in range(0, D, BLOCK_D):  # gather z_q = e_{token}: one pass over D, no matrix
-            c = d0 + cols
-            ok = row_ok[:, None] & (c[None, :] < D)
-            e = tl.load(e_ptr + best_idx[:, None] * stride_e + c[None, :], mask=ok, other=0.0)
-            tl.store(zq_ptr + rows[:, None] * stride_zq + c[None, :], e, mask=ok)
+    tl.store(tokens_ptr + rows, best_idx.to(tl.int64), mask=row_ok)
+    if SECOND:
+        tl.store(best_ptr + rows, best, mask=row_ok)
+        tl.store(second_ptr + rows, second, mask=row_ok)
 
 
-_single_d = triton.heuristics({"SINGLE_D": lambda args: args["BLOCK_D"] >= args["D"]})
-_KEY = ["N", "K", "D", "PRECISION", "WRITE_ZQ"]
+@triton.jit
+def _gather_kernel(
+    z_ptr,  # (N, D)
+    e_ptr,  # (K, D)
+    tokens_ptr,  # (N,) int64
+    zq_ptr,  # (N, D) out: e_{token_i}
+    sq_dist_ptr,  # (N,) float32 out: ‖z_i − e_{token_i}‖²
+    N,
+    D,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)  # (BLOCK_N,)
+    row_ok = rows < N
+    tokens = tl.load(tokens_ptr + rows, mask=row_ok, other=0)  # (BLOCK_N,)
+    sq_dist = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        c = d0 + tl.arange(0, BLOCK_D)  # (BLOCK_D,)
+        ok = row_ok[:, None] & (c[None, :] < D)
+        z = tl.load(z_ptr + rows[:, None] * D + c[None, :], mask=ok, other=0.0)
+        e = tl.load(e_ptr + tokens[:, None] * D + c[None, :], mask=ok, other=0.0)
+        tl.store(zq_ptr + rows[:, None] * D + c[None, :], e, mask=ok)
+        diff = z.to(tl.float32) - e.to(tl.float32)  # exact difference, not the expansion
+        sq_dist += tl.sum(diff * diff, axis=1)
+    tl.store(sq_dist_ptr + rows, sq_dist, mask=row_ok)
+
+
+_flags = triton.heuristics(
+    {
+        "SINGLE_D": lambda args: args["BLOCK_D"] >= args["D"],
+        "EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0,
+        "EVEN_D": lambda args: args["D"] % args["BLOCK_D"] == 0,
+    }
+)
+_direct = _flags(_nearest_code_kernel)
+_KEY = ["N", "K", "D", "SECOND"]
+_PRUNE = {"early_config_prune": _fitting_configs}
 _autotuned = {
-    "tensor cores": triton.autotune(_configs(_TENSOR_CORE_CONFIGS), key=_KEY)(
-        _single_d(_nearest_code_kernel)
-    ),
-    "fma": triton.autotune(_configs(_FMA_CONFIGS), key=_KEY)(_single_d(_nearest_code_kernel)),
+    "half": triton.autotune(_configs(_HALF_CONFIGS), key=_KEY, prune_configs_by=_PRUNE)(_direct),
+    "tf32": triton.autotune(_configs(_TF32_CONFIGS), key=_KEY, prune_configs_by=_PRUNE)(_direct),
 }
 
 
@@ -197,6 +236,14 @@ class FusedVQOutput(NamedTuple):
     z_q: torch.Tensor  # (N, D) like z: the codes' values, straight-through gradient to z
     tokens: torch.Tensor  # (N,) long
     sq_dist: torch.Tensor  # (N,) float32: ‖z_i − e_{token_i}‖², gradient 2(z − e) to z only
+
+
+class Search(NamedTuple):
+    """What `search` returns."""
+
+    tokens: torch.Tensor  # (N,) long
+    rechecked: int  # rows recomputed exactly after TF32 products (float32 inputs, exact=True)
+    config: str  # the kernel's blocks (picked by the autotuner on a GPU)
 
 
 #: Round datasheet figures for an H100 SXM (dense, no sparsity): a model, not a measurement.
@@ -240,6 +287,22 @@ def choose_blocks(n: int, k: int, d: int) -> tuple[int, int, int]:
     return tuple(
         min(cap, max(16, triton.next_power_of_2(size))) for cap, size in zip(caps, (n, k, d))
     )
+
+
+def tf32_gap_bound(z_sq: torch.Tensor, e_sq_max: torch.Tensor | float, d: int) -> torch.Tensor:
+    """How far TF32 products and float32 rounding can move the gap between two codes' distances,
+    for rows with ‖z‖² = z_sq (N,), codes with ‖e‖² ≤ e_sq_max, D = d columns → (N,).
+
+    TF32 keeps 10 of float32's 23 mantissa bits: each input is off by a relative u ≤ 2⁻¹⁰, each
+    product by 2u + u², and a sum of D products in float32 by γ = D·2⁻²² more (generously), so
+    |z·e − z̃·ẽ| ≤ (2u + u² + γ) Σ|z_j e_j| ≤ (2u + u² + γ)(‖z‖² + ‖e‖²)/2. The kernel's value
+    ‖e‖² − 2 z·e is then off by (2u + u² + γ + 2⁻²³)·S with S = ‖z‖² + ‖e‖², the reference's
+    float32 distance by (γ + 2⁻²¹)·S. A gap between two codes moves by twice each:
+    (4u + 2u² + 4γ + 2⁻²² + 2⁻²⁰)·S. Beyond it, kernel and reference agree on the nearest code."""
+    u = 2.0**-10
+    gamma = d * 2.0**-22
+    rel = 4 * u + 2 * u * u + 4 * gamma + 2.0**-22 + 2.0**-20
+    return rel * (z_sq + e_sq_max)
 
 
 def _check_block(name: str, value: object) -> int | None:
@@ -286,58 +349,7 @@ def _check_inputs(z: object, codebook: object) -> tuple[torch.Tensor, torch.Tens
     return z, codebook
 
 
-def _launch(
-    z: torch.Tensor,
-    codebook: torch.Tensor,
-    blocks: tuple[int | None, int | None, int | None],
-    exact: bool,
-    write_zq: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run the kernel on checked inputs → tokens (N,) long, sq_dist (N,) float32, z_q like z
-    (empty unless `write_zq`)."""
-    n, d = z.shape
-    k = codebook.shape[0]
-    tokens = torch.empty(n, dtype=torch.long, device=z.device)
-    sq_dist = torch.empty(n, dtype=torch.float32, device=z.device)
-    z_q = torch.empty_like(z) if write_zq else z.new_empty((0, d))
-    if n == 0:
-        return tokens, sq_dist, z_q
-    e_sq = codebook.float().pow(2).sum(dim=1)  # (K,) ‖e_k‖², as the reference computes it
-    upcast = INTERPRETED and z.dtype == torch.bfloat16
-    # "ieee" matters only for float32 tiles; half-precision tiles keep Triton's default
-    precision = "ieee" if upcast or (exact and z.dtype == torch.float32) else "tf32"
-    args = (z, codebook, e_sq, tokens, sq_dist, z_q, n, k, d, z.stride(0), codebook.stride(0))
-    args += (d,)  # z_q's row stride
-    if INTERPRETED or any(b is not None for b in blocks):
-        bn, bk, bd = (b or auto for b, auto in zip(blocks, choose_blocks(n, k, d)))
-        grid = (triton.cdiv(n, bn),)
-        with interpreter_scope() if INTERPRETED else contextlib.nullcontext():
-            _nearest_code_kernel[grid](
-                *args,
-                PRECISION=precision,
-                UPCAST=upcast,
-                WRITE_ZQ=write_zq,
-                SINGLE_D=bd >= d,
-                BLOCK_N=bn,
-                BLOCK_K=bk,
-                BLOCK_D=bd,
-            )
-    else:
-        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-        kernel = _autotuned["fma" if precision == "ieee" else "tensor cores"]
-        kernel[grid](*args, PRECISION=precision, UPCAST=upcast, WRITE_ZQ=write_zq)
-    return tokens, sq_dist, z_q
-
-
-def _run(
-    z: object,
-    codebook: object,
-    block_n: int | None,
-    block_k: int | None,
-    block_d: int | None,
-    exact: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    z, codebook = _check_inputs(z, codebook)
+def _check_options(block_n: object, block_k: object, block_d: object, exact: object) -> tuple:
     blocks = (
         _check_block("block_n", block_n),
         _check_block("block_k", block_k),
@@ -345,8 +357,102 @@ def _run(
     )
     if not isinstance(exact, bool):
         raise TypeError(f"exact must be a bool, got {type(exact).__name__}")
+    return blocks
+
+
+def _scalars(*values: int) -> tuple:
+    """Sizes passed to a kernel. The interpreter gets them as constexprs, plain Python ints:
+    Triton ≤ 3.6 turns int arguments into 1-element arrays that `range()` cannot take with
+    NumPy ≥ 2.3 ("only 0-dimensional arrays can be converted to Python scalars")."""
+    return tuple(tl.constexpr(v) for v in values) if INTERPRETED else values
+
+
+def _argmin(
+    z: torch.Tensor,
+    codebook: torch.Tensor,
+    e_sq: torch.Tensor,
+    blocks: tuple[int | None, int | None, int | None],
+    second: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """Run the kernel → tokens (N,) long, best and second (N,) float32 (empty unless `second`),
+    and the blocks it ran with."""
+    n, d = z.shape
+    k = codebook.shape[0]
+    tokens = torch.empty(n, dtype=torch.long, device=z.device)
+    best = torch.empty(n if second else 0, dtype=torch.float32, device=z.device)
+    runner_up = torch.empty_like(best)
+    args = (z, codebook, e_sq, tokens, best, runner_up, *_scalars(n, k, d, d, d))
+    upcast = INTERPRETED and z.dtype == torch.bfloat16
+    if INTERPRETED or any(b is not None for b in blocks):
+        bn, bk, bd = (b or auto for b, auto in zip(blocks, choose_blocks(n, k, d)))
+        grid = (triton.cdiv(n, bn),)
+        _direct[grid](*args, UPCAST=upcast, SECOND=second, BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd)
+        return tokens, best, runner_up, f"BLOCK_N: {bn}, BLOCK_K: {bk}, BLOCK_D: {bd}"
+    kernel = _autotuned["tf32" if z.dtype == torch.float32 else "half"]
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    kernel[grid](*args, UPCAST=upcast, SECOND=second)
+    return tokens, best, runner_up, str(kernel.best_config)
+
+
+def _distances_argmin(z: torch.Tensor, e: torch.Tensor, e_sq: torch.Tensor) -> torch.Tensor:
+    """argmin_k of clamp(‖z‖² − 2 z·e + ‖e‖², 0) in float32 for z (R, D), e (K, D) → (R,) long,
+    rounded exactly as `reference_nearest_code` rounds it (one (R, K) buffer, updated in place)."""
+    d = z @ e.T  # (R, K)  z·e
+    d.mul_(-2).add_(z.pow(2).sum(dim=1, keepdim=True)).add_(e_sq)  # ‖z‖² − 2 z·e + ‖e‖²
+    return d.clamp_min_(0).argmin(dim=1)
+
+
+def _recheck(
+    z: torch.Tensor,
+    codebook: torch.Tensor,
+    e_sq: torch.Tensor,
+    tokens: torch.Tensor,
+    best: torch.Tensor,
+    second: torch.Tensor,
+) -> int:
+    """Recompute, exactly as the reference does, the tokens of the rows whose best two codes
+    are within `tf32_gap_bound` of each other (ties included); → how many there were."""
+    z_sq = torch.linalg.vector_norm(z, dim=1).square()  # (N,) no (N, D) temporary
+    bound = tf32_gap_bound(z_sq, e_sq.max(), z.shape[1])
+    near = (second - best <= bound).nonzero().flatten()  # (R,)
+    rows_per_chunk = max(1, 2**24 // codebook.shape[0])  # (chunk, K) float32 ≤ 64 MiB
+    for rows in near.split(rows_per_chunk):
+        tokens[rows] = _distances_argmin(z[rows], codebook, e_sq)
+    return near.numel()
+
+
+def _search(
+    z: torch.Tensor,
+    codebook: torch.Tensor,
+    blocks: tuple[int | None, int | None, int | None],
+    exact: bool,
+) -> Search:
+    """Tokens of checked inputs (no gradient): kernel, then the exact re-check of near-ties
+    for float32 inputs."""
+    if z.shape[0] == 0:
+        return Search(torch.empty(0, dtype=torch.long, device=z.device), 0, "no rows")
+    e_sq = codebook.float().pow(2).sum(dim=1)  # (K,) ‖e_k‖², as the reference computes it
+    recheck = exact and z.dtype == torch.float32
+    tokens, best, second, config = _argmin(z, codebook, e_sq, blocks, recheck)
+    rechecked = _recheck(z, codebook, e_sq, tokens, best, second) if recheck else 0
+    return Search(tokens, rechecked, config)
+
+
+def search(
+    z: torch.Tensor,
+    codebook: torch.Tensor,
+    *,
+    block_n: int | None = None,
+    block_k: int | None = None,
+    block_d: int | None = None,
+    exact: bool = True,
+) -> Search:
+    """`nearest_code` with a report: the tokens (N,) long, how many rows were re-checked exactly
+    after TF32 products, and the block sizes the kernel ran with."""
+    z, codebook = _check_inputs(z, codebook)
+    blocks = _check_options(block_n, block_k, block_d, exact)
     with torch.no_grad():
-        return _launch(z.detach(), codebook.detach(), blocks, exact, write_zq=False)
+        return _search(z.detach(), codebook.detach(), blocks, exact)
 
 
 def nearest_code(
@@ -361,16 +467,39 @@ def nearest_code(
     """Index of the nearest code with the fused kernel: z (N, D), codebook (K, D) → (N,) long;
     ties go to the lowest index, like `torch.argmin`.
 
-    Products accumulate in float32 whatever the input dtype. `exact=False` lets float32 inputs
-    use TF32 tensor cores on a GPU (faster, ~1e-3 relative error in z·e, so near-ties may flip).
+    Products accumulate in float32 whatever the input dtype. float32 inputs multiply on TF32
+    tensor cores; with `exact=True` the rows whose two nearest codes are closer than TF32's
+    error bound are recomputed exactly, so the tokens equal the reference's. `exact=False`
+    skips that (fastest; ~1e-3 relative error in z·e, so near-ties may flip).
     The block sizes (powers of two ≥ 16) default to large blocks in the interpreter and to
     autotuned ones on a GPU; tests set them small to exercise the masks.
     """
-    return _run(z, codebook, block_n, block_k, block_d, exact)[0]
+    return search(
+        z, codebook, block_n=block_n, block_k=block_k, block_d=block_d, exact=exact
+    ).tokens
+
+
+def _gather(
+    z: torch.Tensor, codebook: torch.Tensor, tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """z_q = codebook[tokens] like z, and ‖z − z_q‖² (N,) float32, in one pass over z."""
+    n, d = z.shape
+    z_q = torch.empty_like(z)
+    sq_dist = torch.empty(n, dtype=torch.float32, device=z.device)
+    if n == 0:
+        return z_q, sq_dist
+    if INTERPRETED:
+        block_n, _, block_d = choose_blocks(n, 1, d)
+    else:
+        block_n, block_d = _GATHER_BLOCKS
+    _gather_kernel[(triton.cdiv(n, block_n),)](
+        z, codebook, tokens, z_q, sq_dist, *_scalars(n, d), BLOCK_N=block_n, BLOCK_D=block_d
+    )
+    return z_q, sq_dist
 
 
 class _FusedQuantize(torch.autograd.Function):
-    """(z, codebook) → (z_q, tokens, sq_dist) in one kernel launch.
+    """(z, codebook) → (z_q, tokens, sq_dist): the search, then one gather pass.
 
     Backward: z_q passes its gradient straight to z (z_q = z + sg(e − z)); sq_dist = ‖z − e‖²
     sends 2(z − e)·g to z only, which is the commitment term β‖z − sg(e)‖²; the codebook gets
@@ -378,7 +507,9 @@ class _FusedQuantize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, codebook, blocks, exact):  # noqa: ANN001
-        tokens, sq_dist, z_q = _launch(z.detach(), codebook.detach(), blocks, exact)
+        z, codebook = z.detach(), codebook.detach()
+        tokens = _search(z, codebook, blocks, exact).tokens
+        z_q, sq_dist = _gather(z, codebook, tokens)
         ctx.save_for_backward(z, z_q)
         ctx.mark_non_differentiable(tokens)
         return z_q, tokens, sq_dist
@@ -409,13 +540,7 @@ def quantize(
     give the layer's losses and gradients, and z_q replaces `straight_through(z, codes)`.
     """
     z, codebook = _check_inputs(z, codebook)
-    blocks = (
-        _check_block("block_n", block_n),
-        _check_block("block_k", block_k),
-        _check_block("block_d", block_d),
-    )
-    if not isinstance(exact, bool):
-        raise TypeError(f"exact must be a bool, got {type(exact).__name__}")
+    blocks = _check_options(block_n, block_k, block_d, exact)
     return FusedVQOutput(*_FusedQuantize.apply(z, codebook, blocks, exact))
 
 
@@ -423,10 +548,8 @@ def reference_nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Ten
     """The PyTorch reference: the (N, K) float32 distance matrix ‖z‖² − 2 z·eᵀ + ‖e‖² (clamped
     at 0, as chapter 01's `squared_distances`) and its argmin → (N,) long."""
     z, codebook = _check_pair_any_device(z, codebook)
-    z, e = z.float(), codebook.float()
-    z_sq = z.pow(2).sum(dim=1, keepdim=True)  # (N, 1)
-    e_sq = e.pow(2).sum(dim=1)  # (K,)
-    return (z_sq - 2 * (z @ e.T) + e_sq).clamp_min(0).argmin(dim=1)  # (N,)
+    e = codebook.float()
+    return _distances_argmin(z.float(), e, e.pow(2).sum(dim=1))
 
 
 def _check_pair_any_device(z: object, codebook: object) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,9 +6,9 @@ and buffers of an `nn.Module`. A candidate that writes into its input can still 
 result, and it breaks the caller's data (and the next check's inputs), so it fails on the spot,
 naming the argument.
 
-`step_budget(check, steps)` (and `call_bounded`) stops a candidate after `steps` executed lines
-of Python: a loop whose index never advances would otherwise run forever, or append until the
-kernel runs out of memory and dies, and the learner would see a dead kernel, not a message.
+`step_budget(check, steps)` stops a candidate after `steps` executed lines of Python: a loop
+whose index never advances would otherwise run forever, or append until the kernel runs out of
+memory and dies, and the learner would see a dead kernel, not a message.
 """
 
 from __future__ import annotations
@@ -93,12 +93,6 @@ def step_budget(check: Check, steps: int, hint: str = "") -> Iterator[None]:
         raise
     finally:
         check.candidate = candidate
-
-
-def call_bounded(check: Check, steps: int, *args: Any, **kwargs: Any) -> Any:
-    """`call(check, *args, **kwargs)` within a `step_budget` of `steps` lines of Python."""
-    with step_budget(check, steps):
-        return call(check, *args, **kwargs)
 
 
 _LOOP_HINT = (
@@ -209,4 +203,4 @@ def _same_tensor(saved: torch.Tensor, value: Any) -> bool:
     return torch.equal(now, saved)
 
 
-__all__ = ["call", "call_bounded", "step_budget"]
+__all__ = ["call", "step_budget"]

@@ -107,10 +107,82 @@ def test_no_rows_gives_no_tokens():
     assert fused_vq.nearest_code(z, codebook).shape == (0,)
 
 
+def test_search_reports_rechecks_and_blocks():
+    z, codebook = _data(50, 70, 37, seed=3)
+    result = fused_vq.search(z, codebook, **SMALL_BLOCKS)
+    assert torch.equal(result.tokens, fused_vq.reference_nearest_code(z, codebook))
+    assert isinstance(result.rechecked, int) and 0 <= result.rechecked <= 50
+    assert result.config == "BLOCK_N: 16, BLOCK_K: 32, BLOCK_D: 16"
+    assert fused_vq.search(z.half(), codebook.half()).rechecked == 0, "exact products: no re-check"
+    assert fused_vq.search(z, codebook, exact=False).rechecked == 0
+
+
 def test_block_sizes_are_chosen_for_the_interpreter():
     assert fused_vq.choose_blocks(1, 1, 1) == (16, 16, 16)
     assert fused_vq.choose_blocks(50, 70, 37) == (64, 128, 64)
     assert fused_vq.choose_blocks(10**6, 10**6, 10**3) == (128, 256, 64)
+
+
+# ---------------------------------------------------------- float32: TF32 and the exact re-check
+
+
+def _tf32(x: torch.Tensor) -> torch.Tensor:
+    """What TF32 tensor cores keep of float32 values: the top 10 of 23 mantissa bits (truncated,
+    the worse of truncation and rounding)."""
+    return (x.view(torch.int32) & ~0x1FFF).view(torch.float32)
+
+
+def _near_ties(n: int, k: int, d: int, seed: int, rows: int = 20):
+    """z (N, D) and codebook (K, D) where each of the first `rows` rows has two codes almost
+    equally near: their gap (~1e-3) is far above float32's rounding, far below TF32's."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, d, generator=g)
+    codebook = 2 * torch.randn(k, d, generator=g)
+    for i in range(rows):
+        a, b = 0.3 * torch.randn(2, d, generator=g)  # two directions, ‖b‖ = ‖a‖(1 + 1e-4)
+        codebook[2 * i], codebook[2 * i + 1] = z[i] + a, z[i] + b * (1 + 1e-4) * a.norm() / b.norm()
+    return z.to(KERNEL_DEVICE), codebook.to(KERNEL_DEVICE)
+
+
+@pytest.mark.skipif(not fused_vq.INTERPRETED, reason="simulates TF32 where products are exact")
+def test_tf32_near_ties_are_rechecked_exactly():
+    """The kernel run on TF32-truncated inputs (as tensor cores see them) swaps near-ties; the
+    bound flags them, and the re-check restores the reference's tokens."""
+    z, codebook = _near_ties(64, 96, 48, seed=11)
+    expected = fused_vq.reference_nearest_code(z, codebook)
+    e_sq = codebook.pow(2).sum(dim=1)
+    zt, et = _tf32(z), _tf32(codebook)
+    tokens, best, second, _ = fused_vq._argmin(zt, et, e_sq, (None, None, None), second=True)
+    flipped = int((tokens != expected).sum())
+    assert flipped > 0, "TF32 must swap some near-ties, or this test shows nothing"
+    # each code's value ‖e‖² − 2 z·e moves by at most half the pair bound
+    exact = e_sq.double() - 2 * z.double() @ codebook.double().T  # (N, K)
+    error = (e_sq - 2 * zt @ et.T).double() - exact
+    bound = fused_vq.tf32_gap_bound(z.pow(2).sum(dim=1), e_sq.max(), 48)  # (N,)
+    assert bool((error.abs() <= bound[:, None].double() / 2).all())
+    rechecked = fused_vq._recheck(z, codebook, e_sq, tokens, best, second)
+    assert torch.equal(tokens, expected)
+    assert flipped <= rechecked < 64
+
+
+def test_recheck_recomputes_exactly_the_near_ties():
+    z, codebook = _data(30, 40, 8, seed=6)
+    expected = fused_vq.reference_nearest_code(z, codebook)
+    tokens = (expected + 1) % 40  # every token wrong
+    best = torch.zeros(30, device=z.device)
+    second = best.clone()
+    second[::2] = 1e9  # even rows: the runner-up is far, odd rows: a tie
+    assert fused_vq._recheck(z, codebook, codebook.pow(2).sum(1), tokens, best, second) == 15
+    assert torch.equal(tokens[1::2], expected[1::2]), "the tied rows are recomputed"
+    assert torch.equal(tokens[::2], (expected[::2] + 1) % 40), "the others are left alone"
+
+
+def test_a_huge_bound_rechecks_every_row(monkeypatch):
+    monkeypatch.setattr(fused_vq, "tf32_gap_bound", lambda z_sq, *_: torch.full_like(z_sq, 1e30))
+    z, codebook = _data(70, 90, 20, seed=5)
+    result = fused_vq.search(z, codebook, **SMALL_BLOCKS)
+    assert result.rechecked == 70
+    assert torch.equal(result.tokens, fused_vq.reference_nearest_code(z, codebook))
 
 
 # ----------------------------------------------------------------------------------- autograd
@@ -280,6 +352,56 @@ def test_without_triton_the_package_imports_and_chapter_09_explains():
     assert len(lines) == 3 and all("Linux x86-64 only" in line for line in lines[1:])
 
 
+_COMPILE_FOR_HOPPER = """
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, compile
+from mmcourse.kernels import fused_vq as f
+
+def build(fn, types, constexprs, **options):
+    types = types | dict.fromkeys(constexprs, "constexpr")
+    source = ASTSource(fn, {name: types[name] for name in fn.arg_names}, constexprs)
+    return compile(source, target=GPUTarget("cuda", 90, 32), options=options).metadata.shared
+
+scalars = dict.fromkeys(["N", "K", "D", "stride_z", "stride_e"], "i32")
+out = {"e_sq_ptr": "*fp32", "tokens_ptr": "*i64", "best_ptr": "*fp32", "second_ptr": "*fp32"}
+for table, dtype in [(f._HALF_CONFIGS, "bf16"), (f._TF32_CONFIGS, "fp32")]:
+    single_d = next(c for c in table if c[2] >= 256)  # the rows stay on chip
+    d_loop = next(c for c in table if c[2] < 256)  # a loop over D
+    for bn, bk, bd, warps, stages in (single_d, d_loop):
+        for k, d in [(8192, 256)] + [(777, 129)] * (bd >= 256):  # and once with every mask
+            flags = dict(SINGLE_D=bd >= d, EVEN_K=k % bk == 0, EVEN_D=d % bd == 0)
+            constexprs = dict(UPCAST=False, SECOND=dtype == "fp32", **flags)
+            constexprs |= dict(BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd)
+            types = {"z_ptr": f"*{dtype}", "e_ptr": f"*{dtype}"} | out | scalars
+            shared = build(f._nearest_code_kernel, types, constexprs, num_warps=warps,
+                           num_stages=stages)
+            print(dtype, bn, bk, bd, warps, stages, k, d, shared)
+gather = {"z_ptr": "*bf16", "e_ptr": "*bf16", "tokens_ptr": "*i64", "zq_ptr": "*bf16"}
+gather |= {"sq_dist_ptr": "*fp32", "N": "i32", "D": "i32"}
+blocks = dict(zip(["BLOCK_N", "BLOCK_D"], f._GATHER_BLOCKS))
+print("gather", build(f._gather_kernel, gather, blocks))
+"""
+
+
+def test_the_kernel_compiles_for_hopper_without_a_gpu():
+    """Triton compiles for an H100/H200 (sm_90) without one: the kernel builds with the rows on
+    chip and with a loop over D, with and without masks, within a block's 227 KiB of shared
+    memory (the autotuner skips a config that does not fit; these two must)."""
+    env = os.environ | {"TRITON_INTERPRET": "0"}
+    done = subprocess.run(
+        [sys.executable, "-c", _COMPILE_FOR_HOPPER],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    built = done.stdout.splitlines()
+    assert len(built) == 2 * 3 + 1
+    for line in built:
+        assert int(line.split()[-1]) <= 227 * 1024, f"too much shared memory: {line}"
+
+
 # --------------------------------------------------------------------------- on a GPU, full size
 
 
@@ -296,29 +418,50 @@ def _mismatches_beyond_ties(tokens, expected, z, codebook) -> int:
     return int(((got - ref).abs() > 1e-5 * scale).sum())
 
 
+def _extra_bytes(fn) -> int:
+    """Peak memory one call allocates beyond what was allocated before it."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_full_size_on_the_gpu(dtype):
     n, k, d = 65536, 8192, 256
     z, codebook = _data(n, k, d, seed=0, dtype=dtype, device="cuda")
-    tokens = fused_vq.nearest_code(z, codebook)  # autotunes on the first call
+    result = fused_vq.search(z, codebook)  # autotunes on the first call
     expected = fused_vq.reference_nearest_code(z, codebook)
-    agreement = (tokens == expected).float().mean().item()
-    assert agreement > 0.999, f"only {agreement:.5f} of the rows agree"
-    assert _mismatches_beyond_ties(tokens, expected, z, codebook) == 0
+    agreement = (result.tokens == expected).float().mean().item()
+    beyond_ties = _mismatches_beyond_ties(result.tokens, expected, z, codebook)
+    assert "BLOCK_N" in result.config and "num_warps" in result.config, result.config
+    if dtype == torch.float32:  # TF32 products, near-ties re-checked: the reference's tokens
+        assert agreement == 1.0, f"{agreement:.6f} agree ({beyond_ties} beyond ties)"
+        assert 0 < result.rechecked < n // 2, f"{result.rechecked} rows re-checked"
+    else:  # exact products, float32 sums in another order than the reference's
+        assert agreement > 0.999, f"only {agreement:.5f} of the rows agree"
+        assert beyond_ties == 0
     matrix_bytes = n * k * z.element_size()  # what distance matrix + argmin would hold
+    budget = n * 12 + 3 * k * d * 4 + 2**20  # tokens (and a row's int32), ‖e‖² and temporaries
+    if dtype == torch.float32:  # best, second, the bound and its mask; one re-check chunk
+        budget += n * 32 + 2**26 + 2**22
     for fn, what in [(fused_vq.nearest_code, "tokens"), (fused_vq.quantize, "tokens and z_q")]:
         fn(z, codebook)  # autotuning (its benchmarking allocates) happens on a first call
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        fn(z, codebook)
-        torch.cuda.synchronize()
-        extra = torch.cuda.max_memory_allocated() - before
-        # tokens and distances (12 bytes a row), ‖e‖² in float32 with its temporaries, z_q
-        budget = n * 12 + 3 * k * d * 4 + (n * d * z.element_size() if what != "tokens" else 0)
-        budget += 2**20
-        assert extra <= budget < matrix_bytes / 8, f"{what}: {extra / 2**20:.0f} MiB extra"
+        extra = _extra_bytes(lambda: fn(z, codebook))  # noqa: B023
+        allowed = budget + (n * d * z.element_size() + n * 4 if what != "tokens" else 0)
+        assert extra <= allowed < matrix_bytes / 8, f"{what}: {extra / 2**20:.0f} MiB extra"
+
+
+@pytest.mark.gpu
+def test_float32_ties_at_full_size_on_the_gpu():
+    """Exact ties everywhere (grid values): every tied row is re-checked, ties to the lowest."""
+    z, codebook = _grid_data(65536, 8192, 256, seed=3)
+    result = fused_vq.search(z, codebook)
+    assert torch.equal(result.tokens, fused_vq.reference_nearest_code(z, codebook))
+    assert result.rechecked > 0
 
 
 @pytest.mark.gpu

@@ -266,6 +266,17 @@ def _encode_hard_coded_specials(segments, v):
     return torch.where(ids >= v.text_size, ids + shift, ids)
 
 
+def _encode_shifts_in_place(segments, v):
+    for kind, tokens in segments:
+        if kind == "image":
+            tokens += v.image_offset  # BUG: the caller's image codes become ids
+        elif kind == "video":
+            tokens += v.video_offset
+    shifted = [Segment(k, t - (v.image_offset if k == "image" else v.video_offset if k == "video"
+                              else 0)) for k, t in segments]  # fmt: skip
+    return _encode(shifted, v)
+
+
 def test_encode_references_pass(capsys):
     passes(ch07.check_encode_interleaved, vocab.encode_interleaved, capsys, "7.4")
     passes(ch07.check_encode_interleaved, _encode, capsys, "7.4")
@@ -278,6 +289,10 @@ def test_encode_references_pass(capsys):
         (_encode_video_image_offset, r"text, \[BOI\] image(.|\n)*video_offset"),
         (_encode_no_brackets, r"starts with BOS and ends with EOS"),
         (_encode_transposed, r"text, \[BOI\] image(.|\n)*raster order"),
+        (
+            _encode_shifts_in_place,
+            r"failed check 1, \"leaves its input segments(.|\n)*segments\[1\]\.tokens was modified",
+        ),
         (_encode_hard_coded_specials, r"another vocabulary(.|\n)*V\.BOS, V\.image_offset"),
         (stub, r"Exercise 7\.4 \(encode an interleaved document\): not implemented yet"),
     ],
@@ -453,6 +468,12 @@ def _pad_hard_coded(seqs, v):
     return _pad(seqs, v, pad_id=10)  # BUG: the PAD id of one layout
 
 
+def _pad_sorts_the_list(seqs, v):
+    ids, mask = _pad(seqs, v)
+    seqs.sort(key=len)  # BUG: reorders the caller's list (to find the longest, say)
+    return ids, mask
+
+
 def test_pad_references_pass(capsys):
     passes(ch07.check_pad_batch, vocab.pad_batch, capsys, "7.6")
     passes(ch07.check_pad_batch, _pad, capsys, "7.6")
@@ -466,6 +487,7 @@ def test_pad_references_pass(capsys):
         (_pad_no_mask, r"False at every padded position(.|\n)*without a loss mask"),
         (_pad_left, r"the ids: each row, then PAD"),
         (_pad_float_mask, r"bool tensor"),
+        (_pad_sorts_the_list, r"failed check 1, \"leaves its input seqs unchanged(.|\n)*seqs\[0\]"),
         (_pad_hard_coded, r"another vocabulary \(PAD = 30\)(.|\n)*V\.PAD"),
         (stub, r"Exercise 7\.6 \(pad a batch with a loss mask\): not implemented yet"),
     ],

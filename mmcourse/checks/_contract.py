@@ -147,7 +147,7 @@ def _snapshot(value: Any) -> Any:
     if isinstance(value, nn.Module):
         return ("module", {k: v.detach().clone() for k, v in value.state_dict().items()})
     if isinstance(value, (list, tuple)):
-        return (type(value).__name__, [_snapshot(v) for v in value])
+        return (getattr(value, "_fields", "sequence"), [_snapshot(v) for v in value])
     if isinstance(value, dict):
         return ("dict", {k: _snapshot(v) for k, v in value.items()})
     if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
@@ -186,7 +186,8 @@ def _difference(snap: Any, value: Any) -> str | None:
     for index, (item, now) in enumerate(zip(saved, value)):
         inner = _difference(item, now)
         if inner is not None:
-            return f"[{index}]{inner}"
+            field = f".{kind[index]}" if isinstance(kind, tuple) else f"[{index}]"  # namedtuple
+            return f"{field}{inner}"
     return None
 
 

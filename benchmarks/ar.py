@@ -1,5 +1,6 @@
 """Autoregressive generation (chapter 05): KV cache vs recomputation, guidance scales, and the
-shipped AR model vs chapter 04's DDIM, side by side on one thread.
+shipped AR model vs chapter 04's DDIM, side by side on the course device (`mmcourse.device()`;
+one thread on the CPU).
 
 Samples: every one of the 90 captions PER_CAPTION times (360), no top-k or top-p.
 faithfulness_s{S}: judge "all" (colour, shape and position right) at guidance S (s = 1: none),
@@ -27,17 +28,22 @@ vs DDIM with the fewest steps in DDIM_STEPS whose faithfulness reaches the AR's 
 tried in order, stopping at the first),
 chapter 04's pixel model at guidance 3; ar_ms_per_step / ddim_ms_per_step: one network call of
 the guided batch (360 rows).
+On a GPU each model runs once untimed before its first timing, and the clock is read with the
+device synchronized. The sampler's random numbers come from the CPU, so both devices draw the
+same uniforms (the tokens can still differ where float rounding moves a logit across a draw).
 """
 
 from __future__ import annotations
 
-import time
+from functools import partial
 
 import torch
+from _timing import timed, warm_up
 
+import mmcourse
 from mmcourse import ar, diffusion, sampling
 from mmcourse.data import all_captions
-from mmcourse.env import one_thread
+from mmcourse.env import compute_threads
 from mmcourse.judge import load_judge
 from mmcourse.tokenizer import load_tokenizer
 
@@ -49,12 +55,6 @@ TEST_SEED, VALIDATION_SEED = 0, 1
 KV_IMAGES = 8
 DDIM_STEPS = (10, 20, 50)
 DDIM_GUIDANCE = 3.0
-
-
-def _timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start
 
 
 def _count_forwards(model, fn) -> int:
@@ -73,10 +73,12 @@ def _kv(model, tokenizer, captions: list[str], reps: int) -> tuple[bool, float]:
     ids = {}
     for use_cache in (True, False):
         best = float("inf")
+        sample = partial(
+            sampling.generate_images, model, tokenizer, captions, scale=3.0, use_cache=use_cache
+        )
+        warm_up(sample)
         for _ in range(reps):
-            (_, tokens), seconds = _timed(
-                sampling.generate_images, model, tokenizer, captions, scale=3.0, use_cache=use_cache
-            )
+            (_, tokens), seconds = timed(sample)
             best = min(best, seconds)
         times[use_cache], ids[use_cache] = best, tokens
     return bool(torch.equal(ids[True], ids[False])), times[False] / times[True]
@@ -95,44 +97,55 @@ def _separate_cfg(model, prompts: torch.Tensor) -> None:
         uncond = model(token, cache=caches[1])[:, -1]
 
 
+def _prompts(captions: list[str], dev: torch.device) -> torch.Tensor:
+    """The guided batch's prompts (2B, CAPTION_LEN + 1) for `captions`, on `dev`."""
+    return sampling.guidance_prompts(ar.encode_captions(captions).to(dev))
+
+
 @torch.no_grad()
 def _ar_ms_per_step(model, n: int) -> float:
-    prompts = sampling.guidance_prompts(ar.encode_captions(all_captions()[:1] * n))
-    best = float("inf")
-    for _ in range(5):
+    """One cached forward of the guided batch (2n rows, one new position each), best of 5."""
+    dev = next(model.parameters()).device
+    prompts = _prompts(all_captions()[:1] * n, dev)
+    token = torch.full((2 * n, 1), ar.IMAGE_OFFSET, device=dev)
+
+    def step_seconds() -> float:
         cache = model.new_cache()
-        model(prompts, cache=cache)
-        token = torch.full((2 * n, 1), ar.IMAGE_OFFSET)
-        _, seconds = _timed(model, token, cache=cache)
-        best = min(best, seconds)
-    return 1000 * best
+        model(prompts, cache=cache)  # the prefill, untimed
+        return timed(partial(model, token, cache=cache), dev)[1]
+
+    warm_up(step_seconds, dev)
+    return 1000 * min(step_seconds() for _ in range(5))
 
 
 @torch.no_grad()
 def _ddim_ms_per_step(gen, n: int) -> float:
-    x = torch.randn(2 * n, 3, 32, 32)
-    t = torch.full((2 * n,), 500)
-    labels = torch.zeros(2 * n, 3, dtype=torch.long)
+    """One network call of the guided batch (2n rows), best of 3 after a warm-up."""
+    dev = next(gen.model.parameters()).device
+    x = torch.randn(2 * n, 3, 32, 32).to(dev)
+    t = torch.full((2 * n,), 500, device=dev)
+    labels = torch.zeros(2 * n, 3, dtype=torch.long, device=dev)
     gen.model(x, t, labels)
     best = float("inf")
     for _ in range(3):
-        _, seconds = _timed(gen.model, x, t, labels)
+        _, seconds = timed(partial(gen.model, x, t, labels), dev)
         best = min(best, seconds)
     return 1000 * best
 
 
 def run() -> dict[str, float | int | bool]:
-    with one_thread():
-        model, tokenizer = ar.load_ar(device="cpu"), load_tokenizer(device="cpu")
-        early = ar.load_ar(ar.EARLY_PATH, device="cpu")
-        judge = load_judge(device="cpu")
+    dev = mmcourse.device()
+    with compute_threads(dev):
+        model, tokenizer = ar.load_ar(device=dev), load_tokenizer(device=dev)
+        early = ar.load_ar(ar.EARLY_PATH, device=dev)
+        judge = load_judge(device=dev)
         results: dict[str, float | int | bool] = {"samples": PER_CAPTION * 90}
         results["early_steps"] = ar.EARLY_STEPS
         captions = all_captions()[:: 90 // KV_IMAGES][:KV_IMAGES]
         results["kv_identical"], results["kv_speedup"] = _kv(model, tokenizer, captions, 2)
         identical_1, results["kv1_speedup"] = _kv(model, tokenizer, captions[:1], 5)
         results["kv_identical"] = results["kv_identical"] and identical_1
-        prompts = sampling.guidance_prompts(ar.encode_captions(captions))
+        prompts = _prompts(captions, dev)
         results["forwards_batched_cfg"] = _count_forwards(
             model,
             lambda: sampling.generate(
@@ -143,9 +156,10 @@ def run() -> dict[str, float | int | bool]:
         results["forwards_separate_cfg"] = _count_forwards(
             model, lambda: _separate_cfg(model, prompts)
         )
-        noisy = ar.load_ar(ar.NOISY_PATH, device="cpu")
+        noisy = ar.load_ar(ar.NOISY_PATH, device=dev)
         results["caption_noise"] = ar.CAPTION_NOISE
         timings = {}
+        warm_up(lambda: sampling.faithfulness(model, tokenizer, judge, per_caption=1))
         for prefix, net, temperature, plausibility in (
             ("", model, 1.0, None),
             ("hot_", model, HOT, None),
@@ -158,8 +172,8 @@ def run() -> dict[str, float | int | bool]:
             for scale in SCALES:
                 kwargs = {"per_caption": PER_CAPTION, "scale": scale, "temperature": temperature,
                           "plausibility": plausibility}  # fmt: skip
-                scores, timings[prefix, scale] = _timed(
-                    sampling.faithfulness, net, tokenizer, judge, seed=TEST_SEED, **kwargs
+                scores, timings[prefix, scale] = timed(
+                    partial(sampling.faithfulness, net, tokenizer, judge, seed=TEST_SEED, **kwargs)
                 )
                 results[f"{prefix}faithfulness_s{scale:g}"] = scores["all"]
                 results[f"{prefix}diversity_s{scale:g}"] = scores["diversity"]
@@ -173,11 +187,14 @@ def run() -> dict[str, float | int | bool]:
             results[f"{prefix}cfg_gain_points"] = 100 * gain
         best = results["best_scale"]
         results["ar_ms_per_image"] = 1000 * timings["", best] / results["samples"]
-        gen = diffusion.load_diffusion(device="cpu")
+        gen = diffusion.load_diffusion(device=dev)
         labels = diffusion.caption_labels(PER_CAPTION)
+        warm_up(lambda: diffusion.faithfulness(gen, judge, labels[:8], steps=2))
         for steps in DDIM_STEPS:
-            (scores, _), seconds = _timed(
-                diffusion.faithfulness, gen, judge, labels, steps=steps, guidance=DDIM_GUIDANCE
+            (scores, _), seconds = timed(
+                partial(
+                    diffusion.faithfulness, gen, judge, labels, steps=steps, guidance=DDIM_GUIDANCE
+                )
             )
             results[f"ddim{steps}_faithfulness"] = scores["all"]
             results[f"ddim{steps}_ms_per_image"] = 1000 * seconds / len(labels)

@@ -1,5 +1,6 @@
 """Diffusion (chapter 04): the shipped models judged on every caption, guidance scales, and DDPM
-vs DDIM measured side by side on the same labels, one thread.
+vs DDIM measured side by side on the same labels, on the course device (`mmcourse.device()`;
+one thread on the CPU).
 
 Samples: every one of the 90 captions PER_CAPTION times (180), one seed; DDIM η = 0.
 faithfulness_s{S}: judge "all" (colour, shape and position right) with DDIM 50 at guidance S.
@@ -9,16 +10,21 @@ ddpm1000_* and ddim{50,20}_*: at the best scale; every sampler run in full (no e
 `ddim50_drop_points` = 100 × (ddpm1000 − ddim50 faithfulness), > 0 when DDIM is worse.
 latent_*: the latent model (tokenizer latents 16×8×8), DDIM 50 at the same scale, decode
 included in its time; `*_ms_per_step` = network time per step for the whole batch.
+On a GPU every timed run comes after an untimed warm-up of the same model, and the clock is read
+with the device synchronized. The starting noise is drawn on the CPU, so both devices sample
+from the same x_T.
 """
 
 from __future__ import annotations
 
-import time
+from functools import partial
 
 import torch
+from _timing import best_seconds, timed, warm_up
 
+import mmcourse
 from mmcourse import diffusion
-from mmcourse.env import one_thread
+from mmcourse.env import compute_threads
 from mmcourse.judge import load_judge
 from mmcourse.tokenizer import load_tokenizer
 
@@ -26,15 +32,10 @@ PER_CAPTION = 2
 SCALES = (1.0, 2.0, 3.0, 5.0)
 
 
-def _timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
-
-
 def run() -> dict[str, float | int]:
-    with one_thread():
-        gen, judge = diffusion.load_diffusion(), load_judge()
+    dev = mmcourse.device()
+    with compute_threads(dev):
+        gen, judge = diffusion.load_diffusion(device=dev), load_judge(device=dev)
         labels = diffusion.caption_labels(PER_CAPTION)
         results: dict[str, float | int] = {"samples": len(labels)}
         for scale in SCALES:
@@ -43,10 +44,10 @@ def run() -> dict[str, float | int]:
         best = max(SCALES, key=lambda s: results[f"faithfulness_s{s:g}"])
         results["best_guidance"] = best
         results["faithfulness_best"] = results[f"faithfulness_s{best:g}"]
+        # (on a GPU the guidance sweep above was the pixel model's warm-up)
         for name, steps in [("ddpm1000", None), ("ddim50", 50), ("ddim20", 20)]:
-            start = time.perf_counter()
-            scores, _ = diffusion.faithfulness(gen, judge, labels, steps=steps, guidance=best)
-            seconds = time.perf_counter() - start
+            sample = partial(diffusion.faithfulness, gen, judge, labels, steps=steps, guidance=best)
+            (scores, _), seconds = timed(sample)
             results[f"{name}_faithfulness"] = scores["all"]
             results[f"{name}_s"] = seconds
             for attribute in ("color", "shape", "position"):
@@ -56,8 +57,14 @@ def run() -> dict[str, float | int]:
         for name in ("ddim50", "ddim20"):
             drop = results["ddpm1000_faithfulness"] - results[f"{name}_faithfulness"]
             results[f"{name}_drop_points"] = 100 * drop
-        latent, tokenizer = diffusion.load_diffusion(diffusion.LATENT_PATH), load_tokenizer()
-        (scores, _), seconds = _timed(
+        latent = diffusion.load_diffusion(diffusion.LATENT_PATH, device=dev)
+        tokenizer = load_tokenizer(device=dev)
+        warm_up(
+            lambda: diffusion.faithfulness(
+                latent, judge, labels[:8], steps=2, guidance=best, tokenizer=tokenizer
+            )
+        )
+        (scores, _), seconds = timed(
             lambda: diffusion.faithfulness(
                 latent, judge, labels, steps=50, guidance=best, tokenizer=tokenizer
             )
@@ -77,9 +84,4 @@ def _ms_per_step(gen: diffusion.Generator, n: int, shape: tuple[int, ...]) -> fl
     x = torch.randn(2 * n, *shape).to(param)
     t = torch.full((2 * n,), 500, device=param.device)
     labels = torch.zeros(2 * n, 3, dtype=torch.long, device=param.device)
-    gen.model(x, t, labels)  # warm-up
-    best = float("inf")
-    for _ in range(5):
-        _, seconds = _timed(lambda: gen.model(x, t, labels))
-        best = min(best, seconds)
-    return 1000 * best
+    return 1000 * best_seconds(lambda: gen.model(x, t, labels), 5, warmup=True, dev=param.device)

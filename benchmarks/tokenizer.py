@@ -9,6 +9,9 @@ train_ms_per_step: TIMED_STEPS steps of the shipped recipe, timed in blocks of B
 median block, so that a burst of other work on the machine does not count.
 train_s: that per-step time extrapolated to the checkpoint's full run of TRAIN_STEPS steps
 (rebuilding it, `python -m mmcourse.train tokenizer`, also draws 20,000 images first).
+Everything runs on the course device (`mmcourse.device()`), with torch's own thread count (the
+training's pace on this machine as a learner meets it). Each timestamp follows the training
+log's read-back of that step's losses, which waits for a GPU, so the blocks time finished work.
 """
 
 from __future__ import annotations

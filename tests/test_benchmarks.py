@@ -1,15 +1,22 @@
-"""benchmarks/run.py's contract on a tiny fake benchmark: a JSON last line, the README table."""
+"""benchmarks/run.py's contract on a tiny fake benchmark: a JSON last line, the README tables (one
+for the CPU, one for a GPU), a run saved to JSON and written back; and the benchmarks' GPU path
+checked on the CPU: timers that wait for the device, no tensor left on the host."""
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from mmcourse.checks._placement import PlacementAudit
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "benchmarks" / "run.py"
@@ -29,6 +36,16 @@ Not measured yet.
 
 Text after the table.
 """
+GPU_INFO = {
+    "cpu": "Some Xeon",
+    "cores": "16",
+    "torch": "2.11.0+cu130",
+    "device": "cuda:0",
+    "gpu": "NVIDIA H200",
+    "gpu_memory_gib": "140",
+    "cuda": "13.0",
+}
+CPU_INFO = {"cpu": "AMD EPYC", "cores": "2", "torch": "2.13.0+cpu", "device": "cpu"}
 
 
 def _load_runner():
@@ -42,10 +59,18 @@ runner = _load_runner()
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    """The CLI as `make bench` and users call it, in a fresh process."""
+    """The CLI as `make bench` and users call it, in a fresh process, on the CPU (which table a
+    run writes depends on its device; the GPU's is tested with a saved run)."""
+    env = os.environ | {"MMCOURSE_DEVICE": "cpu"}
     return subprocess.run(
-        [sys.executable, str(RUN), *args], capture_output=True, text=True, timeout=120
+        [sys.executable, str(RUN), *args], capture_output=True, text=True, timeout=120, env=env
     )
+
+
+@pytest.fixture
+def on_cpu(monkeypatch):
+    """runner.main in this process, measuring on the CPU."""
+    monkeypatch.setenv("MMCOURSE_DEVICE", "cpu")
 
 
 @pytest.fixture
@@ -114,3 +139,232 @@ def test_the_course_readme_has_one_table_section():
     text = (ROOT / "benchmarks" / "README.md").read_text(encoding="utf-8")
     assert text.count(runner.BEGIN) == 1
     assert text.count(runner.END) == 1
+
+
+def test_the_course_readme_has_one_gpu_table_section():
+    text = (ROOT / "benchmarks" / "README.md").read_text(encoding="utf-8")
+    assert text.count(runner.GPU_BEGIN) == 1 and text.count(runner.GPU_END) == 1
+    assert text.index(runner.END) < text.index(runner.GPU_BEGIN)
+
+
+# --- two tables: a GPU run never overwrites the CPU's, nor the other way round --------------
+
+
+def _block(text: str, begin: str, end: str) -> str:
+    return text.split(begin, 1)[1].split(end, 1)[0]
+
+
+def test_a_gpu_run_writes_its_own_table(bench_dir):
+    readme = bench_dir / "README.md"
+    runner.update_readme(readme, {"fake": {"x": 1}}, CPU_INFO, "2026-12-04")
+    cpu_table = _block(readme.read_text(encoding="utf-8"), runner.BEGIN, runner.END)
+    runner.update_readme(readme, {"fake": {"x": 2.5}}, GPU_INFO, "2026-12-05")
+    text = readme.read_text(encoding="utf-8")
+    assert _block(text, runner.BEGIN, runner.END) == cpu_table  # untouched
+    assert text.rstrip().endswith(runner.GPU_END) and "## Latest results on a GPU" in text
+    gpu_table = _block(text, runner.GPU_BEGIN, runner.GPU_END)
+    assert "Measured 2026-12-05 on NVIDIA H200 (140 GiB, CUDA 13.0), host Some Xeon (16 cores)" in (
+        gpu_table
+    )
+    assert "| fake | x | 2.5 |" in gpu_table and "| fake | x | 1 |" not in gpu_table
+    runner.update_readme(readme, {"fake": {"x": 3}}, CPU_INFO, "2026-12-06")  # and back
+    text = readme.read_text(encoding="utf-8")
+    assert _block(text, runner.GPU_BEGIN, runner.GPU_END) == gpu_table
+    assert "| fake | x | 3 |" in _block(text, runner.BEGIN, runner.END)
+    assert text.count(runner.BEGIN) == text.count(runner.GPU_BEGIN) == 1
+    assert "Measured 2026-12-06 on AMD EPYC (2 cores), torch 2.13.0+cpu, device cpu." in text
+
+
+def test_the_machine_line_of_a_cpu_run_is_as_before():
+    assert runner.measured_on(CPU_INFO) == "AMD EPYC (2 cores), torch 2.13.0+cpu, device cpu"
+
+
+@pytest.mark.gpu
+def test_a_gpu_machine_names_its_gpu(monkeypatch):
+    monkeypatch.setenv("MMCOURSE_DEVICE", "cuda")
+    info = runner.machine()
+    assert info["gpu"] == torch.cuda.get_device_name() and info["device"].startswith("cuda")
+    assert info["gpu"] in runner.measured_on(info)
+
+
+# --- a run saved with --json-out, its table written with --from-json -----------------------
+
+
+def test_a_saved_run_writes_the_same_table(bench_dir, on_cpu, capsys):
+    saved = bench_dir / "run.json"
+    assert (
+        runner.main(["--all", "--update-readme", "--json-out", str(saved), "--dir", str(bench_dir)])
+        == 0
+    )
+    direct = (bench_dir / "README.md").read_text(encoding="utf-8")
+    run = json.loads(saved.read_text(encoding="utf-8"))
+    assert run["complete"] is True and run["date"] == datetime.date.today().isoformat()
+    assert run["machine"] == runner.machine() and "gpu" not in run["machine"]
+    assert run["results"] == {
+        "fake": {"items_per_s": 12345.678, "accuracy": 0.98765, "steps": 3, "mode": "interpreted"},
+        "other": {"x": 1},
+    }
+    assert set(run["seconds"]) == {"fake", "other"}
+    assert not list(bench_dir.glob("*.partial"))
+
+    (bench_dir / "README.md").write_text(README, encoding="utf-8")
+    capsys.readouterr()
+    assert (
+        runner.main(
+            ["--from-json", str(saved), "--update-readme", "--json", "--dir", str(bench_dir)]
+        )
+        == 0
+    )
+    assert (bench_dir / "README.md").read_text(encoding="utf-8") == direct
+    out = capsys.readouterr().out
+    assert json.loads(out.strip().splitlines()[-1]) == run["results"]
+    assert re.search(r"items_per_s\s+12,346", out), "no table printed"
+
+
+def test_a_saved_gpu_run_fills_the_gpu_table(bench_dir, on_cpu):
+    saved = bench_dir / "gpu.json"
+    results = {"fake": {"speedup": 41.5, "note": "skipped on a GPU: why"}}
+    run = {"date": "2026-12-05", "machine": GPU_INFO, "complete": True, "results": results}
+    saved.write_text(json.dumps(run), encoding="utf-8")
+    runner.main(["--from-json", str(saved), "--update-readme", "--dir", str(bench_dir)])
+    text = (bench_dir / "README.md").read_text(encoding="utf-8")
+    assert "Not measured yet" in _block(text, runner.BEGIN, runner.END)  # the CPU's: untouched
+    gpu_table = _block(text, runner.GPU_BEGIN, runner.GPU_END)
+    assert "Measured 2026-12-05 on NVIDIA H200" in gpu_table
+    assert "| fake | speedup | 41.5 |" in gpu_table
+    assert "| fake | note | skipped on a GPU: why |" in gpu_table
+
+
+def test_a_run_cut_short_keeps_what_it_measured(bench_dir, on_cpu):
+    (bench_dir / "zz_crash.py").write_text("def run():\n    raise RuntimeError('out of time')\n")
+    saved = bench_dir / "run.json"
+    with pytest.raises(RuntimeError, match="out of time"):
+        runner.main(["--all", "--json-out", str(saved), "--dir", str(bench_dir)])
+    run = json.loads(saved.read_text(encoding="utf-8"))
+    assert run["complete"] is False and set(run["results"]) == {"fake", "other"}
+    with pytest.raises(SystemExit, match="partial run \\(fake, other\\).*--all"):
+        runner.main(["--from-json", str(saved), "--update-readme", "--dir", str(bench_dir)])
+    runner.main(["--from-json", str(saved), "--dir", str(bench_dir)])  # showing it is fine
+
+
+def test_named_benchmarks_save_a_partial_run(bench_dir, on_cpu):
+    saved = bench_dir / "run.json"
+    runner.main(["fake", "other", "--json-out", str(saved), "--dir", str(bench_dir)])
+    assert json.loads(saved.read_text(encoding="utf-8"))["complete"] is False
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("not json", "cannot read a saved run"),
+        ("[1, 2]", "not a run saved by --json-out: list"),
+        ('{"date": "2026-12-05", "machine": {}, "complete": true}', r"wrong: \['results'\]"),
+        (
+            json.dumps({"date": "d", "machine": {"cpu": "x"}, "complete": True, "results": {}}),
+            r"wrong: \['machine\.cores', 'machine\.torch', 'machine\.device'\]",
+        ),
+        (
+            json.dumps(
+                {"date": "d", "machine": CPU_INFO, "complete": True, "results": {"a": {"x": None}}}
+            ),
+            "'x': None",
+        ),
+    ],
+)
+def test_a_bad_saved_run_is_refused_plainly(bench_dir, content, message):
+    saved = bench_dir / "bad.json"
+    saved.write_text(content, encoding="utf-8")
+    with pytest.raises(SystemExit, match=message):
+        runner.main(["--from-json", str(saved), "--update-readme", "--dir", str(bench_dir)])
+    assert "Not measured yet" in (bench_dir / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "args", [["--from-json", "x.json", "--all"], ["--from-json", "x.json", "fake"],
+             ["--from-json", "x.json", "--json-out", "y.json"]],
+)  # fmt: skip
+def test_from_json_runs_nothing_else(bench_dir, args):
+    with pytest.raises(SystemExit) as exit_info:
+        runner.main([*args, "--dir", str(bench_dir)])
+    assert exit_info.value.code == 2
+
+
+# --- the benchmarks' GPU path, checked on the CPU -------------------------------------------
+
+BENCHMARKS = ROOT / "benchmarks"
+OWNED_ELSEWHERE = {"fused_vq"}  # its own GPU path: measured with triton.testing.do_bench
+
+
+def _benchmark(name: str):
+    """benchmarks/NAME.py as a module (with its `_timing` import resolved, as run.py does)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"_benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_no_benchmark_pins_itself_to_the_cpu():
+    for name in sorted(set(runner.available()) - OWNED_ELSEWHERE):
+        source = (BENCHMARKS / f"{name}.py").read_text(encoding="utf-8")
+        for pinned in ('device="cpu"', "device='cpu'", "one_thread"):
+            assert pinned not in source, f"benchmarks/{name}.py: {pinned}"
+
+
+@pytest.fixture
+def synchronizations(monkeypatch) -> list[str]:
+    """torch.cuda.synchronize replaced by a recorder, so the GPU timers run on a CPU."""
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda dev=None: calls.append("sync"))
+    return calls
+
+
+def test_timers_wait_for_a_gpu_before_reading_the_clock(synchronizations):
+    timing = _benchmark("_timing")
+    out, seconds = timing.timed(lambda: synchronizations.append("work") or 7, "cuda")
+    assert out == 7 and seconds >= 0
+    assert synchronizations == ["sync", "work", "sync"]
+    synchronizations.clear()
+    timing.best_seconds(lambda: synchronizations.append("work"), 2, dev="cuda")
+    assert synchronizations == ["work"] + ["sync", "work", "sync"] * 2  # warmed up first
+    synchronizations.clear()
+    timing.warm_up(lambda: synchronizations.append("work"), "cuda")
+    assert synchronizations == ["work", "sync"]
+
+
+def test_timers_on_the_cpu_time_as_before(synchronizations):
+    timing = _benchmark("_timing")
+    timing.timed(lambda: synchronizations.append("work"), "cpu")
+    timing.best_seconds(lambda: synchronizations.append("work"), 2, dev="cpu")
+    timing.warm_up(lambda: synchronizations.append("warm-up"), "cpu")
+    assert synchronizations == ["work"] * 3  # no wait, no extra call
+    timing.best_seconds(lambda: synchronizations.append("work"), 2, warmup=True, dev="cpu")
+    assert synchronizations == ["work"] * 6
+
+
+def test_ar_timings_keep_every_tensor_on_the_device(device, monkeypatch):
+    ar_bench = _benchmark("ar")
+    from mmcourse import ar, diffusion
+    from mmcourse.data import all_captions
+
+    model, gen = ar.load_ar(device=device), diffusion.load_diffusion(device=device)
+    prompts = ar_bench._prompts(all_captions()[:2], device)
+    monkeypatch.setattr(ar, "IMAGE_LEN", 4)  # separate guidance over 4 tokens, not 64
+    with PlacementAudit():
+        assert ar_bench._ar_ms_per_step(model, 2) > 0
+        assert ar_bench._ddim_ms_per_step(gen, 1) > 0
+        assert ar_bench._count_forwards(model, lambda: ar_bench._separate_cfg(model, prompts)) == 8
+
+
+def test_diffusion_and_vit_timings_keep_every_tensor_on_the_device(device, monkeypatch):
+    from mmcourse import diffusion
+
+    gen = diffusion.load_diffusion(device=device)
+    vit_bench = _benchmark("vit")
+    monkeypatch.setattr(vit_bench, "SIZE", 32)  # the same code on a small image
+    with PlacementAudit():
+        assert _benchmark("diffusion")._ms_per_step(gen, 1, (3, 32, 32)) > 0
+        measured = vit_bench._patch_embedding(device, batch=2)
+    assert measured["patch_embed_max_error"] < 1e-12
+    assert measured["patch_embed_max_error_fp32"] < 1e-5

@@ -488,8 +488,9 @@ def _gather(
     sq_dist = torch.empty(n, dtype=torch.float32, device=z.device)
     if n == 0:
         return z_q, sq_dist
-    if INTERPRETED:
-        block_n, _, block_d = choose_blocks(n, 1, d)
+    if INTERPRETED:  # no tl.dot here: rows in blocks of up to 1024, one program per block
+        block_n = min(1024, max(16, triton.next_power_of_2(n)))
+        block_d = choose_blocks(n, 1, d)[2]
     else:
         block_n, block_d = _GATHER_BLOCKS
     _gather_kernel[(triton.cdiv(n, block_n),)](

@@ -600,6 +600,28 @@ def test_reads_and_stores_are_told_from_the_guards():
     )
 
 
+@pytest.fixture
+def as_if_compiled(monkeypatch):
+    """The checker's compiled path, with the interpreter standing in for the GPU: no address
+    watch, only what comes out of the guard memory (and no IR to read)."""
+    monkeypatch.setattr(ch09, "INTERPRETED", False)
+    monkeypatch.setattr(ch09, "_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(ch09, "_check_triton_support", lambda: None)
+    monkeypatch.setattr(ch09, "_ttir", lambda compiled: "")
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+
+
+@interpreter_only
+@pytest.mark.parametrize(("wrong", "message"), [*_TILE_WRONG[:3], _TILE_WRONG[4]], ids=case_id)
+def test_compiled_checks_tell_reads_and_stores_from_the_guards(as_if_compiled, wrong, message):
+    rejects(ch09.check_distance_tile, wrong, message)
+
+
+@interpreter_only
+def test_compiled_checks_pass_the_reference(as_if_compiled, capsys):
+    passes(ch09.check_distance_tile, distance_tile, capsys, "9.1")
+
+
 def test_masked_loads_without_other_are_read_from_the_ir():
     ttir = """
     %a = tt.load %p, %m : tensor<16x!tt.ptr<f32>> loc(#loc1)
@@ -631,6 +653,9 @@ for name in ["distance_tile", "_no_other", "_swapped_pids", "_no_column_mask"]:
     fn = triton.jit(getattr(t, name))
     types = dict(zip(fn.arg_names, tile.values()))
     print(name, ch09._loads_without_other(ttir(fn, types, blocks)))
+canary = {"x_ptr": "*fp32", "out_ptr": "*fp32", "n": "i32"}
+canary_ir = ttir(triton.jit(ch09._canary_kernel), canary, {"BLOCK": 8})
+print("canary", ch09._loads_without_other(canary_ir))
 harness = {"d_ptr": "*fp32", "best_ptr": "*fp32", "idx_ptr": "*i64", "N": "i32", "K": "i32"}
 update = {"update": triton.jit(t.update_argmin), "BLOCK_N": 32, "BLOCK_K": 16}
 print("harness", ch09._loads_without_other(ttir(ch09._harness, harness, update)))
@@ -656,6 +681,7 @@ def test_candidates_compile_for_a_gpu_without_one():
         "_no_other": "1",
         "_swapped_pids": "0",
         "_no_column_mask": "0",
+        "canary": "1",
         "harness": "0",
     }
 

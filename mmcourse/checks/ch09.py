@@ -404,6 +404,11 @@ def _canary_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
 def _check_triton_support() -> None:
     """Run the watcher (interpreted) or the IR reader (compiled) on a kernel with a known masked
     load without `other=` and a known store out of range; UnsupportedTriton if they miss them."""
+    if not INTERPRETED and not torch.cuda.is_available():
+        raise RuntimeError(
+            "TRITON_INTERPRET says to compile kernels, but there is no CUDA GPU to run them: "
+            "unset it (or set TRITON_INTERPRET=1) before importing mmcourse.kernels"
+        )
     x = torch.zeros(8, device=_device())
     out = torch.zeros(8, device=_device())
     watch = _Watch([_Region("x", x[:, None], 8, 1, ("n",))], [_Region("out", out, 4, 1, ("n",))])

@@ -49,7 +49,13 @@ import numpy
 import torch
 
 from mmcourse.checks._core import Check, exercise, seeded
-from mmcourse.kernels import INTERPRETED, UnsupportedTriton, require_triton, unsupported_triton
+from mmcourse.kernels import (
+    INTERPRETED,
+    UnsupportedTriton,
+    require_triton,
+    sizes,
+    unsupported_triton,
+)
 
 require_triton()
 
@@ -70,12 +76,6 @@ def _python_fn(fn: Callable) -> Callable:
 def _device() -> torch.device:
     """Kernel tensors live on the GPU when kernels compile, on the CPU in the interpreter."""
     return torch.device("cpu" if INTERPRETED else "cuda")
-
-
-def _sizes(*values: int) -> tuple:
-    """Sizes for our own kernels: in the interpreter as constexprs (plain ints), because
-    Triton ≤ 3.6 hands int arguments to `range()` as arrays NumPy ≥ 2.3 refuses."""
-    return tuple(tl.constexpr(v) for v in values) if INTERPRETED else values
 
 
 def _compilable(fn: Callable) -> Callable | None:
@@ -467,9 +467,7 @@ def _guard_reads(out: torch.Tensor, regions: dict[str, _Region], n: int, k: int)
         return regions["z"].describe(n, 0)
     if nan[:, k:].any():  # codes past K
         return regions["codebook"].describe(k, 0)
-    if (out[:, k:] < _E_SQ_GUARD / 2).any():
-        return regions["e_sq"].describe(k, 0)
-    return "memory around the tensors (NaN came out of it)" if nan.any() else ""
+    return regions["e_sq"].describe(k, 0) if (out[:, k:] < _E_SQ_GUARD / 2).any() else ""
 
 
 def _guard_stores(buf: torch.Tensor, region: _Region) -> str:
@@ -716,7 +714,7 @@ def _run_update(update: Callable, d: torch.Tensor, block_n: int, block_k: int) -
     best = torch.full((n,), -7.0, device=dev)
     idx = torch.full((n,), -7, dtype=torch.long, device=dev)
     grid = (triton.cdiv(n, block_n),)
-    args = (d.contiguous().to(dev), best, idx, update, *_sizes(n, k))
+    args = (d.contiguous().to(dev), best, idx, update, *sizes(n, k))
     _launch(_harness, grid, args, None, BLOCK_N=block_n, BLOCK_K=block_k)
     return best.cpu(), idx.cpu()
 

@@ -44,6 +44,7 @@ __all__ = [
     "TRITON_AVAILABLE",
     "UnsupportedTriton",
     "require_triton",
+    "sizes",
     "unsupported_triton",
 ]
 
@@ -75,6 +76,18 @@ def require_triton() -> None:
             "chapter 09 needs triton, which ships for Linux x86-64 only (pyproject.toml installs "
             "it there); on this platform the kernels cannot run. The rest of the course works."
         )
+
+
+def sizes(*values: int) -> tuple:
+    """Integer arguments for a kernel launch: as they are when kernels compile; in the
+    interpreter as constexprs, which stay Python ints (Triton ≤ 3.6 hands int arguments to an
+    interpreted kernel as 1-element arrays, which `range()` cannot take with NumPy 2.4:
+    "only 0-dimensional arrays can be converted to Python scalars")."""
+    if not INTERPRETED:
+        return values
+    import triton.language as tl
+
+    return tuple(tl.constexpr(v) for v in values)
 
 
 class UnsupportedTriton(RuntimeError):

@@ -34,7 +34,7 @@ from typing import NamedTuple
 import torch
 
 from mmcourse import _validate
-from mmcourse.kernels import INTERPRETED, require_triton
+from mmcourse.kernels import INTERPRETED, require_triton, sizes
 
 require_triton()
 
@@ -360,13 +360,6 @@ def _check_options(block_n: object, block_k: object, block_d: object, exact: obj
     return blocks
 
 
-def _scalars(*values: int) -> tuple:
-    """Sizes passed to a kernel. The interpreter gets them as constexprs, plain Python ints:
-    Triton ≤ 3.6 turns int arguments into 1-element arrays that `range()` cannot take with
-    NumPy ≥ 2.3 ("only 0-dimensional arrays can be converted to Python scalars")."""
-    return tuple(tl.constexpr(v) for v in values) if INTERPRETED else values
-
-
 def _argmin(
     z: torch.Tensor,
     codebook: torch.Tensor,
@@ -381,7 +374,7 @@ def _argmin(
     tokens = torch.empty(n, dtype=torch.long, device=z.device)
     best = torch.empty(n if second else 0, dtype=torch.float32, device=z.device)
     runner_up = torch.empty_like(best)
-    args = (z, codebook, e_sq, tokens, best, runner_up, *_scalars(n, k, d, d, d))
+    args = (z, codebook, e_sq, tokens, best, runner_up, *sizes(n, k, d, d, d))
     upcast = INTERPRETED and z.dtype == torch.bfloat16
     if INTERPRETED or any(b is not None for b in blocks):
         bn, bk, bd = (b or auto for b, auto in zip(blocks, choose_blocks(n, k, d)))
@@ -494,7 +487,7 @@ def _gather(
     else:
         block_n, block_d = _GATHER_BLOCKS
     _gather_kernel[(triton.cdiv(n, block_n),)](
-        z, codebook, tokens, z_q, sq_dist, *_scalars(n, d), BLOCK_N=block_n, BLOCK_D=block_d
+        z, codebook, tokens, z_q, sq_dist, *sizes(n, d), BLOCK_N=block_n, BLOCK_D=block_d
     )
     return z_q, sq_dist
 

@@ -142,7 +142,7 @@ def _nearest_code_kernel(
     row_ok = rows < N
     local = tl.arange(0, BLOCK_K)  # (BLOCK_K,) code index inside a tile
     cols = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
-    col_ok = (cols < D) | EVEN_D
+    col_ok = (cols < D) | EVEN_D  # EVEN_D: all True, folded away: loads unmasked along D
     z_ptrs = z_ptr + rows.to(tl.int64)[:, None] * stride_z + cols[None, :]  # (BLOCK_N, BLOCK_D)
     e_ptrs = e_ptr + local[:, None] * stride_e + cols[None, :]  # (BLOCK_K, BLOCK_D), tile 0
     if SINGLE_D:  # the rows stay on chip for the whole codebook
@@ -165,7 +165,8 @@ def _nearest_code_kernel(
             e = tl.load(e_ptrs, mask=code_ok[:, None] & col_ok[None, :], other=0.0)
             if UPCAST:  # exact: a product of two bfloat16 values fits a float32
                 e = e.to(tl.float32)
-            cross = tl.dot(z_rows, tl.trans(e), input_precision="tf32")  # (BLOCK_N, BLOCK_K)
+            # (BLOCK_N, BLOCK_K) z_i·e_k; "tf32" concerns float32 inputs only
+            cross = tl.dot(z_rows, tl.trans(e), input_precision="tf32")
         else:
             cross = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)  # z_i·e_k, slice by slice
             for d0 in range(0, D, BLOCK_D):

@@ -156,7 +156,8 @@ def update_readme(
 
 
 def save_run(path: Path, run: dict) -> None:
-    """Write a run (see `load_run`) as JSON, whole or not at all."""
+    """Write a run (see `load_run`) as JSON, whole or not at all (its folder made if need be)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(run, indent=1) + "\n", encoding="utf-8")
     partial.replace(path)

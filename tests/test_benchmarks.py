@@ -248,7 +248,7 @@ def test_a_run_cut_short_keeps_what_it_measured(bench_dir, on_cpu):
 
 
 def test_named_benchmarks_save_a_partial_run(bench_dir, on_cpu):
-    saved = bench_dir / "run.json"
+    saved = bench_dir / "logs" / "run.json"  # a folder that does not exist yet
     runner.main(["fake", "other", "--json-out", str(saved), "--dir", str(bench_dir)])
     assert json.loads(saved.read_text(encoding="utf-8"))["complete"] is False
 

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from mmcourse import _validate, ar
+from mmcourse import _validate, ar, env
 from mmcourse.data import all_captions
 
 __all__ = [
@@ -264,6 +264,9 @@ def generate(
     seq = batch
     logits = model(batch, cache=cache)[:, -1]  # prefill: (2B or B, V)
     banned = None if allowed is None else _banned(logits.shape[-1], *allowed, logits.device)
+    # every step's uniforms in one draw (the CPU generator gives the same numbers as one draw of
+    # B per step) and one copy: a copy per step would make the host wait for the GPU each token
+    uniforms = env.to_device(torch.rand(n_new, b, generator=generator), logits.device)
     out = []
     for step in range(n_new):
         cond = logits[:b].float()  # (B, V) the conditional rows, for the plausibility floor
@@ -282,8 +285,7 @@ def generate(
             logits = _top_k(logits, top_k)
         if top_p is not None:
             logits = _top_p(logits, top_p)
-        u = torch.rand(b, generator=generator)
-        token = _sample(logits, u.to(logits.device))  # sample_from_logits (B,)
+        token = _sample(logits, uniforms[step])  # sample_from_logits (B,)
         out.append(token)
         if step == n_new - 1:
             break

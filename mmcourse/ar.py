@@ -131,7 +131,7 @@ def shapes_sequences(
     if tokenizer is None:
         from mmcourse.tokenizer import load_tokenizer
 
-        tokenizer = load_tokenizer(device="cpu")
+        tokenizer = load_tokenizer(device="cpu")  # host: the same cache on every machine
     data = ShapesDataset(n=n, seed=seed)
     seqs = make_sequences(encode_captions(data.captions), encode_images(tokenizer, data.images))
     CACHE_DIR.mkdir(parents=True, exist_ok=True)

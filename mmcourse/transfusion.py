@@ -310,7 +310,7 @@ def course_latents(n: int = 20_000, seed: int = 0) -> tuple[torch.Tensor, float]
         except Exception:
             z = None
     if z is None:
-        tokenizer = load_tokenizer(device="cpu")
+        tokenizer = load_tokenizer(device="cpu")  # host: the same cache on every machine
         z = diffusion.encode_latents(tokenizer, ShapesDataset(n=n, seed=seed).images).cpu()
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
         torch.save(z, path)

@@ -146,14 +146,14 @@ def course_data(n_images: int = 20_000, n_clips: int = 1_000, seed: int = 0) -> 
 def _encode_images(images: torch.Tensor) -> torch.Tensor:
     from mmcourse.tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(device="cpu")
+    tokenizer = load_tokenizer(device="cpu")  # host: the same codes on every machine
     return torch.cat([tokenizer.encode(x) for x in images.split(500)])
 
 
 def _encode_clips(clips: torch.Tensor) -> torch.Tensor:
     from mmcourse.video import load_video_tokenizer
 
-    tokenizer = load_video_tokenizer(device="cpu")
+    tokenizer = load_video_tokenizer(device="cpu")  # host: the same codes on every machine
     return torch.cat([tokenizer.encode(x) for x in clips.split(50)])
 
 

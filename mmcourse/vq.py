@@ -210,7 +210,7 @@ class VectorQuantizer(nn.Module):
             with torch.no_grad():
                 tokens = self.search(z.detach().contiguous(), self.codebook.detach())  # (N,)
         codes = F.embedding(tokens, self.codebook)  # (N, D)  e_k, before straight-through
-        counts = torch.bincount(tokens, minlength=self.num_codes)  # (K,)  n_k
+        counts = _counts(tokens, self.num_codes)  # (K,)  n_k
         codebook_loss, commitment_loss = quantize_losses(z, codes, self.beta)
         if self.ema:
             codebook_loss = torch.zeros_like(commitment_loss)  # the EMA step replaces this loss
@@ -293,7 +293,16 @@ class VectorQuantizer(nn.Module):
 def code_counts(tokens: torch.Tensor, num_codes: int) -> torch.Tensor:
     """How often each code occurs: tokens of any shape → (K,) long counts."""
     tokens = _check_tokens("tokens", tokens, _validate.positive_int("num_codes", num_codes))
-    return torch.bincount(tokens.flatten(), minlength=num_codes)  # (K,)
+    return _counts(tokens.flatten(), num_codes)  # (K,)
+
+
+def _counts(tokens: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """n_k = #{i : tokens_i = k}, (N,) long → (K,) long. The same as torch.bincount, which on a
+    GPU reads the largest token back to the host (a wait every training step); adding ones into
+    K zeros never leaves the device."""
+    return torch.zeros(num_codes, dtype=torch.long, device=tokens.device).index_add_(
+        0, tokens, torch.ones_like(tokens)
+    )
 
 
 def code_usage(tokens: torch.Tensor, num_codes: int) -> float:
@@ -337,7 +346,7 @@ def kmeans_init(
         raise ValueError(f"init must be 'kmeans++' or 'random', got {init!r}")
     for _ in range(iters):
         tokens = nearest_code(z, codebook)  # (N,)
-        counts = torch.bincount(tokens, minlength=num_codes)  # (K,)
+        counts = _counts(tokens, num_codes)  # (K,)
         sums = torch.zeros_like(codebook).index_add_(0, tokens, z)  # (K, D)
         filled = counts > 0
         codebook[filled] = sums[filled] / counts[filled, None].to(z.dtype)  # e_k = mean of its rows

@@ -43,8 +43,6 @@ from mmcourse import env
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
-# Chapter 09's owner is adapting it to these rules (issue 21); the checks run on it regardless.
-PENDING = {"09_triton_fused_vq.ipynb"}
 
 TRAINERS = {
     "train_tokenizer", "train_video_tokenizer", "train_diffusion", "train_ar",
@@ -212,12 +210,7 @@ def notebook_findings(path: Path) -> list[Finding]:
     return found
 
 
-@pytest.mark.parametrize(
-    "path",
-    [pytest.param(p, marks=pytest.mark.xfail(reason="being adapted by its owner", strict=False))
-     if p.name in PENDING else p for p in SOLUTIONS],
-    ids=lambda p: p.stem,
-)  # fmt: skip
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
 def test_solution_notebooks_compute_on_the_course_device(path):
     findings = notebook_findings(path)
     assert not findings, "\n".join(map(str, findings))

@@ -12,6 +12,10 @@ result and ends with one line per exercise:
     · Exercise 1.3 is not attempted yet
 
 Exit status 0 exactly when every cell ran and every exercise passes.
+
+A graded run: it sets MMCOURSE_GRADED=1 for the notebook's kernel, so an answer that calls its
+exercise's own reference in the package (`mmcourse.vq.squared_distances` for Exercise 1.1)
+fails, naming it; in self-study the same answer passes with a note (see `mmcourse.checks`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+
+GRADED = "MMCOURSE_GRADED"  # mmcourse.checks._core.GRADED, named here without importing torch
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _CHECK_ID = re.compile(r"check_ex(\d+)_(\d+)")
@@ -113,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no notebook at {notebook}", file=sys.stderr)
         return 2
     os.environ.setdefault("MMCOURSE_DEVICE", "cpu")
+    os.environ[GRADED] = "1"  # the kernel inherits it: answers must be the learner's own
     collector = _Collector()
     code = pytest.main(
         ["-q", "--no-header", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",

@@ -78,3 +78,21 @@ def test_wrong_and_unfinished_exercises_are_named(tmp_path):
     assert "expected" in out, out
     assert "· Exercise 0.2 is not attempted yet" in out, out
     assert "0 of 2 exercises pass" in out, out
+
+
+def test_a_delegating_answer_fails_naming_the_reference(tmp_path):
+    """A graded run: Exercise 0.1 answered with the package's own parse_caption (under another
+    name) fails, naming it; Exercise 0.2, solved, still passes."""
+    nb = nbformat.read(ROOT / "solutions" / NOTEBOOK, as_version=4)
+    for cell in nb.cells:
+        if cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") == "ex0_1_parse_caption":
+            cell.source = "from mmcourse.data import shapes as s\nparse_caption = s.parse_caption\n"
+    path = tmp_path / NOTEBOOK
+    nbformat.write(nb, path)
+    code, out = _grade(path)
+    assert code == 1, out
+    assert (
+        "✗ Exercise 0.1 fails: Exercise 0.1 (read a caption) delegates to "
+        "mmcourse.data.shapes.parse_caption, the package's reference" in out
+    ), out
+    assert "✓ Exercise 0.2 passes" in out and "1 of 2 exercises pass" in out, out

@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Sequence
+import inspect
+import os
+import sys
+import types
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -66,10 +70,19 @@ def _one_line(error: BaseException) -> str:
 class Check:
     """The checks of one exercise, run against one candidate; counts the checks that ran."""
 
-    def __init__(self, candidate: Callable, device: torch.device) -> None:
+    def __init__(
+        self, candidate: Callable, device: torch.device, references: References | None = None
+    ) -> None:
         self.candidate = candidate
         self.device = device
         self.count = 0
+        self.references = references or References(())
+        self.delegated: dict[str, None] = {}  # the references the candidate called, in order
+
+    def _run(self, *args: Any, **kwargs: Any) -> Any:
+        """The candidate itself, watched for calls of the exercise's reference."""
+        with self.references.watch(self.delegated):
+            return self.candidate(*args, **kwargs)
 
     # --- running the candidate ---------------------------------------------------------------
 
@@ -78,7 +91,7 @@ class Check:
         failed check that names the inputs, instead of a traceback."""
         _inputs_on_device(args, kwargs)
         try:
-            result = self.candidate(*args, **kwargs)
+            result = self._run(*args, **kwargs)
         except NotImplementedError:
             raise _NotImplemented() from None
         except Exception as error:  # the learner's code crashed: report it in one line
@@ -198,7 +211,7 @@ class Check:
         )
         _inputs_on_device(args, kwargs)
         try:
-            result = self.candidate(*args, **kwargs)
+            result = self._run(*args, **kwargs)
         except NotImplementedError:
             raise _NotImplemented() from None
         except errors as error:
@@ -206,6 +219,110 @@ class Check:
         except Exception as error:
             raise _Failure(what, names, _one_line(error), hint) from None
         raise _Failure(what, names, f"no error; it returned {describe(result)}", hint)
+
+
+# --- the exercise's reference: a candidate that calls it is not the learner's own work ---------
+
+GRADED = "MMCOURSE_GRADED"
+"""Set (to anything but '', '0', 'false', 'no') in graded runs: `python -m mmcourse.grade` and
+`make check` set it for their kernels, instructors set it for `nbgrader autograde`. There a
+candidate that calls its exercise's reference fails; in self-study it passes with a note."""
+
+
+def graded() -> bool:
+    """Whether this is a graded run (see `GRADED`)."""
+    return os.environ.get(GRADED, "").strip().lower() not in ("", "0", "false", "no")
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # …/mmcourse/
+_CHECKS = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# Frames that only pass a call on: torch (nn.Module.__call__, no_grad's wrapper) and functools.
+_TRANSPARENT = (os.path.dirname(os.path.abspath(torch.__file__)) + os.sep, functools.__file__)
+
+
+class References:
+    """The package code that *is* an exercise's answer: functions (with their private helpers,
+    listed alongside), methods, and classes (every method; subclassing counts too). Knows the
+    code objects, so a call is recognised however the candidate reached the function: an alias,
+    a lambda, functools.partial, a module imported under another name, getattr."""
+
+    def __init__(self, items: Sequence[Any]) -> None:
+        self.codes: dict[types.CodeType, str] = {}
+        self.classes: list[tuple[type, str]] = []
+        for item in items:
+            name = f"{item.__module__}.{item.__qualname__}"
+            if isinstance(item, type):
+                self.classes.append((item, name))
+                for member in vars(item).values():
+                    self._add(member, name)
+            else:
+                self._add(item, name)
+
+    def _add(self, item: Any, name: str) -> None:
+        if isinstance(item, (staticmethod, classmethod)):
+            item = item.__func__
+        if isinstance(item, property):
+            for part in (item.fget, item.fset):
+                if part is not None:
+                    self._add(part, name)
+            return
+        item = getattr(item, "__func__", item)  # a bound method
+        item = inspect.unwrap(item) if callable(item) else item
+        code = getattr(item, "__code__", None)
+        if isinstance(code, types.CodeType):
+            self._add_code(code, name)
+
+    def _add_code(self, code: types.CodeType, name: str) -> None:
+        self.codes[code] = name
+        for const in code.co_consts:  # nested functions, closures
+            if isinstance(const, types.CodeType):
+                self._add_code(const, name)
+
+    def subclassed(self, candidate: Any) -> str | None:
+        """The reference class the candidate is, or subclasses."""
+        if isinstance(candidate, type):
+            for cls, name in self.classes:
+                if issubclass(candidate, cls):
+                    return name
+        return None
+
+    @contextlib.contextmanager
+    def watch(self, found: dict[str, None]) -> Iterator[None]:
+        """Inside the block, records in `found` every reference called from outside the package
+        (from the learner's code, or straight from the checker: the candidate *is* it). A package
+        function of another exercise that uses this reference internally is its own business."""
+        if not self.codes:
+            yield
+            return
+        codes, previous = self.codes, sys.getprofile()
+        chain = previous if callable(previous) else None
+
+        def profile(frame: Any, event: str, arg: Any) -> Any:
+            if event == "call":
+                name = codes.get(frame.f_code)
+                if name is not None and name not in found and _from_outside(frame.f_back):
+                    found[name] = None
+            if chain is not None:
+                chain(frame, event, arg)
+
+        sys.setprofile(profile)
+        try:
+            yield
+        finally:
+            sys.setprofile(previous)
+
+
+def _from_outside(frame: Any) -> bool:
+    """Whether the first frame below `frame` that does more than pass the call on is outside the
+    package: the learner's, or the checker machinery that runs the candidate."""
+    while frame is not None and frame.f_code.co_filename.startswith(_TRANSPARENT):
+        frame = frame.f_back
+    if frame is None:
+        return True
+    file = frame.f_code.co_filename
+    if file.startswith(_CHECKS):  # _core / _contract run the candidate; chNN bodies are package
+        return os.path.basename(file) in ("_core.py", "_contract.py")
+    return not file.startswith(_PACKAGE)
 
 
 def _describe_call(args: tuple, kwargs: dict) -> str:
@@ -295,15 +412,27 @@ def _mismatch(got: torch.Tensor, expected: torch.Tensor, atol: float, rtol: floa
 
 
 def exercise(
-    number: str, title: str, *, audit_devices: bool = True
+    number: str,
+    title: str,
+    *,
+    audit_devices: bool = True,
+    references: Sequence[Any] = (),
 ) -> Callable[[Callable[[Check], None]], Callable[..., None]]:
     """Turn `body(check)` into the checker `check_<name>(candidate, *, device=None)` of
     Exercise `number`. `device` defaults to `mmcourse.device()`.
+
+    `references`: the package code that is this exercise's answer (functions, their private
+    helpers, methods, classes). A candidate that calls one of them from its own code (however
+    wrapped), is one, or subclasses one, delegates: in self-study it passes with a note saying
+    so; in a graded run (`graded()`, the environment variable MMCOURSE_GRADED) it fails, naming
+    the reference. Package functions of other exercises stay free to use.
 
     On a CPU the checker and the candidate run under `PlacementAudit`, which applies a GPU's
     device rule (a tensor made without device= must not meet the inputs), so a device mistake
     fails on a laptop as it would on a GPU. `audit_devices=False` for exercises that are not
     torch code (Triton kernels, run by their own launcher)."""
+
+    watched = References(references)
 
     def decorate(body: Callable[[Check], None]) -> Callable[..., None]:
         @functools.wraps(body)
@@ -313,8 +442,12 @@ def exercise(
                     f"Exercise {number} ({title}): pass your function itself to the checker, "
                     f"e.g. check(my_function) without parentheses; got {describe(candidate)}"
                 )
-            check = Check(candidate, normalize_device(device) if device else _default_device())
+            check = Check(
+                candidate, normalize_device(device) if device else _default_device(), watched
+            )
             prefix = f"Exercise {number} ({title})"
+            if (cls := watched.subclassed(candidate)) is not None:
+                check.delegated[cls] = None
             audit = audit_devices and check.device.type == "cpu"
             try:
                 with PlacementAudit() if audit else contextlib.nullcontext():
@@ -339,12 +472,31 @@ def exercise(
                     f"checked ({_one_line(error)}). Compare what your function returns with its "
                     "docstring: type, shape and dtype."
                 ) from None
-            print(f"✓ Exercise {number} passed ({check.count} checks)")
+            if check.delegated and graded():
+                raise ExerciseFailed(
+                    f"{prefix} delegates to {_names(check.delegated)}, the package's reference: "
+                    "graded answers must compute it themselves (package functions of other "
+                    "exercises and earlier chapters are fine)"
+                )
+            note = ""
+            if check.delegated:
+                note = (
+                    f" — but it calls {_names(check.delegated)}, the package's reference for "
+                    "this exercise: fine to compare, but it teaches nothing; write it yourself "
+                    "(a graded run fails it)"
+                )
+            print(f"✓ Exercise {number} passed ({check.count} checks){note}")
 
         checker.number, checker.title = number, title  # type: ignore[attr-defined]
+        checker.references = watched  # type: ignore[attr-defined]
         return checker
 
     return decorate
+
+
+def _names(found: dict[str, None]) -> str:
+    names = list(found)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 class OpSpy(TorchDispatchMode):
@@ -388,12 +540,15 @@ def seeded(seed: int) -> torch.Generator:
 
 
 __all__ = [
+    "GRADED",
     "Check",
     "ExerciseFailed",
+    "References",
     "OpSpy",
     "describe",
     "exercise",
     "gradients",
+    "graded",
     "leaves",
     "seeded",
 ]

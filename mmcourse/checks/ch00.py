@@ -12,7 +12,7 @@ from mmcourse.data import shapes
 _GRAMMAR = "captions read 'a <color> <shape> in the <position>'"
 
 
-@exercise("0.1", "read a caption")
+@exercise("0.1", "read a caption", references=(shapes.parse_caption,))
 def check_parse_caption(check: Check) -> None:
     """Exercise 0.1: parse_caption(caption) -> {"color", "shape", "position"}."""
     for caption in ("a red circle in the top left", "a cyan triangle in the center"):
@@ -50,7 +50,7 @@ def check_parse_caption(check: Check) -> None:
         )
 
 
-@exercise("0.2", "an image grid")
+@exercise("0.2", "an image grid", references=(viz.image_grid,))
 def check_image_grid(check: Check) -> None:
     """Exercise 0.2: image_grid(x, ncols, pad, pad_value) -> (C, H', W')."""
     g = seeded(0)

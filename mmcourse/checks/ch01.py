@@ -52,7 +52,7 @@ def _rows_of(rows: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------- Exercise 1.1: squared distances
 
 
-@exercise("1.1", "squared distances to every code")
+@exercise("1.1", "squared distances to every code", references=(vq.squared_distances,))
 def check_squared_distances(check: Check) -> None:
     """Exercise 1.1: squared_distances(z (N, D), codebook (K, D)) -> (N, K)."""
     g, dev = seeded(11), check.device
@@ -122,7 +122,7 @@ def check_squared_distances(check: Check) -> None:
 # ----------------------------------------------------------------- Exercise 1.2: the losses
 
 
-@exercise("1.2", "codebook and commitment losses")
+@exercise("1.2", "codebook and commitment losses", references=(vq.quantize_losses,))
 def check_vq_losses(check: Check) -> None:
     """Exercise 1.2: vq_losses(z_e (N, D), e (N, D), beta) -> (codebook_loss, commitment_loss)."""
     g, dev = seeded(12), check.device
@@ -217,7 +217,7 @@ _ORDER_HINT = (
 )
 
 
-@exercise("1.3", "the VQ layer's forward pass")
+@exercise("1.3", "the VQ layer's forward pass", references=(vq.VectorQuantizer.forward,))
 def check_vq_forward(check: Check) -> None:
     """Exercise 1.3: vq_forward(z_e (N, D), codebook (K, D), beta) -> (z_q, tokens,
     codebook_loss, commitment_loss)."""
@@ -327,7 +327,11 @@ def check_vq_forward(check: Check) -> None:
 # ----------------------------------------------------------- Exercise 1.4: codebook health
 
 
-@exercise("1.4", "codebook usage and perplexity")
+@exercise(
+    "1.4",
+    "codebook usage and perplexity",
+    references=(vq.code_usage, vq.perplexity, vq._perplexity),
+)
 def check_codebook_usage(check: Check) -> None:
     """Exercise 1.4: codebook_usage(tokens (...) long, num_codes) -> (usage, perplexity)."""
     g, dev = seeded(14), check.device
@@ -478,7 +482,16 @@ def _check_random_rows(check: Check, g: torch.Generator, dev: torch.device) -> N
     )
 
 
-@exercise("1.5", "restart dead codes")
+@exercise(
+    "1.5",
+    "restart dead codes",
+    references=(
+        vq.restart_dead_codes,
+        vq._restart,
+        vq._dead_mask,
+        vq.VectorQuantizer.restart_dead_codes,
+    ),
+)
 def check_restart_dead_codes(check: Check) -> None:
     """Exercise 1.5: restart_dead_codes(codebook (K, D), counts (K,), z (N, D), threshold,
     generator) -> new codebook (K, D)."""
@@ -573,7 +586,7 @@ def _stage_codebooks(g: torch.Generator, stages: int, k: int, d: int) -> list[to
     return books
 
 
-@exercise("1.6", "residual VQ encoding")
+@exercise("1.6", "residual VQ encoding", references=(vq.ResidualVQ,))
 def check_rvq_encode(check: Check) -> None:
     """Exercise 1.6: rvq_encode(z (N, D), codebooks [(K, D)] * S) -> (tokens (N, S), z_q)."""
     g, dev = seeded(16), check.device
@@ -626,7 +639,7 @@ def check_rvq_encode(check: Check) -> None:
 # -------------------------------------------------------------------------- Exercise 1.7: FSQ
 
 
-@exercise("1.7", "finite scalar quantization")
+@exercise("1.7", "finite scalar quantization", references=(vq.FSQ,))
 def check_fsq_quantize(check: Check) -> None:
     """Exercise 1.7: fsq_quantize(z (..., D), levels (D ints)) -> z_q (..., D) on the grid."""
     g, dev = seeded(17), check.device

@@ -15,7 +15,7 @@ _BLOCK_LAYOUT = (
 )
 
 
-@exercise("2.1", "a residual block")
+@exercise("2.1", "a residual block", references=(tokenizer.ResBlock,))
 def check_res_block(check: Check) -> None:
     """Exercise 2.1: ResBlock(channels, groups) is an nn.Module mapping (B, C, H, W) to itself."""
     g = seeded(21)
@@ -89,7 +89,11 @@ def check_res_block(check: Check) -> None:
     )
 
 
-@exercise("2.2", "latents to tokens")
+@exercise(
+    "2.2",
+    "latents to tokens",
+    references=(tokenizer.VQVAE.encode, vq.VectorQuantizer.forward, vq._to_rows),
+)
 def check_to_tokens(check: Check) -> None:
     """Exercise 2.2: to_tokens(z_e (B, D, h, w), codebook (K, D)) -> tokens (B, h, w) long."""
     g = seeded(23)
@@ -130,7 +134,7 @@ def check_to_tokens(check: Check) -> None:
     )
 
 
-@exercise("2.3", "PSNR per image")
+@exercise("2.3", "PSNR per image", references=(tokenizer.psnr,))
 def check_psnr(check: Check) -> None:
     """Exercise 2.3: psnr(x, y, max_value=1.0) -> (B,) dB, one value per image."""
     g = seeded(22)

@@ -78,7 +78,7 @@ def _patch_mistakes(x: torch.Tensor, p: int) -> list[tuple[torch.Tensor, str]]:
 # ------------------------------------------------------------------ Exercise 3.1: patchify
 
 
-@exercise("3.1", "patchify")
+@exercise("3.1", "patchify", references=(patches.patchify,))
 def check_patchify(check: Check) -> None:
     """Exercise 3.1: patchify(x (B, C, H, W), patch_size) -> (B, N, P·P·C), channels last."""
     dev = check.device
@@ -119,7 +119,7 @@ def check_patchify(check: Check) -> None:
 # ---------------------------------------------------------------- Exercise 3.2: unpatchify
 
 
-@exercise("3.2", "unpatchify")
+@exercise("3.2", "unpatchify", references=(patches.unpatchify,))
 def check_unpatchify(check: Check) -> None:
     """Exercise 3.2: unpatchify(patches (B, N, P·P·C), patch_size, height, width)
     -> (B, C, H, W), the inverse of patchify."""
@@ -182,7 +182,11 @@ def check_unpatchify(check: Check) -> None:
 # ----------------------------------------------------- Exercise 3.3: the patch embedding as a conv
 
 
-@exercise("3.3", "the patch embedding as a convolution")
+@exercise(
+    "3.3",
+    "the patch embedding as a convolution",
+    references=(patches.PatchEmbed, patches.linear_weight_to_conv),
+)
 def check_conv_patch_embed(check: Check) -> None:
     """Exercise 3.3: conv_patch_embed(x (B, C, H, W), weight (D, P·P·C), bias (D,), patch_size)
     -> (B, N, D), one F.conv2d equal to patchify(x) @ weight.T + bias."""
@@ -296,7 +300,7 @@ def _sincos_mistakes(h: int, w: int, dim: int) -> list[tuple[torch.Tensor, str]]
     ]
 
 
-@exercise("3.4", "2-D sin-cos positional embedding")
+@exercise("3.4", "2-D sin-cos positional embedding", references=(patches.sincos_2d,))
 def check_sincos_2d(check: Check) -> None:
     """Exercise 3.4: sincos_2d(height, width, dim, base=10000.0) -> (H·W, dim) float32."""
     for h, w, dim in [(4, 4, 8), (3, 5, 16)]:
@@ -373,7 +377,7 @@ def _loss_mistakes(
     ]
 
 
-@exercise("3.5", "symmetric contrastive loss")
+@exercise("3.5", "symmetric contrastive loss", references=(fusion.contrastive_loss,))
 def check_contrastive_loss(check: Check) -> None:
     """Exercise 3.5: contrastive_loss(image_emb (N, D), text_emb (N, D), temperature) -> scalar."""
     g, dev = seeded(35), check.device
@@ -430,7 +434,7 @@ def check_contrastive_loss(check: Check) -> None:
 # -------------------------------------------------------------- Exercise 3.6: the projector
 
 
-@exercise("3.6", "the vision-language projector")
+@exercise("3.6", "the vision-language projector", references=(fusion.project,))
 def check_project(check: Check) -> None:
     """Exercise 3.6: project(vision_tokens (B, 1 + N, D_v), w1 (H, D_v), b1 (H,), w2 (D_t, H),
     b2 (D_t,)) -> (B, N, D_t): GELU MLP on the patch tokens, [CLS] dropped."""

@@ -55,7 +55,7 @@ def _tensors(g: torch.Generator, dev: torch.device, n: int, *shape: int) -> list
 # ---------------------------------------------------------------- Exercise 4.1: q(x_t | x_0)
 
 
-@exercise("4.1", "sample x_t from q(x_t | x_0)")
+@exercise("4.1", "sample x_t from q(x_t | x_0)", references=(diffusion.q_sample,))
 def check_q_sample(check: Check) -> None:
     """Exercise 4.1: q_sample(x0 (B, C, H, W), t (B,) long, alpha_bar (T,), eps) -> x_t."""
     g, dev = seeded(41), check.device
@@ -115,7 +115,7 @@ class _Toy(nn.Module):
         return torch.tanh(self.conv(x)) + shift + self.label[colour][:, :, None, None]
 
 
-@exercise("4.2", "the ε-prediction loss")
+@exercise("4.2", "the ε-prediction loss", references=(diffusion.diffusion_loss,))
 def check_diffusion_loss(check: Check) -> None:
     """Exercise 4.2: diffusion_loss(model, x0, t, labels, alpha_bar, eps) -> scalar."""
     g, dev = seeded(42), check.device
@@ -169,7 +169,7 @@ def check_diffusion_loss(check: Check) -> None:
 # -------------------------------------------------------------- Exercise 4.3: the DDPM step
 
 
-@exercise("4.3", "one DDPM step")
+@exercise("4.3", "one DDPM step", references=(diffusion.ddpm_step,))
 def check_ddpm_step(check: Check) -> None:
     """Exercise 4.3: ddpm_step(x (B, C, H, W), eps, t: int, alpha_bar (T,), noise) -> x_{t−1}."""
     g, dev = seeded(43), check.device
@@ -227,7 +227,7 @@ def _pairs(check: Check, got: Any, what: str) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in got]
 
 
-@exercise("4.4", "the strided DDIM schedule")
+@exercise("4.4", "the strided DDIM schedule", references=(diffusion.ddim_timesteps,))
 def check_ddim_timesteps(check: Check) -> None:
     """Exercise 4.4: ddim_timesteps(T: int, steps: int) -> [(t, t_next), ...]."""
     for T, steps in [(1000, 50), (1000, 20), (10, 10), (1000, 7), (20, 1)]:
@@ -280,7 +280,7 @@ def check_ddim_timesteps(check: Check) -> None:
 # -------------------------------------------------------------- Exercise 4.5: the DDIM step
 
 
-@exercise("4.5", "one DDIM step")
+@exercise("4.5", "one DDIM step", references=(diffusion.ddim_step,))
 def check_ddim_step(check: Check) -> None:
     """Exercise 4.5: ddim_step(x, eps, t, t_next, alpha_bar, eta, noise) -> x_{t_next}."""
     g, dev = seeded(45), check.device
@@ -335,7 +335,7 @@ def check_ddim_step(check: Check) -> None:
 # ------------------------------------------------------- Exercise 4.6: classifier-free guidance
 
 
-@exercise("4.6", "classifier-free guidance")
+@exercise("4.6", "classifier-free guidance", references=(diffusion.cfg_combine,))
 def check_cfg_combine(check: Check) -> None:
     """Exercise 4.6: cfg_combine(eps_cond, eps_uncond, scale) -> ε̂ = ε_u + s (ε_c − ε_u)."""
     g, dev = seeded(46), check.device

@@ -32,7 +32,7 @@ def _same_logits(check: Check, got: object, expected: torch.Tensor, what: str, h
 # ------------------------------------------------------------------ Exercise 5.1: temperature
 
 
-@exercise("5.1", "temperature")
+@exercise("5.1", "temperature", references=(sampling.apply_temperature,))
 def check_apply_temperature(check: Check) -> None:
     """Exercise 5.1: apply_temperature(logits (B, V), temperature) -> logits / τ."""
     g, dev = seeded(51), check.device
@@ -61,7 +61,7 @@ def check_apply_temperature(check: Check) -> None:
 # ------------------------------------------------------------------------ Exercise 5.2: top-k
 
 
-@exercise("5.2", "top-k filtering")
+@exercise("5.2", "top-k filtering", references=(sampling.top_k_filter, sampling._top_k))
 def check_top_k_filter(check: Check) -> None:
     """Exercise 5.2: top_k_filter(logits (B, V), k) -> logits with all but the k largest per
     row set to −∞ (ties with the k-th largest kept)."""
@@ -117,7 +117,7 @@ def check_top_k_filter(check: Check) -> None:
 # ------------------------------------------------------------------------ Exercise 5.3: top-p
 
 
-@exercise("5.3", "top-p (nucleus) filtering")
+@exercise("5.3", "top-p (nucleus) filtering", references=(sampling.top_p_filter, sampling._top_p))
 def check_top_p_filter(check: Check) -> None:
     """Exercise 5.3: top_p_filter(logits (B, V), p) -> logits with, per row, only the smallest
     set of most likely tokens whose mass reaches p kept (the crossing token included)."""
@@ -189,7 +189,11 @@ def check_top_p_filter(check: Check) -> None:
 # ---------------------------------------------------------------- Exercise 5.4: allowed range
 
 
-@exercise("5.4", "restrict logits to a token range")
+@exercise(
+    "5.4",
+    "restrict logits to a token range",
+    references=(sampling.restrict_range, sampling._banned),
+)
 def check_restrict_range(check: Check) -> None:
     """Exercise 5.4: restrict_range(logits (B, V), start, end) -> −∞ outside ids [start, end)."""
     g, dev = seeded(54), check.device
@@ -226,7 +230,7 @@ def check_restrict_range(check: Check) -> None:
 # ------------------------------------------------------------- Exercise 5.5: the whole pipeline
 
 
-@exercise("5.5", "the logit pipeline in the right order")
+@exercise("5.5", "the logit pipeline in the right order", references=(sampling.process_logits,))
 def check_process_logits(check: Check) -> None:
     """Exercise 5.5: process_logits(logits, *, temperature, top_k, top_p, allowed) -> restrict,
     temperature, top-k, top-p, in that order."""
@@ -284,7 +288,7 @@ def check_process_logits(check: Check) -> None:
 # --------------------------------------------------------- Exercise 5.6: guidance on logits
 
 
-@exercise("5.6", "classifier-free guidance on logits")
+@exercise("5.6", "classifier-free guidance on logits", references=(sampling.cfg_logits,))
 def check_cfg_logits(check: Check) -> None:
     """Exercise 5.6: cfg_logits(cond (B, V), uncond (B, V), scale) -> ℓ_u + s (ℓ_c − ℓ_u)."""
     g, dev = seeded(56), check.device
@@ -313,7 +317,7 @@ def check_cfg_logits(check: Check) -> None:
 # ------------------------------------------------------ Exercise 5.7: the guided batch prompts
 
 
-@exercise("5.7", "prompts of a guided batch")
+@exercise("5.7", "prompts of a guided batch", references=(sampling.guidance_prompts,))
 def check_guidance_prompts(check: Check) -> None:
     """Exercise 5.7: guidance_prompts(caption_ids (B, CAPTION_LEN)) -> (2B, CAPTION_LEN + 1):
     [caption][BOI] rows, then [NULL × CAPTION_LEN][BOI] rows."""
@@ -377,7 +381,7 @@ def _qkv(g: torch.Generator, dev: torch.device, t: int) -> list[torch.Tensor]:
     return [torch.randn(2, 3, t, 4, generator=g).to(dev) for _ in range(3)]
 
 
-@exercise("5.8", "attention with a KV cache")
+@exercise("5.8", "attention with a KV cache", references=(transformer.cached_attention,))
 def check_cached_attention(check: Check) -> None:
     """Exercise 5.8: cached_attention(q, k, v, cache=None, mask=None) -> (out (B, H, T, d),
     (k_all, v_all) (B, H, P + T, d))."""
@@ -471,7 +475,7 @@ def check_cached_attention(check: Check) -> None:
 # -------------------------------------------------- Exercise 5.9: image ids → tokenizer codes
 
 
-@exercise("5.9", "remove the vocabulary offset")
+@exercise("5.9", "remove the vocabulary offset", references=(sampling.ids_to_codes,))
 def check_ids_to_codes(check: Check) -> None:
     """Exercise 5.9: ids_to_codes(ids (B, 64)) -> codes (B, 8, 8) in [0, 512)."""
     g, dev = seeded(59), check.device

@@ -27,7 +27,7 @@ _CAUSAL = (
 # ------------------------------------------------------------ Exercise 6.1: token arithmetic
 
 
-@exercise("6.1", "count the tokens of a clip")
+@exercise("6.1", "count the tokens of a clip", references=(video.video_tokens,))
 def check_video_tokens(check: Check) -> None:
     """Exercise 6.1: video_tokens(frames, height, width, *, temporal_stride, spatial_stride)."""
     cases = [
@@ -113,7 +113,7 @@ def _patch_variants(x: torch.Tensor, pt: int, p: int) -> dict[str, torch.Tensor]
     }
 
 
-@exercise("6.2", "cut a clip into 3-D patches")
+@exercise("6.2", "cut a clip into 3-D patches", references=(video.patchify_3d,))
 def check_patchify_3d(check: Check) -> None:
     """Exercise 6.2: patchify_3d(x (B, T, C, H, W), pt, p) -> (B, N, pt·p·p·C)."""
     g, dev = seeded(62), check.device
@@ -171,7 +171,7 @@ def _future_leak(output: torch.Tensor, perturbed: torch.Tensor, frame: int, stri
     return ""
 
 
-@exercise("6.3", "pad time causally")
+@exercise("6.3", "pad time causally", references=(video.causal_pad,))
 def check_causal_pad(check: Check) -> None:
     """Exercise 6.3: causal_pad(x (B, C, T, H, W), kernel_t, stride_t) -> padded x."""
     g, dev = seeded(63), check.device
@@ -230,7 +230,9 @@ def check_causal_pad(check: Check) -> None:
 # ------------------------------------------------- Exercise 6.4: causal strided 3-D conv
 
 
-@exercise("6.4", "downsample time with a causal 3-D convolution")
+@exercise(
+    "6.4", "downsample time with a causal 3-D convolution", references=(video.temporal_downsample,)
+)
 def check_temporal_downsample(check: Check) -> None:
     """Exercise 6.4: temporal_downsample(x, weight, bias, stride_t) -> (B, C', T/s_t, H, W)."""
     g, dev = seeded(64), check.device
@@ -298,7 +300,7 @@ def check_temporal_downsample(check: Check) -> None:
 # ---------------------------------------------------------- Exercise 6.5: temporal upsample
 
 
-@exercise("6.5", "upsample time")
+@exercise("6.5", "upsample time", references=(video.temporal_upsample,))
 def check_temporal_upsample(check: Check) -> None:
     """Exercise 6.5: temporal_upsample(x (B, C, t, H, W), factor) -> (B, C, t·factor, H, W)."""
     g, dev = seeded(65), check.device

@@ -41,7 +41,7 @@ def _document(g: torch.Generator, v: Vocabulary, device: torch.device) -> list[S
 # ------------------------------------------------------------------ Exercise 7.1: BPE merge
 
 
-@exercise("7.1", "one BPE merge")
+@exercise("7.1", "one BPE merge", references=(bpe.merge,))
 def check_merge(check: Check) -> None:
     """Exercise 7.1: merge(ids, pair, new_id) -> list of ids with every occurrence of pair,
     left to right and non-overlapping, replaced by new_id."""
@@ -83,7 +83,7 @@ def check_merge(check: Check) -> None:
 # ------------------------------------------------------------- Exercise 7.2: vocabulary layout
 
 
-@exercise("7.2", "the vocabulary layout")
+@exercise("7.2", "the vocabulary layout", references=(vocab.layout,))
 def check_layout(check: Check) -> None:
     """Exercise 7.2: layout(text_size, image_codes, video_codes) -> {"text": (0, T), "special":
     (T, T + 7), "image": (…), "video": (…)}, half-open ranges back to back."""
@@ -128,7 +128,7 @@ def check_layout(check: Check) -> None:
 # ------------------------------------------------------------------ Exercise 7.3: token types
 
 
-@exercise("7.3", "token types")
+@exercise("7.3", "token types", references=(Vocabulary.token_types,))
 def check_token_types(check: Check) -> None:
     """Exercise 7.3: token_types(ids, vocab) -> tensor of the same shape with 0 text,
     1 special, 2 image, 3 video; ids outside [0, vocab.size) raise ValueError."""
@@ -191,7 +191,7 @@ def _same_ids(check: Check, got: object, expected: torch.Tensor, what: str, hint
     check.equal(got, expected, what, hint=hint)
 
 
-@exercise("7.4", "encode an interleaved document")
+@exercise("7.4", "encode an interleaved document", references=(vocab.encode_interleaved,))
 def check_encode_interleaved(check: Check) -> None:
     """Exercise 7.4: encode_interleaved(segments, vocab) -> ids (L,) long: [BOS], text ids,
     [BOI] image ids [EOI], [BOV] video ids [EOV], [EOS]."""
@@ -269,7 +269,7 @@ def _segments_equal(got: object, expected: list[Segment]) -> tuple[bool, str]:
     return True, "the same segments"
 
 
-@exercise("7.5", "decode an interleaved document")
+@exercise("7.5", "decode an interleaved document", references=(vocab.decode_interleaved,))
 def check_decode_interleaved(check: Check) -> None:
     """Exercise 7.5: decode_interleaved(ids (L,), vocab) -> list of Segment(kind, tokens): text
     ids (n,), image codes (8, 8), video codes (2, 8, 8), offsets removed."""
@@ -367,7 +367,7 @@ def _replaced(ids: torch.Tensor, position: int, value: int) -> torch.Tensor:
 # ---------------------------------------------------------- Exercise 7.6: padding and the mask
 
 
-@exercise("7.6", "pad a batch with a loss mask")
+@exercise("7.6", "pad a batch with a loss mask", references=(vocab.pad_batch,))
 def check_pad_batch(check: Check) -> None:
     """Exercise 7.6: pad_batch(seqs, vocab) -> (ids (B, L) long right-padded with PAD, loss
     mask (B, L) bool, True at real tokens)."""

@@ -38,7 +38,7 @@ def _pairs(mask: torch.Tensor, image_id: list[int], kind: str) -> list[tuple[int
 # -------------------------------------------------------------- Exercise 8.1: the mask
 
 
-@exercise("8.1", "the Transfusion attention mask")
+@exercise("8.1", "the Transfusion attention mask", references=(tf.transfusion_mask,))
 def check_mask(check: Check) -> None:
     """Exercise 8.1: transfusion_mask(image_id) with image_id (L,) or (B, L) long (−1 text,
     k the k-th image) → (L, L) or (B, L, L) bool, True where query i may attend to key j."""
@@ -143,7 +143,11 @@ def _three(check: Check, out: object, what: str) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
-@exercise("8.3", "per-position loss routing")
+@exercise(
+    "8.3",
+    "per-position loss routing",
+    references=(tf.transfusion_loss, tf._routes, tf._routed_loss),
+)
 def check_loss(check: Check) -> None:
     """Exercise 8.3: transfusion_loss(logits, eps_pred, ids, eps, is_image, diffuse, valid,
     lam) → (total, ce, mse): CE on text targets only, λ · ε-MSE on diffused patches only."""
@@ -271,7 +275,7 @@ def _check_loss_gradients(check: Check, ids, is_image, diffuse, valid, logits, e
 # ------------------------------------------------------------ Exercise 8.2: noise the image span
 
 
-@exercise("8.2", "noising the image span")
+@exercise("8.2", "noising the image span", references=(tf.noise_image_span,))
 def check_noise(check: Check) -> None:
     """Exercise 8.2: noise_image_span(patches, is_image, t, alpha_bar, eps) → x_t like
     patches: √ᾱ_t x_0 + √(1 − ᾱ_t) ε at image positions (t per row), unchanged elsewhere."""
@@ -332,7 +336,7 @@ def _tiny_model(dev: torch.device) -> tf.Transfusion:
     return model.to(dev).eval()
 
 
-@exercise("8.4", "one generation step")
+@exercise("8.4", "one generation step", references=(tf.generation_step,))
 def check_generation_step(check: Check) -> None:
     """Exercise 8.4: generation_step(model, cond, uncond, x, t, t_next, alpha_bar, guidance)
     → x at t_next: ε̂ under the caption cache and the null cache (`image_eps`), combined by

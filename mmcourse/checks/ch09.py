@@ -21,6 +21,13 @@ allocations (no crash) and show:
 - Exercise 9.2 compares the running (min, argmin) with torch on tiles built with ties inside a
   tile and across tiles, and recognises the classic wrong updates by what they return.
 
+Delegation (a candidate calling its exercise's reference, caught by the other chapters'
+checkers) does not apply here, and these checkers list no references: the package has no function
+with either exercise's contract (the fused kernel in `mmcourse.kernels.fused_vq` computes its tile
+inline and folds it with `_fold_tile`, which also tracks the second best and returns three
+values), and a compiled kernel runs no Python a profiler could watch. A kernel built on
+`_fold_tile` or on copied source is the instructor's matter (README, "Teaching with mmcourse").
+
 Triton versions: see `mmcourse.kernels.TESTED_TRITON`; the private interpreter APIs used here are
 tried on a small kernel first, and a change gives `UnsupportedTriton`, not a crash.
 """

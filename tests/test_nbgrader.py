@@ -1,14 +1,18 @@
 """An instructor's course through nbgrader itself, as a class would run it.
 
-generate_assignment (from solutions/) → release_assignment → three students fetch it, work and
+generate_assignment (from solutions/) → release_assignment → four students fetch it, work and
 submit: one completes every exercise correctly, one gets Exercise 0.1 wrong (the classic
-one-word-position bug), one hands it in untouched → collect → autograde → generate_feedback.
-Then: full marks, the wrong exercise's points lost with the checker's message in the student's
-feedback, and zero for the untouched notebook. The released copy must be exactly `make student`'s
-notebook, with no solution and no hidden test in it.
+one-word-position bug), one answers Exercise 0.2 by calling the package's own `viz.image_grid`,
+one hands it in untouched → collect → autograde → generate_feedback. Then: full marks, the wrong
+exercise's points lost with the checker's message in the student's feedback, the delegated
+exercise's points lost with the reference named in the feedback (the course's nbgrader_config.py
+makes autograde a graded run, as the README says), and zero for the untouched notebook. The
+released copy must be exactly `make student`'s notebook, with no solution and no hidden test in
+it.
 
 One notebook (the welcome chapter) stands for all: every chapter follows the same cell conventions,
-which tests/test_notebooks.py checks. Slow-ish (≈ 60 s: autograde runs the notebook three times).
+which tests/test_notebooks.py checks. Slow (≈ 3 min on a 2-core CPU: autograde runs the notebook
+four times).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ASSIGNMENT = "ch00"
 NOTEBOOK = "00_welcome.ipynb"
-STUDENTS = ("solved", "wrong", "untouched")
+STUDENTS = ("solved", "wrong", "delegating", "untouched")
 CONFIG = """\
 c = get_config()
 c.CourseDirectory.course_id = "mmcourse"
@@ -35,11 +39,21 @@ c.Exchange.root = {exchange!r}
 c.CourseDirectory.db_assignments = [dict(name="{assignment}")]
 c.CourseDirectory.db_students = [{students}]
 """
+# The instructor's config, as the README's teaching section gives it: autograde is a graded run.
+GRADED_CONFIG = """\
+import os
+os.environ["MMCOURSE_GRADED"] = "1"  # graded: an answer calling its exercise's reference fails
+"""
 # Exercise 0.1 as a student might get it wrong: a two-word position loses its second word.
 WRONG_PARSE_CAPTION = """\
 def parse_caption(caption: str) -> dict[str, str]:
     words = caption.split(" ")
     return {"color": words[1], "shape": words[2], "position": words[5]}
+"""
+# Exercise 0.2 answered by the package itself: it passes in self-study, with a note.
+DELEGATING_IMAGE_GRID = """\
+from mmcourse import viz as v
+image_grid = lambda x, ncols=8, pad=2, pad_value=1.0: v.image_grid(x, ncols, pad, pad_value)
 """
 SOLUTION = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$\n?", re.MULTILINE)
 LEAKS = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
@@ -73,6 +87,8 @@ def _work(notebook: Path, student: str) -> None:
             cell.source = answers[_grade_id(cell)]
             if student == "wrong" and _grade_id(cell) == "ex0_1_parse_caption":
                 cell.source = WRONG_PARSE_CAPTION
+            if student == "delegating" and _grade_id(cell) == "ex0_2_image_grid":
+                cell.source = DELEGATING_IMAGE_GRID
     nbformat.write(nb, notebook)
 
 
@@ -87,7 +103,7 @@ def graded(tmp_path_factory) -> dict:
     students = ", ".join(f'dict(id="{s}")' for s in STUDENTS)
     config = CONFIG.format(course=str(course), exchange=str(exchange), assignment=ASSIGNMENT,
                            students=students)  # fmt: skip
-    (course / "nbgrader_config.py").write_text(config, encoding="utf-8")
+    (course / "nbgrader_config.py").write_text(config + GRADED_CONFIG, encoding="utf-8")
     shutil.copy(ROOT / "solutions" / NOTEBOOK, course / "source" / ASSIGNMENT)
 
     _nbgrader(course, "generate_assignment", ASSIGNMENT, "--force")
@@ -98,7 +114,7 @@ def graded(tmp_path_factory) -> dict:
         (home / "nbgrader_config.py").write_text(config, encoding="utf-8")
         _nbgrader(home, "fetch_assignment", ASSIGNMENT, "--course", "mmcourse")
         _work(home / ASSIGNMENT / NOTEBOOK, student)
-        # On a shared server the exchange names a submission after its Unix user; here all three
+        # On a shared server the exchange names a submission after its Unix user; here all four
         # students are one user, so each says who it is.
         _nbgrader(home, "submit", ASSIGNMENT, "--course", "mmcourse", "--student", student)
     _nbgrader(course, "collect", ASSIGNMENT)
@@ -151,6 +167,16 @@ def test_wrong_exercise_loses_exactly_its_points_with_the_checker_message(graded
     feedback = graded["feedback"]["wrong"].read_text(encoding="utf-8")
     assert "Exercise 0.1 (read a caption) failed" in feedback, "no checker message in feedback"
     assert "top left" in feedback, "the feedback should show what was expected"
+
+
+def test_delegating_exercise_loses_exactly_its_points_naming_the_reference(graded):
+    delegating = graded["scores"]["delegating"]
+    lost = {name: s for name, s in delegating["cells"].items() if s[0] != s[1]}
+    assert list(lost) == ["check_ex0_2"], f"expected only Exercise 0.2's check to fail: {lost}"
+    assert delegating["score"] == delegating["max"] - lost["check_ex0_2"][1]
+    feedback = graded["feedback"]["delegating"].read_text(encoding="utf-8")
+    assert "Exercise 0.2 (an image grid) delegates to mmcourse.viz.image_grid" in feedback
+    assert "graded answers must compute it themselves" in feedback
 
 
 def test_untouched_submission_gets_zero(graded):

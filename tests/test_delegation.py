@@ -17,6 +17,7 @@ import functools
 import importlib
 import inspect
 import re
+import sys
 
 import pytest
 import test_checks_ch01 as t01
@@ -298,3 +299,33 @@ def test_triton_exercises_have_no_reference():
 
     assert not ch09.check_distance_tile.references.codes
     assert not ch09.check_update_argmin.references.codes
+
+
+def test_a_profiler_already_running_keeps_seeing_every_call(capsys):
+    """The watch chains a profiler that was there before (a learner's or a tool's) and puts it
+    back afterwards."""
+    seen = []
+
+    def outer(frame, event, arg):
+        if event == "call" and frame.f_code is _alias.__code__:
+            seen.append(frame.f_code)
+
+    sys.setprofile(outer)
+    try:
+        ch01.check_squared_distances(_alias)
+        assert sys.getprofile() is outer
+    finally:
+        sys.setprofile(None)
+    assert seen, "the earlier profiler missed the candidate's calls"
+    assert "but it calls mmcourse.vq.squared_distances" in capsys.readouterr().out
+
+
+def test_a_candidate_under_a_step_budget_is_watched_too(capsys, monkeypatch):
+    """Exercise 1.5 runs its candidate under `step_budget` (sys.settrace; its endless loops are
+    still stopped, tests/test_checks_ch01.py): the watch (sys.setprofile) still sees the
+    reference."""
+    ch01.check_restart_dead_codes(t01._restart)
+    assert "but it calls mmcourse.vq.restart_dead_codes" in capsys.readouterr().out
+    monkeypatch.setenv("MMCOURSE_GRADED", "1")
+    with pytest.raises(ExerciseFailed, match="delegates to mmcourse.vq.restart_dead_codes"):
+        ch01.check_restart_dead_codes(t01._restart)

@@ -153,6 +153,7 @@ def test_reference_solution_passes(name, grade_id, monkeypatch, capsys):
     assert "### BEGIN SOLUTION" in exercise.cell.source
     assert "### END SOLUTION" in exercise.cell.source
     monkeypatch.chdir(SOLUTIONS)
+    monkeypatch.setenv("MMCOURSE_GRADED", "1")  # graded: a solution must be its own work
     run_cells(*exercise, label=f"solutions/{name} {grade_id}")
     assert "✓" in capsys.readouterr().out, "a passing check prints one ✓ line"
 

@@ -142,3 +142,18 @@ def test_op_spy_sees_operations_and_the_largest_temporary():
     with OpSpy() as spy:
         (z[:, None, :] - codebook[None]).pow(2).sum(-1)
     assert spy.largest == 5 * 4 * 3 and "sub" in spy.names
+
+
+def test_a_notebook_shows_the_message_alone():
+    """In a kernel (JupyterLab, nbval, nbgrader), a failed check's output is the message, not
+    the frames of mmcourse/checks/ above it."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    source = "from mmcourse.checks import ch00\nch00.check_parse_caption(lambda caption: {})"
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+    nbclient.NotebookClient(notebook, timeout=120, allow_errors=True).execute()
+    (error,) = [o for o in notebook.cells[0].outputs if o.output_type == "error"]
+    shown = "\n".join(error.traceback)
+    assert "ExerciseFailed" in shown and "Exercise 0.1 (read a caption) failed check" in shown
+    assert "_core.py" not in shown and "def checker" not in shown, shown
+

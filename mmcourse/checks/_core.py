@@ -40,6 +40,13 @@ from mmcourse.env import normalize_device
 class ExerciseFailed(AssertionError):
     """An exercise's candidate is wrong; the message says which check failed and why."""
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython shows of a failed check (JupyterLab, nbval, nbgrader's feedback, `make
+        check`): the message alone. The frames above it are the checker's own machinery and
+        would only bury the message."""
+        first, *rest = str(self).splitlines() or [""]
+        return [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {first}", *rest]
+
 
 class _Failure(Exception):
     """One failed check, on its way to becoming an ExerciseFailed in `exercise`."""

@@ -20,6 +20,7 @@ import re
 import sys
 
 import pytest
+import test_checks_ch00 as t00
 import test_checks_ch01 as t01
 import test_checks_ch02 as t02
 import test_checks_ch03 as t03
@@ -85,23 +86,11 @@ def _own_parse_caption(caption):
     return {"color": words[1], "shape": words[2], "position": position}
 
 
-def _own_image_grid(x, ncols=8, pad=2, pad_value=1.0):
-    if x.dim() != 4:
-        raise ValueError("x must be (N, C, H, W)")
-    n, c, h, w = x.shape
-    rows = -(-n // ncols)
-    grid = x.new_full((c, rows * (h + pad) + pad, ncols * (w + pad) + pad), pad_value)
-    for i in range(n):
-        top, left = pad + (i // ncols) * (h + pad), pad + (i % ncols) * (w + pad)
-        grid[:, top : top + h, left : left + w] = x[i]
-    return grid
-
-
 # (checker, a delegating candidate, the reference it calls, own answers that must not be flagged)
 CASES = [
     (ch00.check_parse_caption, shapes.parse_caption, "mmcourse.data.shapes.parse_caption",
      [_own_parse_caption]),
-    (ch00.check_image_grid, viz.image_grid, "mmcourse.viz.image_grid", [_own_image_grid]),
+    (ch00.check_image_grid, viz.image_grid, "mmcourse.viz.image_grid", [t00._loop_image_grid]),
     (ch01.check_squared_distances, vq.squared_distances, "mmcourse.vq.squared_distances",
      [t01._expansion, t01._cdist]),
     (ch01.check_vq_losses, vq.quantize_losses, "mmcourse.vq.quantize_losses", [t01._losses]),

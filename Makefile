@@ -1,5 +1,7 @@
 # Every target creates (or reuses) the virtual environment .venv itself.
 #   make lab        install if needed, register the kernel, open JupyterLab on the welcome notebook
+#                   (a learner's lab: `make lab INSTRUCTOR=1` adds nbgrader's instructor tools;
+#                   `make lab NB=notebooks/05_autoregressive.ipynb` opens another notebook)
 #   make test       the whole test suite: pytest over tests/ plus nbval over solutions/, on CPU
 #   make student    regenerate notebooks/ (student versions) from solutions/
 #   make bench      run every benchmark and refresh the table in benchmarks/README.md
@@ -35,7 +37,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 lab: $(STAMP)
 	$(BIN)/python -m ipykernel install --user --name mmcourse --display-name "Python (mmcourse)"
-	$(BIN)/python -m jupyter lab notebooks/00_welcome.ipynb
+	$(BIN)/python -m mmcourse.lab $(if $(INSTRUCTOR),--instructor) $(NB)
 
 test: $(STAMP)
 	MMCOURSE_DEVICE=$${MMCOURSE_DEVICE:-cpu} $(BIN)/python -m pytest --durations=15 \

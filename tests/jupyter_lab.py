@@ -1,5 +1,7 @@
 """Start a private JupyterLab server for a test: its own free port, a random token, a temporary
-root folder, and Jupyter/IPython settings kept under the test's tmp_path (never the user's)."""
+root folder, and Jupyter/IPython settings kept under the test's tmp_path (never the user's).
+The command line and the course's lab settings are `make lab`'s own (mmcourse.lab): a learner's
+lab unless `instructor=True`."""
 
 from __future__ import annotations
 
@@ -7,12 +9,13 @@ import os
 import secrets
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import NamedTuple
+
+from mmcourse import lab as course_lab
 
 START_TIMEOUT_S = 90
 
@@ -47,7 +50,12 @@ def status(url: str, token: str) -> int | None:
         return None
 
 
-def start(tmp_path: Path, stdin: int | None = None, env: dict[str, str] | None = None) -> Lab:
+def start(
+    tmp_path: Path,
+    stdin: int | None = None,
+    env: dict[str, str] | None = None,
+    instructor: bool = False,
+) -> Lab:
     """Start `jupyter lab` serving tmp_path/root; return once it answers /api/status."""
     port, token = free_port(), secrets.token_hex(16)
     root, home = tmp_path / "root", tmp_path / "home"
@@ -64,11 +72,12 @@ def start(tmp_path: Path, stdin: int | None = None, env: dict[str, str] | None =
         }
         | (env or {})
     )
-    command = [
-        sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root",
-        "--ip", "127.0.0.1", f"--port={port}", f"--ServerApp.token={token}",
+    config = course_lab.write_config(tmp_path / "lab-config", instructor)
+    full_env = course_lab.environment(config, base=full_env)
+    command = course_lab.command(None, [
+        "--no-browser", "--ip", "127.0.0.1", f"--port={port}", f"--ServerApp.token={token}",
         "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}",
-    ]  # fmt: skip
+    ])  # fmt: skip
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         server = subprocess.Popen(

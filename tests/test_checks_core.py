@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -46,13 +48,13 @@ def _fail(candidate) -> str:
 
 
 def test_wrong_values_name_the_check_expected_got_and_hint():
-    message = _fail(lambda x: 3 * x if isinstance(x, torch.Tensor) else _double(x))
+    message = _fail(lambda x: x + 1 if isinstance(x, torch.Tensor) else _double(x))
     assert (
         message.splitlines()[0]
         == 'Exercise 9.9 (double a tensor) failed check 1, "doubles arange(4)":'
     )
     assert "expected: the reference values" in message
-    assert "3 of 4 values differ; at [1] expected 2, got 3" in message
+    assert "3 of 4 values differ; at [0] expected 0, got 1" in message
     assert "hint:     multiply by two" in message
 
 
@@ -157,3 +159,164 @@ def test_a_notebook_shows_the_message_alone():
     assert "ExerciseFailed" in shown and "Exercise 0.1 (read a caption) failed check" in shown
     assert "_core.py" not in shown and "def checker" not in shown, shown
 
+
+# --- what a wrong result looks like ---------------------------------------------------------
+
+
+def _diagnosis(got, expected, **kwargs) -> str:
+    """The "looks like" of `close` (or `equal`, with exact=True) on a wrong `got`."""
+    check = Check(lambda: None, torch.device("cpu"))
+    compare = check.equal if kwargs.pop("exact", False) else check.close
+    with pytest.raises(_Failure) as info:
+        compare(got, expected, "values", **kwargs)
+    return info.value.diagnosis
+
+
+_G = torch.Generator().manual_seed(0)
+_Z, _CODES = torch.randn(6, 4, generator=_G), torch.randn(5, 4, generator=_G)
+_SQUARED = torch.cdist(_Z, _CODES) ** 2  # (6, 5)
+_CUBE = torch.randn(4, 3, 4, generator=_G)
+
+
+@pytest.mark.parametrize(
+    ("got", "expected", "kwargs", "looks_like"),
+    [
+        (torch.cdist(_Z, _CODES), _SQUARED, {}, r"^the square root of the expected values"),
+        (_SQUARED**2, _SQUARED, {}, r"^the square of the expected values"),
+        (-_SQUARED, _SQUARED, {}, r"^the negative of the expected values"),
+        (_SQUARED * 2.5, _SQUARED, {}, r"^the expected values times 2\.5 "),
+        (
+            16 * _SQUARED,
+            _SQUARED,
+            {"sizes": {"N": 6, "D": 16}},
+            r"factor of D = 16 too large: a sum",
+        ),
+        (_SQUARED.sum() * 4, _SQUARED.sum(), {"sizes": {"D": 4}}, r"factor of D = 4 too large"),
+        (_SQUARED.mean() / 8, _SQUARED.mean(), {"sizes": {"K": 8}}, r"K = 8 too small: a mean"),
+        (2 * _SQUARED, _SQUARED, {"sizes": {"N": 2, "B": 2}}, r"factor of N = B = 2 too large"),
+        (_SQUARED[:5].T, _SQUARED[:5], {"exact": True}, r"transposed \(the last two dims swapped"),
+        (_CUBE.transpose(0, 2), _CUBE, {}, r"transposed \(dims 0 and 2 swapped\)"),
+        (_Z.view(3, 2, 4)[[2, 0, 1]], _Z.view(3, 2, 4), {}, "entry i holds expected entry i−1"),
+        (
+            _Z.view(3, 8)[[1, 2, 2]],
+            _Z.view(3, 8),
+            {},
+            "along dim 0: entry i holds expected entry i\\+1",
+        ),
+        (_Z[:, [0, 0, 1, 2]], _Z, {}, "along dim 1: entry i holds expected entry i−1"),
+        (torch.tensor([9, 0, 3, 1]), torch.tensor([0, 3, 1, 2]), {"exact": True}, "i−1"),
+        (torch.tensor([2, 4, 6]), torch.tensor([1, 2, 3]), {"exact": True}, "times 2 "),
+        (
+            _SQUARED + 1,
+            _SQUARED,
+            {"alternatives": {"one too many": _SQUARED + 1}},
+            "^one too many$",
+        ),
+        (_SQUARED.T, _SQUARED, {}, r"with dims 0 and 1 swapped: a transpose"),
+        (_SQUARED[..., None], _SQUARED, {}, r"an extra dim of size 1"),
+        (_SQUARED.sum(1), _SQUARED.sum(1, keepdim=True), {}, r"without one of its dims of size 1"),
+        (torch.zeros(6, 20), _SQUARED, {"sizes": {"D": 4}}, r"dim 1 D = 4 times too large"),
+        (torch.zeros(2, 3, 4), torch.zeros(3, 4, 2), {}, "the expected sizes in another order"),
+        (_SQUARED[:3], _SQUARED, {"alternatives": {"half the rows": _SQUARED[:3]}}, "half the"),
+    ],
+)
+def test_a_recognisable_mistake_is_named(got, expected, kwargs, looks_like):
+    assert re.search(looks_like, _diagnosis(got, expected, **kwargs))
+
+
+def test_an_alternative_comes_before_the_generic_relations():
+    alternatives = {"not this": _SQUARED + 3, "distances from cdist": torch.cdist(_Z, _CODES)}
+    assert _diagnosis(torch.cdist(_Z, _CODES), _SQUARED, alternatives=alternatives) == (
+        "distances from cdist"
+    )
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_mismatches_are_not_diagnosed(seed):
+    g = torch.Generator().manual_seed(seed)
+    shape = [(1,), (2,), (5,), (4, 4), (2, 3, 3), ()][seed % 6]
+    expected = torch.randn(shape, generator=g)
+    assert _diagnosis(torch.randn(shape, generator=g), expected) == ""
+    assert _diagnosis(expected.abs() + 1, expected.abs()) == ""  # an offset is not a factor
+    tokens = torch.randint(4, shape, generator=g)
+    assert _diagnosis(tokens + 1, tokens, exact=True) == ""
+    assert _diagnosis(torch.randn(3, 7, generator=g), torch.randn(7, 2, generator=g)) == ""
+
+
+def test_a_single_number_gets_a_factor_only_when_it_is_named():
+    loss = torch.tensor(0.8)
+    assert _diagnosis(loss * 2.5, loss) == ""  # any two numbers differ by some factor
+    assert _diagnosis(loss * 3, loss, sizes={"D": 3}).startswith("a factor of D = 3 too large")
+    assert _diagnosis(-loss, loss).startswith("the negative")
+
+
+def test_ambiguous_relations_are_not_diagnosed():
+    four = torch.full((3,), 4.0)
+    assert _diagnosis(four / 2, four) == ""  # √4 = 4 / 2: which one?
+    rows = torch.tensor([[1.0, 2.0], [2.0, 1.0]])  # transposed = shifted along dim 1 and 0
+    assert _diagnosis(rows.flip(0), rows) == ""
+
+
+def test_zeros_and_nans_are_diagnosed_safely():
+    values = torch.tensor([0.0, 1.0, 4.0, 9.0])
+    assert _diagnosis(torch.zeros(4), values) == ""  # nothing computed is no factor
+    assert _diagnosis(torch.ones(4), torch.zeros(4)) == ""
+    assert _diagnosis(torch.full((4,), float("nan")), values) == ""
+    assert _diagnosis(values.sqrt() * torch.tensor([1, 1, 1, float("nan")]), values) == ""
+    nan_too = torch.tensor([float("nan"), 4.0, 9.0])
+    assert _diagnosis(nan_too.sqrt(), nan_too).startswith("the square root")
+    assert _diagnosis(torch.tensor([-1.0, -2.0]), torch.tensor([-1.0, 4.0])) == ""  # no √ of < 0
+    assert _diagnosis(torch.empty(0, 3), torch.empty(3, 0)).startswith("the expected shape")
+
+
+def test_a_diagnosis_is_shown_in_place_of_the_hint():
+    message = _fail(lambda x: -_double(x) if isinstance(x, torch.Tensor) else _double(x))
+    assert "  got:      3 of 4 values differ" in message
+    assert "\n  looks like: the negative of the expected values (a sign flipped)" in message
+    assert "hint:" not in message and len(message.splitlines()) == 4
+
+
+# --- container, type, shape and dtype of a result --------------------------------------------
+
+
+def _failure(method, *args, **kwargs) -> _Failure:
+    with pytest.raises(_Failure) as info:
+        method(*args, **kwargs)
+    return info.value
+
+
+def test_parts_names_the_tuple_it_wanted():
+    check = Check(lambda: None, torch.device("cpu"))
+    assert check.parts([1, 2], ("a", "b")) == (1, 2)
+    failure = _failure(check.parts, (torch.zeros(3),), ("usage", "perplexity"))
+    assert failure.what == "returns a tuple (usage, perplexity)"
+    assert failure.expected == "a tuple of 2 values"
+    assert failure.got == "a tuple of 1 value: (tensor of shape (3,), dtype torch.float32, on cpu)"
+    assert failure.hint == "end with `return usage, perplexity`"
+    assert _failure(check.parts, None, ("a", "b")).got == "None"
+    assert check.count == 3
+
+
+def test_tensor_checks_type_shape_and_dtype():
+    check = Check(lambda: None, torch.device("cpu"))
+    x = torch.zeros(2, 3)
+    assert check.tensor(x, "x", shape=(2, 3), dtype=torch.float32) is x
+    failure = _failure(check.tensor, [0.0], "the result", shape=(2, 3))
+    assert (failure.expected, failure.got) == ("a tensor of shape (2, 3)", "a list: [0.0]")
+    failure = _failure(check.tensor, x.T, "the result", shape=(2, 3), dtype=torch.float32)
+    assert failure.expected == "a tensor of shape (2, 3), dtype torch.float32"
+    assert failure.got.startswith("tensor of shape (3, 2)")
+    assert failure.diagnosis.startswith("the expected shape with dims 0 and 1 swapped")
+    failure = _failure(check.tensor, x.double(), "the result", dtype=torch.float32)
+    assert "dtype torch.float64" in failure.got and "keep the input's dtype" in failure.hint
+    assert check.count == 4
+
+
+def test_number_takes_a_float_or_a_zero_dim_tensor():
+    check = Check(lambda: None, torch.device("cpu"))
+    assert check.number(0.5, "usage") == 0.5 and check.number(torch.tensor(2), "usage") == 2.0
+    failure = _failure(check.number, torch.ones(4), "usage")
+    assert failure.expected == "one number (a float, or a tensor of shape ())"
+    assert failure.got == "tensor of shape (4,), dtype torch.float32, on cpu"
+    assert _failure(check.number, [0.5], "usage").got == "a list: [0.5]"
+    assert _failure(check.number, True, "usage").got == "a bool: True"

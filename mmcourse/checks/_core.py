@@ -19,10 +19,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import itertools
 import os
 import sys
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -51,9 +52,12 @@ class ExerciseFailed(AssertionError):
 class _Failure(Exception):
     """One failed check, on its way to becoming an ExerciseFailed in `exercise`."""
 
-    def __init__(self, what: str, expected: str, got: str, hint: str = "") -> None:
+    def __init__(
+        self, what: str, expected: str, got: str, hint: str = "", diagnosis: str = ""
+    ) -> None:
         super().__init__(f"{what}: expected {expected}, got {got}")
         self.what, self.expected, self.got, self.hint = what, expected, got, hint
+        self.diagnosis = diagnosis  # what the result looks like, when a known mistake fits
 
 
 class _NotImplemented(Exception):
@@ -148,10 +152,29 @@ class Check:
         if not condition:
             raise _Failure(what, expected, got, hint)
 
-    def equal(self, got: Any, expected: Any, what: str, *, hint: str = "") -> None:
-        """`got == expected` for plain values; exact equality, shape and dtype for tensors."""
+    def equal(
+        self,
+        got: Any,
+        expected: Any,
+        what: str,
+        *,
+        hint: str = "",
+        alternatives: Mapping[str, torch.Tensor] | None = None,
+        sizes: Mapping[str, int] | None = None,
+    ) -> None:
+        """`got == expected` for plain values; exact equality, shape and dtype for tensors,
+        diagnosed like `close`."""
         if isinstance(expected, torch.Tensor):
-            self.close(got, expected, what, atol=0.0, rtol=0.0, hint=hint)
+            self.close(
+                got,
+                expected,
+                what,
+                atol=0.0,
+                rtol=0.0,
+                hint=hint,
+                alternatives=alternatives,
+                sizes=sizes,
+            )
             return
         self.count += 1
         if type(got) is not type(expected) or got != expected:
@@ -167,29 +190,40 @@ class Check:
         rtol: float = 1e-4,
         hint: str = "",
         check_dtype: bool = True,
+        alternatives: Mapping[str, torch.Tensor] | None = None,
+        sizes: Mapping[str, int] | None = None,
     ) -> None:
         """`got` is a tensor like `expected` (shape, dtype, device) with values within
-        atol + rtol·|expected| of it."""
+        atol + rtol·|expected| of it.
+
+        A wrong shape or wrong values get a "looks like:" line, shown instead of `hint`, when
+        the result is recognisable: `alternatives` maps a description to the tensor a known
+        mistake gives on these inputs, and the first that `got` matches is named; otherwise a
+        generic relation to `expected` is named when exactly one fits (see `_diagnose`), with
+        a constant factor named from `sizes` ({"D": 16}) when it is one of them or its inverse.
+        """
         self.count += 1
         if not isinstance(got, torch.Tensor):
             raise _Failure(
                 what,
                 describe(expected),
                 f"a {type(got).__name__}: {describe(got)}",
-                hint or "return a torch.Tensor",
+                hint or _TENSOR_HINT,
             )
         if got.shape != expected.shape:
             raise _Failure(
-                what, f"shape {tuple(expected.shape)}", f"shape {tuple(got.shape)}", hint
+                what,
+                f"shape {tuple(expected.shape)}",
+                f"shape {tuple(got.shape)}",
+                hint,
+                _diagnose(got, expected, atol, rtol, alternatives, sizes),
             )
         if check_dtype and got.dtype != expected.dtype:
             raise _Failure(
                 what,
                 f"dtype {expected.dtype}",
                 f"dtype {got.dtype}",
-                hint
-                or "keep the input's dtype (create new tensors with "
-                "x.new_full / x.new_zeros, or pass dtype=x.dtype)",
+                hint or _DTYPE_HINT,
             )
         if got.device != expected.device:
             raise _Failure(
@@ -201,7 +235,73 @@ class Check:
         diff = _mismatch(got.detach(), expected.detach(), atol, rtol)
         if diff:
             tolerance = "exactly" if atol == rtol == 0 else f"within atol={atol:g}, rtol={rtol:g}"
-            raise _Failure(what, f"the reference values ({tolerance})", diff, hint)
+            raise _Failure(
+                what,
+                f"the reference values ({tolerance})",
+                diff,
+                hint,
+                _diagnose(got, expected, atol, rtol, alternatives, sizes),
+            )
+
+    # --- what came back: container, type, shape, dtype -----------------------------------------
+
+    def parts(self, got: Any, names: Sequence[str], *, hint: str = "") -> tuple:
+        """One check that `got` is a tuple (or list) of the documented values, e.g. `names` =
+        ("codebook_loss", "commitment_loss"); returns it as a tuple to unpack."""
+        self.count += 1
+        listed = ", ".join(names)
+        if not (isinstance(got, (tuple, list)) and len(got) == len(names)):
+            raise _Failure(
+                f"returns a tuple ({listed})",
+                f"a tuple of {len(names)} values",
+                _describe_parts(got),
+                hint or f"end with `return {listed}`",
+            )
+        return tuple(got)
+
+    def tensor(
+        self,
+        got: Any,
+        what: str,
+        *,
+        shape: Sequence[int] | None = None,
+        dtype: torch.dtype | None = None,
+        hint: str = "",
+        sizes: Mapping[str, int] | None = None,
+    ) -> torch.Tensor:
+        """One check that `got` is a tensor, of `shape` and `dtype` where given: a result the
+        later checks inspect fails here with "expected a tensor of shape …, got …" rather than
+        inside them. A wrong shape is diagnosed like `close`'s (`sizes` names dims)."""
+        self.count += 1
+        wanted = [f"shape {tuple(shape)}"] if shape is not None else []
+        wanted += [f"dtype {dtype}"] if dtype is not None else []
+        expected = "a tensor" + (" of " + ", ".join(wanted) if wanted else "")
+        if not isinstance(got, torch.Tensor):
+            raise _Failure(
+                what, expected, f"a {type(got).__name__}: {describe(got)}", hint or _TENSOR_HINT
+            )
+        if shape is not None and tuple(got.shape) != tuple(shape):
+            diagnosis = _shape_diagnosis(tuple(got.shape), tuple(shape), sizes or {})
+            raise _Failure(what, expected, describe(got), hint, diagnosis)
+        if dtype is not None and got.dtype != dtype:
+            raise _Failure(what, expected, describe(got), hint or _DTYPE_HINT)
+        return got
+
+    def number(self, got: Any, what: str, *, hint: str = "") -> float:
+        """One check that `got` is one number: a Python int or float, or a tensor of zero
+        dimensions (what .sum() or .mean() gives); returns it as a float."""
+        self.count += 1
+        plain = isinstance(got, (int, float)) and not isinstance(got, bool)
+        if not (plain or (isinstance(got, torch.Tensor) and got.dim() == 0)):
+            raise _Failure(
+                what,
+                "one number (a float, or a tensor of shape ())",
+                describe(got)
+                if isinstance(got, torch.Tensor)
+                else f"a {type(got).__name__}: {describe(got)}",
+                hint or "reduce to one number (.mean(), .sum(), .item()) before returning it",
+            )
+        return float(got)
 
     def raises(
         self,
@@ -332,6 +432,22 @@ def _from_outside(frame: Any) -> bool:
     return not file.startswith(_PACKAGE)
 
 
+_TENSOR_HINT = "return a torch.Tensor"
+_DTYPE_HINT = (
+    "keep the input's dtype (create new tensors with x.new_full / x.new_zeros, or pass "
+    "dtype=x.dtype)"
+)
+
+
+def _describe_parts(value: Any) -> str:
+    """A tuple or list by its length and items, anything else as `describe` puts it."""
+    if not isinstance(value, (tuple, list)):
+        return describe(value)
+    items = ", ".join(describe(item) for item in value)
+    count = f"{len(value)} value" + ("" if len(value) == 1 else "s")
+    return f"a {type(value).__name__} of {count}: ({items})"
+
+
 def _describe_call(args: tuple, kwargs: dict) -> str:
     parts = [describe(a) for a in args] + [f"{k}={describe(v)}" for k, v in kwargs.items()]
     return "(" + ", ".join(parts) + ")"
@@ -418,6 +534,145 @@ def _mismatch(got: torch.Tensor, expected: torch.Tensor, atol: float, rtol: floa
     return message
 
 
+# --- what a wrong result looks like ------------------------------------------------------------
+
+
+def _diagnose(
+    got: torch.Tensor,
+    expected: torch.Tensor,
+    atol: float,
+    rtol: float,
+    alternatives: Mapping[str, torch.Tensor] | None,
+    sizes: Mapping[str, int] | None,
+) -> str:
+    """What a wrong `got` looks like, in words, or '' when nothing fits unambiguously: the first
+    of `alternatives` (known mistakes' results on these inputs) it matches; else, for a wrong
+    shape, how its shape relates to the expected one; else the one generic relation to
+    `expected` that fits (√, square, a constant factor, the negative, two dims swapped, one step
+    shifted). Compared in float64 on the CPU, so any dtype and device can be diagnosed."""
+    if got.is_floating_point() or expected.is_floating_point():
+        atol, rtol = max(atol, 1e-6), max(rtol, 1e-5)  # an exact check still allows rounding
+    g = _plain(got)
+    for description, wrong in (alternatives or {}).items():
+        if wrong.shape == got.shape and _agrees(g, _plain(wrong), atol, rtol):
+            return description
+    if got.shape != expected.shape:
+        return _shape_diagnosis(tuple(got.shape), tuple(expected.shape), sizes or {})
+    e = _plain(expected)
+    found = [*_powers(g, e, atol, rtol)] if got.is_floating_point() else []
+    found += [*_factor(g, e, atol, rtol, sizes or {}), *_swaps(g, e, atol, rtol)]
+    found += [*_shifts(g, e, atol, rtol)]
+    return found[0] if len(found) == 1 else ""
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().cpu().double()
+
+
+def _agrees(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> bool:
+    return bool(torch.isclose(a, b, rtol=rtol, atol=atol, equal_nan=True).all())
+
+
+def _powers(g: torch.Tensor, e: torch.Tensor, atol: float, rtol: float) -> Iterator[str]:
+    if bool((e.nan_to_num() >= 0).all()) and _agrees(g, e.sqrt(), atol, rtol):
+        yield "the square root of the expected values (distances where squared distances belong)"
+    if _agrees(g, e.square(), atol, rtol):
+        yield "the square of the expected values (squared distances where distances belong)"
+
+
+def _factor(
+    g: torch.Tensor, e: torch.Tensor, atol: float, rtol: float, sizes: Mapping[str, int]
+) -> Iterator[str]:
+    """got = c·expected for one constant c (fitted by least squares): named when c is −1 or a
+    named size (or its inverse); a plain number only when two or more entries pin it down."""
+    finite = g.isfinite() & e.isfinite()
+    scale = e[finite].square().sum()
+    if scale == 0:
+        return
+    c = float((g[finite] * e[finite]).sum() / scale)
+    if abs(c) < 1e-6 or abs(c - 1) < 1e-3 or not _agrees(g, c * e, atol * max(1, abs(c)), rtol):
+        return
+    near = max(1e-3, 10 * rtol)
+    if abs(c + 1) < near:
+        yield "the negative of the expected values (a sign flipped)"
+        return
+    for size in sorted(set(sizes.values())):
+        names = [name for name, value in sizes.items() if value == size]
+        label, over = " = ".join(names) + f" = {size}", " or ".join(names)
+        if size > 1 and abs(c / size - 1) < near:
+            yield f"a factor of {label} too large: a sum over {over} where a mean belongs"
+            return
+        if size > 1 and abs(c * size - 1) < near:
+            yield f"a factor of {label} too small: a mean over {over} where a sum belongs"
+            return
+    if int((e.abs() > atol).sum()) >= 2:
+        yield f"the expected values times {c:.4g} (a constant factor too many or missing)"
+
+
+def _swaps(g: torch.Tensor, e: torch.Tensor, atol: float, rtol: float) -> Iterator[str]:
+    n = e.dim()
+    for i, j in itertools.combinations(range(n), 2):
+        if e.shape[i] == e.shape[j] > 1 and _agrees(g, e.transpose(i, j), atol, rtol):
+            dims = "the last two dims" if (i, j) == (n - 2, n - 1) else f"dims {i} and {j}"
+            yield (
+                f"the expected values transposed ({dims} swapped): a .T or transpose too many "
+                "or missing, or a permute in the wrong order"
+            )
+
+
+def _shifts(g: torch.Tensor, e: torch.Tensor, atol: float, rtol: float) -> Iterator[str]:
+    """got[i] = expected[i − 1] (or [i + 1]) along one dim, except at the edge, where the
+    unshifted comparison differs in two or more entries: one step off."""
+    for d in range(e.dim()):
+        n = e.shape[d]
+        if n < 2:
+            continue
+        first, rest = (0, n - 1), (1, n - 1)
+        for mine, theirs, source in ((rest, first, "i−1"), (first, rest, "i+1")):
+            part = g.narrow(d, *mine)
+            if (
+                part.numel() >= 2
+                and _agrees(part, e.narrow(d, *theirs), atol, rtol)
+                and int((~torch.isclose(part, e.narrow(d, *mine), rtol, atol, True)).sum()) >= 2
+            ):
+                yield (
+                    f"the expected values shifted one step along dim {d}: entry i holds "
+                    f"expected entry {source} (an index or time step one off)"
+                )
+
+
+def _shape_diagnosis(got: tuple, want: tuple, sizes: Mapping[str, int]) -> str:
+    """How a wrong shape relates to the expected one: dims swapped or reordered, a dim of size
+    1 too many or too few, one dim a named size too large or too small; '' otherwise."""
+    if len(got) == len(want) and sorted(got) == sorted(want):
+        moved = [i for i in range(len(got)) if got[i] != want[i]]
+        if len(moved) == 2:
+            return (
+                f"the expected shape with dims {moved[0]} and {moved[1]} swapped: a transpose, "
+                "or a permute in the wrong order"
+            )
+        return "the expected sizes in another order: a permute in the wrong order"
+    if [s for s in got if s != 1] == [s for s in want if s != 1]:
+        if len(got) > len(want):
+            return (
+                "the expected shape with an extra dim of size 1: keepdim=True or an indexing "
+                "[:, None] where it does not belong, or a missing squeeze"
+            )
+        return (
+            "the expected shape without one of its dims of size 1: a squeeze too many, or "
+            "keepdim=True missing"
+        )
+    wrong = [i for i in range(len(got)) if len(got) == len(want) and got[i] != want[i]]
+    if len(wrong) == 1:
+        d = wrong[0]
+        for name, size in sizes.items():
+            if size > 1 and got[d] == want[d] * size:
+                return f"dim {d} {name} = {size} times too large: {name} folded into it"
+            if size > 1 and got[d] * size == want[d]:
+                return f"dim {d} {name} = {size} times too small: {name} split off from it"
+    return ""
+
+
 def exercise(
     number: str,
     title: str,
@@ -470,7 +725,9 @@ def exercise(
                     f"  expected: {failure.expected}",
                     f"  got:      {failure.got}",
                 ]
-                if failure.hint:
+                if failure.diagnosis:  # says what the result is, in place of a general hint
+                    lines.append(f"  looks like: {failure.diagnosis}")
+                elif failure.hint:
                     lines.append(f"  hint:     {failure.hint}")
                 raise ExerciseFailed("\n".join(lines)) from None
             except Exception as error:  # a result the checks could not even inspect

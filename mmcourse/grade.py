@@ -9,7 +9,12 @@ result and ends with one line per exercise:
 
     ✓ Exercise 1.1 passes
     ✗ Exercise 1.2 fails: Exercise 1.2 (VQ losses) failed check 3, "...": expected ... got ...
-    · Exercise 1.3 is not attempted yet
+    ✗ Exercise 1.3 fails: its answer cell did not run: SyntaxError at line 4: ...
+    · Exercise 1.4 is not attempted yet
+
+An answer cell that does not run (a SyntaxError, an IndentationError, a failing import) is named
+as the cause of its exercise's failure, rather than the NameError its check cell then raises.
+Other cells that fail are named by the exercise they follow.
 
 Exit status 0 exactly when every cell ran and every exercise passes.
 
@@ -32,6 +37,8 @@ GRADED = "MMCOURSE_GRADED"  # mmcourse.checks._core.GRADED, named here without i
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _CHECK_ID = re.compile(r"check_ex(\d+)_(\d+)")
+_ANSWER_ID = re.compile(r"ex(\d+)_(\d+)(_.*)?")  # the answer cell of an exercise: ex1_2_vq_losses
+_ERROR_LINE = re.compile(r"(?:Cell In\[\d*\]|File \"<[^>]*>\"), line (\d+)")
 
 
 class Result(NamedTuple):
@@ -44,6 +51,24 @@ def exercise_name(grade_id: str) -> str:
     """'check_ex1_2' → 'Exercise 1.2' (other ids are shown as they are)."""
     match = _CHECK_ID.fullmatch(grade_id)
     return f"Exercise {match[1]}.{match[2]}" if match else grade_id
+
+
+def answer_exercise(grade_id: str) -> str | None:
+    """'ex1_2_vq_losses' → 'Exercise 1.2'; None for ids of other cells."""
+    match = _ANSWER_ID.fullmatch(grade_id)
+    return f"Exercise {match[1]}.{match[2]}" if match else None
+
+
+def cell_error(traceback: str) -> str:
+    """The error that stopped a cell, with its line in the cell when the traceback gives one:
+    'SyntaxError at line 4: invalid syntax'."""
+    text = _ANSI.sub("", traceback).strip()
+    last = text.splitlines()[-1].strip() if text else "the cell failed"
+    lines = _ERROR_LINE.findall(text)
+    name, sep, rest = last.partition(": ")
+    if lines and sep and name.isidentifier():
+        return f"{name} at line {lines[-1]}: {rest}"
+    return last
 
 
 def failure_message(traceback: str) -> str:
@@ -72,7 +97,8 @@ def summary(results: list[Result], other_failures: list[str]) -> list[str]:
     if other_failures:
         lines.append(
             f"{len(other_failures)} other cell(s) failed, the first: {other_failures[0]} "
-            "(a cell can fail because an exercise above it is unfinished)"
+            "(a cell can fail because an exercise above it is unfinished or its answer cell did "
+            "not run)"
         )
     passed = sum(r.passed for r in results)
     lines.append(f"{passed} of {len(results)} exercises pass")
@@ -85,6 +111,8 @@ class _Collector:
     def __init__(self) -> None:
         self.results: list[Result] = []
         self.other_failures: list[str] = []
+        self.broken_answers: dict[str, str] = {}  # exercise → the error its answer cell raised
+        self.last_exercise: str | None = None  # the exercise whose cells came last
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item, call):
@@ -95,13 +123,27 @@ class _Collector:
             return
         grading = cell.get("metadata", {}).get("nbgrader", {})
         failure = getattr(call.excinfo, "value", None)
-        message = failure_message(getattr(failure, "inner_traceback", "") or str(failure or ""))
-        if grading.get("grade") and grading.get("grade_id"):
-            name = exercise_name(grading["grade_id"])
+        traceback = getattr(failure, "inner_traceback", "") or str(failure or "")
+        message = failure_message(traceback)
+        grade_id = grading.get("grade_id", "")
+        answer = answer_exercise(grade_id) if grading.get("solution") else None
+        if grading.get("grade") and grade_id:
+            name = exercise_name(grade_id)
+            if not report.passed and name in self.broken_answers:
+                message = f"its answer cell did not run: {self.broken_answers[name]}"
             self.results.append(Result(name, report.passed, "" if report.passed else message))
+            self.last_exercise = name
+        elif answer is not None:
+            self.last_exercise = answer
+            if report.failed:
+                self.broken_answers[answer] = cell_error(traceback)
         elif report.failed:
-            last = message.splitlines()[-1].rstrip(": ")
-            self.other_failures.append(f"cell {item.cell_num}: {last}")
+            where = (
+                f"after {self.last_exercise}" if self.last_exercise else "before the first exercise"
+            )
+            self.other_failures.append(
+                f"a cell {where} (cell {item.cell_num}): {cell_error(traceback).rstrip(': ')}"
+            )
 
     def pytest_terminal_summary(self, terminalreporter):
         terminalreporter.section("exercises")

@@ -96,3 +96,31 @@ def test_a_delegating_answer_fails_naming_the_reference(tmp_path):
         "mmcourse.data.shapes.parse_caption, the package's reference" in out
     ), out
     assert "✓ Exercise 0.2 passes" in out and "1 of 2 exercises pass" in out, out
+
+
+def test_cell_errors_name_their_line():
+    syntax = (
+        "\x1b[36m  Cell \x1b[39m\x1b[32mIn[7]\x1b[39m, line 3\n    return {\n           ^\n"
+        "\x1b[31mSyntaxError\x1b[39m: '{' was never closed\n"
+    )
+    assert grade.cell_error(syntax) == "SyntaxError at line 3: '{' was never closed"
+    assert grade.cell_error("Traceback\nValueError: bad") == "ValueError: bad"
+    assert grade.answer_exercise("ex1_2_vq_losses") == "Exercise 1.2"
+    assert grade.answer_exercise("check_ex1_2") is None
+
+
+def test_an_answer_that_does_not_run_is_named_as_the_cause(tmp_path):
+    """Exercise 0.2's answer cell has a SyntaxError: its check cell's NameError is not the news."""
+    nb = nbformat.read(ROOT / "notebooks" / NOTEBOOK, as_version=4)
+    for cell in nb.cells:
+        if cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") == "ex0_2_image_grid":
+            cell.source = "def image_grid(x, ncols=8, pad=2, pad_value=1.0):\n    return (x\n"
+    path = tmp_path / NOTEBOOK
+    nbformat.write(nb, path)
+    code, out = _grade(path)
+    assert code == 1, out
+    assert "✗ Exercise 0.2 fails: its answer cell did not run: SyntaxError at line 2" in out, out
+    line = next(x for x in out.splitlines() if x.startswith("✗ Exercise 0.2"))
+    assert "NameError" not in line, out
+    assert "a cell after Exercise 0.2 (cell" in out, out  # later cells using image_grid
+    assert "· Exercise 0.1 is not attempted yet" in out, out

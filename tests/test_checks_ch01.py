@@ -7,7 +7,7 @@ import torch
 from checker_cases import case_id, devices_seen, passes, rejects, stub
 
 from mmcourse import vq
-from mmcourse.checks import ch01
+from mmcourse.checks import ExerciseFailed, ch01
 
 # --- Exercise 1.1: squared_distances -----------------------------------------------------------
 
@@ -56,6 +56,11 @@ def _cdist(z, codebook):
     return torch.cdist(z, codebook).pow(2)
 
 
+def _cdist_not_squared(z, codebook):
+    _expansion(z[:0], codebook)  # the shape check
+    return torch.cdist(z, codebook)  # BUG: distances, not squared
+
+
 def _centres_in_place(z, codebook):
     centre = codebook.mean(dim=0)
     z -= centre  # BUG: centring both keeps every distance, but changes the caller's tensors
@@ -74,11 +79,23 @@ def test_squared_distances_references_pass(capsys):
     [
         (
             _row_norm_as_row,
-            r"failed check 1, \"distances from 4 vectors(.|\n)*is a column \(N, 1\)",
+            r"failed check 1, \"distances from 4 vectors(.|\n)*looks like: every row holding "
+            r"all the ‖z_k‖²: ‖z‖² broadcast as a row \(1, N\) where a column \(N, 1\)",
         ),
-        (_transposed, r"failed check 1, (.|\n)*values differ(.|\n)*row i for z_i"),
+        (
+            _transposed,
+            r"failed check 1, (.|\n)*looks like: every row(.|\n)*or the result transposed",
+        ),
         (_sum_wrong_axis, r"failed check 1, (.|\n)*got:      shape \(4, 3\)"),
-        (_no_factor_two, r"failed check 2, \"vectors that are codes(.|\n)*factor 2"),
+        (
+            _no_factor_two,
+            r"failed check 2, \"vectors that are codes(.|\n)*looks like: the cross term without "
+            r"its factor 2",
+        ),
+        (
+            _cdist_not_squared,
+            r"failed check 1, (.|\n)*looks like: distances, not squared distances: torch\.cdist",
+        ),
         (_naive_broadcast, r"builds no \(N, K, D\) tensor(.|\n)*32768 elements(.|\n)*z @ codebook"),
         (_float32, r"keeps dtype float64(.|\n)*got:      dtype torch\.float32"),
         (_no_shape_check, r"raises ValueError when z has D = 3(.|\n)*got:      RuntimeError"),
@@ -89,6 +106,12 @@ def test_squared_distances_references_pass(capsys):
 )
 def test_squared_distances_rejects(wrong, message):
     rejects(ch01.check_squared_distances, wrong, message)
+
+
+def test_a_cdist_answer_gets_no_broadcasting_hint():
+    with pytest.raises(ExerciseFailed) as info:
+        ch01.check_squared_distances(_cdist_not_squared)
+    assert "broadcast" not in str(info.value) and "hint:" not in str(info.value)
 
 
 # --- Exercise 1.2: vq_losses -------------------------------------------------------------------
@@ -121,6 +144,11 @@ def _sums(z_e, e, beta=0.25):
     return (z_e.detach() - e).pow(2).sum(), beta * (z_e - e.detach()).pow(2).sum()
 
 
+def _sums_over_d(z_e, e, beta=0.25):
+    codebook_loss = (z_e.detach() - e).pow(2).sum(dim=1).mean()  # BUG: a sum over D
+    return codebook_loss, beta * (z_e - e.detach()).pow(2).sum(dim=1).mean()
+
+
 def _fixed_beta(z_e, e, beta=0.25):
     return _losses(z_e, e, 0.25)
 
@@ -141,12 +169,21 @@ def test_vq_losses_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_beta_on_codebook, r"codebook_loss with beta=0\.25(.|\n)*β multiplies only the commit"),
+        (
+            _beta_on_codebook,
+            r"codebook_loss with beta=0\.25(.|\n)*looks like: β on the codebook term: β "
+            r"multiplies only the commitment term",
+        ),
         (_no_sg_in_codebook_loss, r"codebook loss gives z_e no gradient(.|\n)*z_e\.detach\(\)"),
         (_no_sg_in_commitment_loss, r"commitment loss gives the codes e no gradient(.|\n)*e\.det"),
         (_no_stop_gradients, r"codebook loss gives z_e no gradient: sg\(z_e\)"),
-        (_sums, r"codebook_loss with beta=0\.25: the mean(.|\n)*values differ"),
-        (_fixed_beta, r"commitment_loss with beta=2\.0"),
+        (
+            _sums,
+            r"codebook_loss with beta=0\.25: the mean(.|\n)*values differ(.|\n)*looks like: a "
+            r"factor of N·D = 18 too large: a sum over N·D where a mean belongs",
+        ),
+        (_sums_over_d, r"codebook_loss with(.|\n)*looks like: a factor of D = 3 too large: a sum"),
+        (_fixed_beta, r"commitment_loss with beta=2\.0(.|\n)*looks like: β fixed at 0\.25"),
         (_default_beta_one, r"commitment_loss with beta left out(.|\n)*beta=0\.25\)"),
         (_float32_losses, r"float64 and the device \(codebook_loss\)(.|\n)*torch\.float32"),
         (stub, r"Exercise 1\.2 \(codebook and commitment losses\): not implemented yet"),
@@ -155,6 +192,13 @@ def test_vq_losses_references_pass(capsys):
 )
 def test_vq_losses_rejects(wrong, message):
     rejects(ch01.check_vq_losses, wrong, message)
+
+
+def test_a_sum_over_d_gets_no_beta_hint():
+    with pytest.raises(ExerciseFailed) as info:
+        ch01.check_vq_losses(_sums_over_d)
+    assert "β" not in str(info.value).split("looks like:")[1]
+    assert "hint:" not in str(info.value)
 
 
 # --- Exercise 1.3: vq_forward ------------------------------------------------------------------
@@ -236,10 +280,23 @@ def test_vq_forward_references_pass(capsys):
         (_no_straight_through, r"reaches z_e unchanged(.|\n)*z_e \+ \(e − z_e\)\.detach\(\)"),
         (_straight_through_without_detach, r"straight-through: the decoder's gradient"),
         (_losses_after_straight_through, r"codebook loss gives the codebook its(.|\n)*before the"),
-        (_row_norm_as_row_forward, r"tokens \(N,\) long for N=8(.|\n)*is a column \(N, 1\)"),
-        (_argmin_over_vectors, r"tokens \(N,\) long for N=8 (.|\n)*dim=1"),
-        (_beta_on_codebook_forward, r"codebook_loss \(N=8, K=8, beta=0\.25\)(.|\n)*β = the beta"),
-        (_fixed_beta_forward, r"commitment_loss \(N=10, K=6, beta=2\.0\)(.|\n)*values differ"),
+        (
+            _row_norm_as_row_forward,
+            r"tokens \(N,\) long for N=8(.|\n)*looks like: the nearest codes by ‖z‖² broadcast "
+            r"as a row \(1, N\) where a column \(N, 1\) belongs",
+        ),
+        (
+            _argmin_over_vectors,
+            r"tokens \(N,\) long for N=8 (.|\n)*looks like: argmin over the vectors \(dim=0\)",
+        ),
+        (
+            _beta_on_codebook_forward,
+            r"codebook_loss \(N=8, K=8, beta=0\.25\)(.|\n)*looks like: β on the codebook term",
+        ),
+        (
+            _fixed_beta_forward,
+            r"commitment_loss \(N=10, K=6, beta=2\.0\)(.|\n)*looks like: β fixed at 0\.25",
+        ),
         (_forward_default_beta, r"commitment_loss with beta left out(.|\n)*beta=0\.25\)"),
         (_forward_float32_losses, r"float64 and the device for codebook_loss(.|\n)*float32"),
         (_no_sg_forward, r"the codebook loss gives z_e no gradient"),
@@ -279,6 +336,15 @@ def _entropy_not_perplexity(tokens, num_codes):
     return vq.code_usage(tokens, num_codes), -torch.special.xlogy(p, p).sum().item()
 
 
+def _usage_as_vector(tokens, num_codes):
+    counts = torch.bincount(tokens.flatten(), minlength=num_codes)
+    return (counts > 0).float(), vq.perplexity(tokens, num_codes)  # BUG: not averaged
+
+
+def _usage_only(tokens, num_codes):
+    return vq.code_usage(tokens, num_codes)  # BUG: perplexity missing
+
+
 def test_codebook_usage_reference_passes(capsys):
     passes(ch01.check_codebook_usage, _usage, capsys, "1.4")
 
@@ -295,6 +361,16 @@ def test_codebook_usage_reference_passes(capsys):
         (
             _entropy_not_perplexity,
             r"perplexity for one code(.|\n)*got:      -0\n(.|\n)*exp of the entropy",
+        ),
+        (
+            _usage_as_vector,
+            r"\"usage for one code used 10 times of K=4 is one number\":\n  expected: one number "
+            r"\(a float, or a tensor of shape \(\)\)\n  got:      tensor of shape \(4,\)",
+        ),
+        (
+            _usage_only,
+            r"\"returns a tuple \(usage, perplexity\)\":\n  expected: a tuple of 2 values\n  got:"
+            r"      0\.25\n  hint:     end with `return usage, perplexity`",
         ),
         (stub, r"Exercise 1\.4 \(codebook usage and perplexity\): not implemented yet"),
     ],
@@ -574,7 +650,11 @@ def test_fsq_quantize_references_pass(capsys):
         (_no_straight_through_fsq, r"gradient: straight through the rounding(.|\n)*b \+ sg"),
         (_no_bound, r"values for levels \(5, 5\)(.|\n)*tanh\(z \+ s\)"),
         (_even_levels_unshifted, r"values for levels \(8, 5, 5, 5\)"),
-        (_divide_by_levels_minus_one, r"values for levels \(5, 5\)(.|\n)*divide by ⌊L/2⌋"),
+        (
+            _divide_by_levels_minus_one,
+            r"values for levels \(5, 5\)(.|\n)*looks like: the grid divided by L − 1 where "
+            r"⌊L/2⌋ belongs",
+        ),
         (_gradient_skips_tanh, r"gradient: straight through(.|\n)*tanh's slope"),
         (_no_channel_check, r"raises ValueError when z has 3 channels(.|\n)*no error"),
         (_fixed_eps, r"uses the eps argument: eps = 0\.1(.|\n)*values differ"),

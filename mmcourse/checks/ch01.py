@@ -33,23 +33,37 @@ _LOSSES = "codebook_loss = mean (sg(z_e) − e)², commitment_loss = β · mean 
 # ------------------------------------------------------------------------------- helpers
 
 
-def _unpack(check: Check, got: Any, names: Sequence[str]) -> tuple:
-    check.that(
-        isinstance(got, (tuple, list)) and len(got) == len(names),
-        f"returns a tuple ({', '.join(names)})",
-        expected=f"a tuple of {len(names)} values",
-        got=describe(got),
-        hint=f"end with `return {', '.join(names)}`",
-    )
-    return tuple(got)
-
-
 def _rows_of(rows: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """For each row of `rows` (M, D), whether it equals some row of z (N, D): (M,) bool."""
     return (rows[:, None, :] == z[None, :, :]).all(dim=2).any(dim=1)
 
 
 # ------------------------------------------------------------- Exercise 1.1: squared distances
+
+
+def _distance_mistakes(z: torch.Tensor, codebook: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the classic expansion mistakes give on z (N, D) and codebook (K, D)."""
+    z_sq, e_sq = z.pow(2).sum(dim=1, keepdim=True), codebook.pow(2).sum(dim=1)  # (N, 1), (K,)
+    cross = z @ codebook.T  # (N, K)
+    mistakes = {
+        "the cross term without its factor 2: ‖z‖² − z·e + ‖e‖² where ‖z‖² − 2 z·e + ‖e‖² "
+        "belongs": z_sq - cross + e_sq,
+    }
+    if len(z) == len(codebook):  # only then does ‖z‖² broadcast as a row without an error
+        mistakes[
+            "‖z‖² broadcast as a row (1, N) where a column (N, 1) belongs (sum with "
+            "keepdim=True or index [:, None])"
+        ] = z_sq.T - 2 * cross + e_sq
+    return mistakes
+
+
+def _squared_distance_mistakes(z: torch.Tensor, codebook: torch.Tensor) -> dict:
+    """Exercise 1.1's mistakes: those of the expansion, and distances that are not squared."""
+    cdist = (
+        "distances, not squared distances: torch.cdist gives ‖z − e‖; square it, or use the "
+        f"expansion {_EXPANSION}"
+    )
+    return {cdist: torch.cdist(z, codebook), **_distance_mistakes(z, codebook)}
 
 
 @exercise("1.1", "squared distances to every code", references=(vq.squared_distances,))
@@ -59,14 +73,19 @@ def check_squared_distances(check: Check) -> None:
     # Against the zero codebook every distance is ‖z_i‖²: each row constant, rows different.
     z = torch.randn(4, 3, generator=g).to(dev)  # (N, D), N = K on purpose
     zeros = torch.zeros(4, 3, device=dev)  # (K, D)
+    expected = vq.squared_distances(z, zeros)
+    every_norm = (  # what both mistakes give against the zero codebook
+        "every row holding all the ‖z_k‖²: ‖z‖² broadcast as a row (1, N) where a column "
+        "(N, 1) belongs (sum with keepdim=True or index [:, None]), or the result transposed"
+    )
     check.close(
         call(check, z, zeros),
-        vq.squared_distances(z, zeros),
+        expected,
         "distances from 4 vectors to 4 zero codes: row i holds ‖z_i‖² in every column",
         atol=1e-4,
-        hint="the result is (N, K) with row i for z_i; ‖z‖² is a column (N, 1) "
-        "(sum with keepdim=True or index [:, None]) and ‖e‖² a row (1, K), so that "
-        "broadcasting adds them to every entry of the right row and column",
+        hint="a common cause is broadcasting: the result is (N, K) with row i for z_i, so "
+        "‖z‖² is a column (N, 1) and ‖e‖² a row (1, K)",
+        alternatives={every_norm: expected.T, **_squared_distance_mistakes(z, zeros)},
     )
     codebook = torch.randn(5, 3, generator=g).to(dev)  # (K, D)
     z = codebook[torch.tensor([3, 0, 4, 1, 2])]  # every z_i is a code
@@ -75,8 +94,9 @@ def check_squared_distances(check: Check) -> None:
         vq.squared_distances(z, codebook),
         "vectors that are codes themselves: distance 0 to their own code",
         atol=1e-4,
-        hint=f"{_EXPANSION}; a vector's distance to itself must be 0, so check the factor 2 "
-        "on the cross term z @ codebook.T",
+        hint=f"{_EXPANSION}; a vector's distance to itself must be 0: a common cause is a "
+        "wrong factor or sign on the cross term z @ codebook.T",
+        alternatives=_squared_distance_mistakes(z, codebook),
     )
     for n, k, d, dtype in [(6, 3, 5, torch.float32), (37, 11, 8, torch.float32)]:
         z = torch.randn(n, d, generator=g, dtype=dtype).to(dev)
@@ -87,6 +107,7 @@ def check_squared_distances(check: Check) -> None:
             f"matches the broadcast ‖z_i − e_k‖² for z ({n}, {d}) and codebook ({k}, {d})",
             atol=1e-4,
             hint="shape (N, K) = (len(z), len(codebook)), not (K, N)",
+            alternatives=_squared_distance_mistakes(z, codebook),
         )
     z = torch.randn(7, 4, generator=g, dtype=torch.float64).to(dev)
     codebook = torch.randn(5, 4, generator=g, dtype=torch.float64).to(dev)
@@ -122,6 +143,19 @@ def check_squared_distances(check: Check) -> None:
 # ----------------------------------------------------------------- Exercise 1.2: the losses
 
 
+def _beta_mistakes(expected: Sequence[torch.Tensor], beta: float) -> list[dict]:
+    """What β on the wrong term (or a fixed β) gives, for (codebook_loss, commitment_loss)."""
+    codebook = {"β on the codebook term: β multiplies only the commitment term": beta * expected[0]}
+    commitment = {"the commitment term without its β (β on the wrong term?)": expected[1] / beta}
+    if beta != 0.25:
+        commitment["β fixed at 0.25: use the beta argument"] = expected[1] * 0.25 / beta
+    return [codebook, commitment]
+
+
+# The sizes a sum in place of a mean multiplies a loss by, for z_e (N, D) = (6, 3).
+_LOSS_SIZES = {"N·D": 18, "N": 6, "D": 3}
+
+
 @exercise("1.2", "codebook and commitment losses", references=(vq.quantize_losses,))
 def check_vq_losses(check: Check) -> None:
     """Exercise 1.2: vq_losses(z_e (N, D), e (N, D), beta) -> (codebook_loss, commitment_loss)."""
@@ -130,23 +164,26 @@ def check_vq_losses(check: Check) -> None:
     codes = torch.randn(6, 3, generator=g).to(dev)
     for beta in (0.25, 2.0):
         expected = vq.quantize_losses(z_e, codes, beta)
-        got = _unpack(check, call(check, z_e, codes, beta), ("codebook_loss", "commitment_loss"))
+        mistakes = _beta_mistakes(expected, beta)
+        got = check.parts(call(check, z_e, codes, beta), ("codebook_loss", "commitment_loss"))
         check.close(
             got[0],
             expected[0],
             f"codebook_loss with beta={beta}: the mean of (z_e − e)² over all elements, no β",
-            hint=f"β multiplies only the commitment term: {_LOSSES}",
+            hint=f"{_LOSSES}; a common cause is β on the wrong term",
+            alternatives=mistakes[0],
+            sizes=_LOSS_SIZES,
         )
         check.close(
             got[1],
             expected[1],
             f"commitment_loss with beta={beta}: β times the mean of (z_e − e)²",
-            hint=f"β multiplies only the commitment term: {_LOSSES}",
+            hint=f"{_LOSSES}; a common cause is β on the wrong term",
+            alternatives=mistakes[1],
+            sizes=_LOSS_SIZES,
         )
     z_leaf, codes_leaf = leaves(z_e, codes)
-    got = _unpack(
-        check, call(check, z_leaf, codes_leaf, 0.25), ("codebook_loss", "commitment_loss")
-    )
+    got = check.parts(call(check, z_leaf, codes_leaf, 0.25), ("codebook_loss", "commitment_loss"))
     ref_z, ref_codes = leaves(z_e, codes)
     expected = vq.quantize_losses(ref_z, ref_codes, 0.25)
     ref_grads = [gradients(loss, (ref_z, ref_codes)) for loss in expected]
@@ -178,7 +215,7 @@ def check_vq_losses(check: Check) -> None:
         "the codebook's update too",
     )
     expected = vq.quantize_losses(z_e, codes)
-    got = _unpack(check, call(check, z_e, codes), ("codebook_loss", "commitment_loss"))
+    got = check.parts(call(check, z_e, codes), ("codebook_loss", "commitment_loss"))
     for index, name in enumerate(("codebook_loss", "commitment_loss")):
         check.close(
             got[index],
@@ -188,7 +225,7 @@ def check_vq_losses(check: Check) -> None:
         )
     z64, codes64 = z_e.double(), codes.double()
     expected = vq.quantize_losses(z64, codes64, 0.25)
-    got = _unpack(check, call(check, z64, codes64, 0.25), ("codebook_loss", "commitment_loss"))
+    got = check.parts(call(check, z64, codes64, 0.25), ("codebook_loss", "commitment_loss"))
     for index, name in enumerate(("codebook_loss", "commitment_loss")):
         check.close(
             got[index],
@@ -227,13 +264,18 @@ def check_vq_forward(check: Check) -> None:
         z_e = torch.randn(n, 4, generator=g).to(dev)
         codebook = torch.randn(k, 4, generator=g).to(dev)
         expected = _vq_forward(z_e, codebook, beta)
-        got = _unpack(check, call(check, z_e, codebook, beta), _FORWARD)
+        got = check.parts(call(check, z_e, codebook, beta), _FORWARD)
+        over_vectors = "argmin over the vectors (dim=0) where it runs over the codes (dim=1)"
+        mistakes = {over_vectors: vq.squared_distances(z_e, codebook).argmin(dim=0)}
+        for description, wrong in _distance_mistakes(z_e, codebook).items():
+            mistakes[f"the nearest codes by {description}"] = wrong.argmin(dim=1)
         check.equal(
             got[1],
             expected[1],
             f"tokens (N,) long for N={n} vectors and K={k} codes: the nearest code of each row",
             hint=f"tokens = argmin over the codes (dim=1) of the (N, K) distances {_EXPANSION}; "
-            "‖z‖² is a column (N, 1), ‖e‖² a row (1, K)",
+            "a common cause is ‖z‖² broadcast as a row where a column (N, 1) belongs",
+            alternatives=mistakes,
         )
         check.close(
             got[0],
@@ -241,18 +283,21 @@ def check_vq_forward(check: Check) -> None:
             f"z_q holds the chosen codes codebook[tokens] (N={n}, K={k})",
             hint="z_q has the value of e = codebook[tokens] (then straight-through)",
         )
+        mistakes = _beta_mistakes(expected[2:], beta)
         for index, name in ((2, "codebook_loss"), (3, "commitment_loss")):
             check.close(
                 got[index],
                 expected[index],
                 f"{name} (N={n}, K={k}, beta={beta})",
                 hint=f"{_LOSSES}, with β = the beta argument on the commitment term only",
+                alternatives=mistakes[index - 2],
+                sizes={"N·D": 4 * n, "N": n, "D": 4},
             )
     z_e = torch.randn(12, 4, generator=g).to(dev)
     codebook = torch.randn(6, 4, generator=g).to(dev)
     upstream = torch.randn(12, 4, generator=g).to(dev)  # ∂L/∂z_q from a pretend decoder
     z_leaf, cb_leaf = leaves(z_e, codebook)
-    got = _unpack(check, call(check, z_leaf, cb_leaf, 0.25), _FORWARD)
+    got = check.parts(call(check, z_leaf, cb_leaf, 0.25), _FORWARD)
     ref_z, ref_cb = leaves(z_e, codebook)
     expected = _vq_forward(ref_z, ref_cb, 0.25)
     downstream = [
@@ -295,8 +340,8 @@ def check_vq_forward(check: Check) -> None:
         "the commitment loss gives the codebook no gradient",
         hint="detach the codes in the commitment loss: β‖z_e − sg(e)‖²",
     )
-    part = _unpack(check, call(check, z_e[:5], codebook, 0.25), _FORWARD)
-    whole = _unpack(check, call(check, z_e, codebook, 0.25), _FORWARD)
+    part = check.parts(call(check, z_e[:5], codebook, 0.25), _FORWARD)
+    whole = check.parts(call(check, z_e, codebook, 0.25), _FORWARD)
     check.equal(
         part[1],
         whole[1][:5],
@@ -304,7 +349,7 @@ def check_vq_forward(check: Check) -> None:
         hint="a row's token depends only on that row and the codebook",
     )
     expected = _vq_forward(z_e, codebook, 0.25)
-    got = _unpack(check, call(check, z_e, codebook), _FORWARD)
+    got = check.parts(call(check, z_e, codebook), _FORWARD)
     check.close(
         got[3],
         expected[3],
@@ -313,7 +358,7 @@ def check_vq_forward(check: Check) -> None:
     )
     z64, cb64 = z_e.double(), codebook.double()
     expected = _vq_forward(z64, cb64, 0.25)
-    got = _unpack(check, call(check, z64, cb64, 0.25), _FORWARD)
+    got = check.parts(call(check, z64, cb64, 0.25), _FORWARD)
     for index in (0, 2, 3):
         check.close(
             got[index],
@@ -344,22 +389,24 @@ def check_codebook_usage(check: Check) -> None:
     ]
     for tokens, k, what in cases:
         tokens = tokens.to(dev)
-        got = _unpack(check, call(check, tokens, k), ("usage", "perplexity"))
+        got = check.parts(call(check, tokens, k), ("usage", "perplexity"))
+        got_usage = check.number(got[0], f"usage for {what} is one number")
+        got_ppl = check.number(got[1], f"perplexity for {what} is one number")
         usage, ppl = vq.code_usage(tokens, k), vq.perplexity(tokens, k)
         check.that(
-            math.isclose(float(got[0]), usage, rel_tol=1e-5),
+            math.isclose(got_usage, usage, rel_tol=1e-5),
             f"usage for {what}",
             expected=f"{usage:.6g}, the fraction of the K codes used at least once",
-            got=f"{float(got[0]):.6g}",
+            got=f"{got_usage:.6g}",
             hint="count every code with torch.bincount(tokens.flatten(), minlength=num_codes) "
             "(minlength, or unused codes at the end are missing), then usage = (counts > 0) "
             "averaged over the K codes, not over the tokens",
         )
         check.that(
-            math.isclose(float(got[1]), ppl, rel_tol=1e-4),
+            math.isclose(got_ppl, ppl, rel_tol=1e-4),
             f"perplexity for {what}",
             expected=f"{ppl:.6g} = exp(−Σ_k p_k log p_k)",
-            got=f"{float(got[1]):.6g}",
+            got=f"{got_ppl:.6g}",
             hint="p = counts / counts.sum(); an unused code has p log p = 0 (0·log 0 gives nan "
             "in torch: use torch.special.xlogy(p, p) or keep only p > 0); perplexity is "
             "exp of the entropy, between 1 and K",
@@ -592,7 +639,7 @@ def check_rvq_encode(check: Check) -> None:
     g, dev = seeded(16), check.device
     z = torch.randn(20, 3, generator=g).to(dev)
     books = [b.to(dev) for b in _stage_codebooks(g, 3, 8, 3)]
-    tokens, z_q = _unpack(check, call(check, z, books[:1]), ("tokens", "z_q"))
+    tokens, z_q = check.parts(call(check, z, books[:1]), ("tokens", "z_q"))
     check.equal(
         tokens,
         vq.nearest_code(z, books[0])[:, None],
@@ -600,7 +647,7 @@ def check_rvq_encode(check: Check) -> None:
         hint="tokens has shape (N, S), one column per stage; torch.stack(per_stage, dim=1)",
     )
     expected_tokens, expected_z_q = _rvq_reference(z, books)
-    tokens, z_q = _unpack(check, call(check, z, books), ("tokens", "z_q"))
+    tokens, z_q = check.parts(call(check, z, books), ("tokens", "z_q"))
     check.equal(
         tokens,
         expected_tokens,
@@ -616,7 +663,7 @@ def check_rvq_encode(check: Check) -> None:
     )
     errors = []
     for s in range(1, len(books) + 1):
-        _, partial = _unpack(check, call(check, z, books[:s]), ("tokens", "z_q"))
+        _, partial = check.parts(call(check, z, books[:s]), ("tokens", "z_q"))
         errors.append((z - partial).pow(2).mean().item())
     check.that(
         all(b <= a + 1e-6 for a, b in zip(errors, errors[1:])),
@@ -625,14 +672,14 @@ def check_rvq_encode(check: Check) -> None:
         got="errors " + ", ".join(f"{e:.4f}" for e in errors),
         hint="each stage must quantize what the stages before left over",
     )
-    part = _unpack(check, call(check, z[:7], books), ("tokens", "z_q"))
+    part = check.parts(call(check, z[:7], books), ("tokens", "z_q"))
     check.equal(
         part[0],
         expected_tokens[:7],
         "each row is encoded on its own: the first 7 rows alone get the same tokens",
     )
     z64, books64 = z.double(), [b.double() for b in books]
-    _, z_q = _unpack(check, call(check, z64, books64), ("tokens", "z_q"))
+    _, z_q = check.parts(call(check, z64, books64), ("tokens", "z_q"))
     check.close(z_q, _rvq_reference(z64, books64)[1], "keeps dtype float64 and the device")
 
 
@@ -646,14 +693,19 @@ def check_fsq_quantize(check: Check) -> None:
     for levels, shape in [((5, 5), (64, 2)), ((8, 5, 5, 5), (3, 10, 4)), ((2, 3, 4), (40, 3))]:
         z = (torch.randn(*shape, generator=g) * 2).to(dev)
         got = call(check, z, levels)
-        fsq = vq.FSQ(levels)
+        expected = vq.FSQ(levels).quantize(z)
+        n = z.new_tensor(levels)  # (D,)
         check.close(
             got,
-            fsq.quantize(z),
+            expected,
             f"values for levels {levels} on z of shape {shape}",
             atol=1e-6,
             hint="b = tanh(z + s)·h − o with h = (L − 1)(1 + ε)/2, o = ½ for even L (else 0), "
             "s = atanh(o / h); then round b and divide by ⌊L/2⌋, channel by channel",
+            alternatives={
+                "the grid divided by L − 1 where ⌊L/2⌋ belongs: the integers −⌊L/2⌋ … ⌊L/2⌋ "
+                "divided by ⌊L/2⌋ fill [−1, 1]": expected * (n // 2) / (n - 1)
+            },
         )
     huge = torch.tensor([[-100.0, -100.0], [100.0, 100.0]], device=dev)
     check.close(

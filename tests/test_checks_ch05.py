@@ -29,6 +29,10 @@ def _temperature_probs(logits, temperature):
     return (logits.softmax(-1) / temperature).log()  # BUG: scales probabilities
 
 
+def _temperature_softmax(logits, temperature):
+    return (logits / temperature).softmax(-1)  # BUG: probabilities, not logits
+
+
 def _temperature_float32(logits, temperature):
     return logits.float() / temperature
 
@@ -41,8 +45,9 @@ def test_temperature_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_temperature_times, r"failed check 1, \"τ = 0\.5 sharpens(.|\n)*divide the logits"),
-        (_temperature_probs, r"failed check 1(.|\n)*not the probabilities"),
+        (_temperature_times, r"failed check 1, \"τ = 0\.5 sharpens(.|\n)*looks like: ℓ · τ"),
+        (_temperature_probs, r"failed check 1(.|\n)*looks like: log\(softmax\(ℓ\) / τ\)"),
+        (_temperature_softmax, r"failed check 1(.|\n)*looks like: the probabilities softmax"),
         (_temperature_float32, r"keeps dtype float64(.|\n)*torch\.float32"),
         (stub, r"Exercise 5\.1 \(temperature\): not implemented yet"),
     ],
@@ -101,10 +106,19 @@ def test_top_k_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_top_k_plus_one, r"failed check 1, \"k = 2 on \[1, 5, 3, 4, 2\](.|\n)*index k − 1"),
-        (_top_k_strict, r"failed check 1(.|\n)*keep logits ≥ it"),
-        (_top_k_indices, r"failed check 2, \"k = 2 on \[3, 2, 2, 1\](.|\n)*treated equally"),
-        (_top_k_row0, r"failed check 3, \"a batch of 4 rows(.|\n)*each row"),
+        (
+            _top_k_plus_one,
+            r"failed check 1, \"k = 2 on \[1, 5, 3, 4, 2\](.|\n)*looks like: the k \+ 1",
+        ),
+        (_top_k_strict, r"failed check 1(.|\n)*looks like: only k − 1 kept(.|\n)*keep logits ≥ it"),
+        (
+            _top_k_indices,
+            r"failed check 2, \"k = 2 on \[3, 2, 2, 1\](.|\n)*looks like: exactly the k",
+        ),
+        (
+            _top_k_row0,
+            r"failed check 3, \"a batch of 4 rows(.|\n)*looks like: row 0's k-th largest",
+        ),
         (_top_k_crash, r"failed check 1"),
         (_top_k_no_guard, r"runs on \(tensor of shape \(4, 12\)(.|\n)*15\)(.|\n)*k > V"),
         (stub, r"Exercise 5\.2 \(top-k filtering\): not implemented yet"),
@@ -164,9 +178,15 @@ def test_top_p_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_top_p_drops_crossing, r"failed check 1, \"p = 0\.6(.|\n)*token that crosses it"),
-        (_top_p_no_scatter, r"failed check 3, \"the same row in another(.|\n)*scatter"),
-        (_top_p_row0, r"failed check 4, \"a batch of 4 rows(.|\n)*never with row 0"),
+        (
+            _top_p_drops_crossing,
+            r"failed check 1, \"p = 0\.6(.|\n)*looks like: the token that crosses",
+        ),
+        (
+            _top_p_no_scatter,
+            r"failed check 3, \"the same row in another(.|\n)*looks like: the filtered",
+        ),
+        (_top_p_row0, r"failed check 4, \"a batch of 4 rows(.|\n)*looks like: row 0's sort order"),
         (_top_p_running_sum, r"p = 1 keeps every logit(.|\n)*\d+ ids were removed(.|\n)*1\.0"),
         (stub, r"Exercise 5\.3 \(top-p \(nucleus\) filtering\): not implemented yet"),
     ],
@@ -215,8 +235,8 @@ def test_restrict_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_restrict_inclusive, r"failed check 1, \"ids 4 … 8(.|\n)*half-open"),
-        (_restrict_zero, r"failed check 1(.|\n)*−inf"),
+        (_restrict_inclusive, r"failed check 1, \"ids 4 … 8(.|\n)*looks like: id 9 = end allowed"),
+        (_restrict_zero, r"failed check 1(.|\n)*looks like: 0 outside the range(.|\n)*−inf"),
         (_restrict_nothing, r"failed check 1(.|\n)*masked_fill"),
         (_restrict_in_place, r"failed check 1, \"leaves its input logits unchanged"),
         (stub, r"Exercise 5\.4 \(restrict logits to a token range\): not implemented yet"),
@@ -295,8 +315,14 @@ def test_pipeline_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_pipeline_temperature_last, r"failed check 2, \"τ = 2 then top-p(.|\n)*after τ"),
-        (_pipeline_restrict_last, r"failed check 4, \"ids \[8, 20\) then top-p"),
+        (
+            _pipeline_temperature_last,
+            r"failed check 2, \"τ = 2 then top-p(.|\n)*looks like: τ appl",
+        ),
+        (
+            _pipeline_restrict_last,
+            r"failed check 4, \"ids \[8, 20\) then(.|\n)*looks like: the range",
+        ),
         (_pipeline_no_defaults, r"failed check 6, \"runs on(.|\n)*docstring's signature"),
         (_pipeline_default_temperature, r"every option left out(.|\n)*temperature=1\.0, top_k"),
         (_pipeline_float32, r"keeps dtype float64(.|\n)*torch\.float32"),
@@ -331,8 +357,14 @@ def test_cfg_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_cfg_from_cond, r"failed check 1, \"scale 1 gives the cond(.|\n)*start from the uncond"),
-        (_cfg_swapped, r"failed check 1(.|\n)*s on ℓ_c and \(1 − s\) on ℓ_u"),
+        (
+            _cfg_from_cond,
+            r"failed check 1, \"scale 1 gives the cond(.|\n)*ℓ_c \+ s · \(ℓ_c − ℓ_u\)",
+        ),
+        (
+            _cfg_swapped,
+            r"failed check 1(.|\n)*looks like: ℓ_c \+ s · \(ℓ_u − ℓ_c\), ℓ_c and ℓ_u swap",
+        ),
         (stub, r"Exercise 5\.6 \(classifier-free guidance on logits\): not implemented yet"),
     ],
     ids=case_id,
@@ -390,8 +422,8 @@ def test_prompts_references_pass(capsys):
     ("wrong", "message"),
     [
         (_prompts_short_uncond, r"failed check 2, \"BOI sits at the same(.|\n)*misaligned"),
-        (_prompts_uncond_first, r"failed check 3(.|\n)*conditional rows first"),
-        (_prompts_pad, r"failed check 3(.|\n)*not PAD"),
+        (_prompts_uncond_first, r"failed check 3(.|\n)*looks like: the unconditional rows first"),
+        (_prompts_pad, r"failed check 3(.|\n)*looks like: PAD where(.|\n)*not PAD"),
         (_prompts_fixed_batch, r"failed check 4, \"one caption gives 2 prompts(.|\n)*fixed batch"),
         (_prompts_empty, r"failed check 1, \"3 captions give 6 prompts(.|\n)*NULL ids"),
         (stub, r"Exercise 5\.7 \(prompts of a guided batch\): not implemented yet"),
@@ -462,6 +494,53 @@ def _cached_float32(q, k, v, cache=None, mask=None):
     return out.float(), new
 
 
+def _cached_no_mask(q, k, v, cache=None, mask=None):
+    n = k.shape[2] + (cache[0].shape[2] if cache is not None else 0)
+    everything = torch.ones(q.shape[2], n, dtype=torch.bool, device=q.device)
+    return _cached(q, k, v, cache, everything if mask is None else mask)  # BUG: sees the future
+
+
+def _cached_ignores_cache(q, k, v, cache=None, mask=None):
+    out, _ = _cached(q, k, v, None, None)  # BUG: attends over the new keys only
+    return out, _cached(q, k, v, cache, mask)[1]
+
+
+def _cached_mask_and_causal(q, k, v, cache=None, mask=None):
+    if mask is not None:
+        n = mask.shape[-1]
+        mask = mask & torch.ones(n, n, dtype=torch.bool, device=q.device).tril()[n - q.shape[2] :]
+    return _cached(q, k, v, cache, mask)  # BUG: the explicit mask also made causal
+
+
+def _cached_mask_inverted(q, k, v, cache=None, mask=None):
+    return _cached(q, k, v, cache, None if mask is None else ~mask)  # BUG: True read as banned
+
+
+def _cached_none_with_cache(q, k, v, cache=None, mask=None):
+    out, new = _cached(q, k, v, cache, mask)
+    if cache is None:
+        return out, new  # BUG: the branch with a cache returns nothing
+
+
+def _cached_one_tuple(q, k, v, cache=None, mask=None):
+    return (_cached(q, k, v, cache, mask)[0],)  # BUG: `return out,`
+
+
+def _cached_flat(q, k, v, cache=None, mask=None):
+    out, (k_all, v_all) = _cached(q, k, v, cache, mask)
+    return out, k_all, v_all  # BUG: the cache is one value, a pair
+
+
+def _cached_stacked(q, k, v, cache=None, mask=None):
+    out, (k_all, v_all) = _cached(q, k, v, cache, mask)
+    return out, torch.stack([k_all, v_all])  # BUG: a tensor, not the pair (k_all, v_all)
+
+
+def _cached_float64(q, k, v, cache=None, mask=None):
+    out, new = _cached(q, k, v, cache, mask)
+    return out.double(), new
+
+
 def test_cached_attention_references_pass(capsys):
     passes(ch05.check_cached_attention, transformer.cached_attention, capsys, "5.8")
     passes(ch05.check_cached_attention, _cached, capsys, "5.8")
@@ -470,11 +549,42 @@ def test_cached_attention_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_cached_not_appended, r"failed check 3, \"after 4 cached positions(.|\n)*append"),
-        (_cached_no_offset, r"failed check 6, \"one new query(.|\n)*shifted by the cache length"),
-        (_cached_returns_old, r"failed check 3(.|\n)*return the longer tensors"),
-        (_cached_ignores_mask, r"explicit all-True mask"),
+        (_cached_not_appended, r"failed check 5, \"after 4 cached positions(.|\n)*append"),
+        (
+            _cached_no_offset,
+            r"failed check 8, \"one new query(.|\n)*looks like: a causal mask without the cache "
+            r"offset(.|\n)*shifted by the cache length",
+        ),
+        (_cached_returns_old, r"failed check 5(.|\n)*return the longer tensors"),
+        (_cached_ignores_mask, r"explicit all-True mask(.|\n)*looks like: the causal rule, the"),
         (_cached_additive_mask, r"explicit mask with holes(.|\n)*not combined with the causal"),
+        (_cached_no_mask, r"failed check 2, \"no cache, 5 positions(.|\n)*looks like: no causal"),
+        (_cached_ignores_cache, r"failed check 8(.|\n)*looks like: attention over the new keys"),
+        (
+            _cached_mask_and_causal,
+            r"all-True mask(.|\n)*looks like: the causal rule(.|\n)*as given",
+        ),
+        (_cached_mask_inverted, r"all-True mask(.|\n)*looks like: the explicit mask inverted"),
+        (
+            _cached_none_with_cache,
+            r"failed check 3, \"returns a tuple \(out, \(k_all, v_all\)\)\":\n  expected: a "
+            r"tuple of 2 values\n  got:      None",
+        ),
+        (
+            _cached_one_tuple,
+            r"failed check 1, \"returns a tuple(.|\n)*got:      a tuple of 1 value",
+        ),
+        (_cached_flat, r"failed check 1, (.|\n)*got:      a tuple of 3 values: \(tensor of shape"),
+        (
+            _cached_stacked,
+            r"failed check 4, \"returns a tuple \(k_all, v_all\)(.|\n)*got:      tensor of "
+            r"shape \(2, 2, 3, 5, 4\)(.|\n)*the cache is one value, a pair",
+        ),
+        (
+            _cached_float64,
+            r"failed check 2, (.|\n)*expected: dtype torch\.float32\n  got:      dtype "
+            r"torch\.float64",
+        ),
         (_cached_no_defaults, r"failed check 1, \"runs on(.|\n)*docstring's signature"),
         (_cached_float32, r"keeps dtype float64 and the device \(the output\)(.|\n)*float32"),
         (stub, r"Exercise 5\.8 \(attention with a KV cache\): not implemented yet"),
@@ -516,8 +626,14 @@ def test_codes_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_codes_no_offset, r"failed check 2, \"the codes the tokenizer gave(.|\n)*IMAGE_OFFSET"),
-        (_codes_transposed, r"failed check 2(.|\n)*no transpose"),
+        (
+            _codes_no_offset,
+            r"failed check 2, \"the codes the tokenizer(.|\n)*looks like: the ids with",
+        ),
+        (
+            _codes_transposed,
+            r"failed check 2(.|\n)*looks like: the grids transposed(.|\n)*no transpose",
+        ),
         (_codes_flat, r"failed check 1(.|\n)*\(B, 8, 8\)"),
         (_codes_fixed_batch, r"runs on \(tensor of shape \(1, 64\)(.|\n)*RuntimeError"),
         (stub, r"Exercise 5\.9 \(remove the vocabulary offset\): not implemented yet"),
@@ -528,24 +644,49 @@ def test_codes_rejects(wrong, message):
     rejects(ch05.check_ids_to_codes, wrong, message)
 
 
-# --- every checker on the course device --------------------------------------------------------
+# --- every checker ---------------------------------------------------------------------------
+
+_REFERENCES = [
+    (ch05.check_apply_temperature, sampling.apply_temperature),
+    (ch05.check_top_k_filter, sampling.top_k_filter),
+    (ch05.check_top_p_filter, sampling.top_p_filter),
+    (ch05.check_restrict_range, sampling.restrict_range),
+    (ch05.check_process_logits, sampling.process_logits),
+    (ch05.check_cfg_logits, sampling.cfg_logits),
+    (ch05.check_guidance_prompts, sampling.guidance_prompts),
+    (ch05.check_cached_attention, transformer.cached_attention),
+    (ch05.check_ids_to_codes, sampling.ids_to_codes),
+]
 
 
-@pytest.mark.parametrize(
-    ("checker", "reference"),
-    [
-        (ch05.check_apply_temperature, sampling.apply_temperature),
-        (ch05.check_top_k_filter, sampling.top_k_filter),
-        (ch05.check_top_p_filter, sampling.top_p_filter),
-        (ch05.check_restrict_range, sampling.restrict_range),
-        (ch05.check_process_logits, sampling.process_logits),
-        (ch05.check_cfg_logits, sampling.cfg_logits),
-        (ch05.check_guidance_prompts, sampling.guidance_prompts),
-        (ch05.check_cached_attention, transformer.cached_attention),
-        (ch05.check_ids_to_codes, sampling.ids_to_codes),
-    ],
-    ids=case_id,
-)
+@pytest.mark.parametrize(("checker", "reference"), _REFERENCES, ids=case_id)
 def test_checks_run_on_the_chosen_device(checker, reference, device, capsys):
     seen = devices_seen(checker, reference, device, capsys)
     assert seen <= {torch.device(device)}
+
+
+def _each_tensor(result, change):
+    """`result` with `change` applied to every tensor in it (inside tuples too)."""
+    if isinstance(result, tuple):
+        return tuple(_each_tensor(part, change) for part in result)
+    return change(result)
+
+
+_WRONG_KINDS = {  # the reference's result, returned in the wrong container, dtype or shape
+    "None": lambda result: None,
+    "a 1-tuple": lambda result: (result,),
+    "lists": lambda result: _each_tensor(result, torch.Tensor.tolist),
+    "float64": lambda result: _each_tensor(result, torch.Tensor.double),
+    "an extra dim": lambda result: _each_tensor(result, lambda x: x[None]),
+}
+
+
+@pytest.mark.parametrize("kind", _WRONG_KINDS)
+@pytest.mark.parametrize(("checker", "reference"), _REFERENCES, ids=case_id)
+def test_a_wrong_kind_of_result_gets_expected_and_got(checker, reference, kind):
+    """Never the catch-all "could not be checked": the failing check says what it expected."""
+
+    def wrong(*args, **kwargs):
+        return _WRONG_KINDS[kind](reference(*args, **kwargs))
+
+    rejects(checker, wrong, r"failed check \d+, \"[^\n]*\":\n  expected: [^\n]+\n  got:      ")

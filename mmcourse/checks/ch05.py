@@ -23,10 +23,17 @@ def _logits(g: torch.Generator, dev: torch.device, *shape: int) -> torch.Tensor:
     return (2 * torch.randn(*shape, generator=g)).to(dev)
 
 
-def _same_logits(check: Check, got: object, expected: torch.Tensor, what: str, hint: str) -> None:
+def _same_logits(
+    check: Check,
+    got: object,
+    expected: torch.Tensor,
+    what: str,
+    hint: str,
+    alternatives: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Equal up to float rounding (−∞ exactly where the reference has −∞): x / τ and x · (1/τ)
-    may differ in the last bit."""
-    check.close(got, expected, what, atol=1e-6, rtol=1e-6, hint=hint)
+    may differ in the last bit. `alternatives`: what known mistakes give on these inputs."""
+    check.close(got, expected, what, atol=1e-6, rtol=1e-6, hint=hint, alternatives=alternatives)
 
 
 # ------------------------------------------------------------------ Exercise 5.1: temperature
@@ -48,6 +55,14 @@ def check_apply_temperature(check: Check) -> None:
             what,
             hint="divide the logits (not the probabilities) by τ: softmax(ℓ / τ); return "
             "logits, not probabilities",
+            alternatives={
+                "ℓ · τ, multiplied by τ: divide the logits by it, ℓ / τ": logits * tau,
+                "the probabilities softmax(ℓ / τ): return the logits ℓ / τ themselves": (
+                    logits / tau
+                ).softmax(-1),
+                "log(softmax(ℓ) / τ), the probabilities divided by τ: divide the logits, not "
+                "the probabilities": (logits.softmax(-1) / tau).log(),
+            },
         )
     l64 = logits.double()
     check.close(
@@ -59,6 +74,37 @@ def check_apply_temperature(check: Check) -> None:
 
 
 # ------------------------------------------------------------------------ Exercise 5.2: top-k
+
+
+def _keep_above(logits: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    return logits.masked_fill(logits < threshold, _INF)
+
+
+_K_PLUS_ONE = (
+    "the k + 1 largest kept: the threshold is the k-th largest value, index k − 1 of the sorted "
+    "row (topk(k).values[:, -1:]), not index k"
+)
+_K_MINUS_ONE = (
+    "only k − 1 kept, the k-th largest itself removed: keep logits ≥ it (set only those < it to −∞)"
+)
+_EXACTLY_K = (
+    "exactly the k indices topk returns, a tie at the k-th value dropped: compare with the k-th "
+    "largest value instead, so that equal logits are treated equally"
+)
+_ROW0_KTH = "row 0's k-th largest used as every row's threshold: take each row's own, shape (B, 1)"
+
+
+def _top_k_mistakes(logits: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+    """What the classic top-k slips give on `logits` (B, V), k < V."""
+    ranked = logits.sort(dim=-1, descending=True).values  # (B, V)
+    by_index = logits.topk(k, dim=-1).indices  # (B, k)
+    exactly_k = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, by_index, True)
+    return {
+        _K_PLUS_ONE: _keep_above(logits, ranked[:, k : k + 1]),
+        _K_MINUS_ONE: logits.masked_fill(logits <= ranked[:, k - 1 : k], _INF),
+        _EXACTLY_K: logits.masked_fill(~exactly_k, _INF),
+        _ROW0_KTH: _keep_above(logits, ranked[0, k - 1]),
+    }
 
 
 @exercise("5.2", "top-k filtering", references=(sampling.top_k_filter, sampling._top_k))
@@ -74,6 +120,7 @@ def check_top_k_filter(check: Check) -> None:
         "k = 2 on [1, 5, 3, 4, 2] keeps exactly 5 and 4",
         hint="the threshold is the k-th largest value, topk(k).values[:, -1:] (index k − 1 of "
         "the sorted row, not k); keep logits ≥ it and set the others to −∞",
+        alternatives=_top_k_mistakes(row, 2),
     )
     ties = torch.tensor([[3.0, 2.0, 2.0, 1.0]], device=dev)
     _same_logits(
@@ -83,6 +130,7 @@ def check_top_k_filter(check: Check) -> None:
         "k = 2 on [3, 2, 2, 1] keeps both tokens tied at the 2nd largest value",
         hint="compare with the k-th largest value (logits < kth → −∞) instead of keeping the "
         "k indices topk returns: equal logits must be treated equally",
+        alternatives=_top_k_mistakes(ties, 2),
     )
     g = seeded(52)
     batch = _logits(g, dev, 4, 12)
@@ -92,10 +140,11 @@ def check_top_k_filter(check: Check) -> None:
         sampling.top_k_filter(batch, 3),
         "a batch of 4 rows, k = 3: each row keeps its own 3 largest",
         hint="take the k-th largest of each row (shape (B, 1)), not one threshold for the batch",
+        alternatives=_top_k_mistakes(batch, 3),
     )
     every = (
-        "when k ≥ V there is nothing to filter: return the logits unchanged "
-        "(logits.topk(k) raises for k > V)"
+        "when k ≥ V there is nothing to filter: return the logits unchanged (a common cause "
+        "of a failure here is logits.topk(k), which raises for k > V)"
     )
     for k in (12, 15):
         try:
@@ -117,6 +166,37 @@ def check_top_k_filter(check: Check) -> None:
 # ------------------------------------------------------------------------ Exercise 5.3: top-p
 
 
+_CROSSING_DROPPED = (
+    "the token that crosses p dropped (cumsum > p): it is kept; remove a token only when the "
+    "mass of the tokens before it is already ≥ p (cumsum − probs ≥ p)"
+)
+_SORTED_ORDER = (
+    "the filtered logits left in sorted order: scatter them back to vocabulary order "
+    "(torch.empty_like(logits).scatter(-1, sorted_indices, sorted_filtered))"
+)
+_ROW0_ORDER = (
+    "row 0's sort order applied to every row: sort, cumsum and scatter along dim=-1 for all "
+    "rows, never with row 0's indices"
+)
+
+
+def _top_p_mistakes(logits: torch.Tensor, p: float) -> dict[str, torch.Tensor]:
+    """What the classic top-p slips give on `logits` (B, V)."""
+    ranked, order = logits.sort(dim=-1, descending=True)  # (B, V) each
+    probs = ranked.softmax(-1)
+    mass = probs.cumsum(-1)
+    drop = mass - probs >= p  # right, by rank
+    crossing = mass > p
+    crossing[:, 0] = False  # the most likely token stays in that version too
+    by_row0 = torch.zeros_like(drop)
+    by_row0[:, order[0]] = drop  # each row's ranks read as row 0's token ids
+    return {
+        _CROSSING_DROPPED: logits.scatter(-1, order, ranked.masked_fill(crossing, _INF)),
+        _SORTED_ORDER: ranked.masked_fill(drop, _INF),
+        _ROW0_ORDER: logits.masked_fill(by_row0, _INF),
+    }
+
+
 @exercise("5.3", "top-p (nucleus) filtering", references=(sampling.top_p_filter, sampling._top_p))
 def check_top_p_filter(check: Check) -> None:
     """Exercise 5.3: top_p_filter(logits (B, V), p) -> logits with, per row, only the smallest
@@ -132,6 +212,7 @@ def check_top_p_filter(check: Check) -> None:
         hint="0.5 alone does not reach p = 0.6, so the token that crosses it (0.3) is kept: "
         "remove a token only when the mass of the tokens before it is already ≥ p "
         "(cumsum − probs ≥ p), not when cumsum > p",
+        alternatives=_top_p_mistakes(logits, 0.6),
     )
     _same_logits(
         check,
@@ -139,6 +220,7 @@ def check_top_p_filter(check: Check) -> None:
         sampling.top_p_filter(logits, 0.4),
         "p = 0.4 keeps only the most likely token, which alone crosses p",
         hint="the most likely token is always kept",
+        alternatives=_top_p_mistakes(logits, 0.4),
     )
     shuffle = torch.tensor([2, 0, 3, 1], device=dev)
     mixed = logits[:, shuffle]  # probabilities [0.15, 0.5, 0.05, 0.3]
@@ -150,6 +232,7 @@ def check_top_p_filter(check: Check) -> None:
         "place",
         hint="filter in sorted order, then scatter the result back to vocabulary order "
         "(torch.empty_like(logits).scatter(-1, sorted_indices, sorted_filtered))",
+        alternatives=_top_p_mistakes(mixed, 0.6),
     )
     g = seeded(53)
     batch = _logits(g, dev, 4, 16)
@@ -160,6 +243,7 @@ def check_top_p_filter(check: Check) -> None:
         "a batch of 4 rows with different orders, p = 0.8",
         hint="every row has its own sort order: sort, cumsum and scatter along dim=-1 for all "
         "rows, never with row 0's indices",
+        alternatives=_top_p_mistakes(batch, 0.8),
     )
     wide = (8 * torch.randn(4, 2000, generator=g)).to(dev)  # a peaked row, a long tail
     got = call(check, wide, 1.0)
@@ -206,6 +290,15 @@ def check_restrict_range(check: Check) -> None:
         "ids 4 … 8 keep their logits, all others are −∞",
         hint="the range is half-open: start is allowed, end is not; build a (V,) mask of "
         "allowed ids and masked_fill the rest with −inf (don't touch the allowed logits)",
+        alternatives={
+            "id 9 = end allowed too: the range is half-open, start is allowed, end is not": (
+                sampling.restrict_range(logits, 4, 10)
+            ),
+            "0 outside the range: a logit of 0 is still a likely token; masked_fill the "
+            "banned ids with −inf": torch.where(
+                sampling.restrict_range(logits, 4, 9).isinf(), 0.0, logits
+            ),
+        },
     )
     probs = got.softmax(-1)
     picks = torch.multinomial(probs.cpu(), 2000, replacement=True, generator=seeded(540))
@@ -228,6 +321,29 @@ def check_restrict_range(check: Check) -> None:
 
 
 # ------------------------------------------------------------- Exercise 5.5: the whole pipeline
+
+
+_TAU_LAST = (
+    "τ applied after the filters: the nucleus must be measured on the distribution that is "
+    "sampled, so divide by τ before top-k and top-p"
+)
+_RANGE_LAST = (
+    "the range restricted after the filters, which then measured the nucleus with forbidden ids "
+    "in it: restrict to the allowed ids first"
+)
+
+
+def _pipeline_mistakes(logits: torch.Tensor, options: dict) -> dict[str, torch.Tensor]:
+    """What the pipeline gives with τ after the filters, or the range restricted last."""
+    tau = options.get("temperature", 1.0)
+    rest = {k: v for k, v in options.items() if k != "temperature"}
+    mistakes = {_TAU_LAST: sampling.process_logits(logits, **rest) / tau}
+    if (allowed := options.get("allowed")) is not None:
+        rest = {k: v for k, v in options.items() if k != "allowed"}
+        mistakes[_RANGE_LAST] = sampling.restrict_range(
+            sampling.process_logits(logits, **rest), *allowed
+        )
+    return mistakes
 
 
 @exercise("5.5", "the logit pipeline in the right order", references=(sampling.process_logits,))
@@ -259,21 +375,22 @@ def check_process_logits(check: Check) -> None:
             sampling.process_logits(logits, **kwargs),
             what,
             hint=order,
+            alternatives=_pipeline_mistakes(logits, kwargs),
         )
-    defaults = "keep the documented defaults: temperature=1.0, top_k=None, top_p=None, allowed=None"
+    defaults = "the documented defaults temperature=1.0, top_k=None, top_p=None, allowed=None"
     _same_logits(
         check,
         call(check, logits),
         logits,
-        "every option left out (τ = 1, no filter): the logits unchanged",
-        hint=defaults,
+        f"every option left out: {defaults} leave the logits unchanged",
+        hint=f"keep {defaults}",
     )
     _same_logits(
         check,
         call(check, logits, top_k=5),
         sampling.process_logits(logits, top_k=5),
-        "only top_k=5 given: τ = 1 and no top-p or range",
-        hint=defaults,
+        f"only top_k=5 given, the others at {defaults}",
+        hint=f"keep {defaults}",
     )
     l64 = logits.double()
     _same_logits(
@@ -304,6 +421,13 @@ def check_cfg_logits(check: Check) -> None:
             sampling.cfg_logits(cond, uncond, scale),
             what,
             hint=f"{formula}; the weights are s on ℓ_c and (1 − s) on ℓ_u",
+            alternatives={
+                f"ℓ_c + s · (ℓ_c − ℓ_u), which starts from the conditional logits: {formula}": (
+                    cond + scale * (cond - uncond)
+                ),
+                "ℓ_c + s · (ℓ_u − ℓ_c), ℓ_c and ℓ_u swapped: the weights are s on ℓ_c and "
+                "(1 − s) on ℓ_u": cond + scale * (uncond - cond),
+            },
         )
     c64, u64 = cond.double(), uncond.double()
     check.close(
@@ -345,6 +469,9 @@ def check_guidance_prompts(check: Check) -> None:
         "if BOI (and so every image token) sits at different positions in the two halves, "
         "the cache positions are misaligned. Make the unconditional prompt as long as a caption",
     )
+    b = len(ids)
+    padded = expected.clone()
+    padded[b:, :-1] = ar.PAD
     check.equal(
         got,
         expected,
@@ -352,6 +479,12 @@ def check_guidance_prompts(check: Check) -> None:
         hint="conditional rows first (cfg splits logits[:B] as cond, logits[B:] as uncond), and "
         "the unconditional caption is NULL ids (ar.NULL), the token caption dropout trained on, "
         "not PAD",
+        alternatives={
+            "the unconditional rows first: cfg splits logits[:B] as cond and logits[B:] as "
+            "uncond, so the conditional rows come first": expected.roll(b, dims=0),
+            "PAD where the unconditional caption belongs: it is NULL ids (ar.NULL), the token "
+            "caption dropout trained on, not PAD": padded,
+        },
     )
     one = ids[1:2]
     check.equal(
@@ -366,15 +499,53 @@ def check_guidance_prompts(check: Check) -> None:
 # ------------------------------------------------------- Exercise 5.8: attention with a cache
 
 
-def _pair(check: Check, got: object) -> tuple:
-    check.that(
-        isinstance(got, tuple | list) and len(got) == 2,
-        "returns (out, (k_all, v_all))",
-        expected="a tuple of the output and the new cache",
-        got=describe(got),
-        hint="return out, (k, v)",
-    )
-    return tuple(got)
+def _attend(check: Check, *args: object) -> tuple:
+    """Run the candidate; every call's result must be (out, cache) before anything unpacks it
+    (a learner's branch for `cache is not None` may return something else than the first)."""
+    return check.parts(call(check, *args), ("out", "(k_all, v_all)"))
+
+
+_NO_MASK = "no causal mask, so each query also saw later keys: set the scores of keys j > i to −∞"
+_NO_OFFSET = (
+    "a causal mask without the cache offset, query i treated as position i: the mask must be "
+    "shifted by the cache length P, query i sees keys j ≤ P + i (transformer.causal_mask(T, "
+    "P + T))"
+)
+_CACHE_IGNORED = (
+    "attention over the new keys only, the cache ignored: attend over torch.cat([k_past, k], "
+    "dim=2) and the same for v"
+)
+_MASK_IGNORED = (
+    "the causal rule, the explicit mask ignored (or combined with it): when mask is given, use "
+    "it as given instead"
+)
+_MASK_AND_CAUSAL = (
+    "the explicit mask combined with the causal mask: use the mask as given (True = may attend)"
+)
+_MASK_INVERTED = "the explicit mask inverted: True = may attend, so scores.masked_fill(~mask, −inf)"
+
+
+def _attention_mistakes(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cache: tuple | None,
+    mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The outputs (B, H, T, d) of the classic slips with the cache's positions and the mask."""
+    past = cache[0].shape[2] if cache is not None else 0
+    t = q.shape[2]
+    causal = transformer.causal_mask(t, past + t, q.device)  # (T, P + T)
+    if mask is None:
+        masks = {_NO_MASK: torch.ones_like(causal), _NO_OFFSET: causal.new_ones(t, t + past).tril()}
+    else:
+        masks = {_MASK_IGNORED: None, _MASK_AND_CAUSAL: mask & causal, _MASK_INVERTED: ~mask}
+    outputs = {
+        what: transformer.cached_attention(q, k, v, cache, m)[0] for what, m in masks.items()
+    }
+    if cache is not None and mask is None:
+        outputs[_CACHE_IGNORED] = transformer.cached_attention(q, k, v, None)[0]
+    return outputs
 
 
 def _qkv(g: torch.Generator, dev: torch.device, t: int) -> list[torch.Tensor]:
@@ -387,31 +558,34 @@ def check_cached_attention(check: Check) -> None:
     (k_all, v_all) (B, H, P + T, d))."""
     g, dev = seeded(58), check.device
     q, k, v = _qkv(g, dev, 5)
-    out, _ = _pair(check, call(check, q, k, v))
+    out, _ = _attend(check, q, k, v)
     check.close(
         out,
         transformer.cached_attention(q, k, v, None)[0],
         "no cache, 5 positions (cache and mask left out): causal attention",
         hint="softmax(q kᵀ / √d) v with scores of future keys (j > i) set to −∞; keep the "
         "documented defaults cache=None, mask=None",
+        alternatives=_attention_mistakes(q, k, v, None),
     )
     past_k, past_v = _qkv(g, dev, 4)[:2]
     q1, k1, v1 = _qkv(g, dev, 1)
-    out, cache = call(check, q1, k1, v1, (past_k, past_v))
+    out, cache = _attend(check, q1, k1, v1, (past_k, past_v))
     ref_out, ref_cache = transformer.cached_attention(q1, k1, v1, (past_k, past_v))
-    check.that(
-        isinstance(cache, tuple) and len(cache) == 2 and cache[0].shape == ref_cache[0].shape,
+    k_all, v_all = check.parts(
+        cache, ("k_all", "v_all"), hint="the cache is one value, a pair: return out, (k_all, v_all)"
+    )
+    check.tensor(
+        k_all,
         "after 4 cached positions, one new position: the returned cache holds 5",
-        expected=f"(k_all, v_all) of shape {tuple(ref_cache[0].shape)} each",
-        got=describe(cache[0] if isinstance(cache, tuple) and cache else cache),
+        shape=ref_cache[0].shape,
         hint="append the new keys and values to the cache along the time axis "
         "(torch.cat([k_past, k], dim=2)) and return the longer tensors",
     )
     check.close(
-        cache[0], ref_cache[0], "the new cache's keys are the old keys then the new one",
+        k_all, ref_cache[0], "the new cache's keys are the old keys then the new one",
         hint="cat([k_past, k]) in that order: the cache is in position order",
     )  # fmt: skip
-    check.close(cache[1], ref_cache[1], "the new cache's values are the old then the new one")
+    check.close(v_all, ref_cache[1], "the new cache's values are the old then the new one")
     check.close(
         out,
         ref_out,
@@ -419,9 +593,10 @@ def check_cached_attention(check: Check) -> None:
         hint="the new query sits at position P = 4 and sees all P + 1 keys: attend over the "
         "concatenated keys and values (not only the new one), with the causal mask shifted by "
         "the cache length P",
+        alternatives=_attention_mistakes(q1, k1, v1, (past_k, past_v)),
     )
     q3, k3, v3 = _qkv(g, dev, 3)
-    out, _ = call(check, q3, k3, v3, (past_k, past_v))
+    out, _ = _attend(check, q3, k3, v3, (past_k, past_v))
     check.close(
         out,
         transformer.cached_attention(q3, k3, v3, (past_k, past_v))[0],
@@ -429,13 +604,14 @@ def check_cached_attention(check: Check) -> None:
         hint="the causal mask is (T, P + T) and shifted by the cache length P: query i sees "
         "keys j ≤ P + i (transformer.causal_mask(T, P + T)); a mask built as if the queries "
         "started at position 0 misaligns the positions",
+        alternatives=_attention_mistakes(q3, k3, v3, (past_k, past_v)),
     )
     full_q, full_k, full_v = (torch.cat(x, dim=2) for x in ((q, q1), (k, k1), (v, v1)))
     whole, _ = transformer.cached_attention(full_q, full_k, full_v, None)
     cache, steps = None, []
     for i in range(6):
-        out, cache = call(check, full_q[:, :, i : i + 1], full_k[:, :, i : i + 1],
-                                full_v[:, :, i : i + 1], cache)  # fmt: skip
+        out, cache = _attend(check, full_q[:, :, i : i + 1], full_k[:, :, i : i + 1],
+                             full_v[:, :, i : i + 1], cache)  # fmt: skip
         steps.append(out)
     check.close(
         torch.cat(steps, dim=2),
@@ -444,32 +620,35 @@ def check_cached_attention(check: Check) -> None:
         hint="feed the cache you returned back in: each step must see every earlier position",
     )
     mask = torch.ones(3, 7, dtype=torch.bool, device=dev)
-    out, _ = call(check, q3, k3, v3, (past_k, past_v), mask)
+    out, _ = _attend(check, q3, k3, v3, (past_k, past_v), mask)
     check.close(
         out,
         transformer.cached_attention(q3, k3, v3, (past_k, past_v), mask)[0],
         "an explicit all-True mask (3, 7) replaces the causal rule",
         hint="when mask is given, use it (True = may attend) instead of the causal mask",
+        alternatives=_attention_mistakes(q3, k3, v3, (past_k, past_v), mask),
     )
     sparse = torch.tensor(
         [[1, 0, 1, 0, 0, 1, 0], [0, 1, 0, 1, 1, 0, 1], [1, 1, 0, 0, 0, 0, 1]],
         dtype=torch.bool,
         device=dev,
     )
-    out, _ = call(check, q3, k3, v3, (past_k, past_v), sparse)
+    out, _ = _attend(check, q3, k3, v3, (past_k, past_v), sparse)
     check.close(
         out,
         transformer.cached_attention(q3, k3, v3, (past_k, past_v), sparse)[0],
         "an explicit mask with holes (3, 7), keys allowed before and after each query",
         hint="True = may attend: scores.masked_fill(~mask, −inf), with the mask as given "
         "(not combined with the causal mask, not inverted)",
+        alternatives=_attention_mistakes(q3, k3, v3, (past_k, past_v), sparse),
     )
     q64, k64, v64 = (x.double() for x in (q3, k3, v3))
     past64 = (past_k.double(), past_v.double())
-    out, cache = _pair(check, call(check, q64, k64, v64, past64))
+    out, cache = _attend(check, q64, k64, v64, past64)
     ref_out, ref_cache = transformer.cached_attention(q64, k64, v64, past64)
     check.close(out, ref_out, "keeps dtype float64 and the device (the output)", atol=1e-10)
-    check.close(cache[0], ref_cache[0], "keeps dtype float64 and the device (the cache)")
+    k_all, _ = check.parts(cache, ("k_all", "v_all"))
+    check.close(k_all, ref_cache[0], "keeps dtype float64 and the device (the cache)")
 
 
 # -------------------------------------------------- Exercise 5.9: image ids → tokenizer codes
@@ -495,6 +674,13 @@ def check_ids_to_codes(check: Check) -> None:
         "the codes the tokenizer gave, in raster order",
         hint=f"subtract ar.IMAGE_OFFSET ({ar.IMAGE_OFFSET}) so the ids become codes in [0, "
         f"{ar.CODES}) again, and keep raster order: row by row, no transpose",
+        alternatives={
+            f"the ids with the vocabulary offset still on: subtract ar.IMAGE_OFFSET "
+            f"({ar.IMAGE_OFFSET}) so they become codes in [0, {ar.CODES}) again": codes
+            + ar.IMAGE_OFFSET,
+            "the grids transposed, filled column by column: keep raster order, row by row, no "
+            "transpose": codes.transpose(1, 2),
+        },
     )
     check.equal(
         call(check, ids[1:2]),

@@ -40,6 +40,11 @@ def _tokens_float(frames, height, width, *, temporal_stride=1, spatial_stride=4)
     return frames / temporal_stride * (height / spatial_stride) * (width / spatial_stride)
 
 
+def _tokens_tensor(frames, height, width, *, temporal_stride=1, spatial_stride=4):
+    size = torch.tensor([frames, height, width])
+    return (size // torch.tensor([temporal_stride, spatial_stride, spatial_stride])).prod()  # BUG
+
+
 def _tokens_area_once(frames, height, width, *, temporal_stride=1, spatial_stride=4):
     return (frames // temporal_stride) * (height * width // spatial_stride)  # BUG: s, not s²
 
@@ -82,7 +87,12 @@ def test_video_tokens_references_pass(capsys):
     ("wrong", "message"),
     [
         (_tokens_no_time, r"failed check 2, \"a course clip with temporal stride 4(.|\n)*s_t"),
-        (_tokens_float, r"failed check 1(.|\n)*the float 512\.0(.|\n)*//"),
+        (_tokens_float, r"failed check 1(.|\n)*got:      a float: 512\.0(.|\n)*//"),
+        (
+            _tokens_tensor,
+            r"failed check 1(.|\n)*expected: the int 512\n  got:      a Tensor: tensor of shape "
+            r"\(\)(.|\n)*int\(\.\.\.\)",
+        ),
         (_tokens_area_once, r"failed check 1(.|\n)*expected: 512(.|\n)*both H and W"),
         (_tokens_ceil, r"9 frames with temporal stride 4 raise ValueError(.|\n)*no error"),
         (_tokens_vague, r"the error names the frame count and the stride(.|\n)*'bad clip'"),
@@ -177,6 +187,14 @@ def _pad_no_default(x, kernel_t, stride_t):
     return _pad(x, kernel_t, stride_t)  # BUG: stride_t has no default
 
 
+def _pad_replicate(x, kernel_t, stride_t=1):
+    return F.pad(x, (0, 0, 0, 0, kernel_t - stride_t, 0), mode="replicate")  # BUG: not zeros
+
+
+def _pad_float64(x, kernel_t, stride_t=1):
+    return _pad(x.double(), kernel_t, stride_t)  # BUG: float32 in, float64 out
+
+
 def _pad_float32(x, kernel_t, stride_t=1):
     return _pad(x.float(), kernel_t, stride_t)
 
@@ -195,9 +213,20 @@ def test_causal_pad_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_pad_symmetric, r"failed check 2, \"no output sees a later frame(.|\n)*output frame 4"),
-        (_pad_right, r"failed check 2, \"no output sees a later frame(.|\n)*front of the time"),
-        (_pad_k_minus_1, r"\"8 frames padded for kernel 3, stride 2\"(.|\n)*kernel_t − stride_t"),
+        (_pad_symmetric, r"failed check 4, \"no output sees a later frame(.|\n)*output frame 4"),
+        (_pad_right, r"failed check 4, \"no output sees a later frame(.|\n)*front of the time"),
+        (
+            _pad_k_minus_1,
+            r"\"8 frames padded for kernel 3, stride 2\"(.|\n)*looks like: kernel_t − 1 = 2 frames"
+            r"(.|\n)*kernel_t − stride_t = 1",
+        ),
+        (_pad_replicate, r"failed check 5, (.|\n)*looks like: 2 copies of the first frame"),
+        (
+            _pad_float64,
+            r"failed check 2, \"the padded clip keeps the dtype of x\":\n  expected: a tensor of "
+            r"dtype torch\.float32\n  got:      tensor of shape \(2, 3, 10, 4, 4\), dtype "
+            r"torch\.float64",
+        ),
         (_pad_too_much, r"failed check 1,(.|\n)*shape \(2, 3, 11, 4, 4\)(.|\n)*F\.pad"),
         (_pad_last_axis, r"failed check 1,(.|\n)*shape \(2, 3, 8, 4, 6\)"),
         (_pad_no_default, r"runs on(.|\n)*stride_t(.|\n)*docstring's signature"),
@@ -299,7 +328,7 @@ def test_temporal_upsample_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_up_tile, r"failed check 1,(.|\n)*repeat_interleave(.|\n)*tiling"),
+        (_up_tile, r"failed check 1,(.|\n)*looks like: the clip tiled(.|\n)*repeat_interleave"),
         (_up_float32, r"keeps dtype float64(.|\n)*got:      dtype torch\.float32"),
         (stub, r"Exercise 6\.5 \(upsample time\): not implemented yet"),
     ],
@@ -312,3 +341,41 @@ def test_temporal_upsample_rejects(wrong, message):
 def test_checkers_name_a_non_callable():
     with pytest.raises(ExerciseFailed, match=r"Exercise 6\.1 .*pass your function itself"):
         ch06.check_video_tokens(torch.zeros(1))
+
+
+# --- every checker: whatever comes back, the failure says what was expected and what came ------
+
+
+def _each_tensor(result, change, plain):
+    """`result` with `change` applied to it if it is a tensor, `plain` if it is a number."""
+    return change(result) if isinstance(result, torch.Tensor) else plain(result)
+
+
+_WRONG_KINDS = {  # the reference's result, returned in the wrong container, dtype or shape
+    "None": lambda result: None,
+    "a 1-tuple": lambda result: (result,),
+    "lists": lambda result: _each_tensor(result, torch.Tensor.tolist, lambda n: [n]),
+    "float64": lambda result: _each_tensor(result, torch.Tensor.double, float),
+    "an extra dim": lambda result: _each_tensor(result, lambda x: x[None], torch.tensor),
+}
+
+
+@pytest.mark.parametrize("kind", _WRONG_KINDS)
+@pytest.mark.parametrize(
+    ("checker", "reference"),
+    [
+        (ch06.check_video_tokens, video.video_tokens),
+        (ch06.check_patchify_3d, video.patchify_3d),
+        (ch06.check_causal_pad, video.causal_pad),
+        (ch06.check_temporal_downsample, video.temporal_downsample),
+        (ch06.check_temporal_upsample, video.temporal_upsample),
+    ],
+    ids=case_id,
+)
+def test_a_wrong_kind_of_result_gets_expected_and_got(checker, reference, kind):
+    """Never the catch-all "could not be checked": the failing check says what it expected."""
+
+    def wrong(*args, **kwargs):
+        return _WRONG_KINDS[kind](reference(*args, **kwargs))
+
+    rejects(checker, wrong, r"failed check \d+, \"[^\n]*\":\n  expected: [^\n]+\n  got:      ")

@@ -9,6 +9,8 @@ frame changes (a convolution that sees the future breaks causal video generation
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -27,6 +29,14 @@ _CAUSAL = (
 # ------------------------------------------------------------ Exercise 6.1: token arithmetic
 
 
+def _same_number(got: object, expected: int) -> bool:
+    """Whether `got` is the number `expected` in another type: a float, a one-element tensor, a
+    NumPy number."""
+    if isinstance(got, torch.Tensor):
+        return got.numel() == 1 and got.item() == expected
+    return isinstance(got, numbers.Number) and got == expected
+
+
 @exercise("6.1", "count the tokens of a clip", references=(video.video_tokens,))
 def check_video_tokens(check: Check) -> None:
     """Exercise 6.1: video_tokens(frames, height, width, *, temporal_stride, spatial_stride)."""
@@ -40,13 +50,15 @@ def check_video_tokens(check: Check) -> None:
     for (t, h, w), st, s, what in cases:
         got = call(check, t, h, w, temporal_stride=st, spatial_stride=s)
         expected = video.video_tokens(t, h, w, temporal_stride=st, spatial_stride=s)
-        if isinstance(got, float) and got == expected:
+        if type(got) is not int and _same_number(got, expected):
             check.that(
                 False,
                 what,
                 expected=f"the int {expected}",
-                got=f"the float {got}",
-                hint="divide with // so the count stays an int",
+                got=f"a {type(got).__name__}: {describe(got)}",
+                hint="divide with // so the count stays an int"
+                if isinstance(got, float)
+                else "return a Python int: int(...) around a tensor or NumPy number",
             )
         check.equal(
             got,
@@ -142,8 +154,11 @@ def check_patchify_3d(check: Check) -> None:
     x = torch.randn(2, 4, 3, 4, 4, generator=g).to(dev)
     conv = F.conv3d(x.transpose(1, 2), weight, stride=(2, 2, 2))  # (B, E, t, h, w)
     flat = weight.permute(0, 2, 3, 4, 1).reshape(5, -1)  # (E, pt·p·p·C), (pt p1 p2 c) order
+    patches = check.tensor(
+        call(check, x, 2, 2), f"patches of a clip {tuple(x.shape)}", shape=(2, 8, 24), dtype=x.dtype
+    )
     check.close(
-        call(check, x, 2, 2) @ flat.T,
+        patches @ flat.T,
         rearrange(conv, "b e t h w -> b (t h w) e"),
         "patches times the permuted weights equal Conv3d(kernel = stride = (pt, p, p))",
         atol=1e-4,
@@ -171,6 +186,20 @@ def _future_leak(output: torch.Tensor, perturbed: torch.Tensor, frame: int, stri
     return ""
 
 
+def _pad_mistakes(x: torch.Tensor, kernel_t: int, stride_t: int) -> dict[str, torch.Tensor]:
+    """What the classic causal-padding slips give on x (B, C, T, H, W)."""
+    n = kernel_t - stride_t
+    first = x[:, :, :1].expand(-1, -1, n, -1, -1)  # (B, C, n, H, W)
+    return {
+        f"kernel_t − 1 = {kernel_t - 1} frames in front, the stride ignored: a strided "
+        f"convolution needs kernel_t − stride_t = {n}": F.pad(x, (0, 0, 0, 0, kernel_t - 1, 0)),
+        f"the {n} frames after the clip, not in front: " + _CAUSAL: F.pad(x, (0, 0, 0, 0, 0, n)),
+        f"{n} copies of the first frame in front: the padding frames are zeros": torch.cat(
+            [first, x], dim=2
+        ),
+    }
+
+
 @exercise("6.3", "pad time causally", references=(video.causal_pad,))
 def check_causal_pad(check: Check) -> None:
     """Exercise 6.3: causal_pad(x (B, C, T, H, W), kernel_t, stride_t) -> padded x."""
@@ -185,9 +214,16 @@ def check_causal_pad(check: Check) -> None:
         got=describe(got),
         hint=_CAUSAL,
     )
+    check.tensor(got, "the padded clip keeps the dtype of x", dtype=x.dtype)
     late = x.clone()
     late[:, :, 5] += 1.0  # change frame 5 only
-    out, out_late = (F.conv3d(call(check, v, 3, 1), weight) for v in (x, late))
+    got_late = check.tensor(
+        call(check, late, 3, 1),
+        "the same clip with frame 5 changed is padded the same way",
+        shape=got.shape,
+        dtype=got.dtype,
+    )
+    out, out_late = F.conv3d(got, weight), F.conv3d(got_late, weight)
     leak = _future_leak(out, out_late, 5, 1)
     check.that(
         not leak,
@@ -202,6 +238,7 @@ def check_causal_pad(check: Check) -> None:
         video.causal_pad(x, 3, 1),
         "the padded clip (kernel 3, stride 1)",
         hint="the new frames are zeros, in front; the clip itself follows unchanged",
+        alternatives=_pad_mistakes(x, 3, 1),
     )
     check.close(
         call(check, x, 3),
@@ -217,6 +254,7 @@ def check_causal_pad(check: Check) -> None:
             f"8 frames padded for kernel {k}, stride {s}",
             hint=f"a strided conv needs kernel_t − stride_t = {k - s} padding frames to give "
             f"T / stride_t outputs, and output j then sees frames ≤ {s}·j + {s - 1}: " + _CAUSAL,
+            alternatives=_pad_mistakes(x, k, s),
         )
     x64 = x.double()
     check.close(
@@ -311,8 +349,13 @@ def check_temporal_upsample(check: Check) -> None:
             got,
             video.temporal_upsample(x, factor),
             f"{factor}× in time of (2, 3, 2, 4, 4)",
-            hint="each frame repeated in place, [a, b] → [a, a, b, b] (repeat_interleave on "
-            "dim 2); tiling the clip, [a, b, a, b], shows latent b before its time",
+            hint="each frame repeated in place, [a, b] → [a, a, b, b] (repeat_interleave on dim 2)",
+            alternatives={
+                "the clip tiled, [a, b] → [a, b, a, b], which shows latent b before its time: "
+                "repeat each frame in place, [a, a, b, b] (repeat_interleave on dim 2)": x.repeat(
+                    1, 1, factor, 1, 1
+                )
+            },
         )
     x64 = x.double()
     check.close(

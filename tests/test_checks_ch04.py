@@ -38,6 +38,11 @@ def _q_off_by_one(x0, t, alpha_bar, eps):
     return a.sqrt() * x0 + (1 - a).sqrt() * eps
 
 
+def _q_one_step_early(x0, t, alpha_bar, eps):
+    a = alpha_bar.to(x0)[t + 1][:, None, None, None]  # BUG: ᾱ_{t+1}
+    return a.sqrt() * x0 + (1 - a).sqrt() * eps
+
+
 def _q_in_place(x0, t, alpha_bar, eps):
     a = alpha_bar.to(x0)[t][:, None, None, None]
     return x0.mul_(a.sqrt()).add_((1 - a).sqrt() * eps)  # BUG: overwrites the clean images
@@ -60,9 +65,22 @@ def test_q_sample_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_q_no_sqrt, r"failed check 2, \"x_t for a batch(.|\n)*square roots"),
-        (_q_off_by_one, r"failed check 2, (.|\n)*no t − 1 or t \+ 1"),
-        (_q_one_t, r"failed check 3, \"each image at its own timestep(.|\n)*\(B, 1, 1, 1\)"),
+        (
+            _q_no_sqrt,
+            r"failed check 2, \"x_t for a batch(.|\n)*looks like: ᾱ_t and 1 − ᾱ_t as the scales, "
+            r"without their square roots",
+        ),
+        (
+            _q_off_by_one,
+            r"failed check 2, (.|\n)*looks like: alpha_bar\[t − 1\] where alpha_bar\[t\] belongs "
+            r"\(one step off\)",
+        ),
+        (_q_one_step_early, r"failed check 2, (.|\n)*looks like: alpha_bar\[t \+ 1\] where"),
+        (
+            _q_one_t,
+            r"failed check 3, \"each image at its own timestep(.|\n)*looks like: every image "
+            r"scaled by the first image's ᾱ",
+        ),
         (_q_float32, r"keeps dtype float64(.|\n)*got:      dtype torch\.float32"),
         (_q_no_cast, r"failed check 1, (.|\n)*float64 alpha_bar(.|\n)*alpha_bar\.to\(x0\)"),
         (_q_in_place, r"failed check 1, \"leaves its input x0 unchanged"),
@@ -119,10 +137,22 @@ def test_diffusion_loss_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_loss_x0_target, r"failed check 2, (.|\n)*with eps \(not with x0\)"),
-        (_loss_clean_input, r"failed check 2, (.|\n)*noise the images first"),
-        (_loss_sum, r"failed check 2, (.|\n)*averaged over every value"),
-        (_loss_shifted_t, r"failed check 2, \"the mean squared error"),
+        (
+            _loss_x0_target,
+            r"failed check 2, (.|\n)*looks like: the prediction compared with x0 where eps",
+        ),
+        (
+            _loss_clean_input,
+            r"failed check 2, (.|\n)*looks like: the model run on the clean x0 where the noised",
+        ),
+        (
+            _loss_sum,
+            r"failed check 2, (.|\n)*looks like: a factor of B·C·H·W = 192 too large: a sum",
+        ),
+        (
+            _loss_shifted_t,
+            r"failed check 2, \"the mean squared error(.|\n)*looks like: the model given t \+ 1",
+        ),
         (_loss_no_grad, r"failed check 3, \"the loss reaches the model's weights"),
         (_loss_no_cast, r"failed check 1, (.|\n)*torch\.float64'\](.|\n)*alpha_bar\.to\(x0\)"),
         (stub, r"Exercise 4\.2 \(the ε-prediction loss\): not implemented yet"),
@@ -192,10 +222,24 @@ def test_ddpm_step_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_ddpm_off_by_one, r"failed check 2, \"x_\{t−1\} at t = 5(.|\n)*values differ"),
-        (_ddpm_beta_variance, r"failed check 2, (.|\n)*the posterior's β̃_t"),
-        (_ddpm_wraps_at_zero, r"failed check 5, \"the last step t = 0(.|\n)*wrap round"),
-        (_ddpm_noise_always, r"failed check 5, \"the last step t = 0 returns x̂_0"),
+        (
+            _ddpm_off_by_one,
+            r"failed check 2, \"x_\{t−1\} at t = 5(.|\n)*values differ(.|\n)*looks like: "
+            r"alpha_bar\[t \+ 1\] as ᾱ_t and alpha_bar\[t\] as ᾱ_\{t−1\} \(one step off\)",
+        ),
+        (
+            _ddpm_beta_variance,
+            r"failed check 2, (.|\n)*looks like: β_t as the variance, where the posterior's",
+        ),
+        (
+            _ddpm_wraps_at_zero,
+            r"failed check 5, \"the last step t = 0(.|\n)*got nan\n  looks like: ᾱ_\{t−1\} read "
+            r"as alpha_bar\[t − 1\] = alpha_bar\[−1\] at t = 0 \(the index wraps round",
+        ),
+        (
+            _ddpm_noise_always,
+            r"failed check 5, \"the last step t = 0 returns x̂_0(.|\n)*hint:(.|\n)*a common cause",
+        ),
         (_ddpm_float32, r"keeps dtype float64(.|\n)*got:      dtype torch\.float32"),
         (_ddpm_slices, r"failed check 1, (.|\n)*float64 alpha_bar(.|\n)*alpha_bar\.to"),
         (stub, r"Exercise 4\.3 \(one DDPM step\): not implemented yet"),
@@ -320,11 +364,22 @@ def test_ddim_step_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_ddim_off_by_one, r"failed check 2, \"η = 0 from t = 9(.|\n)*alpha_bar\[t_next\]"),
-        (_ddim_no_direction, r"failed check 2, (.|\n)*√\(1 − ᾱ_next − σ²\) ε"),
-        (_ddim_sigma_squared, r"failed check 4, \"η = 0.5 from t = 7"),
+        (
+            _ddim_off_by_one,
+            r"failed check 2, \"η = 0 from t = 9(.|\n)*looks like: alpha_bar\[t_next \+ 1\] "
+            r"where alpha_bar\[t_next\] belongs \(one step off\)",
+        ),
+        (
+            _ddim_no_direction,
+            r"failed check 2, (.|\n)*looks like: fresh noise where the predicted ε belongs",
+        ),
+        (_ddim_sigma_squared, r"failed check 4, \"η = 0.5 from t = 7(.|\n)*looks like: σ² where σ"),
         (_ddim_one_element, r"failed check 1, (.|\n)*float64 alpha_bar"),
-        (_ddim_wraps_final, r"failed check 5, \"the final step, t_next = −1(.|\n)*ᾱ_next = 1"),
+        (
+            _ddim_wraps_final,
+            r"failed check 5, \"the final step, t_next = −1(.|\n)*looks like: ᾱ_next read as "
+            r"alpha_bar\[−1\](.|\n)*use ᾱ_next = 1",
+        ),
         (stub, r"Exercise 4\.5 \(one DDIM step\): not implemented yet"),
     ],
     ids=case_id,
@@ -365,8 +420,16 @@ def test_cfg_combine_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_cfg_from_cond, r"failed check 1, \"scale 1 gives the plain(.|\n)*start from the uncond"),
-        (_cfg_swapped, r"failed check 1, \"scale 1(.|\n)*s on ε_c and \(1 − s\) on ε_u"),
+        (
+            _cfg_from_cond,
+            r"failed check 1, \"scale 1 gives the plain(.|\n)*looks like: ε_c \+ s · "
+            r"\(ε_c − ε_u\), which starts from the conditional prediction",
+        ),
+        (
+            _cfg_swapped,
+            r"failed check 1, \"scale 1(.|\n)*looks like: the weights swapped: s on ε_u and "
+            r"\(1 − s\) on ε_c",
+        ),
         (_cfg_average, r"failed check 1, \"scale 1 gives the plain"),
         (_cfg_in_place, r"failed check 1, \"leaves its input eps_uncond unchanged"),
         (stub, r"Exercise 4\.6 \(classifier-free guidance\): not implemented yet"),

@@ -9,6 +9,7 @@ each DDIM step goes to the next scheduled timestep, s = 0 and s = 1 of guidance.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -39,11 +40,11 @@ _CAST = (
 
 def _follows_dtype(check: Check, got: Any, like: torch.Tensor, what: str) -> None:
     """The result keeps the images' dtype although the schedule is float64."""
-    check.that(
-        isinstance(got, torch.Tensor) and got.dtype == like.dtype,
+    check.tensor(
+        got,
         f"{what}: keeps the images' dtype {like.dtype} with a float64 alpha_bar",
-        expected=f"a tensor of dtype {like.dtype}",
-        got=describe(got),
+        shape=like.shape,
+        dtype=like.dtype,
         hint=_CAST,
     )
 
@@ -53,6 +54,34 @@ def _tensors(g: torch.Generator, dev: torch.device, n: int, *shape: int) -> list
 
 
 # ---------------------------------------------------------------- Exercise 4.1: q(x_t | x_0)
+
+
+def _mix(x0: torch.Tensor, eps: torch.Tensor, a: torch.Tensor, root: bool = True) -> torch.Tensor:
+    """√ᾱ x_0 + √(1 − ᾱ) ε with ᾱ (B,) one per image (without the roots if not `root`)."""
+    a = a.to(x0)[:, None, None, None]  # (B, 1, 1, 1)
+    return a.sqrt() * x0 + (1 - a).sqrt() * eps if root else a * x0 + (1 - a) * eps
+
+
+def _q_mistakes(x0: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor, eps: torch.Tensor):
+    """What q_sample's classic mistakes give for these inputs."""
+    step = "t counts from 0, so ᾱ_t is alpha_bar[t] itself"
+    mistakes = {
+        f"ᾱ_t and 1 − ᾱ_t as the scales, without their square roots: {_Q}": _mix(
+            x0, eps, alpha_bar[t], root=False
+        ),
+        f"alpha_bar[t − 1] where alpha_bar[t] belongs (one step off): {step}": _mix(
+            x0, eps, alpha_bar[t - 1]
+        ),
+        "every image scaled by the first image's ᾱ: index alpha_bar[t] → (B,) and reshape to "
+        "(B, 1, 1, 1) so that image i gets its own ᾱ_t": _mix(
+            x0, eps, alpha_bar[t[:1]].expand(len(t))
+        ),
+    }
+    if int(t.max()) + 1 < len(alpha_bar):
+        mistakes[f"alpha_bar[t + 1] where alpha_bar[t] belongs (one step off): {step}"] = _mix(
+            x0, eps, alpha_bar[t + 1]
+        )
+    return mistakes
 
 
 @exercise("4.1", "sample x_t from q(x_t | x_0)", references=(diffusion.q_sample,))
@@ -71,6 +100,7 @@ def check_q_sample(check: Check) -> None:
         "x_t for a batch of 4 images, all at t = 5",
         hint=f"{_Q}: square roots of ᾱ_t and of 1 − ᾱ_t, and alpha_bar[t] itself (t counts "
         "from 0, so no t − 1 or t + 1)",
+        alternatives=_q_mistakes(x0, t, alpha_bar, eps),
     )
     t = torch.tensor([0, 3, 7, 9], device=dev)
     expected = diffusion.q_sample(x0, t, alpha_bar, eps)
@@ -80,6 +110,7 @@ def check_q_sample(check: Check) -> None:
         "each image at its own timestep t = [0, 3, 7, 9]",
         hint="index alpha_bar[t] → (B,), then reshape to (B, 1, 1, 1) with [:, None, None, None] "
         "so that image i is scaled by its own ᾱ_t",
+        alternatives=_q_mistakes(x0, t, alpha_bar, eps),
     )
     x0_64, eps_64 = x0.double(), eps.double()
     expected = diffusion.q_sample(x0_64, t, alpha_bar, eps_64)
@@ -126,6 +157,20 @@ def check_diffusion_loss(check: Check) -> None:
     model, reference = _Toy(3, g).to(dev), _Toy(3, seeded(0)).to(dev)
     reference.load_state_dict(model.state_dict())
     expected = diffusion.diffusion_loss(reference, x0, t, labels, alpha_bar, eps)
+    with torch.no_grad():  # the classic mistakes, on the reference's copy of the model
+        x_t = diffusion.q_sample(x0, t, alpha_bar, eps)
+        mistakes = {
+            "the prediction compared with x0 where eps belongs: the network predicts the noise ε": (
+                reference(x_t, t, labels) - x0
+            )
+            .pow(2)
+            .mean(),
+            f"the model run on the clean x0 where the noised x_t belongs: noise the images "
+            f"first, {_Q}": (reference(x0, t, labels) - eps).pow(2).mean(),
+            "the model given t + 1 where t belongs (one step off)": (
+                (reference(x_t, t + 1, labels) - eps).pow(2).mean()
+            ),
+        }
     got = call(check, model, x0, t, labels, alpha_bar, eps)
     check.that(
         model.seen == [x0.dtype],
@@ -140,6 +185,8 @@ def check_diffusion_loss(check: Check) -> None:
         "the mean squared error between ε and the model's prediction ε_θ(x_t, t, labels)",
         hint=f"noise the images first ({_Q}), call model(x_t, t, labels) and compare its "
         "output with eps (not with x0), averaged over every value: a scalar",
+        alternatives=mistakes,
+        sizes={"B·C·H·W": x0.numel(), "C·H·W": x0[0].numel(), "B": len(x0)},
     )
     check.that(
         isinstance(got, torch.Tensor) and got.requires_grad,
@@ -169,6 +216,50 @@ def check_diffusion_loss(check: Check) -> None:
 # -------------------------------------------------------------- Exercise 4.3: the DDPM step
 
 
+def _root(value: float) -> float:
+    """√value as torch takes it: NaN below 0 (what a wrapped-round ᾱ gives the learner too)."""
+    return math.sqrt(value) if value >= 0 else math.nan
+
+
+def _posterior(
+    x: torch.Tensor,
+    eps: torch.Tensor,
+    a_t: float,
+    a_prev: float,
+    noise: torch.Tensor,
+    var: float | None = None,
+) -> torch.Tensor:
+    """The DDPM step from ᾱ_t and ᾱ_{t−1} given as numbers; `var` replaces the variance β̃_t."""
+    beta = 1 - a_t / a_prev  # β_t
+    x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)  # x̂_0
+    mean = math.sqrt(a_prev) * beta / (1 - a_t) * x0
+    mean = mean + math.sqrt(1 - beta) * (1 - a_prev) / (1 - a_t) * x
+    var = (1 - a_prev) / (1 - a_t) * beta if var is None else var
+    return mean + _root(var) * noise
+
+
+def _ddpm_mistakes(x, eps, t: int, alpha_bar: torch.Tensor, noise) -> dict[str, torch.Tensor]:
+    """What the DDPM step's classic mistakes give at timestep t."""
+    a = alpha_bar.tolist()
+    a_t, a_prev = a[t], a[t - 1] if t > 0 else 1.0
+    mistakes = {
+        f"β_t as the variance, where the posterior's belongs: {_VAR}": _posterior(
+            x, eps, a_t, a_prev, noise, var=1 - a_t / a_prev
+        )
+    }
+    if t == 0:
+        mistakes[
+            "ᾱ_{t−1} read as alpha_bar[t − 1] = alpha_bar[−1] at t = 0 (the index wraps round "
+            "to ᾱ_{T−1}): use ᾱ_{−1} = 1, which makes β̃_0 = 0, no noise"
+        ] = _posterior(x, eps, a_t, a[-1], noise)
+    if t + 1 < len(a):
+        mistakes[
+            "alpha_bar[t + 1] as ᾱ_t and alpha_bar[t] as ᾱ_{t−1} (one step off): t counts from "
+            "0, so ᾱ_t = alpha_bar[t] and ᾱ_{t−1} = alpha_bar[t − 1]"
+        ] = _posterior(x, eps, a[t + 1], a_t, noise)
+    return mistakes
+
+
 @exercise("4.3", "one DDPM step", references=(diffusion.ddpm_step,))
 def check_ddpm_step(check: Check) -> None:
     """Exercise 4.3: ddpm_step(x (B, C, H, W), eps, t: int, alpha_bar (T,), noise) -> x_{t−1}."""
@@ -188,6 +279,7 @@ def check_ddpm_step(check: Check) -> None:
             what,
             atol=1e-4,
             hint=f"{hint}; the variance is the posterior's {_VAR}",
+            alternatives=_ddpm_mistakes(x, eps, t, alpha_bar, noise),
         )
     expected = diffusion.ddpm_step(x, eps, 0, alpha_bar, noise)
     for n, z in enumerate((noise, 3 * noise)):
@@ -196,8 +288,9 @@ def check_ddpm_step(check: Check) -> None:
             expected,
             f"the last step t = 0 returns x̂_0 and adds no noise (noise draw {n + 1})",
             atol=1e-4,
-            hint="at t = 0 there is no ᾱ_{t−1}: alpha_bar[t − 1] would wrap round to "
-            "alpha_bar[−1] = ᾱ_{T−1}; use ᾱ_{−1} = 1, which makes β̃_0 = 0 (no noise)",
+            hint="at t = 0 there is no ᾱ_{t−1}: use ᾱ_{−1} = 1, which makes β̃_0 = 0 (no "
+            "noise); a common cause is alpha_bar[t − 1], which wraps round to alpha_bar[−1]",
+            alternatives=_ddpm_mistakes(x, eps, 0, alpha_bar, z),
         )
     x64, eps64, noise64 = x.double(), eps.double(), noise.double()
     expected = diffusion.ddpm_step(x64, eps64, 4, alpha_bar, noise64)
@@ -266,8 +359,9 @@ def check_ddim_timesteps(check: Check) -> None:
             f"{following[bad[0]]}"
             if bad
             else "",
-            hint="the rounded timesteps are not evenly spaced, so t − T // steps skips to a "
-            "timestep that is never scheduled: pair each timestep with the one after it",
+            hint="pair each timestep with the one after it; a common cause is a fixed stride "
+            "t − T // steps, which skips to timesteps that are never scheduled (the rounded "
+            "timesteps are not evenly spaced)",
         )
         check.equal(
             got,
@@ -278,6 +372,51 @@ def check_ddim_timesteps(check: Check) -> None:
 
 
 # -------------------------------------------------------------- Exercise 4.5: the DDIM step
+
+
+def _ddim(
+    x: torch.Tensor,
+    eps: torch.Tensor,
+    a_t: float,
+    a_next: float,
+    eta: float,
+    noise: torch.Tensor,
+    *,
+    sigma_squared: bool = False,
+    fresh_noise: bool = False,
+) -> torch.Tensor:
+    """The DDIM step from ᾱ_t and ᾱ_next given as numbers, with a mistake put in if asked:
+    σ² used as σ, or fresh noise in place of ε in the direction term."""
+    x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)  # x̂_0
+    ratio = (1 - a_next) / (1 - a_t) * (1 - a_t / a_next)  # (σ/η)²
+    sigma = eta * (ratio if sigma_squared else _root(ratio))
+    direction = noise if fresh_noise else eps
+    return math.sqrt(a_next) * x0 + _root(1 - a_next - sigma**2) * direction + sigma * noise
+
+
+def _ddim_mistakes(x, eps, t: int, t_next: int, alpha_bar, eta: float, noise) -> dict:
+    """What the DDIM step's classic mistakes give from t to t_next."""
+    a = alpha_bar.tolist()
+    a_t, a_next = a[t], a[t_next] if t_next >= 0 else 1.0
+    mistakes = {
+        "fresh noise where the predicted ε belongs in the direction term √(1 − ᾱ_next − σ²) ε": (
+            _ddim(x, eps, a_t, a_next, eta, noise, fresh_noise=True)
+        ),
+        "σ² where σ belongs: σ = η √((1−ᾱ_next)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_next)": _ddim(
+            x, eps, a_t, a_next, eta, noise, sigma_squared=True
+        ),
+    }
+    if t_next < 0:
+        mistakes[
+            "ᾱ_next read as alpha_bar[−1] = ᾱ_{T−1} for t_next = −1 (the index wraps round): "
+            "use ᾱ_next = 1 there, so σ = 0 and the step lands on x̂_0"
+        ] = _ddim(x, eps, a_t, a[-1], eta, noise)
+    elif t_next + 1 < t:
+        mistakes[
+            "alpha_bar[t_next + 1] where alpha_bar[t_next] belongs (one step off): ᾱ_next = "
+            "alpha_bar[t_next]"
+        ] = _ddim(x, eps, a_t, a[t_next + 1], eta, noise)
+    return mistakes
 
 
 @exercise("4.5", "one DDIM step", references=(diffusion.ddim_step,))
@@ -302,6 +441,7 @@ def check_ddim_step(check: Check) -> None:
             atol=1e-4,
             hint=f"{_X0}, then x_next = √ᾱ_next x̂_0 + √(1 − ᾱ_next − σ²) ε + σ · noise, "
             f"{sigma}; ᾱ_t = alpha_bar[t] and ᾱ_next = alpha_bar[t_next]",
+            alternatives=_ddim_mistakes(x, eps, t, t_next, alpha_bar, eta, noise),
         )
     for eta in (0.0, 1.0):
         expected = diffusion.ddim_step(x, eps, 3, -1, alpha_bar, eta, noise)
@@ -312,6 +452,7 @@ def check_ddim_step(check: Check) -> None:
             atol=1e-4,
             hint="t_next = −1 means x_0: use ᾱ_next = 1 there (alpha_bar[−1] would be "
             "ᾱ_{T−1}, nearly pure noise), so σ = 0 and the result is x̂_0",
+            alternatives=_ddim_mistakes(x, eps, 3, -1, alpha_bar, eta, noise),
         )
     expected = diffusion.ddpm_step(x, eps, 5, alpha_bar, noise)
     check.close(
@@ -347,11 +488,20 @@ def check_cfg_combine(check: Check) -> None:
         (4.0, "scale 4 extrapolates past ε_c, away from ε_u"),
     ]:
         expected = diffusion.cfg_combine(eps_cond, eps_uncond, scale)
+        mistakes = {
+            f"ε_c + s · (ε_c − ε_u), which starts from the conditional prediction; {formula}": (
+                eps_cond + scale * (eps_cond - eps_uncond)
+            ),
+            "the weights swapped: s on ε_u and (1 − s) on ε_c, where s goes on ε_c": (
+                (1 - scale) * eps_cond + scale * eps_uncond
+            ),
+        }
         check.close(
             call(check, eps_cond, eps_uncond, scale),
             expected,
             what,
             hint=f"{formula}; the weights are s on ε_c and (1 − s) on ε_u",
+            alternatives=mistakes,
         )
     c64, u64 = eps_cond.double(), eps_uncond.double()
     expected = diffusion.cfg_combine(c64, u64, 2.5)

@@ -78,11 +78,17 @@ def test_patchify_references_pass(capsys, device):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_unfold_channels_first, r"failed check 3, \"every value(.|\n)*\(c p1 p2\) order"),
-        (_unfold_reshape, r"failed check 2, \"every value(.|\n)*reshape does not move axes"),
-        (_grid_transposed, r"failed check 2, (.|\n)*patch grid is transposed"),
-        (_patch_transposed, r"failed check 2, (.|\n)*each patch is transposed"),
-        (_plain_reshape, r"failed check 2, (.|\n)*plain reshape of x"),
+        (
+            _unfold_channels_first,
+            r"failed check 3, \"every value(.|\n)*looks like: the \(c p1 p2\) order",
+        ),
+        (
+            _unfold_reshape,
+            r"failed check 2, (.|\n)*looks like: F\.unfold\'s \(B, C·P·P, N\) reshaped",
+        ),
+        (_grid_transposed, r"failed check 2, (.|\n)*looks like: the patch grid transposed"),
+        (_patch_transposed, r"failed check 2, (.|\n)*looks like: each patch transposed"),
+        (_plain_reshape, r"failed check 2, (.|\n)*looks like: a plain reshape of x"),
         (_no_divisibility_check, r"raises ValueError for a 6×8 image(.|\n)*no error"),
         (_height_check_only, r"raises ValueError for a 8×6 image(.|\n)*no error(.|\n)*both"),
         (_float32, r"keeps dtype float64(.|\n)*got:      dtype torch\.float32"),
@@ -148,9 +154,9 @@ def test_unpatchify_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_unpatchify_grid_transposed, r"failed check 1, \"unpatchify(.|\n)*grid comes out trans"),
-        (_unpatchify_channels_first, r"failed check 2, (.|\n)*scrambles the colours"),
-        (_unpatchify_reshape, r"failed check 1, (.|\n)*plain reshape does not undo"),
+        (_unpatchify_grid_transposed, r"failed check 1, (.|\n)*looks like: the patch grid transp"),
+        (_unpatchify_channels_first, r"failed check 2, (.|\n)*looks like: (.|\n)*scrambles the"),
+        (_unpatchify_reshape, r"failed check 1, (.|\n)*looks like: a plain reshape, which does"),
         (_unpatchify_no_count_check, r"raises ValueError for 5 patches(.|\n)*EinopsError"),
         (_unpatchify_too_many_only, r"raises ValueError for 3 patches(.|\n)*no error"),
         (stub, r"Exercise 3\.2 \(unpatchify\): not implemented yet"),
@@ -220,9 +226,12 @@ def test_conv_patch_embed_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_weights_not_permuted, r"failed check 1, \"equals the Linear form(.|\n)*\(p1 p2 c\) ord"),
-        (_kernel_transposed, r"failed check 1, (.|\n)*the kernel is transposed"),
-        (_channels_not_last, r"failed check 1, (.|\n)*move D last"),
+        (_weights_not_permuted, r"failed check 1, (.|\n)*looks like: the weight reshaped straight"),
+        (_kernel_transposed, r"failed check 1, (.|\n)*looks like: the kernel transposed"),
+        (
+            _channels_not_last,
+            r"failed check 1, (.|\n)*shape \(2, 5, 4\)\n  looks like: (.|\n)*D last",
+        ),
         (_linear_form, r"computes the embedding with a convolution(.|\n)*F\.conv2d"),
         (_conv_no_check, r"raises ValueError for a 6×8 image(.|\n)*silently drops"),
         (_conv_height_check_only, r"raises ValueError for a 8×6 image(.|\n)*no error"),
@@ -291,9 +300,9 @@ def test_sincos_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_sincos_swapped, r"failed check 1, (.|\n)*height and width are swapped"),
-        (_sincos_per_dim, r"failed check 1, (.|\n)*frequencies are off(.|\n)*dim/4"),
-        (_sincos_interleaved, r"failed check 1, (.|\n)*interleaved"),
+        (_sincos_swapped, r"failed check 1, (.|\n)*looks like: height and width swapped"),
+        (_sincos_per_dim, r"failed check 1, (.|\n)*looks like: frequencies base\^\(−k/\(dim/2\)\)"),
+        (_sincos_interleaved, r"failed check 1, (.|\n)*looks like: sin and cos interleaved"),
         (_sincos_base_1000, r"failed check 1, (.|\n)*ω_k = base\^\(−k/F\)"),
         (_sincos_fixed_base, r"failed check 3, \"uses the base argument"),
         (_sincos_float64, r"failed check 1, (.|\n)*dtype torch\.float32"),
@@ -380,12 +389,18 @@ def test_contrastive_loss_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_one_directional, r"failed check 1, (.|\n)*only image→text"),
-        (_summed, r"failed check 1, (.|\n)*summed(.|\n)*average"),
-        (_no_temperature, r"failed check 1, (.|\n)*no temperature"),
-        (_temperature_multiplies, r"failed check 1, (.|\n)*temperature multiplies"),
-        (_not_normalised, r"failed check 1, (.|\n)*not normalised"),
-        (_zero_labels, r"failed check 1, (.|\n)*torch\.arange\(N\)"),
+        (_one_directional, r"failed check 1, (.|\n)*looks like: only image→text"),
+        (_summed, r"failed check 1, (.|\n)*looks like: the two directions summed(.|\n)*average"),
+        (_no_temperature, r"failed check 1, (.|\n)*looks like: no temperature"),
+        (
+            _temperature_multiplies,
+            r"failed check 1, (.|\n)*looks like: the similarities multiplied",
+        ),
+        (_not_normalised, r"failed check 1, (.|\n)*looks like: embeddings that are not normalised"),
+        (
+            _zero_labels,
+            r"failed check 1, (.|\n)*looks like: every target 0(.|\n)*torch\.arange\(N\)",
+        ),
         (_detached_temperature, r"gradient reaches temperature"),
         (_normalises_in_place, r"failed check 1, \"leaves its input image_emb unchanged"),
         (
@@ -437,10 +452,10 @@ def test_project_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_no_activation, r"failed check 2, (.|\n)*no activation"),
-        (_relu, r"failed check 2, (.|\n)*ReLU instead of GELU"),
+        (_no_activation, r"failed check 2, (.|\n)*looks like: no activation between"),
+        (_relu, r"failed check 2, (.|\n)*looks like: ReLU instead of GELU"),
         (_keeps_cls, r"failed check 1, (.|\n)*got:      tensor of shape \(2, 5, 5\)(.|\n)*\[CLS\]"),
-        (_drops_last, r"failed check 2, (.|\n)*token 0"),
+        (_drops_last, r"failed check 2, (.|\n)*looks like: the last token dropped(.|\n)*token 0"),
         (_weights_not_transposed, r"failed check 1, \"runs on(.|\n)*RuntimeError"),
         (stub, r"Exercise 3\.6 \(the vision-language projector\): not implemented yet"),
     ],

@@ -3,13 +3,10 @@ a convolution, the 2-D sin-cos positional embedding, the contrastive loss and th
 
 Every checker compares the candidate with `mmcourse.patches` / `mmcourse.fusion` on seeded inputs.
 When a wrong result equals a known wrong version (channels first inside each patch, a transposed
-patch grid, a one-directional loss...), the hint names that mistake.
+patch grid, a one-directional loss...), the failure names that mistake on its "looks like" line.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,54 +22,34 @@ _ORDER = "x (B, C, H, W) → (B, N, P·P·C) with rearrange 'b c (h p1) (w p2) -
 # ------------------------------------------------------------------------------- helpers
 
 
-def _diagnose(got: Any, known: Sequence[tuple[torch.Tensor, str]], default: str) -> str:
-    """The hint of the known wrong result that `got` equals, else `default`."""
-    if isinstance(got, torch.Tensor):
-        for wrong, hint in known:
-            if got.shape == wrong.shape and torch.allclose(
-                got.detach().double(), wrong.detach().double(), atol=1e-5, rtol=1e-4
-            ):
-                return hint
-    return default
-
-
 def _counting(b: int, c: int, h: int, w: int, device: torch.device) -> torch.Tensor:
     """An image whose every value is different (its index), so any misplaced value shows."""
     return torch.arange(b * c * h * w, dtype=torch.float32, device=device).view(b, c, h, w)
 
 
-def _patch_mistakes(x: torch.Tensor, p: int) -> list[tuple[torch.Tensor, str]]:
-    """The wrong patch layouts learners produce, each with its hint."""
+def _patch_mistakes(x: torch.Tensor, p: int) -> dict[str, torch.Tensor]:
+    """The wrong patch layouts learners produce, by what each one is."""
     b = len(x)
     unfolded = F.unfold(x, kernel_size=p, stride=p)  # (B, C·P·P, N)
-    return [
-        (
-            unfolded.transpose(1, 2),
-            "this is the (c p1 p2) order, channels first inside each patch, which F.unfold "
-            "gives; the course's order is (p1 p2 c), channels last: move the channel axis "
-            f"after the pixels ({_ORDER})",
+    return {
+        "the (c p1 p2) order, channels first inside each patch, which F.unfold gives; the "
+        "course's order is (p1 p2 c), channels last: move the channel axis after the pixels "
+        f"({_ORDER})": unfolded.transpose(1, 2),
+        "F.unfold's (B, C·P·P, N) reshaped: reshape does not move axes, it only regroups the "
+        f"values in memory order; move the axes instead ({_ORDER})": unfolded.reshape(
+            b, unfolded.shape[2], -1
         ),
-        (
-            unfolded.reshape(b, unfolded.shape[2], -1),
-            "F.unfold returns (B, C·P·P, N); reshape does not move axes, it only regroups "
-            f"the values in memory order. Move the axes instead ({_ORDER})",
+        "the patch grid transposed: patches go row by row, (h w), so patch n sits at row "
+        "n // (W/P), column n % (W/P)": rearrange(
+            x, "b c (h p1) (w p2) -> b (w h) (p1 p2 c)", p1=p, p2=p
         ),
-        (
-            rearrange(x, "b c (h p1) (w p2) -> b (w h) (p1 p2 c)", p1=p, p2=p),
-            "the patch grid is transposed: patches go row by row, (h w), so patch n sits "
-            "at row n // (W/P), column n % (W/P)",
+        "each patch transposed: inside a patch, pixel (i, j) comes at (i·P + j)·C, rows "
+        "first": rearrange(x, "b c (h p1) (w p2) -> b (h w) (p2 p1 c)", p1=p, p2=p),
+        "a plain reshape of x, which cuts the memory into runs of P·P·C values that are not "
+        f"P×P squares; split H and W into (h p1) and (w p2) first ({_ORDER})": x.reshape(
+            b, -1, p * p * x.shape[1]
         ),
-        (
-            rearrange(x, "b c (h p1) (w p2) -> b (h w) (p2 p1 c)", p1=p, p2=p),
-            "each patch is transposed: inside a patch, pixel (i, j) comes at (i·P + j)·C, "
-            "rows first",
-        ),
-        (
-            x.reshape(b, -1, p * p * x.shape[1]),
-            "a plain reshape of x cuts the memory into runs of P·P·C values, which are not "
-            f"P×P squares; split H and W into (h p1) and (w p2) first ({_ORDER})",
-        ),
-    ]
+    }
 
 
 # ------------------------------------------------------------------ Exercise 3.1: patchify
@@ -100,7 +77,8 @@ def check_patchify(check: Check) -> None:
             f"every value in its place for {what} of 4×6, patch_size 2",
             atol=0,
             rtol=0,
-            hint=_diagnose(got, _patch_mistakes(x, 2), _ORDER),
+            hint=_ORDER,
+            alternatives=_patch_mistakes(x, 2),
         )
     x = torch.randn(3, 2, 6, 6, generator=seeded(31), dtype=torch.float64).to(dev)
     check.close(call(check, x, 3), patches.patchify(x, 3), "keeps dtype float64 and the device")
@@ -128,35 +106,27 @@ def check_unpatchify(check: Check) -> None:
         x = _counting(2, c, 4, 6, dev)
         tokens = patches.patchify(x, 2)  # (2, 6, 4·c)
         got = call(check, tokens, 2, 4, 6)
-        mistakes = [
-            (
-                rearrange(tokens, "b (w h) (p1 p2 c) -> b c (h p1) (w p2)", h=2, p1=2, p2=2),
-                "the patch grid comes out transposed: patch n belongs at row n // (W/P), "
-                "column n % (W/P), so split N as (h w), not (w h)",
+        mistakes = {
+            "the patch grid transposed: patch n belongs at row n // (W/P), column n % (W/P), "
+            "so split N as (h w), not (w h)": rearrange(
+                tokens, "b (w h) (p1 p2 c) -> b c (h p1) (w p2)", h=2, p1=2, p2=2
             ),
-            (
-                rearrange(tokens, "b (h w) (c p1 p2) -> b c (h p1) (w p2)", h=2, p1=2, p2=2),
-                "inside a patch the values are (p1 p2 c), channels last; reading them as "
-                "(c p1 p2) scrambles the colours",
+            "the values inside each patch read as (c p1 p2), which scrambles the colours: they "
+            "are (p1 p2 c), channels last": rearrange(
+                tokens, "b (h w) (c p1 p2) -> b c (h p1) (w p2)", h=2, p1=2, p2=2
             ),
-            (
-                tokens.reshape(x.shape),
-                "a plain reshape does not undo patchify; rearrange "
-                "'b (h w) (p1 p2 c) -> b c (h p1) (w p2)'",
-            ),
-        ]
+            "a plain reshape, which does not undo patchify; rearrange "
+            "'b (h w) (p1 p2 c) -> b c (h p1) (w p2)'": tokens.reshape(x.shape),
+        }
         check.close(
             got,
             x,
             f"unpatchify(patchify(x)) == x for a {c}-channel 4×6 image, patch_size 2",
             atol=0,
             rtol=0,
-            hint=_diagnose(
-                got,
-                mistakes,
-                "undo patchify's 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)' with the reverse "
-                "pattern, giving h = H/P and p1 = p2 = P",
-            ),
+            hint="undo patchify's 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)' with the reverse "
+            "pattern, giving h = H/P and p1 = p2 = P",
+            alternatives=mistakes,
         )
     x = torch.randn(2, 3, 8, 4, generator=seeded(32), dtype=torch.float64).to(dev)
     check.close(
@@ -199,35 +169,30 @@ def check_conv_patch_embed(check: Check) -> None:
         expected = patches.patchify(x, p) @ weight.T + bias  # (B, N, D)
         conv = F.conv2d(x, weight.reshape(d, c, p, p), bias, stride=p)  # not permuted
         wrong_order = rearrange(weight, "d (p1 p2 c) -> d c p2 p1", p1=p, p2=p)
-        mistakes = [
-            (
-                conv.flatten(2).transpose(1, 2),
-                "the Linear weight's columns are in (p1 p2 c) order, Conv2d wants "
-                "(D, C, P, P): reshape to (D, P, P, C), then permute to (D, C, P, P); "
-                "weight.reshape(D, C, P, P) reads the columns in the wrong order",
+        right = patches.linear_weight_to_conv(weight, p)
+        mistakes = {
+            "the weight reshaped straight to (D, C, P, P): its columns are in (p1 p2 c) order, "
+            "so reshape to (D, P, P, C), then permute to (D, C, P, P)": (
+                conv.flatten(2).transpose(1, 2)
             ),
-            (
-                F.conv2d(x, wrong_order, bias, stride=p).flatten(2).transpose(1, 2),
-                "the kernel is transposed: permute (D, P1, P2, C) to (D, C, P1, P2), keeping "
-                "P1 (rows) before P2 (columns)",
-            ),
-            (
-                F.conv2d(x, patches.linear_weight_to_conv(weight, p), bias, stride=p).flatten(2),
-                "Conv2d returns (B, D, H/P, W/P); flatten the grid and move D last: (B, N, D)",
-            ),
-        ]
+            "the kernel transposed: permute (D, P1, P2, C) to (D, C, P1, P2), keeping P1 (rows) "
+            "before P2 (columns)": F.conv2d(x, wrong_order, bias, stride=p)
+            .flatten(2)
+            .transpose(1, 2),
+            "Conv2d's (B, D, H/P, W/P) flattened with D still first: move D last, "
+            "flatten(2).transpose(1, 2) gives (B, N, D)": F.conv2d(
+                x, right, bias, stride=p
+            ).flatten(2),
+        }
         check.close(
             got,
             expected,
             f"equals the Linear form patchify(x) @ weight.T + bias for x {(b, c, h, w)}, "
             f"D={d}, P={p}",
             atol=1e-5,
-            hint=_diagnose(
-                got,
-                mistakes,
-                "weight (D, P·P·C) → (D, P, P, C) → (D, C, P, P); F.conv2d(x, w, bias, "
-                "stride=P) → (B, D, H/P, W/P) → flatten(2).transpose(1, 2)",
-            ),
+            hint="weight (D, P·P·C) → (D, P, P, C) → (D, C, P, P); F.conv2d(x, w, bias, "
+            "stride=P) → (B, D, H/P, W/P) → flatten(2).transpose(1, 2)",
+            alternatives=mistakes,
         )
     x = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64).to(dev)
     weight = torch.randn(6, 48, generator=g, dtype=torch.float64).to(dev)
@@ -264,7 +229,7 @@ def check_conv_patch_embed(check: Check) -> None:
 # ------------------------------------------------------- Exercise 3.4: 2-D sin-cos embedding
 
 
-def _sincos_mistakes(h: int, w: int, dim: int) -> list[tuple[torch.Tensor, str]]:
+def _sincos_mistakes(h: int, w: int, dim: int) -> dict[str, torch.Tensor]:
     ref = patches.sincos_2d(h, w, dim)
     half, f = dim // 2, dim // 4
     rows = torch.arange(h * w) // w
@@ -281,23 +246,16 @@ def _sincos_mistakes(h: int, w: int, dim: int) -> list[tuple[torch.Tensor, str]]
 
     omega = 10_000.0 ** (-torch.arange(f, dtype=torch.float64) / f)
     per_dim = 10_000.0 ** (-2 * torch.arange(f, dtype=torch.float64) / dim)
-    return [
-        (
-            torch.cat([ref[:, half:], ref[:, :half]], dim=1),
-            "height and width are swapped: the first dim/2 channels encode the row y "
-            "(patch n is at row n // W), the last dim/2 the column x",
+    return {
+        "height and width swapped: the first dim/2 channels encode the row y (patch n is at "
+        "row n // W), the last dim/2 the column x": torch.cat([ref[:, half:], ref[:, :half]], 1),
+        "frequencies base^(−k/(dim/2)): each coordinate has F = dim/4 frequencies "
+        "ω_k = base^(−k/F), k = 0..F−1 (divide k by dim/4, not by dim/2)": torch.cat(
+            [encode(rows, per_dim), encode(cols, per_dim)], dim=1
         ),
-        (
-            torch.cat([encode(rows, per_dim), encode(cols, per_dim)], dim=1),
-            "the frequencies are off: each coordinate has F = dim/4 frequencies "
-            "ω_k = base^(−k/F), k = 0..F−1 (divide k by dim/4, not by dim/2)",
-        ),
-        (
-            torch.cat([encode(rows, omega, True), encode(cols, omega, True)], dim=1),
-            "sin and cos are interleaved; put all F sines first, then all F cosines, "
-            "for each coordinate",
-        ),
-    ]
+        "sin and cos interleaved: put all F sines first, then all F cosines, for each "
+        "coordinate": torch.cat([encode(rows, omega, True), encode(cols, omega, True)], dim=1),
+    }
 
 
 @exercise("3.4", "2-D sin-cos positional embedding", references=(patches.sincos_2d,))
@@ -310,12 +268,9 @@ def check_sincos_2d(check: Check) -> None:
             patches.sincos_2d(h, w, dim),
             f"the embedding of a {h}×{w} grid with dim={dim}",
             atol=1e-5,
-            hint=_diagnose(
-                got,
-                _sincos_mistakes(h, w, dim),
-                "row n is patch n = y·W + x; channels [sin(y·ω), cos(y·ω), sin(x·ω), "
-                "cos(x·ω)] with ω_k = base^(−k/F), F = dim/4; return float32",
-            ),
+            hint="row n is patch n = y·W + x; channels [sin(y·ω), cos(y·ω), sin(x·ω), "
+            "cos(x·ω)] with ω_k = base^(−k/F), F = dim/4; return float32",
+            alternatives=_sincos_mistakes(h, w, dim),
         )
     got = call(check, 2, 3, 8, base=100.0)
     check.close(
@@ -340,7 +295,7 @@ def check_sincos_2d(check: Check) -> None:
 
 def _loss_mistakes(
     image_emb: torch.Tensor, text_emb: torch.Tensor, tau: float
-) -> list[tuple[torch.Tensor, str]]:
+) -> dict[str, torch.Tensor]:
     i, t = F.normalize(image_emb, dim=-1), F.normalize(text_emb, dim=-1)
     logits = i @ t.T / tau
     labels = torch.arange(len(logits), device=logits.device)
@@ -350,31 +305,30 @@ def _loss_mistakes(
     )
     raw = image_emb @ text_emb.T / tau
     plain = i @ t.T
-    return [
-        (image_to_text, "only image→text: average it with text→image, CE(logitsᵀ, arange N)"),
-        (text_to_image, "only text→image: average it with image→text, CE(logits, arange N)"),
-        (
-            image_to_text + text_to_image,
-            "the two directions are summed; the symmetric loss is their average, ½ (… + …)",
+    return {
+        "only image→text: average it with text→image, CE(logitsᵀ, arange N)": image_to_text,
+        "only text→image: average it with image→text, CE(logits, arange N)": text_to_image,
+        "the two directions summed: the symmetric loss is their average, ½ (… + …)": (
+            image_to_text + text_to_image
         ),
-        (
-            (F.cross_entropy(plain, labels) + F.cross_entropy(plain.T, labels)) / 2,
-            "no temperature: divide the cosine similarities by τ before the softmax",
-        ),
-        (
-            (F.cross_entropy(plain * tau, labels) + F.cross_entropy(plain.T * tau, labels)) / 2,
-            "the temperature multiplies: logits = similarity / τ (τ = 0.07 sharpens them)",
-        ),
-        (
-            (F.cross_entropy(raw, labels) + F.cross_entropy(raw.T, labels)) / 2,
-            "the embeddings are not normalised: use cosine similarity, F.normalize(…, dim=-1) "
-            "on both before the dot products",
-        ),
-        (
-            (F.cross_entropy(logits, 0 * labels) + F.cross_entropy(logits.T, 0 * labels)) / 2,
-            "the targets are wrong: pair i matches pair i, so the labels are torch.arange(N)",
-        ),
-    ]
+        "no temperature: divide the cosine similarities by τ before the softmax": (
+            F.cross_entropy(plain, labels) + F.cross_entropy(plain.T, labels)
+        )
+        / 2,
+        "the similarities multiplied by τ: logits = similarity / τ (τ = 0.07 sharpens them)": (
+            F.cross_entropy(plain * tau, labels) + F.cross_entropy(plain.T * tau, labels)
+        )
+        / 2,
+        "embeddings that are not normalised: use cosine similarity, F.normalize(…, dim=-1) on "
+        "both before the dot products": (
+            F.cross_entropy(raw, labels) + F.cross_entropy(raw.T, labels)
+        )
+        / 2,
+        "every target 0: pair i matches pair i, so the labels are torch.arange(N)": (
+            F.cross_entropy(logits, 0 * labels) + F.cross_entropy(logits.T, 0 * labels)
+        )
+        / 2,
+    }
 
 
 @exercise("3.5", "symmetric contrastive loss", references=(fusion.contrastive_loss,))
@@ -390,12 +344,9 @@ def check_contrastive_loss(check: Check) -> None:
             fusion.contrastive_loss(image_emb, text_emb, tau),
             f"the loss of N={n} pairs of D={d} embeddings at temperature τ={tau}",
             atol=1e-5,
-            hint=_diagnose(
-                got,
-                _loss_mistakes(image_emb, text_emb, tau),
-                "logits = norm(I)·norm(T)ᵀ / τ; loss = ½ [CE(logits, arange N) + "
-                "CE(logitsᵀ, arange N)], a scalar",
-            ),
+            hint="logits = norm(I)·norm(T)ᵀ / τ; loss = ½ [CE(logits, arange N) + "
+            "CE(logitsᵀ, arange N)], a scalar",
+            alternatives=_loss_mistakes(image_emb, text_emb, tau),
         )
     image_emb = torch.randn(6, 4, generator=g).to(dev)
     text_emb = torch.randn(6, 4, generator=g).to(dev)
@@ -459,27 +410,23 @@ def check_project(check: Check) -> None:
         "through its patches",
     )
     patches_only = tokens[:, 1:]
-    mistakes = [
-        (
-            F.linear(F.linear(patches_only, w1, b1), w2, b2),
-            "no activation between the two layers: two Linear layers in a row are one Linear "
-            "layer; put F.gelu between them",
+    mistakes = {
+        "no activation between the two layers: two Linear layers in a row are one Linear "
+        "layer; put F.gelu between them": F.linear(F.linear(patches_only, w1, b1), w2, b2),
+        "ReLU instead of GELU: LLaVA-1.5's projector uses F.gelu": F.linear(
+            F.relu(F.linear(patches_only, w1, b1)), w2, b2
         ),
-        (
-            F.linear(F.relu(F.linear(patches_only, w1, b1)), w2, b2),
-            "ReLU instead of GELU: LLaVA-1.5's projector uses F.gelu",
+        "the last token dropped instead of [CLS], which is token 0: vision_tokens[:, 1:]": (
+            F.linear(F.gelu(F.linear(tokens[:, :-1], w1, b1)), w2, b2)
         ),
-        (
-            F.linear(F.gelu(F.linear(tokens[:, :-1], w1, b1)), w2, b2),
-            "the last token was dropped instead of [CLS], which is token 0: vision_tokens[:, 1:]",
-        ),
-    ]
+    }
     check.close(
         got,
         expected,
         "GELU(patches · w1ᵀ + b1) · w2ᵀ + b2",
         atol=1e-5,
-        hint=_diagnose(got, mistakes, "F.linear(F.gelu(F.linear(patches, w1, b1)), w2, b2)"),
+        hint="F.linear(F.gelu(F.linear(patches, w1, b1)), w2, b2)",
+        alternatives=mistakes,
     )
     mine = leaves(tokens, w1, w2)
     got_grads = gradients(call(check, mine[0], mine[1], b1, mine[2], b2), mine)

@@ -50,6 +50,10 @@ def _merge_unordered(ids, pair, new_id):
     return out
 
 
+def _merge_tensor_ids(ids, pair, new_id):
+    return [torch.tensor(i) for i in _merge(ids, pair, new_id)]  # BUG: a list of tensors
+
+
 def _merge_misses_last(ids, pair, new_id):
     out, i = [], 0
     while i < len(ids) - 2:  # BUG: never looks at the last pair
@@ -93,6 +97,10 @@ def test_merge_references_pass(capsys):
         (_merge_overlapping, r"overlapping pairs(.|\n)*jump past both"),
         (_merge_unordered, r"order matters(.|\n)*pair is ordered"),
         (_merge_misses_last, r"pair at the very end"),
+        (
+            _merge_tensor_ids,
+            r"failed check 1, (.|\n)*expected: \[9, 3, 9, 4\]\n  got:      \[tensor",
+        ),
         (_merge_in_place, r"input list is left as it was(.|\n)*new list"),
         (_merge_never_advances, r"runs on \(\[1, 2, 3(.|\n)*within 20,000 steps(.|\n)*never ends"),
         (stub, r"Exercise 7\.1 \(one BPE merge\): not implemented yet"),
@@ -146,6 +154,10 @@ def _layout_video_on_image(text_size, image_codes, video_codes):
     }
 
 
+def _layout_ranges(text_size, image_codes, video_codes):
+    return {k: range(*v) for k, v in _layout(text_size, image_codes, video_codes).items()}  # BUG
+
+
 def test_layout_references_pass(capsys):
     passes(ch07.check_layout, vocab.layout, capsys, "7.2")
     passes(ch07.check_layout, _layout, capsys, "7.2")
@@ -157,6 +169,11 @@ def test_layout_references_pass(capsys):
         (_layout_off_by_one, r"specials do not collide(.|\n)*special ids collide with text ids"),
         (_layout_specials_at_zero, r"special ids collide with text ids"),
         (_layout_video_on_image, r"image and video blocks follow(.|\n)*each block starts"),
+        (
+            _layout_ranges,
+            r"failed check 2, \"layout\(97, 512, 1024\): each block is a \(start, end\) pair of "
+            r"ints(.|\n)*got:      'text': range\(0, 97\)",
+        ),
         (stub, r"Exercise 7\.2 \(the vocabulary layout\): not implemented yet"),
     ],
     ids=case_id,
@@ -212,7 +229,10 @@ def test_token_types_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_types_inclusive, r"block boundaries(.|\n)*half-open"),
+        (
+            _types_inclusive,
+            r"block boundaries(.|\n)*looks like: each block's end id(.|\n)*half-open",
+        ),
         (_types_no_error, r"outside \[0, \d+\), raises ValueError(.|\n)*no error"),
         (_types_flat, r"keeps its shape(.|\n)*shape \(3, 20\)"),
         (_types_hard_coded, r"another vocabulary(.|\n)*values differ(.|\n)*V\.ranges"),
@@ -285,10 +305,13 @@ def test_encode_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_encode_no_offset, r"become image / video ids(.|\n)*codes are not ids"),
-        (_encode_video_image_offset, r"text, \[BOI\] image(.|\n)*video_offset"),
+        (_encode_no_offset, r"become image / video ids(.|\n)*a common cause is codes used as ids"),
+        (
+            _encode_video_image_offset,
+            r"text, \[BOI\] image(.|\n)*looks like: video codes shifted by the image offset",
+        ),
         (_encode_no_brackets, r"starts with BOS and ends with EOS"),
-        (_encode_transposed, r"text, \[BOI\] image(.|\n)*raster order"),
+        (_encode_transposed, r"text, \[BOI\] image(.|\n)*looks like: the grids flattened column"),
         (
             _encode_shifts_in_place,
             r"failed check 1, \"leaves its input segments(.|\n)*segments\[1\]\.tokens was modified",
@@ -396,6 +419,23 @@ def _decode_no_block_check(ids, v):
     return _decode(ids, v, ranges=False)
 
 
+def _decode_dicts(ids, v):
+    return [{"kind": k, "tokens": t} for k, t in vocab.decode_interleaved(ids, v)]  # BUG
+
+
+def _decode_float(ids, v):
+    return [Segment(k, t.float()) for k, t in vocab.decode_interleaved(ids, v)]  # BUG: not long
+
+
+def _decode_pairs_of_lists(ids, v):
+    return [(k, t.tolist()) for k, t in vocab.decode_interleaved(ids, v)]  # BUG: lists of ids
+
+
+def _decode_empty_image(ids, v):
+    segments = vocab.decode_interleaved(ids, v)
+    return [Segment(k, t[:0, 0] if k == "image" else t) for k, t in segments]  # BUG: no codes
+
+
 def _decode_lenient(ids, v):
     try:
         return vocab.decode_interleaved(ids, v)
@@ -413,7 +453,27 @@ def test_decode_references_pass(capsys):
     [
         (_decode_skipping_video, r"video segment survives(.|\n)*video segments lost on decode"),
         (_decode_video_as_text, r"video segment survives(.|\n)*video segments lost on decode"),
-        (_decode_keeping_offset, r"image tokens decoded without removing the offset"),
+        (
+            _decode_keeping_offset,
+            r"failed check 3, (.|\n)*got:      values in \[17, 508\]\n  hint:     these are the "
+            r"image's ids, decoded without removing the offset: subtract vocab\.image_offset",
+        ),
+        (
+            _decode_dicts,
+            r"failed check 1, \"returns the document's segments\":\n  expected: a list(.|\n)*"
+            r"got:      item 0 is a dict with keys \['kind', 'tokens'\](.|\n)*vocab\.Segment",
+        ),
+        (
+            _decode_float,
+            r"failed check 1, (.|\n)*got:      item 0 \(text\) holds tensor of shape "
+            r"\(4,\), dtype torch\.float32",
+        ),
+        (_decode_pairs_of_lists, r"failed check 1, (.|\n)*got:      item 0 \(text\) holds \[\d+, "),
+        (
+            _decode_empty_image,
+            r"failed check 3, (.|\n)*got:      tensor of shape \(0,\)(.|\n)*a "
+            r"common cause is image ids decoded without removing the offset",
+        ),
         (_decode_flat, r"come back exactly(.|\n)*reshape image codes"),
         (_decode_lenient, r"a stray special id: EOI among the text ids(.|\n)*no error"),
         (_decode_skips_strays, r"a stray special id: EOI(.|\n)*no error(.|\n)*only text ids"),
@@ -464,6 +524,21 @@ def _pad_float_mask(seqs, v):
     return ids, mask.float()
 
 
+def _pad_float_ids(seqs, v):
+    ids, mask = _pad(seqs, v)
+    return ids.float(), mask  # BUG: ids are long
+
+
+def _pad_mask_flat(seqs, v):
+    ids, mask = _pad(seqs, v)
+    return ids, mask.flatten()  # BUG: one long row
+
+
+def _pad_list_pair(seqs, v):
+    ids, mask = _pad(seqs, v)
+    return ids, mask, mask.sum(1)  # BUG: (ids, mask) and the lengths
+
+
 def _pad_hard_coded(seqs, v):
     return _pad(seqs, v, pad_id=10)  # BUG: the PAD id of one layout
 
@@ -482,8 +557,11 @@ def test_pad_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_pad_zero_no_mask, r"padding uses the PAD id(.|\n)*padding with a real token id"),
-        (_pad_eos, r"padding uses the PAD id(.|\n)*padding with a real token id"),
+        (_pad_zero_no_mask, r"padding uses the PAD id(.|\n)*padding with real token ids \(\[0\]\)"),
+        (_pad_eos, r"padding uses the PAD id(.|\n)*padding with real token ids \(\[12\]\)"),
+        (_pad_float_ids, r"failed check 3, \"the ids are long(.|\n)*dtype torch\.float32"),
+        (_pad_mask_flat, r"the loss mask is a bool tensor like the ids(.|\n)*shape \(3, 5\)"),
+        (_pad_list_pair, r"failed check 1, \"returns a tuple \(ids, loss_mask\)(.|\n)*3 values"),
         (_pad_no_mask, r"False at every padded position(.|\n)*without a loss mask"),
         (_pad_left, r"the ids: each row, then PAD"),
         (_pad_float_mask, r"bool tensor"),
@@ -495,3 +573,52 @@ def test_pad_references_pass(capsys):
 )
 def test_pad_rejects(wrong, message):
     rejects(ch07.check_pad_batch, wrong, message)
+
+
+# --- every checker: whatever comes back, the failure says what was expected and what came ------
+
+
+def _each(result, change, number):
+    """`result` with `change` applied to every tensor and `number` to every int inside it."""
+    if isinstance(result, torch.Tensor):
+        return change(result)
+    if isinstance(result, int):
+        return number(result)
+    if isinstance(result, Segment):
+        return Segment(result.kind, _each(result.tokens, change, number))
+    if isinstance(result, dict):
+        return {k: _each(v, change, number) for k, v in result.items()}
+    if isinstance(result, list | tuple):
+        return type(result)(_each(part, change, number) for part in result)
+    return result
+
+
+_WRONG_KINDS = {  # the reference's result, returned in the wrong container, dtype or shape
+    "None": lambda result: None,
+    "a 1-tuple": lambda result: (result,),
+    "lists": lambda result: _each(result, torch.Tensor.tolist, lambda n: [n]),
+    "float64": lambda result: _each(result, torch.Tensor.double, float),
+    "an extra dim": lambda result: _each(result, lambda x: x[None], lambda n: (n,)),
+}
+
+
+@pytest.mark.parametrize("kind", _WRONG_KINDS)
+@pytest.mark.parametrize(
+    ("checker", "reference"),
+    [
+        (ch07.check_merge, bpe.merge),
+        (ch07.check_layout, vocab.layout),
+        (ch07.check_token_types, lambda ids, v: v.token_types(ids)),
+        (ch07.check_encode_interleaved, vocab.encode_interleaved),
+        (ch07.check_decode_interleaved, vocab.decode_interleaved),
+        (ch07.check_pad_batch, vocab.pad_batch),
+    ],
+    ids=case_id,
+)
+def test_a_wrong_kind_of_result_gets_expected_and_got(checker, reference, kind):
+    """Never the catch-all "could not be checked": the failing check says what it expected."""
+
+    def wrong(*args, **kwargs):
+        return _WRONG_KINDS[kind](reference(*args, **kwargs))
+
+    rejects(checker, wrong, r"failed check \d+, \"[^\n]*\":\n  expected: [^\n]+\n  got:      ")

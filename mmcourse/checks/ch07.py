@@ -41,6 +41,20 @@ def _document(g: torch.Generator, v: Vocabulary, device: torch.device) -> list[S
 # ------------------------------------------------------------------ Exercise 7.1: BPE merge
 
 
+_SCAN_HINT = (
+    "scan left to right; at a match append new_id and skip two ids, otherwise append ids[i] and "
+    "move on one"
+)
+_MERGE_HINT = "return a list of ids, plain Python ints (int(x) around a tensor element)"
+
+
+def _ids(got: object) -> list[int] | None:
+    """`got` as a list of ids when it is a list or tuple of ints, else None."""
+    if isinstance(got, list | tuple) and all(type(i) is int for i in got):
+        return list(got)
+    return None
+
+
 @exercise("7.1", "one BPE merge", references=(bpe.merge,))
 def check_merge(check: Check) -> None:
     """Exercise 7.1: merge(ids, pair, new_id) -> list of ids with every occurrence of pair,
@@ -63,14 +77,12 @@ def check_merge(check: Check) -> None:
         with step_budget(check, _MERGE_STEPS):
             got = check.call(ids, pair, new_id)
         check.that(
-            isinstance(got, list | tuple) and [int(i) for i in got] == bpe.merge(original, pair,
-                                                                                 new_id),
+            _ids(got) == bpe.merge(original, pair, new_id),
             what,
             expected=describe(bpe.merge(original, pair, new_id)),
             got=describe(list(got) if isinstance(got, tuple) else got),
-            hint=hint or "scan left to right; at a match append new_id and skip two ids, "
-            "otherwise append ids[i] and move on one",
-        )  # fmt: skip
+            hint=_MERGE_HINT if _ids(got) is None else hint or _SCAN_HINT,
+        )
         check.that(
             ids == original,
             f"{what}: the input list is left as it was",
@@ -81,6 +93,12 @@ def check_merge(check: Check) -> None:
 
 
 # ------------------------------------------------------------- Exercise 7.2: vocabulary layout
+
+
+def _int_pair(value: object) -> bool:
+    return (
+        isinstance(value, tuple | list) and len(value) == 2 and all(type(x) is int for x in value)
+    )
 
 
 @exercise("7.2", "the vocabulary layout", references=(vocab.layout,))
@@ -97,7 +115,15 @@ def check_layout(check: Check) -> None:
             got=describe(got),
             hint="return {'text': (start, end), 'special': …, 'image': …, 'video': …}",
         )
-        ranges = {k: tuple(int(x) for x in got[k]) for k in expected}
+        check.that(
+            all(_int_pair(got[k]) for k in expected),
+            f"layout{sizes}: each block is a (start, end) pair of ints",
+            expected="(start, end) pairs of ints, e.g. 'text': (0, text_size)",
+            got=", ".join(f"{k!r}: {describe(got[k])}" for k in expected),
+            hint="a half-open range [start, end) is the pair (start, end) of ints, not a "
+            "range(...), a list of every id, or one number",
+        )
+        ranges = {k: tuple(got[k]) for k in expected}
         text, special = ranges["text"], ranges["special"]
         check.that(
             text[0] == 0 and text[1] == sizes[0],
@@ -113,7 +139,10 @@ def check_layout(check: Check) -> None:
             got=f"special {special}",
             hint="special ids collide with text ids: a special that shares an id with a text "
             "token makes e.g. BOI indistinguishable from a word. Start the specials at "
-            "text_size (the first id after the text block), not text_size − 1 or 0",
+            "text_size (the first id after the text block), not text_size − 1 or 0"
+            if special[0] < text[1]
+            else f"the block holds the {len(vocab.SPECIALS)} specials of vocab.SPECIALS: "
+            f"(T, T + {len(vocab.SPECIALS)})",
         )
         check.that(
             ranges == expected,
@@ -136,6 +165,7 @@ def check_token_types(check: Check) -> None:
     edges = [0, 9, 10, 16, 17, 17 + 511, 17 + 512, v.size - 1]  # both sides of each boundary
     ids = torch.tensor(edges, device=dev)
     expected = v.token_types(ids)
+    ends = torch.tensor([v.ranges[name][1] for name in vocab.TYPES], device=dev)
     check.equal(
         call(check, ids, v),
         expected,
@@ -143,6 +173,12 @@ def check_token_types(check: Check) -> None:
         f"529–{v.size - 1})",
         hint="ranges are half-open: id i is in a block when start ≤ i < end (compare with <, "
         "not ≤, at the end)",
+        alternatives={
+            "each block's end id counted in that block: ranges are half-open, id i is in a "
+            "block when start ≤ i < end (compare with <, not ≤, at the end)": torch.where(
+                torch.isin(ids, ends), expected - 1, expected
+            )
+        },
     )
     g = seeded(73)
     grid = torch.randint(v.size, (3, 20), generator=g).to(dev)
@@ -180,7 +216,14 @@ def check_token_types(check: Check) -> None:
 # ------------------------------------------------------------ Exercise 7.4: encode a document
 
 
-def _same_ids(check: Check, got: object, expected: torch.Tensor, what: str, hint: str) -> None:
+def _same_ids(
+    check: Check,
+    got: object,
+    expected: torch.Tensor,
+    what: str,
+    hint: str,
+    alternatives: dict[str, torch.Tensor] | None = None,
+) -> None:
     check.that(
         isinstance(got, torch.Tensor) and got.shape == expected.shape,
         f"{what}: the length of the sequence",
@@ -188,7 +231,20 @@ def _same_ids(check: Check, got: object, expected: torch.Tensor, what: str, hint
         got=describe(got),
         hint=hint,
     )
-    check.equal(got, expected, what, hint=hint)
+    check.equal(got, expected, what, hint=hint, alternatives=alternatives)
+
+
+def _encode_mistakes(doc: list[Segment], v: Vocabulary) -> dict[str, torch.Tensor]:
+    """The ids (L,) of `doc` with video codes in the image block, or grids read column-major."""
+    ids = vocab.encode_interleaved(doc, v)
+    video = v.token_types(ids) == 3
+    transposed = [Segment(k, t if k == "text" else t.transpose(-1, -2)) for k, t in doc]
+    return {
+        "video codes shifted by the image offset: add vocab.video_offset (not image_offset) "
+        "to video codes": torch.where(video, ids - v.video_offset + v.image_offset, ids),
+        "the grids flattened column by column: flatten them in raster order (.flatten(): "
+        "frame, row, column), no transpose": vocab.encode_interleaved(transposed, v),
+    }
 
 
 @exercise("7.4", "encode an interleaved document", references=(vocab.encode_interleaved,))
@@ -220,8 +276,8 @@ def check_encode_interleaved(check: Check) -> None:
         "the 64 image and 128 video codes become image / video ids",
         expected="64 + 128 = 192 ids in the image and video blocks",
         got=f"{image_like}",
-        hint="codes are not ids: add vocab.image_offset to image codes and vocab.video_offset "
-        "to video codes, or they collide with text and special ids",
+        hint="a common cause is codes used as ids: add vocab.image_offset to image codes and "
+        "vocab.video_offset to video codes, or they collide with text and special ids",
     )
     _same_ids(
         check,
@@ -231,6 +287,7 @@ def check_encode_interleaved(check: Check) -> None:
         hint="image codes + image_offset between BOI and EOI, video codes + video_offset "
         "between BOV and EOV (not the image offset), grids flattened in raster order "
         "(.flatten(): frame, row, column)",
+        alternatives=_encode_mistakes(doc, v),
     )
     text_only = [Segment("text", torch.tensor([1, 2, 3], device=check.device))]
     _same_ids(
@@ -254,17 +311,55 @@ def check_encode_interleaved(check: Check) -> None:
 # ------------------------------------------------------------ Exercise 7.5: decode a document
 
 
-def _segments_equal(got: object, expected: list[Segment]) -> tuple[bool, str]:
+_SEGMENTS = "a list of Segment(kind, tokens), tokens long tensors"
+
+
+def _not_segments(got: object) -> str:
+    """'' when `got` is a list (or tuple) of (kind, tokens) pairs with long tensors for tokens
+    (a Segment is such a pair), else what it is instead."""
     if not isinstance(got, list | tuple):
-        return False, describe(got)
-    kinds = [s[0] if isinstance(s, tuple) and len(s) == 2 else "?" for s in got]
+        return describe(got)
+    for k, item in enumerate(got):
+        if isinstance(item, dict):
+            return f"item {k} is a dict with keys {list(item)}"
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+            return f"item {k} is {_outline(item)}"
+        tokens = item[1]
+        if not (isinstance(tokens, torch.Tensor) and tokens.dtype == torch.long):
+            return f"item {k} ({item[0]}) holds {describe(tokens)}"
+    return ""
+
+
+def _outline(item: object) -> str:
+    """A list or tuple by its length, anything else as `describe` puts it."""
+    if isinstance(item, list | tuple):
+        return f"a {type(item).__name__} of {len(item)} values"
+    return describe(item)
+
+
+def _segments_hint(got: object) -> str:
+    if isinstance(got, list | tuple) and any(isinstance(item, dict) for item in got):
+        return (
+            "a dict {'kind': …, 'tokens': …} is not a Segment: build each segment as "
+            "vocab.Segment(kind, tokens), a named pair that unpacks as kind, tokens"
+        )
+    return (
+        "return a list of vocab.Segment(kind, tokens), one per segment, its tokens long "
+        "tensors: text ids (n,), image codes (8, 8), video codes (2, 8, 8)"
+    )
+
+
+def _segments_equal(got: object, expected: list[Segment]) -> tuple[bool, str]:
+    if problem := _not_segments(got):
+        return False, problem
+    kinds = [s[0] for s in got]
     if kinds != [s.kind for s in expected]:
         return False, f"segments of kinds {kinds}"
     for k, (segment, ref) in enumerate(zip(got, expected)):
         tokens = segment[1]
-        if not isinstance(tokens, torch.Tensor) or tokens.shape != ref.tokens.shape:
+        if tokens.shape != ref.tokens.shape:
             return False, f"segment {k} ({ref.kind}) holds {describe(tokens)}"
-        if not torch.equal(tokens.to(ref.tokens.device).long(), ref.tokens):
+        if not torch.equal(tokens.to(ref.tokens.device), ref.tokens):
             return False, f"segment {k} ({ref.kind}) holds other values: {describe(tokens)}"
     return True, "the same segments"
 
@@ -282,27 +377,33 @@ def _check_decode(check: Check) -> None:
     doc = _document(g, v, check.device)
     ids = vocab.encode_interleaved(doc, v)
     got = call(check, ids, v)
-    kinds = [s[0] for s in got] if isinstance(got, list | tuple) else []
+    problem = _not_segments(got)
+    check.that(
+        not problem,
+        "returns the document's segments",
+        expected=_SEGMENTS,
+        got=problem,
+        hint=_segments_hint(got),
+    )
+    kinds = [s[0] for s in got]
     check.that(
         kinds.count("video") == 1,
         "the video segment survives decoding",
         expected=f"segments {[s.kind for s in doc]}",
-        got=f"segments {kinds}" if isinstance(got, list | tuple) else describe(got),
+        got=f"segments {kinds}",
         hint="video segments lost on decode: handle BOV … EOV like BOI … EOI (128 video ids, "
         "then EOV), instead of skipping them or reading them as text",
     )
-    image = next((s for s in got if s[0] == "image"), None)
-    codes = image[1] if image is not None else None
+    image = next((s[1] for s in got if s[0] == "image"), None)
+    codes = doc[1].tokens.flatten()  # (64,)
+    flat = image.to(codes.device).flatten() if image is not None else codes.new_empty(0)
     check.that(
-        isinstance(codes, torch.Tensor)
-        and codes.numel() == 64
-        and torch.equal(codes.to(doc[1].tokens.device).long().flatten(), doc[1].tokens.flatten()),
+        flat.shape == codes.shape and torch.equal(flat, codes),
         "image tokens come back as the image's codes in [0, 512)",
         expected=f"codes in [0, {v.image_codes}) that the image tokenizer can decode",
-        got=describe(codes) if not isinstance(codes, torch.Tensor)
-        else f"values in [{codes.min().item()}, {codes.max().item()}]",
-        hint=f"image tokens decoded without removing the offset: subtract vocab.image_offset "
-        f"({v.image_offset}) from image ids (and vocab.video_offset from video ids)",
+        got=describe(image) if flat.shape != codes.shape
+        else f"values in [{flat.min().item()}, {flat.max().item()}]",
+        hint=_image_codes_hint(flat, codes, v),
     )  # fmt: skip
     ok, what = _segments_equal(got, doc)
     check.that(
@@ -358,6 +459,17 @@ def _check_decode(check: Check) -> None:
         )
 
 
+def _image_codes_hint(got: torch.Tensor, codes: torch.Tensor, v: Vocabulary) -> str:
+    """Say so when the image came back as ids, its offset still on."""
+    fix = (
+        f"subtract vocab.image_offset ({v.image_offset}) from image ids (and "
+        "vocab.video_offset from video ids)"
+    )
+    if got.shape == codes.shape and torch.equal(got, codes + v.image_offset):
+        return f"these are the image's ids, decoded without removing the offset: {fix}"
+    return f"a common cause is image ids decoded without removing the offset: {fix}"
+
+
 def _replaced(ids: torch.Tensor, position: int, value: int) -> torch.Tensor:
     out = ids.clone()
     out[position] = value
@@ -365,6 +477,15 @@ def _replaced(ids: torch.Tensor, position: int, value: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------- Exercise 7.6: padding and the mask
+
+
+def _padding_hint(used: list[int], v: Vocabulary) -> str:
+    """What padding with the ids `used` does, when they are real tokens."""
+    real = [i for i in used if 0 <= i < v.size and i != v.PAD]
+    fix = "pad with vocab.PAD, an id no document contains"
+    if real:
+        return f"padding with real token ids ({real}) teaches the model to predict them: {fix}"
+    return fix
 
 
 @exercise("7.6", "pad a batch with a loss mask", references=(vocab.pad_batch,))
@@ -375,37 +496,34 @@ def check_pad_batch(check: Check) -> None:
     rows = ([v.BOS, 1, 2, 3, v.EOS], [v.BOS, 4, v.EOS], [v.BOS, 0, 0, v.EOS])
     seqs = [torch.tensor(row, device=check.device) for row in rows]  # (5,), (3,), (4,)
     ids, mask = vocab.pad_batch(seqs, v)
-    got = call(check, seqs, v)
-    check.that(
-        isinstance(got, tuple) and len(got) == 2,
-        "returns (ids, loss_mask)",
-        expected="a tuple of two tensors",
-        got=describe(got),
-        hint="return ids, mask",
-    )
-    got_ids, got_mask = got
-    check.that(
-        isinstance(got_ids, torch.Tensor) and got_ids.shape == ids.shape,
+    got_ids, got_mask = check.parts(call(check, seqs, v), ("ids", "loss_mask"))
+    check.tensor(
+        got_ids,
         "3 rows padded to the longest (5)",
-        expected=f"ids of shape {tuple(ids.shape)}",
-        got=describe(got_ids),
+        shape=ids.shape,
         hint="L = the longest sequence; pad the shorter rows on the right",
     )
+    check.tensor(
+        got_ids,
+        "the ids are long, like the sequences",
+        dtype=torch.long,
+        hint="start from torch.full((B, L), vocab.PAD, dtype=torch.long) and copy each row in",
+    )
     n_pad = (got_ids == v.PAD).sum(1).tolist()
+    used = got_ids[~mask].unique().tolist()
     check.that(
         n_pad == (~mask).sum(1).tolist(),
         "padding uses the PAD id",
         expected=f"PAD ({v.PAD}) in every padded position: {(~mask).sum(1).tolist()} per row",
-        got=f"{n_pad} PAD ids per row; padded with {got_ids[~mask].unique().tolist()}",
-        hint="padding with a real token id (0 is a text id, EOS a real end) teaches the model "
-        "to predict it; pad with vocab.PAD, an id no document contains",
+        got=f"{n_pad} PAD ids per row; padded with {used}",
+        hint=_padding_hint(used, v),
     )
     check.equal(got_ids, ids, "the ids: each row, then PAD", hint="right padding: row[:n] = seq")
-    check.that(
-        isinstance(got_mask, torch.Tensor) and got_mask.dtype == torch.bool,
-        "the loss mask is a bool tensor",
-        expected="dtype torch.bool",
-        got=describe(got_mask),
+    check.tensor(
+        got_mask,
+        "the loss mask is a bool tensor like the ids",
+        shape=ids.shape,
+        dtype=torch.bool,
         hint="torch.zeros(B, L, dtype=torch.bool), then True over each row's real tokens",
     )
     check.that(
@@ -420,15 +538,9 @@ def check_pad_batch(check: Check) -> None:
     rows = ([w.BOS, 1, 2, w.EOS], [w.BOS, 28, 29, 5, 6, 7, w.EOS])
     seqs = [torch.tensor(row, device=check.device) for row in rows]
     ids, mask = vocab.pad_batch(seqs, w)
-    got = call(check, seqs, w)
-    check.that(
-        isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], torch.Tensor),
-        "another vocabulary: returns (ids, loss_mask)",
-        expected="a tuple of two tensors",
-        got=describe(got),
-    )
+    got_ids, _ = check.parts(call(check, seqs, w), ("ids", "loss_mask"))
     check.equal(
-        got[0],
+        got_ids,
         ids,
         f"another vocabulary (PAD = {w.PAD}): the ids, each row then PAD",
         hint="pad with the PAD id of the vocabulary passed in, V.PAD",

@@ -134,6 +134,11 @@ class _FrozenBlock(_Block):
         return x + out
 
 
+class _Float64Out(_Block):
+    def forward(self, x):
+        return (x + self.block(x)).double()  # BUG: a float64 result for float32 images
+
+
 class _AddsInPlace(_Block):
     def forward(self, x):
         x += self.block(x)  # BUG: writes into the caller's x
@@ -162,6 +167,11 @@ def test_res_block_reference_passes(capsys):
         (
             _NoPadding,
             r"keeps the shape \(2, 16, 6, 5\)(.|\n)*got:      tensor of shape \(2, 16, 4, 3\)",
+        ),
+        (
+            _Float64Out,
+            r"keeps the dtype torch\.float32\":\n  expected: a tensor of dtype torch\.float32\n"
+            r"  got:      tensor of shape \(2, 16, 6, 5\), dtype torch\.float64",
         ),
     ],
     ids=case_id,
@@ -217,13 +227,16 @@ def test_psnr_reference_passes(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_peak_255, r"one PSNR per image(.|\n)*differ"),
-        (_batch_mean_first, r"one PSNR per image(.|\n)*average over images only afterwards"),
-        (_twenty_log_mse, r"one PSNR per image(.|\n)*10 · log10"),
-        (_ignores_max_value, r"max_value=255(.|\n)*max_value²"),
+        (_peak_255, r"one PSNR per image(.|\n)*looks like: a peak of 255 where max_value"),
+        (
+            _batch_mean_first,
+            r"one PSNR per image(.|\n)*looks like: one MSE for the whole batch(.|\n)*afterwards",
+        ),
+        (_twenty_log_mse, r"one PSNR per image(.|\n)*looks like: 20 · log10\(max_value / MSE\)"),
+        (_ignores_max_value, r"max_value=255(.|\n)*looks like: a peak of 1 whatever max_value"),
         (_no_floor, r"identical images give 100 dB(.|\n)*got:      .*inf"),
         (_python_floats, r"keeps dtype float64(.|\n)*dtype torch.float32"),
-        (_sum_not_mean, r"one PSNR per image(.|\n)*mean over C, H and W"),
+        (_sum_not_mean, r"one PSNR per image(.|\n)*looks like: the squared errors summed over C"),
     ],
     ids=case_id,
 )
@@ -296,10 +309,17 @@ def test_to_tokens_reference_passes(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_reshape_without_permute, r"tokens of z_e \(2, 4, 3, 5\)(.|\n)*move channels last"),
-        (_argmax, r"tokens of z_e(.|\n)*argmin"),
-        (_transposed, r"tokens of z_e \(2, 4, 3, 5\)(.|\n)*values differ"),
-        (_dot_product_similarity, r"tokens of z_e(.|\n)*values differ"),
+        (
+            _reshape_without_permute,
+            r"tokens of z_e \(2, 4, 3, 5\)(.|\n)*looks like: z_e reshaped to rows without moving "
+            r"channels last",
+        ),
+        (_argmax, r"tokens of z_e(.|\n)*looks like: argmax where argmin belongs"),
+        (
+            _transposed,
+            r"tokens of z_e \(2, 4, 3, 5\)(.|\n)*looks like: the positions taken column by column",
+        ),
+        (_dot_product_similarity, r"tokens of z_e(.|\n)*looks like: the largest dot product z·e"),
         (_flat_tokens, r"expected: shape \(2, 3, 5\)(.|\n)*got:      shape \(30,\)"),
         (_sums_over_codes, r"tokens of z_e(.|\n)*values differ"),
         (_float_tokens, r"returns tokens as a long tensor(.|\n)*dtype torch.float32"),

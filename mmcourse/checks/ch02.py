@@ -7,7 +7,7 @@ from torch import nn
 
 from mmcourse import tokenizer, vq
 from mmcourse.checks._contract import call
-from mmcourse.checks._core import Check, describe, exercise, gradients, seeded
+from mmcourse.checks._core import Check, exercise, gradients, seeded
 
 _BLOCK_LAYOUT = (
     "self.block = nn.Sequential(GroupNorm, SiLU, Conv2d 3×3, GroupNorm, SiLU, Conv2d 3×3) and "
@@ -49,13 +49,13 @@ def check_res_block(check: Check) -> None:
         block.to(dev)
         x = torch.randn(2, channels, 6, 5, generator=g).to(dev)
         got, expected = _forward(check, block, x), reference(x)
-        check.that(
-            isinstance(got, torch.Tensor) and got.shape == x.shape,
+        check.tensor(
+            got,
             f"{name} keeps the shape {tuple(x.shape)}",
-            expected=f"shape {tuple(x.shape)}",
-            got=describe(got),
+            shape=x.shape,
             hint="padding=1 in every 3×3 convolution keeps H and W; the skip needs equal shapes",
         )
+        check.tensor(got, f"{name} keeps the dtype {x.dtype}", dtype=x.dtype)
         check.that(
             not torch.allclose(got, expected - x, atol=1e-5),
             f"{name} keeps the skip connection",
@@ -110,11 +110,10 @@ def check_to_tokens(check: Check) -> None:
         z_e = codebook[picks].permute(0, 3, 1, 2) + noise  # (B, D, h, w)
         expected = _tokens(z_e, codebook)
         got = call(check, z_e, codebook)
-        check.that(
-            isinstance(got, torch.Tensor) and got.dtype == torch.long,
+        check.tensor(
+            got,
             "returns tokens as a long tensor",
-            expected="a tensor of dtype torch.int64",
-            got=describe(got),
+            dtype=torch.long,
             hint="argmin returns torch.long indices; don't convert them to float or int32",
         )
         check.equal(
@@ -122,6 +121,7 @@ def check_to_tokens(check: Check) -> None:
             expected,
             f"tokens of z_e {(b, d, h, w)} with a codebook of {k} codes",
             hint=hint + "; nearest means the smallest squared distance (argmin)",
+            alternatives=_token_mistakes(z_e, codebook),
         )
     z_e = torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64).to(dev)
     codebook = torch.randn(10, 4, generator=g, dtype=torch.float64).to(dev)
@@ -152,6 +152,7 @@ def check_psnr(check: Check) -> None:
         "one PSNR per image for 4 images with different errors",
         atol=1e-3,
         hint=hint + "; average over images only afterwards, outside this function",
+        alternatives=_psnr_mistakes(x, y, 1.0),
     )
     ramp = torch.linspace(0, 1, 48).view(1, 3, 4, 4).to(dev)
     noisy = ramp + 0.1 * torch.ones_like(ramp)  # MSE = 0.01 exactly: 20 dB at max_value 1
@@ -161,6 +162,7 @@ def check_psnr(check: Check) -> None:
         "an error of 0.1 on every pixel of [0, 1] images is 20 dB",
         atol=1e-3,
         hint=hint + "; with pixels in [0, 1] the peak is 1, not 255",
+        alternatives=_psnr_mistakes(ramp, noisy, 1.0),
     )
     check.close(
         call(check, ramp * 255, noisy * 255, max_value=255.0),
@@ -168,6 +170,7 @@ def check_psnr(check: Check) -> None:
         "max_value=255 on the same images scaled to [0, 255] is still 20 dB",
         atol=1e-3,
         hint="use max_value² in the numerator, not a fixed 1",
+        alternatives=_psnr_mistakes(ramp * 255, noisy * 255, 255.0),
     )
     same = call(check, x, x.clone())
     check.close(
@@ -225,6 +228,48 @@ def _check_gradients(
             atol=1e-4,
             hint="every layer must be trained: no .detach() and no torch.no_grad() in forward",
         )
+
+
+def _token_mistakes(z_e: torch.Tensor, codebook: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the classic mistakes of Exercise 2.2 give on z_e (B, D, h, w), codebook (K, D)."""
+    b, d, h, w = z_e.shape
+    rows = z_e.permute(0, 2, 3, 1).reshape(-1, d)  # (B·h·w, D)
+    distances = vq.squared_distances(rows, codebook)  # (B·h·w, K)
+    by_columns = z_e.permute(0, 3, 2, 1).reshape(-1, d)  # (B·w·h, D)
+    return {
+        "z_e reshaped to rows without moving channels last: reshape keeps the memory order "
+        "(B, D, h, w), so each row mixes channels of different positions; permute(0, 2, 3, 1) "
+        "first": vq.nearest_code(z_e.reshape(-1, d), codebook).view(b, h, w),
+        "argmax where argmin belongs: the nearest code has the smallest squared distance": (
+            distances.argmax(dim=1).view(b, h, w)
+        ),
+        "the positions taken column by column: permute(0, 3, 2, 1) swaps h and w; "
+        "permute(0, 2, 3, 1) keeps rows before columns": vq.nearest_code(by_columns, codebook).view(
+            b, h, w
+        ),
+        "the largest dot product z·e where the smallest distance belongs: ‖e‖² differs from "
+        "code to code, so it counts too": (rows @ codebook.T).argmax(dim=1).view(b, h, w),
+    }
+
+
+def _psnr_mistakes(x: torch.Tensor, y: torch.Tensor, max_value: float) -> dict:
+    """What the classic mistakes of Exercise 2.3 give on images x, y (B, C, H, W)."""
+    mse = (x - y).pow(2).flatten(1).mean(dim=1).clamp_min(1e-10)  # (B,)
+    batch = (x - y).pow(2).mean().clamp_min(1e-10).expand(len(x))  # (B,), one for all
+    summed = (x - y).pow(2).flatten(1).sum(dim=1).clamp_min(1e-10)  # (B,)
+    return {
+        "one MSE for the whole batch: the MSE of each image (mean over C, H and W), and an "
+        "average over images only afterwards, outside this function": 10
+        * torch.log10(max_value**2 / batch),
+        "20 · log10(max_value / MSE): the 20 goes with the root of the MSE; PSNR = "
+        "10 · log10(max_value² / MSE)": 20 * torch.log10(max_value / mse),
+        "a peak of 255 where max_value belongs (images in [0, 1] peak at 1)": 10
+        * torch.log10(255.0**2 / mse),
+        "a peak of 1 whatever max_value says: max_value² goes in the numerator": 10
+        * torch.log10(1 / mse),
+        "the squared errors summed over C, H and W where their mean belongs": 10
+        * torch.log10(max_value**2 / summed),
+    }
 
 
 def _tokens(z_e: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:

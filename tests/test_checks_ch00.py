@@ -169,15 +169,25 @@ def test_image_grid_loop_solution_passes(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_column_major, r"failed check 1, \"5 images(.|\n)*values differ(.|\n)*row by row"),
+        (
+            _column_major,
+            r"failed check 1, \"5 images(.|\n)*values differ(.|\n)*looks like: the images placed "
+            r"column by column",
+        ),
         (_reshape_only, r"failed check 1, (.|\n)*values differ"),
         (_no_closing_frame, r"expected: shape \(1, 7, 13\)\n  got:      shape \(1, 6, 12\)"),
-        (_pads_with_zero, r"pad_value=1\.0(.|\n)*values differ"),
+        (
+            _pads_with_zero,
+            r"pad_value=1\.0\"(.|\n)*looks like: the frame in 0 where pad_value = 1 belongs",
+        ),
         (_float32, r"keeps dtype float64(.|\n)*dtype torch\.float32(.|\n)*x\.new_full"),
         (_full_rows_only, r"it raised RuntimeError"),
         (_modifies_input, r"leaves its input x unchanged(.|\n)*x\.clone\(\)"),
         (_default_four_columns, r"documented defaults ncols=8(.|\n)*shape \(3, 10, 34\)"),
-        (_default_black_frame, r"documented defaults(.|\n)*values differ"),
+        (
+            _default_black_frame,
+            r"documented defaults(.|\n)*values differ(.|\n)*looks like: the frame in 0 where",
+        ),
         (_no_input_check, r"3-D input(.|\n)*no error"),
         (stub, r"Exercise 0\.2 \(an image grid\): not implemented yet"),
     ],

@@ -50,6 +50,26 @@ def check_parse_caption(check: Check) -> None:
         )
 
 
+def _grid_mistakes(x: torch.Tensor, ncols: int, pad: int, pad_value: float) -> dict:
+    """What the classic mistakes of Exercise 0.2 give: the grid filled column by column, and
+    the frame in 0 whatever pad_value says."""
+    n = len(x)
+    rows = -(-n // ncols)
+    slot = torch.arange(rows * ncols, device=x.device)  # slots row by row
+    image = (slot % ncols) * rows + slot // ncols  # the image a column-by-column fill puts there
+    empty = x.new_full((1, *x.shape[1:]), pad_value)  # image n: an empty slot
+    by_columns = torch.cat([x, empty])[image.clamp(max=n)]
+    mistakes = {
+        "the images placed column by column: image i goes to row i // ncols and column "
+        "i % ncols (row by row)": viz.image_grid(by_columns, ncols, pad, pad_value)
+    }
+    if pad and pad_value != 0:
+        mistakes[f"the frame in 0 where pad_value = {pad_value:g} belongs"] = viz.image_grid(
+            x, ncols, pad, 0.0
+        )
+    return mistakes
+
+
 @exercise("0.2", "an image grid", references=(viz.image_grid,))
 def check_image_grid(check: Check) -> None:
     """Exercise 0.2: image_grid(x, ncols, pad, pad_value) -> (C, H', W')."""
@@ -65,6 +85,7 @@ def check_image_grid(check: Check) -> None:
         "5 images of 1×2×3, ncols=3, pad=1: image i in row i // ncols, column i % ncols",
         hint="image i goes to row i // ncols and column i % ncols "
         "(row by row), framed by `pad` pixels on every side; empty slots are pad_value",
+        alternatives=_grid_mistakes(marked, 3, 1, 0.0),
     )
     cases = [  # (N, C, H, W, ncols, pad, pad_value)
         (8, 3, 4, 4, 4, 2, 1.0),
@@ -83,6 +104,7 @@ def check_image_grid(check: Check) -> None:
             f"pad={pad}, pad_value={pad_value}",
             hint="output shape (C, rows·(H + pad) + pad, ncols·(W + pad) + pad) with "
             "rows = ceil(N / ncols); the frame is on all four sides",
+            alternatives=_grid_mistakes(x, ncols, pad, pad_value),
         )
     x = torch.rand(10, 3, 2, 2, generator=g).to(dev)
     expected = viz.image_grid(x)
@@ -91,6 +113,7 @@ def check_image_grid(check: Check) -> None:
         expected,
         "uses the documented defaults ncols=8, pad=2, pad_value=1.0 for 10 images",
         hint="keep the signature image_grid(x, ncols=8, pad=2, pad_value=1.0)",
+        alternatives=_grid_mistakes(x, 8, 2, 1.0),
     )
     x = torch.rand(4, 3, 3, 3, generator=g, dtype=torch.float64).to(dev)
     expected = viz.image_grid(x, ncols=2, pad=1)

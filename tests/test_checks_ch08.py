@@ -36,6 +36,11 @@ def _mask_any_image(image_id):
     return causal_mask(n, n, image_id.device) | both
 
 
+def _mask_batch_none(image_id):
+    if image_id.dim() == 1:
+        return tf.transfusion_mask(image_id)  # BUG: nothing for a batch
+
+
 def _mask_float(image_id):
     return tf.transfusion_mask(image_id).float()  # BUG: not bool
 
@@ -58,6 +63,7 @@ def test_mask_reference_passes(capsys):
         (_mask_any_image, "causal across the sequence"),
         (_mask_float, "mask is bool"),
         (_mask_unbatched, "one mask per row"),
+        (_mask_batch_none, r"one mask per row(.|\n)*got:      a NoneType: None"),
         (stub, "not implemented yet"),
     ],
     ids=case_id,
@@ -95,6 +101,26 @@ def _loss_clean_image_scored(logits, eps_pred, ids, eps, is_image, diffuse, vali
     return ref.ce + lam * mse, ref.ce, mse
 
 
+def _loss_mse_summed(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam):
+    ref = tf.transfusion_loss(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam)
+    scored = diffuse & is_image & valid
+    mse = (eps_pred - eps).pow(2).sum(-1)[scored].mean()  # BUG: summed over the P numbers
+    return ref.ce + lam * mse, ref.ce, mse
+
+
+def _loss_ce_summed(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam):
+    ref = tf.transfusion_loss(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam)
+    keep = valid[:, 1:] & ~is_image[:, 1:] & ~is_image[:, :-1]
+    targets = ids[:, 1:].masked_fill(~keep, -100)
+    ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="sum")  # BUG: a sum
+    return ce + lam * ref.mse, ce, ref.mse
+
+
+def _loss_float64(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam=8.0):
+    ref = tf.transfusion_loss(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam)
+    return tuple(x.double() for x in ref)  # BUG: float32 in, float64 out
+
+
 def _loss_lambda_on_ce(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam):
     ref = tf.transfusion_loss(logits, eps_pred, ids, eps, is_image, diffuse, valid, lam)
     return lam * ref.ce + ref.mse, ref.ce, ref.mse  # BUG: λ on the wrong term
@@ -130,11 +156,24 @@ def test_loss_reference_passes(capsys):
         (_loss_ce_on_images, "cross-entropy ignores image positions"),
         (_loss_shifted_eps, "at the same position"),
         (_loss_clean_image_scored, "over the diffused patches"),
-        (_loss_lambda_on_ce, "total = ce"),
+        (_loss_lambda_on_ce, r"total = ce(.|\n)*looks like: λ · ce \+ mse"),
+        (
+            _loss_mse_summed,
+            r"mse = mean(.|\n)*looks like: a factor of P = 4 too large: a sum over P",
+        ),
+        (
+            _loss_ce_summed,
+            r"ce = mean(.|\n)*looks like: a factor of the number of text targets = \d+ too large",
+        ),
+        (
+            _loss_float64,
+            r"failed check 2, \"the two-row batch: total, ce and mse are scalar tensors of the "
+            r"logits' dtype\"(.|\n)*dtype torch\.float64(.|\n)*a common cause",
+        ),
         (_loss_items, r"total, ce and mse are scalar tensors(.|\n)*got:      \d\.\d+(.|\n)*\.item"),
         (_loss_rewrapped, r"total\.backward\(\) reaches the logits(.|\n)*stay in the autograd"),
         (_loss_default_lambda_one, r"lam left out(.|\n)*λ = 8(.|\n)*lam=8"),
-        (_loss_float32, r"keeps dtype float64 and the device \(total\)(.|\n)*float32"),
+        (_loss_float32, r"float64 inputs: total, ce and mse are scalar(.|\n)*dtype torch\.float32"),
         (stub, "not implemented yet"),
     ],
     ids=case_id,
@@ -160,6 +199,15 @@ def _noise_no_sqrt(patches, is_image, t, alpha_bar, eps):
     return torch.where(is_image[..., None], a * patches + (1 - a) * eps, patches)  # BUG
 
 
+def _noise_t_minus_one(patches, is_image, t, alpha_bar, eps):
+    return tf.noise_image_span(patches, is_image, t - 1, alpha_bar, eps)  # BUG: ᾱ_{t−1}
+
+
+def _noise_float64(patches, is_image, t, alpha_bar, eps):
+    a = alpha_bar[t][:, None, None]  # BUG: float64, never cast to the patches' dtype
+    return torch.where(is_image[..., None], a.sqrt() * patches + (1 - a).sqrt() * eps, patches)
+
+
 def _noise_in_place(patches, is_image, t, alpha_bar, eps):
     a = alpha_bar.to(patches)[t][:, None, None]
     noisy = a.sqrt() * patches + (1 - a).sqrt() * eps
@@ -175,8 +223,14 @@ def test_noise_reference_passes(capsys):
     ("wrong", "message"),
     [
         (_noise_everything, "text positions .* unchanged"),
-        (_noise_first_t, "each row's own t"),
-        (_noise_no_sqrt, "each row's own t"),
+        (_noise_first_t, r"each row's own t(.|\n)*looks like: row 0's t used for every row"),
+        (_noise_no_sqrt, r"each row's own t(.|\n)*looks like: ᾱ_t x_0 \+ \(1 − ᾱ_t\) ε, the sq"),
+        (_noise_t_minus_one, r"each row's own t(.|\n)*looks like: ᾱ_\{t−1\} where ᾱ_t belongs"),
+        (
+            _noise_float64,
+            r"failed check 2, \"x_t keeps the dtype of patches\"(.|\n)*got:      tensor of shape "
+            r"\(3, 10, 4\), dtype torch\.float64(.|\n)*a common cause is ᾱ",
+        ),
         (_noise_in_place, r"failed check 1, \"leaves its input patches unchanged"),
         (stub, "not implemented yet"),
     ],
@@ -212,6 +266,17 @@ def _step_no_guidance(model, cond, uncond, x, t, t_next, alpha_bar, guidance):
     return tf.generation_step(model, cond, uncond, x, t, t_next, alpha_bar, 1.0)  # BUG
 
 
+def _step_from_cond(model, cond, uncond, x, t, t_next, alpha_bar, guidance):
+    eps_c, eps_u = tf.image_eps(model, cond, x, t), tf.image_eps(model, uncond, x, t)
+    eps = eps_c + guidance * (eps_c - eps_u)  # BUG: starts from the caption's ε̂
+    x4 = x[..., None]
+    return diffusion.ddim_step(x4, eps[..., None], t, t_next, alpha_bar, 0.0, 0 * x4)[..., 0]
+
+
+def _step_float64(model, cond, uncond, x, t, t_next, alpha_bar, guidance):
+    return tf.generation_step(model, cond, uncond, x, t, t_next, alpha_bar, guidance).double()
+
+
 def _step_in_place(model, cond, uncond, x, t, t_next, alpha_bar, guidance):
     out = tf.generation_step(model, cond, uncond, x, t, t_next, alpha_bar, guidance)
     return x.copy_(out)  # BUG: the caller's x is overwritten
@@ -226,7 +291,13 @@ def test_generation_step_reference_passes(capsys):
     [
         (_step_swapped, "pushes towards the caption"),
         (_step_keeps_patches, "keep their lengths"),
-        (_step_no_guidance, "one DDIM step"),
+        (_step_no_guidance, r"one DDIM step(.|\n)*looks like: the caption's ε̂ alone, no guidance"),
+        (_step_from_cond, r"one DDIM step(.|\n)*looks like: ε̂ = ε_caption \+ s \(ε_caption − ε_n"),
+        (
+            _step_float64,
+            r"failed check 3, \"one DDIM step t = 600 → 400 with guidance 3\.0: x at t_next keeps "
+            r"the dtype of x\"(.|\n)*dtype torch\.float64(.|\n)*alpha_bar\.to\(x\)",
+        ),
         (_step_in_place, r"failed check 1, \"leaves its input x unchanged"),
         (stub, "not implemented yet"),
     ],
@@ -240,3 +311,42 @@ def test_checkers_reject_non_callables():
     for checker in (ch08.check_mask, ch08.check_loss, ch08.check_noise):
         with pytest.raises(Exception, match="pass your function itself"):
             checker(None)
+
+
+# --- every checker: whatever comes back, the failure says what was expected and what came ------
+
+
+def _each_tensor(result, change):
+    """`result` with `change` applied to every tensor in it (inside tuples too)."""
+    if isinstance(result, tuple):
+        return tuple(_each_tensor(part, change) for part in result)
+    return change(result)
+
+
+_WRONG_KINDS = {  # the reference's result, returned in the wrong container, dtype or shape
+    "None": lambda result: None,
+    "a 1-tuple": lambda result: (result,),
+    "lists": lambda result: _each_tensor(result, torch.Tensor.tolist),
+    "float64": lambda result: _each_tensor(result, torch.Tensor.double),
+    "an extra dim": lambda result: _each_tensor(result, lambda x: x[None]),
+}
+
+
+@pytest.mark.parametrize("kind", _WRONG_KINDS)
+@pytest.mark.parametrize(
+    ("checker", "reference"),
+    [
+        (ch08.check_mask, tf.transfusion_mask),
+        (ch08.check_loss, tf.transfusion_loss),
+        (ch08.check_noise, tf.noise_image_span),
+        (ch08.check_generation_step, tf.generation_step),
+    ],
+    ids=case_id,
+)
+def test_a_wrong_kind_of_result_gets_expected_and_got(checker, reference, kind):
+    """Never the catch-all "could not be checked": the failing check says what it expected."""
+
+    def wrong(*args, **kwargs):
+        return _WRONG_KINDS[kind](reference(*args, **kwargs))
+
+    rejects(checker, wrong, r"failed check \d+, \"[^\n]*\":\n  expected: [^\n]+\n  got:      ")

@@ -94,8 +94,8 @@ def check_mask(check: Check) -> None:
     check.equal(got.cpu(), expected.cpu(), "the whole mask matches the reference")
     batch = torch.tensor([_IDS, [-1] * 10 + [0] * 4], device=dev)
     check.equal(
-        call(check, batch).cpu(),
-        tf.transfusion_mask(batch).cpu(),
+        call(check, batch),
+        tf.transfusion_mask(batch),
         "a batch (2, L) of different layouts gives (2, L, L), one mask per row",
         hint="use image_id[..., :, None] and image_id[..., None, :] so the batch dimension "
         "broadcasts",
@@ -123,7 +123,10 @@ def _loss_inputs(dev: torch.device):
     return [x.to(dev) for x in tensors]
 
 
-def _three(check: Check, out: object, what: str) -> tuple[torch.Tensor, ...]:
+def _three(
+    check: Check, out: object, what: str, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, ...]:
+    """(total, ce, mse) as scalar tensors of the inputs' `dtype`, checked before any is read."""
     check.that(
         isinstance(out, tuple | list) and len(out) == 3,
         f"{what}: returns (total, ce, mse)",
@@ -131,13 +134,17 @@ def _three(check: Check, out: object, what: str) -> tuple[torch.Tensor, ...]:
         got=describe(out),
         hint="return total, ce, mse",
     )
-    kinds = [describe(x) for x in out]
+    scalars = all(isinstance(x, torch.Tensor) and x.dim() == 0 for x in out)
     check.that(
-        all(isinstance(x, torch.Tensor) and x.dim() == 0 for x in out),
-        f"{what}: total, ce and mse are scalar tensors",
-        expected="three 0-dimensional tensors",
-        got=", ".join(kinds),
-        hint="keep the losses as tensors (no .item() or float(...)): training calls "
+        scalars and all(x.dtype == dtype for x in out),
+        f"{what}: total, ce and mse are scalar tensors of the logits' dtype",
+        expected=f"three 0-dimensional {dtype} tensors",
+        got=", ".join(describe(x) for x in out),
+        hint="compute the losses from the inputs' own tensors: a common cause of another dtype "
+        "is a tensor built without dtype= (torch.tensor(0.0), torch.zeros(…)) or a .float() "
+        "on the way"
+        if scalars
+        else "keep the losses as tensors (no .item() or float(...)): training calls "
         "total.backward(), which a Python number cannot do",
     )
     return tuple(out)
@@ -188,26 +195,30 @@ def check_loss(check: Check) -> None:
         "~is_image[:, :-1]; set the others to -100 (ignore_index)",
     )
     check.close(
-        torch.as_tensor(mse).detach().cpu().float(),
-        ref.mse.detach().cpu(),
+        mse,
+        ref.mse,
         "mse = mean (ε̂ − ε)² over the diffused patches, at the same position",
         atol=1e-5,
         hint="no shift for the image: a patch predicts its own noise, eps_pred[:, j] vs "
         "eps[:, j]; and the clean image of an image → caption row (diffuse False) is not scored",
+        sizes={"P": eps.shape[-1]},
     )
+    targets = valid[:, 1:] & ~is_image[:, 1:] & ~is_image[:, :-1]
     check.close(
-        torch.as_tensor(ce).detach().cpu().float(),
-        ref.ce.detach().cpu(),
+        ce,
+        ref.ce,
         "ce = mean next-token cross-entropy over the text targets",
         atol=1e-5,
         hint="logits[:, :-1] predict ids[:, 1:]; padding (valid False) never counts",
+        sizes={"the number of text targets": int(targets.sum())},
     )
     check.close(
-        torch.as_tensor(total).detach().cpu().float(),
-        ref.total.detach().cpu(),
+        total,
+        ref.total,
         "total = ce + λ · mse (λ = 0.5)",
         atol=1e-5,
         hint="λ multiplies the diffusion term only",
+        alternatives={"λ · ce + mse: λ multiplies the diffusion term only": 0.5 * ref.ce + ref.mse},
     )
     total, ce, mse = _three(
         check, call(check, logits, eps_pred, ids, eps, is_image, diffuse, valid), "lam left out"
@@ -226,6 +237,7 @@ def check_loss(check: Check) -> None:
         check,
         call(check, doubles[0], doubles[1], ids, doubles[2], is_image, diffuse, valid, 0.5),
         "float64 inputs",
+        torch.float64,
     )
     ref = tf.transfusion_loss(doubles[0], doubles[1], ids, doubles[2], is_image, diffuse, valid,
                               0.5)  # fmt: skip
@@ -275,6 +287,33 @@ def _check_loss_gradients(check: Check, ids, is_image, diffuse, valid, logits, e
 # ------------------------------------------------------------ Exercise 8.2: noise the image span
 
 
+_ALPHA_DTYPE = (
+    "keep the patches' dtype: a common cause is ᾱ, float64 like the notebook's schedule, "
+    "indexed by t (B,) so it keeps a dimension and turns the result float64; cast it first, "
+    "alpha_bar.to(patches)"
+)
+
+
+def _noise_mistakes(
+    patches: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor, eps: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """x_t (B, N, P) at every position from the classic slips of q(x_t | x_0)."""
+
+    def noised(a: torch.Tensor) -> torch.Tensor:  # a (B,) → x_t (B, N, P)
+        a = a.to(patches)[:, None, None]
+        return a.sqrt() * patches + (1 - a).sqrt() * eps
+
+    a = alpha_bar.to(patches)[t][:, None, None]  # (B, 1, 1)
+    return {
+        "ᾱ_t x_0 + (1 − ᾱ_t) ε, the square roots missing: √ᾱ_t x_0 + √(1 − ᾱ_t) ε": a * patches
+        + (1 - a) * eps,
+        "row 0's t used for every row: index ᾱ by the whole t (B,), one t per row": noised(
+            alpha_bar[t[:1]].expand(len(t))
+        ),
+        "ᾱ_{t−1} where ᾱ_t belongs: index alpha_bar[t], one step off": noised(alpha_bar[t - 1]),
+    }
+
+
 @exercise("8.2", "noising the image span", references=(tf.noise_image_span,))
 def check_noise(check: Check) -> None:
     """Exercise 8.2: noise_image_span(patches, is_image, t, alpha_bar, eps) → x_t like
@@ -291,13 +330,13 @@ def check_noise(check: Check) -> None:
     alpha_bar = diffusion.linear_schedule(1000).to(dev)  # (1000,) float64, like the notebook
     expected = tf.noise_image_span(patches, is_image, t, alpha_bar, eps)
     got = call(check, patches.clone(), is_image, t, alpha_bar, eps)
-    check.that(
-        isinstance(got, torch.Tensor) and got.shape == patches.shape,
+    check.tensor(
+        got,
         "x_t has the shape of patches",
-        expected=f"shape {tuple(patches.shape)}",
-        got=describe(got),
+        shape=patches.shape,
         hint="torch.where(is_image[..., None], noisy, patches)",
     )
+    check.tensor(got, "x_t keeps the dtype of patches", dtype=patches.dtype, hint=_ALPHA_DTYPE)
     text = ~is_image
     check.close(
         got[text],
@@ -313,6 +352,10 @@ def check_noise(check: Check) -> None:
         atol=1e-5,
         hint="index ᾱ by t (B,) and broadcast as (B, 1, 1); take square roots of ᾱ_t and "
         "1 − ᾱ_t; cast ᾱ to the patches' dtype and device",
+        alternatives={
+            what: noisy[is_image]
+            for what, noisy in _noise_mistakes(patches, t, alpha_bar, eps).items()
+        },
     )
     p64, e64 = patches.double(), eps.double()
     expected = tf.noise_image_span(p64, is_image, t, alpha_bar, e64)
@@ -334,6 +377,39 @@ def _tiny_model(dev: torch.device) -> tf.Transfusion:
     model = tf.Transfusion(config, patch_dim=4)
     torch.nn.init.normal_(model.patch_out.weight, std=0.5)  # a non-trivial ε̂
     return model.to(dev).eval()
+
+
+_STEP_DTYPE = (
+    "keep x's dtype: a common cause is a value of ᾱ (float64, like the notebook's schedule) "
+    "that keeps a dimension of its own, e.g. alpha_bar[t:t + 1], and so turns x float64; cast "
+    "it first, alpha_bar.to(x)"
+)
+
+
+def _step_mistakes(
+    model: tf.Transfusion,
+    caches: list,
+    x: torch.Tensor,
+    t: int,
+    t_next: int,
+    alpha_bar: torch.Tensor,
+    guidance: float,
+) -> dict[str, torch.Tensor]:
+    """x at t_next (B, 16, P) after the classic guidance slips."""
+    cond, uncond = (tf.image_eps(model, cache, x, t) for cache in caches)
+
+    def step(eps: torch.Tensor) -> torch.Tensor:
+        x4, e4 = x[..., None], eps[..., None]  # ddim_step wants (B, C, H, W)
+        return diffusion.ddim_step(x4, e4, t, t_next, alpha_bar, 0.0, torch.zeros_like(x4))[..., 0]
+
+    return {
+        "ε̂ = ε_caption + s (ε_caption − ε_null), which starts from the caption's ε̂: "
+        "cfg_combine(eps_cond, eps_uncond, scale) = ε_null + s (ε_caption − ε_null)": step(
+            cond + guidance * (cond - uncond)
+        ),
+        "the caption's ε̂ alone, no guidance: combine it with the null cache's ε̂, "
+        "cfg_combine(eps_cond, eps_uncond, guidance)": step(cond),
+    }
 
 
 @exercise("8.4", "one generation step", references=(tf.generation_step,))
@@ -360,22 +436,27 @@ def check_generation_step(check: Check) -> None:
                 hint="image_eps restores the cache; if you call the model yourself, save "
                 "list(cache.layers) and put it back, or the next step sees stale patches",
             )
+            what = f"one DDIM step t = {t} → {t_next} with guidance {guidance}"
+            check.tensor(got, f"{what}: x at t_next has the shape of x", shape=x.shape)
+            check.tensor(
+                got, f"{what}: x at t_next keeps the dtype of x", dtype=x.dtype, hint=_STEP_DTYPE
+            )
             swapped = tf.generation_step(model, caches[1], caches[0], x, t, t_next, alpha_bar,
                                          guidance)  # fmt: skip
             if guidance != 1.0:
                 check.that(
-                    not (isinstance(got, torch.Tensor) and got.shape == swapped.shape
-                         and torch.allclose(got, swapped, atol=1e-5)),
+                    not torch.allclose(got, swapped, atol=1e-5),
                     f"guidance {guidance} pushes towards the caption, not away from it",
                     expected="ε̂ = ε_null + s (ε_caption − ε_null)",
                     got="ε_caption + s (ε_null − ε_caption): cond and uncond swapped",
                     hint="cfg_combine(eps_cond, eps_uncond, scale): the caption cache is cond",
-                )  # fmt: skip
+                )
             check.close(
                 got,
                 expected,
-                f"one DDIM step t = {t} → {t_next} with guidance {guidance}",
+                what,
                 atol=1e-4,
                 hint="eps = cfg_combine(image_eps(model, cond, x, t), image_eps(model, uncond, "
                 "x, t), guidance); then ddim_step on x[..., None] with η = 0 and [..., 0]",
+                alternatives=_step_mistakes(model, caches, x, t, t_next, alpha_bar, guidance),
             )

@@ -5,6 +5,9 @@ then on properties (shapes, dtypes, devices, gradients, clean errors), and print
 `✓ Exercise N.k passed (n checks)` line or raises `ExerciseFailed` saying what went wrong.
 Chapter modules `chNN` are imported on first use, so `checks.ch01` works after
 `from mmcourse import checks`.
+
+Demo cells use `learner_or_reference` and `finished` so that an unfinished exercise ends in one
+line naming it, not in a bare NotImplementedError (see `_fallback`).
 """
 
 import importlib
@@ -12,8 +15,9 @@ import re
 from types import ModuleType
 
 from mmcourse.checks._core import Check, ExerciseFailed, exercise
+from mmcourse.checks._fallback import finished, learner_or_reference
 
-__all__ = ["Check", "ExerciseFailed", "exercise"]
+__all__ = ["Check", "ExerciseFailed", "exercise", "finished", "learner_or_reference"]
 
 
 def __getattr__(name: str) -> ModuleType:

@@ -20,8 +20,9 @@ def check_parse_caption(check: Check) -> None:
             check.call(caption),
             shapes.parse_caption(caption),
             f"parses {caption!r}",
-            hint="return a dict with exactly the keys 'color', 'shape' and 'position'; "
-            "positions can be two words ('top left') or one ('center')",
+            hint="return a dict with exactly the keys 'color', 'shape' and 'position'; a "
+            "common cause is a position cut to one word: positions can be two words ('top "
+            "left') or one ('center')",
         )
     wrong = [c for c in shapes.all_captions() if check.call(c) != shapes.parse_caption(c)]
     check.that(

@@ -106,7 +106,7 @@ def check_squared_distances(check: Check) -> None:
             vq.squared_distances(z, codebook),
             f"matches the broadcast ‖z_i − e_k‖² for z ({n}, {d}) and codebook ({k}, {d})",
             atol=1e-4,
-            hint="shape (N, K) = (len(z), len(codebook)), not (K, N)",
+            hint="the result has shape (N, K) = (len(z), len(codebook))",
             alternatives=_squared_distance_mistakes(z, codebook),
         )
     z = torch.randn(7, 4, generator=g, dtype=torch.float64).to(dev)
@@ -249,8 +249,9 @@ def _vq_forward(z_e: torch.Tensor, codebook: torch.Tensor, beta: float) -> tuple
 
 _FORWARD = ("z_q", "tokens", "codebook_loss", "commitment_loss")
 _ORDER_HINT = (
-    "compute both losses from the codes e = codebook[tokens] before the straight-through "
-    "step; after z_q = z_e + sg(e − z_e), z_q's gradient goes to z_e, not to the codebook"
+    "a common cause is losses computed after the straight-through step: compute both from "
+    "the codes e = codebook[tokens] before it; after z_q = z_e + sg(e − z_e), z_q's gradient "
+    "goes to z_e, not to the codebook"
 )
 
 
@@ -435,7 +436,8 @@ def _check_restart(
         f"keeps every code with count ≥ threshold={threshold} as it was ({what})",
         expected=f"codes {(~dead).nonzero().flatten().tolist()} unchanged",
         got=f"codes {(~dead).nonzero().flatten()[~live].tolist()} changed",
-        hint="a code is dead when counts[k] < threshold (strictly below); only those move",
+        hint="a code is dead when counts[k] < threshold (strictly below) and only those "
+        "move; a common cause is ≤ where < belongs",
     )
     revived = got[dead]  # (n_dead, D)
     on_data = _rows_of(revived, z)
@@ -633,6 +635,23 @@ def _stage_codebooks(g: torch.Generator, stages: int, k: int, d: int) -> list[to
     return books
 
 
+def _rvq_token_mistakes(z: torch.Tensor, codebooks: Sequence[torch.Tensor]) -> dict:
+    """The tokens (N, S) of residual VQ's classic mistakes: z quantized at every stage, or a
+    residual that grows (+ where − belongs)."""
+    residual, grown = z, []
+    for codebook in codebooks:
+        k = vq.nearest_code(residual, codebook)  # (N,)
+        residual = residual + codebook[k]
+        grown.append(k)
+    recurrence = "r_0 = z and r_{s+1} = r_s − e_{k_s}"
+    return {
+        f"every stage quantizing z itself where its residual belongs: {recurrence}": (
+            torch.stack([vq.nearest_code(z, codebook) for codebook in codebooks], dim=1)
+        ),
+        f"the residual updated with + where − belongs: {recurrence}": torch.stack(grown, dim=1),
+    }
+
+
 @exercise("1.6", "residual VQ encoding", references=(vq.ResidualVQ,))
 def check_rvq_encode(check: Check) -> None:
     """Exercise 1.6: rvq_encode(z (N, D), codebooks [(K, D)] * S) -> (tokens (N, S), z_q)."""
@@ -654,12 +673,17 @@ def check_rvq_encode(check: Check) -> None:
         "three stages: stage s quantizes the residual r_s = z − (codes of stages < s)",
         hint="r_0 = z; k_s = nearest code of r_s in codebooks[s]; r_{s+1} = r_s − e_{k_s} "
         "(subtract, and quantize the residual, not z)",
+        alternatives=_rvq_token_mistakes(z, books),
     )
     check.close(
         z_q,
         expected_z_q,
         "z_q is the sum of the codes of all stages",
         hint="z_q = Σ_s codebooks[s][tokens[:, s]], which equals z − (last residual)",
+        alternatives={
+            "the last stage's codes alone: z_q = Σ_s codebooks[s][tokens[:, s]] sums the codes "
+            "of every stage": books[-1][expected_tokens[:, -1]]
+        },
     )
     errors = []
     for s in range(1, len(books) + 1):
@@ -713,7 +737,8 @@ def check_fsq_quantize(check: Check) -> None:
         vq.FSQ((5, 8)).quantize(huge),
         "saturates: z = ±100 maps to the outermost levels (−1, −1) and (1, ¾) for levels (5, 8)",
         atol=1e-6,
-        hint="bound z with tanh before rounding, so every channel stays within its L levels",
+        hint="a common cause is a missing bound: squash z with tanh before rounding, so "
+        "every channel stays within its L levels",
     )
     z = (torch.randn(16, 3, generator=g) * 2).to(dev)
     upstream = torch.randn(16, 3, generator=g).to(dev)

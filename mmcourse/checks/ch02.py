@@ -53,7 +53,8 @@ def check_res_block(check: Check) -> None:
             got,
             f"{name} keeps the shape {tuple(x.shape)}",
             shape=x.shape,
-            hint="padding=1 in every 3×3 convolution keeps H and W; the skip needs equal shapes",
+            hint="a common cause is a 3×3 convolution without padding=1, which keeps H and W "
+            "(the skip needs equal shapes)",
         )
         check.tensor(got, f"{name} keeps the dtype {x.dtype}", dtype=x.dtype)
         check.that(
@@ -70,7 +71,8 @@ def check_res_block(check: Check) -> None:
             atol=1e-5,
             hint="groups defaults to 8: ResBlock(channels, groups=8)"
             if groups is None
-            else "normalise before each convolution, SiLU (not ReLU) after each GroupNorm",
+            else "a common cause is the order or the activation: normalise before each "
+            "convolution, SiLU (not ReLU) after each GroupNorm",
         )
     _check_gradients(check, block, reference, x, g)
     error = check.raises(
@@ -161,7 +163,7 @@ def check_psnr(check: Check) -> None:
         torch.tensor([20.0], device=dev),
         "an error of 0.1 on every pixel of [0, 1] images is 20 dB",
         atol=1e-3,
-        hint=hint + "; with pixels in [0, 1] the peak is 1, not 255",
+        hint=hint + "; with pixels in [0, 1] the peak is 1",
         alternatives=_psnr_mistakes(ramp, noisy, 1.0),
     )
     check.close(
@@ -169,7 +171,7 @@ def check_psnr(check: Check) -> None:
         torch.tensor([20.0], device=dev),
         "max_value=255 on the same images scaled to [0, 255] is still 20 dB",
         atol=1e-3,
-        hint="use max_value² in the numerator, not a fixed 1",
+        hint="use max_value² in the numerator; a common cause is a fixed peak",
         alternatives=_psnr_mistakes(ramp * 255, noisy * 255, 255.0),
     )
     same = call(check, x, x.clone())

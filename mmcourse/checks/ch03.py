@@ -406,8 +406,8 @@ def check_project(check: Check) -> None:
         f"the shape for {1 + n} vision tokens ([CLS] + {n} patches) of D_v={d_v}, D_t={d_t}",
         expected=f"({b}, {n}, {d_t}): one text-space token per patch",
         got=describe(got),
-        hint="drop the [CLS] token first, vision_tokens[:, 1:]: the decoder reads the image "
-        "through its patches",
+        hint="a common cause is [CLS] kept: drop it first, vision_tokens[:, 1:], as the "
+        "decoder reads the image through its patches",
     )
     patches_only = tokens[:, 1:]
     mistakes = {

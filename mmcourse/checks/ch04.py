@@ -450,8 +450,8 @@ def check_ddim_step(check: Check) -> None:
             expected,
             f"the final step, t_next = −1 with η = {eta:g}, lands exactly on x̂_0",
             atol=1e-4,
-            hint="t_next = −1 means x_0: use ᾱ_next = 1 there (alpha_bar[−1] would be "
-            "ᾱ_{T−1}, nearly pure noise), so σ = 0 and the result is x̂_0",
+            hint="t_next = −1 means x_0: use ᾱ_next = 1 there, so σ = 0 and the result is "
+            "x̂_0; a common cause is alpha_bar[−1], which is ᾱ_{T−1}, nearly pure noise",
             alternatives=_ddim_mistakes(x, eps, 3, -1, alpha_bar, eta, noise),
         )
     expected = diffusion.ddpm_step(x, eps, 5, alpha_bar, noise)

@@ -456,18 +456,94 @@ def test_update_argmin_references_pass(capsys):
     [
         (
             _update_le,
-            r"failed check 1, \"N = 29 rows(.|\n)*ties included(.|\n)*ties went to the "
+            r"failed check 2, \"N = 29 rows(.|\n)*ties included(.|\n)*ties went to the "
             r"later code: compare with <",
         ),
-        (_update_le_across_tiles, r"failed check 1, (.|\n)*ties went to the later code"),
-        (_update_no_offset, r"failed check 1, (.|\n)*add the tile's offset k0"),
-        (_update_index_only, r"failed check 1, (.|\n)*not the running minimum"),
+        (_update_le_across_tiles, r"failed check 2, (.|\n)*ties went to the later code"),
+        (_update_no_offset, r"failed check 2, (.|\n)*add the tile's offset k0"),
+        (_update_index_only, r"failed check 2, (.|\n)*not the running minimum"),
         (_update_stub, r"Exercise 9\.2 \(the running argmin update\): not implemented yet"),
     ],
     ids=case_id,
 )
 def test_update_argmin_rejects(wrong, message):
     rejects(ch09.check_update_argmin, wrong, message)
+
+
+def _update_none(best, best_idx, d, k0):
+    tile_min, tile_arg = tl.min(d, axis=1, return_indices=True)
+    better = tile_min < best
+    best_idx = tl.where(better, tile_arg + k0, best_idx)
+    best = tl.where(better, tile_min, best)  # BUG: no return
+
+
+def _update_one(best, best_idx, d, k0):
+    return (update_argmin(best, best_idx, d, k0)[1],)  # BUG: `return best_idx,`
+
+
+def _update_three(best, best_idx, d, k0):
+    best, best_idx = update_argmin(best, best_idx, d, k0)
+    return best, best_idx, k0  # BUG: one value too many
+
+
+def _update_swapped(best, best_idx, d, k0):
+    best, best_idx = update_argmin(best, best_idx, d, k0)
+    return best_idx, best  # BUG: the documented order is (best, best_idx)
+
+
+def _update_float64(best, best_idx, d, k0):
+    best, best_idx = update_argmin(best, best_idx, d, k0)
+    return best.to(tl.float64), best_idx  # BUG: the running minimum changes type
+
+
+@interpreter_only
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (
+            _update_none,
+            r"failed check 1, \"N = 29 rows[^\n]*: returns \(best, best_idx\)\":\n  expected: a "
+            r"tuple \(best, best_idx\)(.|\n)*got:      None \(nothing returned\)\n  hint:     end "
+            r"with `return best, best_idx`",
+        ),
+        (_update_one, r"failed check 1, (.|\n)*got:      a tuple of 1 value\n"),
+        (_update_three, r"failed check 1, (.|\n)*got:      a tuple of 3 values\n"),
+        (_update_swapped, r"got:      \(best_idx, best\): the two in the other order"),
+        (_update_float64, r"got:      best of dtype fp64, shape \(32,\)(.|\n)*stays float32"),
+    ],
+    ids=case_id,
+)
+def test_update_argmin_names_what_it_returned(wrong, message):
+    """In the interpreter (a compiled kernel refuses these results when it compiles)."""
+    rejects(ch09.check_update_argmin, wrong, message)
+
+
+def _tile_none(
+    z_ptr,
+    e_ptr,
+    e_sq_ptr,
+    out_ptr,
+    N,
+    K,
+    D,
+    stride_z,
+    stride_e,
+    stride_out,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    return None  # BUG: stores nothing
+
+
+@pytest.mark.parametrize(
+    ("checker", "wrong"),
+    [(ch09.check_distance_tile, _tile_none), (ch09.check_update_argmin, _update_none)],
+    ids=case_id,
+)
+def test_a_candidate_returning_none_gets_expected_and_got(checker, wrong):
+    """Never the catch-all "could not be checked": the failing check says what it expected."""
+    rejects(checker, wrong, r"failed check \d+, \"[^\n]*\":\n  expected: [^\n]+\n  got:      ")
 
 
 # --- where the candidate runs -----------------------------------------------------------------

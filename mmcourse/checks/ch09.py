@@ -99,15 +99,20 @@ class _Failed:
 
     def __init__(self, error: BaseException) -> None:
         self.not_implemented = _is_not_implemented(error)
-        root = error
-        while root.__cause__ is not None:
-            root = root.__cause__
+        root = _root(error)
         self.message = f"{type(root).__name__}: {root}"
 
     def reraise(self) -> None:
         if self.not_implemented:
             raise NotImplementedError() from None
         raise RuntimeError(self.message) from None
+
+
+def _root(error: BaseException) -> BaseException:
+    """The first exception of a chain (the interpreter wraps what a kernel raised)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
 
 
 def _is_not_implemented(error: BaseException | None) -> bool:
@@ -148,7 +153,8 @@ def _run_cases(kind: str, fn: Callable, cases: list[tuple]) -> list:
         except UnsupportedTriton:
             raise
         except Exception as error:  # noqa: BLE001  (reported as the learner's error)
-            runs.append(_Failed(error))
+            root = _root(error)
+            runs.append(root if isinstance(root, _WrongReturn) else _Failed(error))
             break
     return runs
 
@@ -715,9 +721,53 @@ def _update_hint(d: torch.Tensor, idx: torch.Tensor, want: torch.Tensor, block_k
     )
 
 
+class _WrongReturn(Exception):
+    """What an update returned instead of (best, best_idx), in words: the checker's result for
+    that case (replayed by `check.call`, so that the check can say what came)."""
+
+
+def _return_problem(result: Any, shape: Any) -> str:
+    """'' when `result` is (best float32, best_idx int64), both of `shape`, else what it is."""
+    if not isinstance(result, tuple | list):
+        return "None (nothing returned)" if result is None else f"one {type(result).__name__}"
+    if len(result) != 2:
+        return f"a {type(result).__name__} of {len(result)} value" + "s" * (len(result) != 1)
+    dtypes = [getattr(value, "dtype", None) for value in result]
+    if dtypes == [tl.int64, tl.float32]:
+        return "(best_idx, best): the two in the other order"
+    for name, value, dtype in zip(("best", "best_idx"), result, (tl.float32, tl.int64)):
+        if getattr(value, "dtype", None) is None:
+            return f"{name} a {type(value).__name__}, not a tensor"
+        if value.dtype != dtype or _dims(value.shape) != _dims(shape):
+            return f"{name} of dtype {value.dtype}, shape {tuple(_dims(value.shape))}"
+    return ""
+
+
+def _dims(shape: Any) -> list[int]:
+    """A Triton shape as plain ints (the interpreter's are constexprs)."""
+    return [int(getattr(size, "value", size)) for size in shape]
+
+
+def _returns_checked(update: Callable) -> Callable:
+    """The interpreter's update, raising _WrongReturn when its result is not (best, best_idx)
+    of the running values' dtypes and shape, before the harness unpacks it. (A compiled kernel
+    refuses such a result itself, when it compiles.)"""
+
+    def checked(best: Any, best_idx: Any, d: Any, k0: Any) -> Any:  # Triton's tensors
+        result = update(best, best_idx, d, k0)
+        if problem := _return_problem(result, best.shape):
+            raise _WrongReturn(problem)
+        return result
+
+    return checked  # the interpreter calls a plain function as it is (triton.jit would lose
+    # the closure)
+
+
 def _run_update(update: Callable, d: torch.Tensor, block_n: int, block_k: int) -> tuple:
     n, k = d.shape
     dev = _device()
+    if INTERPRETED:
+        update = _returns_checked(update)
     best = torch.full((n,), -7.0, device=dev)
     idx = torch.full((n,), -7, dtype=torch.long, device=dev)
     grid = (triton.cdiv(n, block_n),)
@@ -748,7 +798,18 @@ def check_update_argmin(check: Check) -> None:
     labels = [case[-1] for case in _UPDATE_CASES]
     check.candidate = _execute("update", check.candidate, inputs, labels)
     for (d, _, block_k), label in zip(inputs, labels):
-        best, idx = check.call(label)
+        got = check.call(label)
+        check.that(
+            not isinstance(got, _WrongReturn),
+            f"{label}: returns (best, best_idx)",
+            expected="a tuple (best, best_idx): float32 minima and int64 indices, each of shape "
+            "(BLOCK_N,)",
+            got=str(got),
+            hint="end with `return best, best_idx`, each a tl.where(better, …, …) of the running "
+            "value, so that best stays float32 and best_idx int64 (a compiled kernel refuses a "
+            "loop variable that changes type)",
+        )
+        best, idx = got
         want_best, want_idx = _simulate(d, block_k, "right")
         check.equal(
             idx,

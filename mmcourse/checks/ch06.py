@@ -230,8 +230,8 @@ def check_causal_pad(check: Check) -> None:
         "no output sees a later frame (kernel 3, stride 1, frame 5 changed)",
         expected="outputs 0–4 unchanged",
         got=leak,
-        hint="padding after the clip (or on both sides) lets output j see frames after j: "
-        + _CAUSAL,
+        hint="a common cause is padding after the clip (or on both sides), which lets output j "
+        "see frames after j: " + _CAUSAL,
     )
     check.close(
         call(check, x, 3, 1),
@@ -297,8 +297,8 @@ def check_temporal_downsample(check: Check) -> None:
             f"no output sees a later frame ({what}, frame 5 changed)",
             expected=f"outputs 0–{5 // s - 1} unchanged",
             got=leak,
-            hint="time must be padded on the left only (causal_pad), not by the convolution's "
-            "own symmetric padding: use padding=(0, k_h // 2, k_w // 2) in F.conv3d",
+            hint="a common cause is the convolution's own symmetric padding in time: pad time "
+            "on the left only (causal_pad) and use padding=(0, k_h // 2, k_w // 2) in F.conv3d",
         )
         check.close(got, expected, what, atol=1e-4)
     weight = (torch.randn(3, 4, 2, 3, 3, generator=g) * 0.1).to(dev)

@@ -392,7 +392,9 @@ def _check_decode(check: Check) -> None:
         expected=f"segments {[s.kind for s in doc]}",
         got=f"segments {kinds}",
         hint="video segments lost on decode: handle BOV … EOV like BOI … EOI (128 video ids, "
-        "then EOV), instead of skipping them or reading them as text",
+        "then EOV), instead of skipping them or reading them as text"
+        if "video" not in kinds
+        else "one clip, one video segment: BOV, 128 video ids, EOV",
     )
     image = next((s[1] for s in got if s[0] == "image"), None)
     codes = doc[1].tokens.flatten()  # (64,)

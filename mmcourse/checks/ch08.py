@@ -80,8 +80,8 @@ def check_mask(check: Check) -> None:
         "text positions stay causal (text never sees later text)",
         expected="False at (text, later text) pairs, e.g. (0, 1)",
         got=f"True at {text_leaks[:4]}",
-        hint="−1 marks text, not an image: two text positions are not 'the same image'. "
-        "Require image_id[i] >= 0 for the bidirectional part",
+        hint="a common cause is −1 (text) compared as if it were an image: two text positions "
+        "are not 'the same image'. Require image_id[i] >= 0 for the bidirectional part",
     )
     check.that(
         not leaks,

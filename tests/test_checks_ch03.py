@@ -440,6 +440,10 @@ def _drops_last(vision_tokens, w1, b1, w2, b2):
     return F.gelu(vision_tokens[:, :-1] @ w1.T + b1) @ w2.T + b2
 
 
+def _in_a_list(vision_tokens, w1, b1, w2, b2):
+    return [fusion.project(vision_tokens, w1, b1, w2, b2)]  # BUG: a list around the tensor
+
+
 def _weights_not_transposed(vision_tokens, w1, b1, w2, b2):
     return F.gelu(vision_tokens[:, 1:] @ w1 + b1) @ w2 + b2  # crashes: (D_v) @ (H, D_v)
 
@@ -457,6 +461,12 @@ def test_project_references_pass(capsys):
         (_keeps_cls, r"failed check 1, (.|\n)*got:      tensor of shape \(2, 5, 5\)(.|\n)*\[CLS\]"),
         (_drops_last, r"failed check 2, (.|\n)*looks like: the last token dropped(.|\n)*token 0"),
         (_weights_not_transposed, r"failed check 1, \"runs on(.|\n)*RuntimeError"),
+        (
+            _in_a_list,
+            r"failed check 1, \"one text-space token per patch(.|\n)*expected: a tensor of shape "
+            r"\(2, 4, 5\)\n  got:      a list of 1 value: \(tensor of shape \(2, 4, 5\)(.|\n)*"
+            r"hint:     return the tensor itself",
+        ),
         (stub, r"Exercise 3\.6 \(the vision-language projector\): not implemented yet"),
     ],
     ids=case_id,

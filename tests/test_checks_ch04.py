@@ -278,6 +278,11 @@ def _drops_last_step(T, steps):
     return list(zip(ts[:-1], ts[1:]))  # BUG: stops at t = 0, never reaching x_0
 
 
+def _float_timesteps(T, steps):
+    ts = torch.linspace(T - 1, 0, steps).round().tolist()  # BUG: floats cannot index alpha_bar
+    return list(zip(ts, ts[1:] + [-1.0]))
+
+
 def _starts_at_T(T, steps):
     ts = torch.linspace(T, 0, steps).round().long().tolist()  # BUG: t = T does not exist
     return list(zip(ts, ts[1:] + [-1]))
@@ -299,6 +304,11 @@ def test_ddim_timesteps_references_pass(capsys):
         (_ends_at_zero, r"final step lands on x_0(.|\n)*got:      \(0, 0\)"),
         (_drops_last_step, r"final step lands on x_0 \(t_next = −1\)"),
         (_starts_at_T, r"starts at pure noise, t = T − 1(.|\n)*got:      1000"),
+        (
+            _float_timesteps,
+            r"returns \(t, t_next\) pairs for T=1000\":\n  expected: a list of \(t, t_next\) "
+            r"pairs of ints\n  got:      \[\(999\.0, 979\.0\)",
+        ),
         (stub, r"Exercise 4\.4 \(the strided DDIM schedule\): not implemented yet"),
     ],
     ids=case_id,

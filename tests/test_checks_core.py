@@ -320,3 +320,16 @@ def test_number_takes_a_float_or_a_zero_dim_tensor():
     assert failure.got == "tensor of shape (4,), dtype torch.float32, on cpu"
     assert _failure(check.number, [0.5], "usage").got == "a list: [0.5]"
     assert _failure(check.number, True, "usage").got == "a bool: True"
+
+
+def test_a_result_that_is_not_a_tensor_gets_its_own_hint():
+    check = Check(lambda: None, torch.device("cpu"))
+    x = torch.zeros(2, 3)
+    failure = _failure(check.close, (x,), x, "values", hint="a hint about the values")
+    assert (
+        failure.got == "a tuple of 1 value: (tensor of shape (2, 3), dtype torch.float32, on cpu)"
+    )
+    assert failure.hint == "return the tensor itself, not a tuple or list holding it"
+    failure = _failure(check.tensor, None, "the result", shape=(2, 3), hint="pad to (2, 3)")
+    assert (failure.got, failure.hint) == ("a NoneType: None", "return a torch.Tensor")
+    assert _failure(check.tensor, x[:1], "the result", shape=(2, 3), hint="pad").hint == "pad"

@@ -194,7 +194,8 @@ class Check:
         sizes: Mapping[str, int] | None = None,
     ) -> None:
         """`got` is a tensor like `expected` (shape, dtype, device) with values within
-        atol + rtol·|expected| of it.
+        atol + rtol·|expected| of it. `hint` is for wrong values, shape, dtype or device: what
+        is not a tensor at all gets its own.
 
         A wrong shape or wrong values get a "looks like:" line, shown instead of `hint`, when
         the result is recognisable: `alternatives` maps a description to the tensor a known
@@ -204,12 +205,7 @@ class Check:
         """
         self.count += 1
         if not isinstance(got, torch.Tensor):
-            raise _Failure(
-                what,
-                describe(expected),
-                f"a {type(got).__name__}: {describe(got)}",
-                hint or _TENSOR_HINT,
-            )
+            raise _not_a_tensor(what, describe(expected), got)
         if got.shape != expected.shape:
             raise _Failure(
                 what,
@@ -271,15 +267,14 @@ class Check:
     ) -> torch.Tensor:
         """One check that `got` is a tensor, of `shape` and `dtype` where given: a result the
         later checks inspect fails here with "expected a tensor of shape …, got …" rather than
-        inside them. A wrong shape is diagnosed like `close`'s (`sizes` names dims)."""
+        inside them. A wrong shape is diagnosed like `close`'s (`sizes` names dims); `hint` is
+        for a wrong shape or dtype (what is not a tensor at all gets its own)."""
         self.count += 1
         wanted = [f"shape {tuple(shape)}"] if shape is not None else []
         wanted += [f"dtype {dtype}"] if dtype is not None else []
         expected = "a tensor" + (" of " + ", ".join(wanted) if wanted else "")
         if not isinstance(got, torch.Tensor):
-            raise _Failure(
-                what, expected, f"a {type(got).__name__}: {describe(got)}", hint or _TENSOR_HINT
-            )
+            raise _not_a_tensor(what, expected, got)
         if shape is not None and tuple(got.shape) != tuple(shape):
             diagnosis = _shape_diagnosis(tuple(got.shape), tuple(shape), sizes or {})
             raise _Failure(what, expected, describe(got), hint, diagnosis)
@@ -432,11 +427,21 @@ def _from_outside(frame: Any) -> bool:
     return not file.startswith(_PACKAGE)
 
 
-_TENSOR_HINT = "return a torch.Tensor"
 _DTYPE_HINT = (
     "keep the input's dtype (create new tensors with x.new_full / x.new_zeros, or pass "
     "dtype=x.dtype)"
 )
+
+
+def _not_a_tensor(what: str, expected: str, got: Any) -> _Failure:
+    """A result that should be a tensor and is not: what came instead, and what to return."""
+    if isinstance(got, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in got):
+        hint = "return the tensor itself, not a tuple or list holding it"
+        return _Failure(what, expected, _describe_parts(got), hint)
+    return _Failure(what, expected, f"a {type(got).__name__}: {describe(got)}", _TENSOR_HINT)
+
+
+_TENSOR_HINT = "return a torch.Tensor"
 
 
 def _describe_parts(value: Any) -> str:

@@ -14,7 +14,7 @@ from einops import rearrange
 
 from mmcourse import fusion, patches
 from mmcourse.checks._contract import call
-from mmcourse.checks._core import Check, OpSpy, describe, exercise, gradients, leaves, seeded
+from mmcourse.checks._core import Check, OpSpy, exercise, gradients, leaves, seeded
 
 _ORDER = "x (B, C, H, W) → (B, N, P·P·C) with rearrange 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)'"
 
@@ -61,12 +61,11 @@ def check_patchify(check: Check) -> None:
     dev = check.device
     x = _counting(2, 3, 8, 12, dev)
     got = call(check, x, 4)
-    check.that(
-        isinstance(got, torch.Tensor) and tuple(got.shape) == (2, 6, 48),
+    check.tensor(
+        got,
         "the shape for x (2, 3, 8, 12) and patch_size 4",
-        expected="(2, 6, 48): (8/4)·(12/4) = 6 patches of 4·4·3 = 48 values",
-        got=describe(got),
-        hint="N = (H/P)·(W/P) patches, each flattened to P·P·C values",
+        shape=(2, 6, 48),
+        hint="N = (H/P)·(W/P) = 6 patches, each flattened to P·P·C = 48 values",
     )
     for c, what in ((1, "a 1-channel image"), (3, "a 3-channel image")):
         x = _counting(2, c, 4, 6, dev)
@@ -401,11 +400,11 @@ def check_project(check: Check) -> None:
     w1, b1, w2, b2 = weights
     got = call(check, tokens, *weights)
     expected = fusion.project(tokens, *weights)
-    check.that(
-        isinstance(got, torch.Tensor) and tuple(got.shape) == (b, n, d_t),
-        f"the shape for {1 + n} vision tokens ([CLS] + {n} patches) of D_v={d_v}, D_t={d_t}",
-        expected=f"({b}, {n}, {d_t}): one text-space token per patch",
-        got=describe(got),
+    check.tensor(
+        got,
+        f"one text-space token per patch for {1 + n} vision tokens ([CLS] + {n} patches) of "
+        f"D_v={d_v}, D_t={d_t}",
+        shape=(b, n, d_t),
         hint="a common cause is [CLS] kept: drop it first, vision_tokens[:, 1:], as the "
         "decoder reads the image through its patches",
     )

@@ -306,16 +306,24 @@ def check_ddpm_step(check: Check) -> None:
 # ------------------------------------------------------------- Exercise 4.4: DDIM timesteps
 
 
+def _is_int(value: Any) -> bool:
+    """A timestep: a Python int, or an integer tensor of zero dimensions."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.is_floating_point() and value.dtype != torch.bool
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _pairs(check: Check, got: Any, what: str) -> list[tuple[int, int]]:
     ok = isinstance(got, list | tuple) and all(
-        isinstance(p, list | tuple) and len(p) == 2 for p in got
+        isinstance(p, list | tuple) and len(p) == 2 and _is_int(p[0]) and _is_int(p[1]) for p in got
     )
     check.that(
         ok,
         what,
-        expected="a list of (t, t_next) pairs",
+        expected="a list of (t, t_next) pairs of ints",
         got=describe(got),
-        hint="return e.g. [(999, 979), (979, 958), …, (0, -1)]",
+        hint="return e.g. [(999, 979), (979, 958), …, (0, -1)]: timesteps index alpha_bar, "
+        "so they are ints (.round().long().tolist() gives them)",
     )
     return [(int(a), int(b)) for a, b in got]
 

@@ -291,7 +291,7 @@ def test_temporal_downsample_references_pass(capsys):
 @pytest.mark.parametrize(
     ("wrong", "message"),
     [
-        (_down_symmetric, r"failed check 2, \"no output sees a later frame(.|\n)*symmetric"),
+        (_down_symmetric, r"failed check 3, \"no output sees a later frame(.|\n)*symmetric"),
         (_down_no_time_pad, r"failed check 1,(.|\n)*shape \(2, 5, 6, 6, 6\)(.|\n)*causal_pad"),
         (_down_strided_space, r"\"shape of \(2, 4, 8, 6, 6\) with a \(3, 3, 3\) kernel, stride 2"),
         (_down_no_error, r"9 frames with stride 2 raise ValueError(.|\n)*no error"),

@@ -216,6 +216,7 @@ _CUBE = torch.randn(4, 3, 4, generator=_G)
         (_SQUARED[..., None], _SQUARED, {}, r"an extra dim of size 1"),
         (_SQUARED.sum(1), _SQUARED.sum(1, keepdim=True), {}, r"without one of its dims of size 1"),
         (torch.zeros(6, 20), _SQUARED, {"sizes": {"D": 4}}, r"dim 1 D = 4 times too large"),
+        (torch.zeros(2, 5), _SQUARED, {"sizes": {"T": 3}}, r"dim 0 T = 3 times too small: T split"),
         (torch.zeros(2, 3, 4), torch.zeros(3, 4, 2), {}, "the expected sizes in another order"),
         (_SQUARED[:3], _SQUARED, {"alternatives": {"half the rows": _SQUARED[:3]}}, "half the"),
     ],
@@ -333,3 +334,8 @@ def test_a_result_that_is_not_a_tensor_gets_its_own_hint():
     failure = _failure(check.tensor, None, "the result", shape=(2, 3), hint="pad to (2, 3)")
     assert (failure.got, failure.hint) == ("a NoneType: None", "return a torch.Tensor")
     assert _failure(check.tensor, x[:1], "the result", shape=(2, 3), hint="pad").hint == "pad"
+
+
+def test_a_huge_result_is_not_diagnosed():
+    big = torch.ones((1 << 22) + 1)
+    assert _diagnosis(-big, big) == "" and _diagnosis(-big[:-1], big[:-1]) != ""

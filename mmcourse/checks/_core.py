@@ -555,6 +555,8 @@ def _diagnose(
     shape, how its shape relates to the expected one; else the one generic relation to
     `expected` that fits (√, square, a constant factor, the negative, two dims swapped, one step
     shifted). Compared in float64 on the CPU, so any dtype and device can be diagnosed."""
+    if got.numel() > _DIAGNOSED_AT_MOST:
+        return ""
     if got.is_floating_point() or expected.is_floating_point():
         atol, rtol = max(atol, 1e-6), max(rtol, 1e-5)  # an exact check still allows rounding
     g = _plain(got)
@@ -568,6 +570,9 @@ def _diagnose(
     found += [*_factor(g, e, atol, rtol, sizes or {}), *_swaps(g, e, atol, rtol)]
     found += [*_shifts(g, e, atol, rtol)]
     return found[0] if len(found) == 1 else ""
+
+
+_DIAGNOSED_AT_MOST = 1 << 22  # elements: each comparison copies the tensors to CPU float64
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:
@@ -667,9 +672,9 @@ def _shape_diagnosis(got: tuple, want: tuple, sizes: Mapping[str, int]) -> str:
             "the expected shape without one of its dims of size 1: a squeeze too many, or "
             "keepdim=True missing"
         )
-    wrong = [i for i in range(len(got)) if len(got) == len(want) and got[i] != want[i]]
-    if len(wrong) == 1:
-        d = wrong[0]
+    differ = [i for i in range(len(got)) if got[i] != want[i]] if len(got) == len(want) else []
+    if len(differ) == 1:
+        (d,) = differ
         for name, size in sizes.items():
             if size > 1 and got[d] == want[d] * size:
                 return f"dim {d} {name} = {size} times too large: {name} folded into it"

@@ -5,10 +5,10 @@
     python -m mmcourse.lab notebooks/05_autoregressive.ipynb -- --port=8890
 
 A learner's lab hides what only an instructor uses: nbgrader's Formgrader, Create Assignment,
-Course List and Assignment List (menus, sidebars and their server endpoints). nbgrader's Validate
-button stays. JupyterLab's news pop-up ("Would you like to receive official Jupyter news?") is
-off in both modes: the course runs offline. As root (a container), the server is started with
---allow-root, which Jupyter otherwise demands.
+Course List and Assignment List (the Nbgrader menu, sidebars, palette entries and their server
+endpoints). nbgrader's Validate button stays. JupyterLab's news pop-up ("Would you like to
+receive official Jupyter news?") is off in both modes: the course runs offline. As root (a
+container), the server is started with --allow-root, which Jupyter otherwise demands.
 
 The settings live in a folder of their own under the temporary directory, added to Jupyter's
 search path for this server only (JUPYTER_CONFIG_PATH): nothing is written to the learner's own
@@ -28,8 +28,10 @@ from pathlib import Path
 WELCOME = "notebooks/00_welcome.ipynb"
 
 # Plugins of nbgrader's JupyterLab extension that belong to the instructor (and to its
-# exchange-based assignment distribution, which the course does not use).
+# exchange-based assignment distribution, which the course does not use). Its "Nbgrader" menu
+# holds nothing else.
 NBGRADER_INSTRUCTOR_PLUGINS = [
+    "@jupyter/nbgrader:menu",
     "@jupyter/nbgrader:formgrader",
     "@jupyter/nbgrader:create-assignment",
     "@jupyter/nbgrader:course-list",

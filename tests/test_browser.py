@@ -1,11 +1,14 @@
-"""The course in a real browser: JupyterLab on localhost, driven by headless Chromium.
+"""The course in a real browser: JupyterLab on localhost (a learner's lab, as `make lab` starts
+it), driven by headless Chromium.
 
-The test opens the welcome notebook, runs all its cells from JupyterLab's Run menu, moves the
+One test opens the welcome notebook, runs all its cells from JupyterLab's Run menu, moves the
 judge-under-noise slider one step with the keyboard and checks that the output it drives (the
-printed score and the figure) changed. A screenshot of before and after is kept under
-build/test-artifacts/. Chromium is Debian's (`apt-get install chromium`; `.ci/run` installs it),
-driven by Playwright for Python with `executable_path`, so nothing downloads a browser. Skipped,
-with the reason, only where no Chromium is installed.
+printed score and the figure) changed. Another answers an exercise of the student notebook
+wrongly and reads what the learner sees under its check cell: the checker's message alone, no
+frame of the checker's source. Screenshots are kept under build/test-artifacts/. Chromium is
+Debian's (`apt-get install chromium`; `.ci/run` installs it), driven by Playwright for Python
+with `executable_path`, so nothing downloads a browser. Skipped, with the reason, only where no
+Chromium is installed.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import signal
 from pathlib import Path
 
 import jupyter_lab
+import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,50 +70,103 @@ def _run_all_cells(page, timeout_error: type[Exception], attempts: int = 3) -> N
     raise AssertionError(f"Run All Cells did not start the notebook in {attempts} attempts")
 
 
-def test_widget_slider_drives_its_output_in_chromium(tmp_path: Path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    # JupyterLab 4 renders only the cells in view by default; render them all, so the test can
-    # find the widget wherever it sits in the notebook.
+@pytest.fixture(scope="module")
+def sync_api():
+    return pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """One learner's JupyterLab for the module's tests."""
+    tmp_path = tmp_path_factory.mktemp("lab")
+    # JupyterLab 4 renders only the cells in view by default; render them all, so the tests can
+    # find an output wherever it sits in the notebook.
     settings = tmp_path / "lab-settings" / "@jupyterlab" / "notebook-extension"
     settings.mkdir(parents=True)
     (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
-    news = tmp_path / "lab-settings" / "@jupyterlab" / "apputils-extension"
-    news.mkdir(parents=True)
-    (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
     env = {"MMCOURSE_DEVICE": "cpu", "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings")}
-    lab = jupyter_lab.start(tmp_path, env=env)
-    shutil.copy(ROOT / "solutions" / NOTEBOOK, lab.root / NOTEBOOK)
+    server = jupyter_lab.start(tmp_path, env=env)
     try:
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.set_default_timeout(STEP_TIMEOUT_MS)
-                page.goto(lab.url(f"lab/tree/{NOTEBOOK}?token={lab.token}"))
-                page.locator(".jp-Notebook .jp-Cell").first.wait_for()
-                _run_all_cells(page, sync_api.TimeoutError)
-
-                slider = page.locator(".widget-interact .widget-hslider").first
-                slider.wait_for(timeout=RUN_ALL_TIMEOUT_MS)
-                slider.scroll_into_view_if_needed()
-                text_before, figure_before = _output(page, "0.10")
-                page.screenshot(path=ARTIFACTS / "browser-before.png")
-
-                handle = slider.locator(".noUi-handle")
-                handle.focus()
-                handle.press("ArrowRight")  # one step: σ 0.10 → 0.15
-                text_after, figure_after = _output(page, "0.15")
-                page.screenshot(path=ARTIFACTS / "browser-after.png")
-                assert text_after != text_before, "the printed score did not change"
-                assert figure_after != figure_before, "the figure did not change"
-
-                errors = page.locator("[data-mime-type='application/vnd.jupyter.stderr']")
-                tracebacks = [t for t in errors.all_inner_texts() if "Error" in t]
-                assert not tracebacks, f"cells failed in the browser: {tracebacks[:1]}"
-            finally:
-                browser.close()
-        lab.server.send_signal(signal.SIGTERM)
-        assert lab.server.wait(timeout=15) == 0, lab.log.read_text()
+        yield server
+        server.server.send_signal(signal.SIGTERM)
+        assert server.server.wait(timeout=15) == 0, server.log.read_text()
     finally:
-        jupyter_lab.kill(lab)
+        jupyter_lab.kill(server)
+
+
+@pytest.fixture
+def page(lab, sync_api):
+    """A fresh Chromium page; any traceback shown in a cell fails the test afterwards."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(STEP_TIMEOUT_MS)
+            yield page
+        finally:
+            browser.close()
+
+
+def _open(page, lab, name: str, sync_api) -> None:
+    # ?reset: a fresh workspace, not the tabs an earlier test left open
+    page.goto(lab.url(f"lab/tree/{name}?reset&token={lab.token}"))
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for()
+    _run_all_cells(page, sync_api.TimeoutError)
+
+
+def test_widget_slider_drives_its_output_in_chromium(lab, page, sync_api):
+    shutil.copy(ROOT / "solutions" / NOTEBOOK, lab.root / NOTEBOOK)
+    _open(page, lab, NOTEBOOK, sync_api)
+    slider = page.locator(".widget-interact .widget-hslider").first
+    slider.wait_for(timeout=RUN_ALL_TIMEOUT_MS)
+    slider.scroll_into_view_if_needed()
+    text_before, figure_before = _output(page, "0.10")
+    page.screenshot(path=ARTIFACTS / "browser-before.png")
+
+    handle = slider.locator(".noUi-handle")
+    handle.focus()
+    handle.press("ArrowRight")  # one step: σ 0.10 → 0.15
+    text_after, figure_after = _output(page, "0.15")
+    page.screenshot(path=ARTIFACTS / "browser-after.png")
+    assert text_after != text_before, "the printed score did not change"
+    assert figure_after != figure_before, "the figure did not change"
+
+    errors = page.locator("[data-mime-type='application/vnd.jupyter.stderr']")
+    tracebacks = [t for t in errors.all_inner_texts() if "Error" in t]
+    assert not tracebacks, f"cells failed in the browser: {tracebacks[:1]}"
+
+
+# What must never appear under a failed check: frames of the checker's machinery.
+CHECKER_INTERNALS = ("mmcourse/checks", "_core.py", "Traceback", "File ", "---->", "def checker")
+
+
+def test_a_failed_check_shows_the_message_alone(lab, page, sync_api):
+    """Exercise 0.1 of the student notebook answered wrongly (the position is one word too
+    short): its check cell shows the message, not the checker's source."""
+    nb = nbformat.read(ROOT / "notebooks" / NOTEBOOK, as_version=4)
+    for cell in nb.cells:
+        if cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") == "ex0_1_parse_caption":
+            cell.source = (
+                "def parse_caption(caption):\n"
+                "    w = caption.split(' ')\n"
+                "    return {'color': w[1], 'shape': w[2], 'position': w[5]}\n"
+            )
+    name = "wrong_" + NOTEBOOK
+    nbformat.write(nb, lab.root / name)
+    _open(page, lab, name, sync_api)
+    error = page.locator("[data-mime-type='application/vnd.jupyter.stderr']", has_text="Exercise")
+    try:
+        error.first.wait_for(timeout=RUN_ALL_TIMEOUT_MS)
+        error.first.scroll_into_view_if_needed()
+    finally:
+        page.screenshot(path=ARTIFACTS / "browser-failed-check.png")
+    text = error.first.inner_text()
+    # A learner's lab: nbgrader's Validate button, none of its instructor menu.
+    assert page.get_by_role("menuitem", name="Nbgrader").count() == 0, "the Nbgrader menu shows"
+    assert page.get_by_role("button", name="Validate").count() >= 1, "no Validate button"
+    assert "ExerciseFailed: Exercise 0.1 (read a caption) failed check" in text, text
+    assert "expected" in text and "got" in text, text
+    shown = [word for word in CHECKER_INTERNALS if word in text]
+    assert not shown, f"the learner sees checker internals {shown}:\n{text}"
+    assert len(text.splitlines()) <= 6, f"more than the message:\n{text}"

@@ -17,12 +17,15 @@ Index convention: timesteps are 0 … T − 1 (the paper's 1 … T shifted by on
 ᾱ_t and ᾱ_{−1} = 1 (no noise), so the step from t = 0 lands on x_0.
 
 Shipped weights: data/diffusion_shapes.pt (pixels) and data/diffusion_latent_shapes.pt (the
-chapter-02 tokenizer's latents), rebuilt by `python -m mmcourse.train diffusion`.
+chapter-02 tokenizer's latents), rebuilt by `python -m mmcourse.train diffusion`, which also
+writes data/diffusion_ddpm_samples.pt: the pixel model's DDPM 1000 samples of every caption, so
+that a notebook can score DDPM's faithfulness without walking its 1000 steps on 90 images.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -41,6 +44,8 @@ from mmcourse.unet import NULL, UNet
 
 PATH = checkpoints.DATA_DIR / "diffusion_shapes.pt"
 LATENT_PATH = checkpoints.DATA_DIR / "diffusion_latent_shapes.pt"
+DDPM_SAMPLES_PATH = checkpoints.DATA_DIR / "diffusion_ddpm_samples.pt"
+DDPM_GUIDANCE = 3.0  # the guidance scale of the shipped DDPM samples
 COMMAND = "python -m mmcourse.train diffusion"
 T = 1000  # diffusion steps of the shipped models
 PIXEL_STEPS = 6000  # training steps of the shipped models (batch 128)
@@ -438,11 +443,84 @@ def faithfulness(
     return judge.score(images, labels.cpu()), images
 
 
+class DDPMSamples(NamedTuple):
+    """The pixel model's DDPM samples of every caption, shipped so that chapter 04 scores DDPM
+    without walking its 1000 steps on 90 images in the notebook (`rebuild_ddpm_samples`)."""
+
+    images: torch.Tensor  # (N, 3, 32, 32) in [0, 1], kept as 8-bit values like an image file
+    labels: torch.Tensor  # (N, 3): every caption once, in all_captions() order
+    guidance: float
+    seed: int
+
+
 def rebuild(seed: int = 0) -> str:
     """Train the pixel-space and the latent model from `seed` on one thread, write
-    data/diffusion_shapes.pt and data/diffusion_latent_shapes.pt, return a one-line summary with
-    held-out judge scores (the `python -m mmcourse.train diffusion` target)."""
-    return _rebuild_pixel(seed) + "\n" + _rebuild_latent(seed)
+    data/diffusion_shapes.pt and data/diffusion_latent_shapes.pt, then the pixel model's DDPM
+    samples data/diffusion_ddpm_samples.pt; return a summary with held-out judge scores (the
+    `python -m mmcourse.train diffusion` target)."""
+    return "\n".join([_rebuild_pixel(seed), _rebuild_latent(seed), rebuild_ddpm_samples(seed)])
+
+
+def rebuild_ddpm_samples(seed: int = 0) -> str:
+    """Sample every caption once from the shipped pixel model with DDPM (all T steps, guidance
+    DDPM_GUIDANCE, every noise drawn by a CPU generator seeded `seed`, one thread), write
+    data/diffusion_ddpm_samples.pt with the digest of the weights they came from, and return a
+    one-line summary with the judge's scores of the stored 8-bit images."""
+    from mmcourse.env import one_thread
+    from mmcourse.judge import load_judge
+
+    with one_thread():
+        gen, judge = load_diffusion(PATH, "cpu"), load_judge(device="cpu")
+        labels = caption_labels(1)  # (90, 3)
+        start = time.perf_counter()
+        _, images = faithfulness(
+            gen, judge, labels, steps=None, guidance=DDPM_GUIDANCE, seed=seed
+        )  # (N, 3, 32, 32) in [0, 1]
+        took = time.perf_counter() - start
+        pixels = (images * 255).round().to(torch.uint8)
+        DDPM_SAMPLES_PATH.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {"images": pixels, "labels": labels, "guidance": DDPM_GUIDANCE, "seed": seed,
+             "weights": _digest(gen.model), "command": COMMAND},
+            DDPM_SAMPLES_PATH,
+        )  # fmt: skip
+        scores = judge.score(load_ddpm_samples(gen, DDPM_SAMPLES_PATH).images, labels)
+    return (
+        f"wrote {DDPM_SAMPLES_PATH.name} in {took:.0f} s; judge faithfulness (DDPM {T}, guidance "
+        f"{DDPM_GUIDANCE:g}, {len(labels)} samples) "
+        + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+    )
+
+
+def load_ddpm_samples(gen: Generator, path: Path | str = DDPM_SAMPLES_PATH) -> DDPMSamples:
+    """The shipped DDPM samples of `gen`, the pixel model they were drawn from. A missing or
+    unreadable file, or one drawn from other weights, raises an error naming the command that
+    rebuilds it."""
+    path, rebuild_it = Path(path), f"rebuild it with: {COMMAND}"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.name} not found in {path.parent}; {rebuild_it}")
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        images, labels, weights = stored["images"], stored["labels"], stored["weights"]
+        guidance, seed = float(stored["guidance"]), int(stored["seed"])
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise checkpoints.CheckpointError(
+            f"{path.name} could not be read ({type(err).__name__}); {rebuild_it}"
+        ) from None
+    if weights != _digest(gen.model):
+        raise checkpoints.CheckpointError(
+            f"{path.name} was sampled from other weights than this model's; {rebuild_it}"
+        )
+    return DDPMSamples(images.float() / 255, labels, guidance, seed)
+
+
+def _digest(model: nn.Module) -> str:
+    """sha256 of a model's weights, names and values: which model a file of samples came from."""
+    digest = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _rebuild_pixel(seed: int) -> str:

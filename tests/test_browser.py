@@ -19,8 +19,8 @@ import signal
 from pathlib import Path
 
 import jupyter_lab
-import nbformat
 import pytest
+from answers import WRONG_PARSE_CAPTION, with_answer
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = "00_welcome.ipynb"
@@ -144,16 +144,9 @@ CHECKER_INTERNALS = ("mmcourse/checks", "_core.py", "Traceback", "File ", "---->
 def test_a_failed_check_shows_the_message_alone(lab, page, sync_api):
     """Exercise 0.1 of the student notebook answered wrongly (the position is one word too
     short): its check cell shows the message, not the checker's source."""
-    nb = nbformat.read(ROOT / "notebooks" / NOTEBOOK, as_version=4)
-    for cell in nb.cells:
-        if cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") == "ex0_1_parse_caption":
-            cell.source = (
-                "def parse_caption(caption):\n"
-                "    w = caption.split(' ')\n"
-                "    return {'color': w[1], 'shape': w[2], 'position': w[5]}\n"
-            )
     name = "wrong_" + NOTEBOOK
-    nbformat.write(nb, lab.root / name)
+    answer = (ROOT / "notebooks" / NOTEBOOK, "ex0_1_parse_caption", WRONG_PARSE_CAPTION)
+    with_answer(*answer, lab.root / name)
     _open(page, lab, name, sync_api)
     error = page.locator("[data-mime-type='application/vnd.jupyter.stderr']", has_text="Exercise")
     try:

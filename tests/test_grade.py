@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
+from answers import WRONG_PARSE_CAPTION, with_answer
 
 from mmcourse import grade
 
@@ -62,16 +62,12 @@ def test_solved_notebook_passes(tmp_path):
 
 def test_wrong_and_unfinished_exercises_are_named(tmp_path):
     """Exercise 0.1 answered wrongly, Exercise 0.2 left as the stub."""
-    nb = nbformat.read(ROOT / "notebooks" / NOTEBOOK, as_version=4)
-    for cell in nb.cells:
-        if cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") == "ex0_1_parse_caption":
-            cell.source = (
-                "def parse_caption(caption):\n"
-                "    w = caption.split(' ')\n"
-                "    return {'color': w[1], 'shape': w[2], 'position': w[5]}\n"
-            )
-    path = tmp_path / NOTEBOOK
-    nbformat.write(nb, path)
+    path = with_answer(
+        ROOT / "notebooks" / NOTEBOOK,
+        "ex0_1_parse_caption",
+        WRONG_PARSE_CAPTION,
+        tmp_path / NOTEBOOK,
+    )
     code, out = _grade(path)
     assert code == 1, out
     assert "✗ Exercise 0.1 fails: Exercise 0.1 (read a caption) failed check" in out, out
@@ -83,12 +79,12 @@ def test_wrong_and_unfinished_exercises_are_named(tmp_path):
 def test_a_delegating_answer_fails_naming_the_reference(tmp_path):
     """A graded run: Exercise 0.1 answered with the package's own parse_caption (under another
     name) fails, naming it; Exercise 0.2, solved, still passes."""
-    nb = nbformat.read(ROOT / "solutions" / NOTEBOOK, as_version=4)
-    for cell in nb.cells:
-        if cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") == "ex0_1_parse_caption":
-            cell.source = "from mmcourse.data import shapes as s\nparse_caption = s.parse_caption\n"
-    path = tmp_path / NOTEBOOK
-    nbformat.write(nb, path)
+    path = with_answer(
+        ROOT / "solutions" / NOTEBOOK,
+        "ex0_1_parse_caption",
+        "from mmcourse.data import shapes as s\nparse_caption = s.parse_caption\n",
+        tmp_path / NOTEBOOK,
+    )
     code, out = _grade(path)
     assert code == 1, out
     assert (
@@ -111,12 +107,12 @@ def test_cell_errors_name_their_line():
 
 def test_an_answer_that_does_not_run_is_named_as_the_cause(tmp_path):
     """Exercise 0.2's answer cell has a SyntaxError: its check cell's NameError is not the news."""
-    nb = nbformat.read(ROOT / "notebooks" / NOTEBOOK, as_version=4)
-    for cell in nb.cells:
-        if cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") == "ex0_2_image_grid":
-            cell.source = "def image_grid(x, ncols=8, pad=2, pad_value=1.0):\n    return (x\n"
-    path = tmp_path / NOTEBOOK
-    nbformat.write(nb, path)
+    path = with_answer(
+        ROOT / "notebooks" / NOTEBOOK,
+        "ex0_2_image_grid",
+        "def image_grid(x, ncols=8, pad=2, pad_value=1.0):\n    return (x\n",
+        tmp_path / NOTEBOOK,
+    )
     code, out = _grade(path)
     assert code == 1, out
     assert "✗ Exercise 0.2 fails: its answer cell did not run: SyntaxError at line 2" in out, out

@@ -6,7 +6,15 @@ import math
 
 import pytest
 import torch
-from checker_cases import case_id, devices_seen, passes, rejects, stub
+from checker_cases import (
+    WRONG_KINDS,
+    case_id,
+    devices_seen,
+    passes,
+    rejects,
+    rejects_wrong_kind,
+    stub,
+)
 
 from mmcourse import ar, sampling, transformer
 from mmcourse.checks import ch05
@@ -665,28 +673,7 @@ def test_checks_run_on_the_chosen_device(checker, reference, device, capsys):
     assert seen <= {torch.device(device)}
 
 
-def _each_tensor(result, change):
-    """`result` with `change` applied to every tensor in it (inside tuples too)."""
-    if isinstance(result, tuple):
-        return tuple(_each_tensor(part, change) for part in result)
-    return change(result)
-
-
-_WRONG_KINDS = {  # the reference's result, returned in the wrong container, dtype or shape
-    "None": lambda result: None,
-    "a 1-tuple": lambda result: (result,),
-    "lists": lambda result: _each_tensor(result, torch.Tensor.tolist),
-    "float64": lambda result: _each_tensor(result, torch.Tensor.double),
-    "an extra dim": lambda result: _each_tensor(result, lambda x: x[None]),
-}
-
-
-@pytest.mark.parametrize("kind", _WRONG_KINDS)
+@pytest.mark.parametrize("kind", WRONG_KINDS)
 @pytest.mark.parametrize(("checker", "reference"), _REFERENCES, ids=case_id)
 def test_a_wrong_kind_of_result_gets_expected_and_got(checker, reference, kind):
-    """Never the catch-all "could not be checked": the failing check says what it expected."""
-
-    def wrong(*args, **kwargs):
-        return _WRONG_KINDS[kind](reference(*args, **kwargs))
-
-    rejects(checker, wrong, r"failed check \d+, \"[^\n]*\":\n  expected: [^\n]+\n  got:      ")
+    rejects_wrong_kind(checker, reference, kind)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from checker_cases import case_id, passes, rejects, stub
+from checker_cases import WRONG_KINDS, case_id, passes, rejects, rejects_wrong_kind, stub
 
 from mmcourse import bpe, vocab
 from mmcourse.checks import ch07
@@ -578,31 +578,7 @@ def test_pad_rejects(wrong, message):
 # --- every checker: whatever comes back, the failure says what was expected and what came ------
 
 
-def _each(result, change, number):
-    """`result` with `change` applied to every tensor and `number` to every int inside it."""
-    if isinstance(result, torch.Tensor):
-        return change(result)
-    if isinstance(result, int):
-        return number(result)
-    if isinstance(result, Segment):
-        return Segment(result.kind, _each(result.tokens, change, number))
-    if isinstance(result, dict):
-        return {k: _each(v, change, number) for k, v in result.items()}
-    if isinstance(result, list | tuple):
-        return type(result)(_each(part, change, number) for part in result)
-    return result
-
-
-_WRONG_KINDS = {  # the reference's result, returned in the wrong container, dtype or shape
-    "None": lambda result: None,
-    "a 1-tuple": lambda result: (result,),
-    "lists": lambda result: _each(result, torch.Tensor.tolist, lambda n: [n]),
-    "float64": lambda result: _each(result, torch.Tensor.double, float),
-    "an extra dim": lambda result: _each(result, lambda x: x[None], lambda n: (n,)),
-}
-
-
-@pytest.mark.parametrize("kind", _WRONG_KINDS)
+@pytest.mark.parametrize("kind", WRONG_KINDS)
 @pytest.mark.parametrize(
     ("checker", "reference"),
     [
@@ -616,9 +592,4 @@ _WRONG_KINDS = {  # the reference's result, returned in the wrong container, dty
     ids=case_id,
 )
 def test_a_wrong_kind_of_result_gets_expected_and_got(checker, reference, kind):
-    """Never the catch-all "could not be checked": the failing check says what it expected."""
-
-    def wrong(*args, **kwargs):
-        return _WRONG_KINDS[kind](reference(*args, **kwargs))
-
-    rejects(checker, wrong, r"failed check \d+, \"[^\n]*\":\n  expected: [^\n]+\n  got:      ")
+    rejects_wrong_kind(checker, reference, kind)

@@ -48,14 +48,16 @@ GPU_INFO = {
 CPU_INFO = {"cpu": "AMD EPYC", "cores": "2", "torch": "2.13.0+cpu", "device": "cpu"}
 
 
-def _load_runner():
-    spec = importlib.util.spec_from_file_location("benchmarks_run", RUN)
+def _load(name: str):
+    """benchmarks/NAME.py as a module, without running it."""
+    path = ROOT / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-runner = _load_runner()
+runner = _load("run")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -368,3 +370,28 @@ def test_diffusion_and_vit_timings_keep_every_tensor_on_the_device(device, monke
         measured = vit_bench._patch_embedding(device, batch=2)
     assert measured["patch_embed_max_error"] < 1e-12
     assert measured["patch_embed_max_error_fp32"] < 1e-5
+
+
+def test_notebook_times_fill_the_readme_column_and_sentence():
+    notebook_times = _load("notebooks")
+    text = (ROOT / "README.md").read_text()
+    new = notebook_times.update_readme(
+        {"04_diffusion": 97.4, "08_transfusion": 111.6}, "a test machine", text
+    )
+    assert "| 04 | diffusion (`04_diffusion.ipynb`) |" in new
+    row = next(line for line in new.splitlines() if line.startswith("| 04 |"))
+    assert row.split(" | ")[3] == "97 s", row
+    row = next(line for line in new.splitlines() if line.startswith("| 08 |"))
+    assert row.split(" | ")[3] == "112 s", row
+    assert "on a test machine, " in new and "(chapters 04, 08)" in new
+    assert new.count("CPU time: ") == text.count("CPU time: ") == 1
+    assert "The numbers come from the shipped models" in new  # the next paragraph stays
+    with pytest.raises(SystemExit, match="rows for chapter 42"):
+        notebook_times.update_readme({"42_x": 1.0}, "m", text)
+
+
+def test_notebook_times_name_a_missing_chapter():
+    notebook_times = _load("notebooks")
+    assert [p.name[:2] for p in notebook_times.notebooks(["4", "08"])] == ["04", "08"]
+    with pytest.raises(SystemExit, match=r"\['13'\]"):
+        notebook_times.notebooks(["13"])

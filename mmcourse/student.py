@@ -4,17 +4,24 @@
 
     python -m mmcourse.student            # rewrite notebooks/ from solutions/
     python -m mmcourse.student --check    # exit 1, listing what is out of date, writing nothing
+    python -m mmcourse.student --execute solutions/NN_x.ipynb   # fresh outputs, then rewrite
 
 The chain is `nbgrader generate_assignment`'s without its gradebook and header steps: solution
 regions become `raise NotImplementedError()` stubs, hidden tests and mark schemes go, outputs are
 cleared, graded cells are locked and checksummed so that `nbgrader autograde` accepts the result.
 The same input always gives a byte-identical file.
+
+`--execute` runs solution notebooks top to bottom in a fresh kernel (on the CPU unless
+MMCOURSE_DEVICE says otherwise) and stores their outputs as a reader without a kernel can see
+them: an `interact` keeps the figure it drew, while views that only a live kernel can draw
+(tqdm's bars, which would show 0 %, and other widgets) and the saved widget state are dropped.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +40,8 @@ from nbgrader.preprocessors import (
 
 SOLUTIONS = Path("solutions")
 NOTEBOOKS = Path("notebooks")
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
 # generate_assignment's order; ComputeChecksums runs again after ClearHiddenTests, as nbgrader does.
 _CHAIN = (
@@ -56,6 +65,47 @@ def student_version(nb: NotebookNode) -> NotebookNode:
         nb, resources = preprocessor().preprocess(nb, resources)
     nb.metadata.pop("widgets", None)  # saved widget state is output too
     return nb
+
+
+def static_outputs(nb: NotebookNode) -> NotebookNode:
+    """The notebook with its stored outputs as a reader without a kernel sees them (the input is
+    left unchanged): each widget view becomes the outputs its Output widgets captured (the figure
+    of an `interact`), or nothing (a tqdm bar, a slider); the saved widget state goes."""
+    nb = copy.deepcopy(nb)
+    state = nb.metadata.pop("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [shown for out in cell.outputs for shown in _shown(out, state)]
+    return nb
+
+
+def _shown(output: NotebookNode, state: dict) -> list[NotebookNode]:
+    view = output.get("data", {}).get(WIDGET_VIEW)
+    return [output] if view is None else _captured(view["model_id"], state)
+
+
+def _captured(model_id: str, state: dict) -> list[NotebookNode]:
+    """The outputs held by the Output widgets in a widget and its children, in order."""
+    model = state.get(model_id, {})
+    fields = model.get("state", {})
+    if model.get("model_name") == "OutputModel":
+        return [nbformat.from_dict(out) for out in fields.get("outputs", [])]
+    children = [child.removeprefix("IPY_MODEL_") for child in fields.get("children", [])]
+    return [out for child in children for out in _captured(child, state)]
+
+
+def execute(path: Path, timeout: int = 600) -> None:
+    """Run a solution notebook top to bottom in a fresh kernel started in its folder (the CPU
+    unless MMCOURSE_DEVICE is set) and write it back with its new outputs, as `static_outputs`
+    keeps them."""
+    from nbclient import NotebookClient
+
+    path = Path(path)
+    nb = read(path)
+    env = os.environ | {"MMCOURSE_DEVICE": os.environ.get("MMCOURSE_DEVICE", "cpu")}
+    client = NotebookClient(nb, timeout=timeout, resources={"metadata": {"path": str(path.parent)}})
+    client.execute(env=env)
+    path.write_text(render(static_outputs(nb)), encoding="utf-8", newline="\n")
 
 
 def read(path: Path) -> NotebookNode:
@@ -117,11 +167,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m mmcourse.student", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--check", action="store_true", help="list differences, write nothing")
+    parser.add_argument(
+        "--execute",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="NOTEBOOK",
+        help="run these solution notebooks and store their outputs first",
+    )
     parser.add_argument("--src", type=Path, default=SOLUTIONS, help="default: %(default)s")
     parser.add_argument("--dst", type=Path, default=NOTEBOOKS, help="default: %(default)s")
     args = parser.parse_args(argv)
     if not args.src.is_dir():
         parser.error(f"no such directory: {args.src}")
+    for path in args.execute:
+        print(f"executing {path}")
+        execute(path)
     if args.check:
         out_of_date = stale(args.src, args.dst)
         for path in out_of_date:

@@ -45,6 +45,10 @@ def _temperature_float32(logits, temperature):
     return logits.float() / temperature
 
 
+def _temperature_float64(logits, temperature):
+    return logits.double() / temperature  # BUG: float32 in, float64 out
+
+
 def test_temperature_references_pass(capsys):
     passes(ch05.check_apply_temperature, sampling.apply_temperature, capsys, "5.1")
     passes(ch05.check_apply_temperature, _temperature, capsys, "5.1")
@@ -57,6 +61,13 @@ def test_temperature_references_pass(capsys):
         (_temperature_probs, r"failed check 1(.|\n)*looks like: log\(softmax\(ℓ\) / τ\)"),
         (_temperature_softmax, r"failed check 1(.|\n)*looks like: the probabilities softmax"),
         (_temperature_float32, r"keeps dtype float64(.|\n)*torch\.float32"),
+        (
+            _temperature_float64,
+            r"failed check 1, \"τ = 0\.5 sharpens: logits / 0\.5\":\n  expected: dtype "
+            r"torch\.float32\n  got:      dtype torch\.float64\n  hint:     keep the input's "
+            r"dtype \(create new tensors with x\.new_full / x\.new_zeros, or pass "
+            r"dtype=x\.dtype\)$",
+        ),
         (stub, r"Exercise 5\.1 \(temperature\): not implemented yet"),
     ],
     ids=case_id,

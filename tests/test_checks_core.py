@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmcourse.checks import Check, ExerciseFailed, exercise
-from mmcourse.checks._core import OpSpy, _Failure, gradients, leaves
+from mmcourse.checks._core import _DTYPE_HINT, OpSpy, _Failure, gradients, leaves
 
 
 @exercise("9.9", "double a tensor")
@@ -62,6 +62,12 @@ def test_wrong_shape_dtype_device_and_type_are_described():
     assert "expected: shape (4,)\n  got:      shape (1, 4)" in _fail(lambda x: _double(x)[None])
     assert "dtype torch.float32" in _fail(lambda x: _double(x).double())
     assert "a list" in _fail(lambda x: _double(x).tolist())
+
+
+def test_a_wrong_dtype_gets_the_dtype_hint_not_the_hint_about_values():
+    message = _fail(lambda x: _double(x).double())
+    assert "expected: dtype torch.float32\n  got:      dtype torch.float64\n" in message
+    assert message.endswith(f"  hint:     {_DTYPE_HINT}") and "multiply by two" not in message
 
 
 def test_the_stub_is_not_implemented_yet():
@@ -311,6 +317,42 @@ def test_tensor_checks_type_shape_and_dtype():
     failure = _failure(check.tensor, x.double(), "the result", dtype=torch.float32)
     assert "dtype torch.float64" in failure.got and "keep the input's dtype" in failure.hint
     assert check.count == 4
+
+
+def test_close_equal_and_tensor_keep_their_hints_for_what_they_are_about():
+    check = Check(lambda: None, torch.device("cpu"))
+    x = torch.zeros(2, 3)
+    values = "a hint about the values"
+    assert _failure(check.close, x.double(), x, "x", hint=values).hint == _DTYPE_HINT
+    assert _failure(check.equal, x.double(), x, "x", hint=values).hint == _DTYPE_HINT
+    assert _failure(check.tensor, x.double(), "x", dtype=torch.float32, hint="pad").hint == (
+        _DTYPE_HINT
+    )
+    assert _failure(check.close, x + 1, x, "x", hint=values).hint == values
+    assert _failure(check.close, x[:1], x, "x", hint=values).hint == values
+    assert _failure(check.tensor, x[:1], "x", shape=(2, 3), hint="pad").hint == "pad"
+    # a caller's hint that is about the dtype is passed as dtype_hint, and is shown for it
+    about_dtype = "cast alpha_bar to x's dtype"
+    for failure in (
+        _failure(check.close, x.double(), x, "x", hint=values, dtype_hint=about_dtype),
+        _failure(check.equal, x.double(), x, "x", hint=values, dtype_hint=about_dtype),
+        _failure(check.tensor, x.double(), "x", dtype=torch.float32, dtype_hint=about_dtype),
+    ):
+        assert failure.hint == about_dtype
+    assert _failure(check.close, x + 1, x, "x", hint=values, dtype_hint=about_dtype).hint == values
+
+
+def test_an_integer_or_bool_result_of_another_dtype_is_not_told_to_keep_the_inputs():
+    """Indices from float inputs are long, a mask from ids is bool: "keep the input's dtype"
+    would mislead there."""
+    check = Check(lambda: None, torch.device("cpu"))
+    tokens = torch.zeros(4, dtype=torch.long)
+    failure = _failure(check.equal, tokens.float(), tokens, "tokens", hint="argmin over dim 1")
+    assert failure.hint.startswith("return torch.int64, as documented: indices (argmin")
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    failure = _failure(check.tensor, mask.long(), "the mask", dtype=torch.bool)
+    assert failure.hint.startswith("return torch.bool, as documented")
+    assert "dtype=torch.bool" in failure.hint and "input's dtype" not in failure.hint
 
 
 def test_number_takes_a_float_or_a_zero_dim_tensor():

@@ -159,6 +159,7 @@ class Check:
         what: str,
         *,
         hint: str = "",
+        dtype_hint: str = "",
         alternatives: Mapping[str, torch.Tensor] | None = None,
         sizes: Mapping[str, int] | None = None,
     ) -> None:
@@ -172,6 +173,7 @@ class Check:
                 atol=0.0,
                 rtol=0.0,
                 hint=hint,
+                dtype_hint=dtype_hint,
                 alternatives=alternatives,
                 sizes=sizes,
             )
@@ -189,13 +191,15 @@ class Check:
         atol: float = 1e-5,
         rtol: float = 1e-4,
         hint: str = "",
+        dtype_hint: str = "",
         check_dtype: bool = True,
         alternatives: Mapping[str, torch.Tensor] | None = None,
         sizes: Mapping[str, int] | None = None,
     ) -> None:
         """`got` is a tensor like `expected` (shape, dtype, device) with values within
-        atol + rtol·|expected| of it. `hint` is for wrong values, shape, dtype or device: what
-        is not a tensor at all gets its own.
+        atol + rtol·|expected| of it. `hint` is for wrong values, shape or device; a wrong dtype
+        gets `dtype_hint`, or the general one for `expected`'s dtype (a hint about values says
+        nothing about a dtype); what is not a tensor at all gets its own.
 
         A wrong shape or wrong values get a "looks like:" line, shown instead of `hint`, when
         the result is recognisable: `alternatives` maps a description to the tensor a known
@@ -219,7 +223,7 @@ class Check:
                 what,
                 f"dtype {expected.dtype}",
                 f"dtype {got.dtype}",
-                hint or _DTYPE_HINT,
+                dtype_hint or _dtype_hint(expected.dtype),
             )
         if got.device != expected.device:
             raise _Failure(
@@ -263,12 +267,14 @@ class Check:
         shape: Sequence[int] | None = None,
         dtype: torch.dtype | None = None,
         hint: str = "",
+        dtype_hint: str = "",
         sizes: Mapping[str, int] | None = None,
     ) -> torch.Tensor:
         """One check that `got` is a tensor, of `shape` and `dtype` where given: a result the
         later checks inspect fails here with "expected a tensor of shape …, got …" rather than
         inside them. A wrong shape is diagnosed like `close`'s (`sizes` names dims); `hint` is
-        for a wrong shape or dtype (what is not a tensor at all gets its own)."""
+        for a wrong shape, `dtype_hint` (or the general one for `dtype`) for a wrong dtype;
+        what is not a tensor at all gets its own."""
         self.count += 1
         wanted = [f"shape {tuple(shape)}"] if shape is not None else []
         wanted += [f"dtype {dtype}"] if dtype is not None else []
@@ -279,7 +285,7 @@ class Check:
             diagnosis = _shape_diagnosis(tuple(got.shape), tuple(shape), sizes or {})
             raise _Failure(what, expected, describe(got), hint, diagnosis)
         if dtype is not None and got.dtype != dtype:
-            raise _Failure(what, expected, describe(got), hint or _DTYPE_HINT)
+            raise _Failure(what, expected, describe(got), dtype_hint or _dtype_hint(dtype))
         return got
 
     def number(self, got: Any, what: str, *, hint: str = "") -> float:
@@ -431,6 +437,18 @@ _DTYPE_HINT = (
     "keep the input's dtype (create new tensors with x.new_full / x.new_zeros, or pass "
     "dtype=x.dtype)"
 )
+
+
+def _dtype_hint(expected: torch.dtype) -> str:
+    """The general hint for a result of another dtype than `expected`: a float result keeps the
+    input's; indices, ids and masks keep the integer or bool dtype they are documented with."""
+    if expected.is_floating_point or expected.is_complex:
+        return _DTYPE_HINT
+    return (
+        f"return {expected}, as documented: indices (argmin, argmax, arange) are torch.int64 "
+        f"and comparisons give torch.bool, so don't convert them (.float(), .int()); pass "
+        f"dtype={expected} to the tensors you create"
+    )
 
 
 def _not_a_tensor(what: str, expected: str, got: Any) -> _Failure:

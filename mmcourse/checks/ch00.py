@@ -118,11 +118,13 @@ def check_image_grid(check: Check) -> None:
     )
     x = torch.rand(4, 3, 3, 3, generator=g, dtype=torch.float64).to(dev)
     expected = viz.image_grid(x, ncols=2, pad=1)
+    dtype_hint = "build the grid with x.new_full(...) so it has x's dtype and device"
     check.close(
         call(check, x, ncols=2, pad=1, pad_value=1.0),
         expected,
         "keeps dtype float64 and the device",
-        hint="build the grid with x.new_full(...) so it has x's dtype and device",
+        hint=dtype_hint,
+        dtype_hint=dtype_hint,
     )
     check.raises(
         (ValueError, TypeError),

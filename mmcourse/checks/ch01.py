@@ -111,12 +111,14 @@ def check_squared_distances(check: Check) -> None:
         )
     z = torch.randn(7, 4, generator=g, dtype=torch.float64).to(dev)
     codebook = torch.randn(5, 4, generator=g, dtype=torch.float64).to(dev)
+    dtype_hint = "compute with the inputs' own tensors; don't create float32 tensors"
     check.close(
         call(check, z, codebook),
         vq.squared_distances(z, codebook),
         "keeps dtype float64 and the device",
         atol=1e-9,
-        hint="compute with the inputs' own tensors; don't create float32 tensors",
+        hint=dtype_hint,
+        dtype_hint=dtype_hint,
     )
     n, k, d = 64, 32, 16
     z = torch.randn(n, d, generator=g).to(dev)
@@ -226,13 +228,15 @@ def check_vq_losses(check: Check) -> None:
     z64, codes64 = z_e.double(), codes.double()
     expected = vq.quantize_losses(z64, codes64, 0.25)
     got = check.parts(call(check, z64, codes64, 0.25), ("codebook_loss", "commitment_loss"))
+    dtype_hint = "compute with the inputs' own tensors; no Python floats or float32 tensors"
     for index, name in enumerate(("codebook_loss", "commitment_loss")):
         check.close(
             got[index],
             expected[index],
             f"keeps dtype float64 and the device ({name})",
             atol=1e-9,
-            hint="compute with the inputs' own tensors; no Python floats or float32 tensors",
+            hint=dtype_hint,
+            dtype_hint=dtype_hint,
         )
 
 
@@ -360,13 +364,15 @@ def check_vq_forward(check: Check) -> None:
     z64, cb64 = z_e.double(), codebook.double()
     expected = _vq_forward(z64, cb64, 0.25)
     got = check.parts(call(check, z64, cb64, 0.25), _FORWARD)
+    dtype_hint = "compute with the inputs' own tensors; no Python floats or float32 tensors"
     for index in (0, 2, 3):
         check.close(
             got[index],
             expected[index],
             f"keeps dtype float64 and the device for {_FORWARD[index]}",
             atol=1e-9,
-            hint="compute with the inputs' own tensors; no Python floats or float32 tensors",
+            hint=dtype_hint,
+            dtype_hint=dtype_hint,
         )
 
 
@@ -767,12 +773,14 @@ def check_fsq_quantize(check: Check) -> None:
         hint="h = (L − 1)(1 + eps)/2 with the eps argument, not a fixed 1e-3",
     )
     z64 = z.double()
+    dtype_hint = "build per-channel constants with z.new_tensor(levels)"
     check.close(
         call(check, z64, (7, 4, 3)),
         vq.FSQ((7, 4, 3)).quantize(z64),
         "keeps dtype float64 and the device",
         atol=1e-9,
-        hint="build per-channel constants with z.new_tensor(levels)",
+        hint=dtype_hint,
+        dtype_hint=dtype_hint,
     )
     check.raises(
         ValueError,

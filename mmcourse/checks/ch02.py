@@ -116,7 +116,7 @@ def check_to_tokens(check: Check) -> None:
             got,
             "returns tokens as a long tensor",
             dtype=torch.long,
-            hint="argmin returns torch.long indices; don't convert them to float or int32",
+            dtype_hint="argmin returns torch.long indices; don't convert them to float or int32",
         )
         check.equal(
             got,
@@ -184,12 +184,14 @@ def check_psnr(check: Check) -> None:
     )
     x64, y64 = x.double(), y.double()
     expected = tokenizer.psnr(x64, y64)
+    dtype_hint = "compute with tensor operations on x and y, no Python floats or numpy"
     check.close(
         call(check, x64, y64),
         expected,
         "keeps dtype float64 and the device",
         atol=1e-6,
-        hint="compute with tensor operations on x and y, no Python floats or numpy",
+        hint=dtype_hint,
+        dtype_hint=dtype_hint,
     )
 
 

@@ -268,7 +268,9 @@ def check_sincos_2d(check: Check) -> None:
             f"the embedding of a {h}×{w} grid with dim={dim}",
             atol=1e-5,
             hint="row n is patch n = y·W + x; channels [sin(y·ω), cos(y·ω), sin(x·ω), "
-            "cos(x·ω)] with ω_k = base^(−k/F), F = dim/4; return float32",
+            "cos(x·ω)] with ω_k = base^(−k/F), F = dim/4",
+            dtype_hint="the embedding is float32, as documented: there is no input tensor whose "
+            "dtype it could keep, so compute in any precision and return .float()",
             alternatives=_sincos_mistakes(h, w, dim),
         )
     got = call(check, 2, 3, 8, base=100.0)

@@ -46,6 +46,7 @@ def _follows_dtype(check: Check, got: Any, like: torch.Tensor, what: str) -> Non
         shape=like.shape,
         dtype=like.dtype,
         hint=_CAST,
+        dtype_hint=_CAST,
     )
 
 
@@ -114,12 +115,14 @@ def check_q_sample(check: Check) -> None:
     )
     x0_64, eps_64 = x0.double(), eps.double()
     expected = diffusion.q_sample(x0_64, t, alpha_bar, eps_64)
+    dtype_hint = "compute from the inputs' own tensors; don't create float32 tensors"
     check.close(
         call(check, x0_64, t, alpha_bar, eps_64),
         expected,
         "keeps dtype float64 and the device",
         atol=1e-10,
-        hint="compute from the inputs' own tensors; don't create float32 tensors",
+        hint=dtype_hint,
+        dtype_hint=dtype_hint,
     )
 
 
@@ -294,12 +297,14 @@ def check_ddpm_step(check: Check) -> None:
         )
     x64, eps64, noise64 = x.double(), eps.double(), noise.double()
     expected = diffusion.ddpm_step(x64, eps64, 4, alpha_bar, noise64)
+    dtype_hint = "compute from the inputs' own tensors; don't create float32 tensors"
     check.close(
         call(check, x64, eps64, 4, alpha_bar, noise64),
         expected,
         "keeps dtype float64 and the device",
         atol=1e-10,
-        hint="compute from the inputs' own tensors; don't create float32 tensors",
+        hint=dtype_hint,
+        dtype_hint=dtype_hint,
     )
 
 
@@ -472,12 +477,14 @@ def check_ddim_step(check: Check) -> None:
     )
     x64, eps64, noise64 = x.double(), eps.double(), noise.double()
     expected = diffusion.ddim_step(x64, eps64, 8, 5, alpha_bar, 0.3, noise64)
+    dtype_hint = "compute from the inputs' own tensors; don't create float32 tensors"
     check.close(
         call(check, x64, eps64, 8, 5, alpha_bar, 0.3, noise64),
         expected,
         "keeps dtype float64 and the device",
         atol=1e-10,
-        hint="compute from the inputs' own tensors; don't create float32 tensors",
+        hint=dtype_hint,
+        dtype_hint=dtype_hint,
     )
 
 

@@ -30,10 +30,20 @@ def _same_logits(
     what: str,
     hint: str,
     alternatives: dict[str, torch.Tensor] | None = None,
+    dtype_hint: str = "",
 ) -> None:
     """Equal up to float rounding (−∞ exactly where the reference has −∞): x / τ and x · (1/τ)
     may differ in the last bit. `alternatives`: what known mistakes give on these inputs."""
-    check.close(got, expected, what, atol=1e-6, rtol=1e-6, hint=hint, alternatives=alternatives)
+    check.close(
+        got,
+        expected,
+        what,
+        atol=1e-6,
+        rtol=1e-6,
+        hint=hint,
+        dtype_hint=dtype_hint,
+        alternatives=alternatives,
+    )
 
 
 # ------------------------------------------------------------------ Exercise 5.1: temperature
@@ -154,12 +164,14 @@ def check_top_k_filter(check: Check) -> None:
             raise
         _same_logits(check, got, batch, f"k = {k} ≥ V = 12 keeps every logit", hint=every)
     b64 = batch.double()
+    dtype_hint = "filter with masked_fill on the logits themselves; don't convert them"
     _same_logits(
         check,
         call(check, b64, 5),
         sampling.top_k_filter(b64, 5),
         "keeps dtype float64",
-        hint="filter with masked_fill on the logits themselves; don't convert them",
+        hint=dtype_hint,
+        dtype_hint=dtype_hint,
     )
 
 
@@ -261,12 +273,14 @@ def check_top_p_filter(check: Check) -> None:
         else "p = 1 is the whole distribution: return the logits unchanged",
     )
     b64 = batch.double()
+    dtype_hint = "filter with masked_fill and scatter on the logits themselves; don't convert them"
     _same_logits(
         check,
         call(check, b64, 0.5),
         sampling.top_p_filter(b64, 0.5),
         "keeps dtype float64",
-        hint="filter with masked_fill and scatter on the logits themselves; don't convert them",
+        hint=dtype_hint,
+        dtype_hint=dtype_hint,
     )
 
 
@@ -311,12 +325,14 @@ def check_restrict_range(check: Check) -> None:
         hint="a token outside the image range must have probability exactly 0 (logit −∞)",
     )
     l64 = logits.double()
+    dtype_hint = "masked_fill the logits themselves; don't convert them"
     _same_logits(
         check,
         call(check, l64, 0, 3),
         sampling.restrict_range(l64, 0, 3),
         "keeps dtype float64; ids [0, 3)",
-        hint="masked_fill the logits themselves; don't convert them",
+        hint=dtype_hint,
+        dtype_hint=dtype_hint,
     )
 
 
@@ -393,12 +409,14 @@ def check_process_logits(check: Check) -> None:
         hint=f"keep {defaults}",
     )
     l64 = logits.double()
+    dtype_hint = "apply the filters to the logits themselves; don't convert them"
     _same_logits(
         check,
         call(check, l64, temperature=0.7, top_k=6, top_p=0.9, allowed=(2, 18)),
         sampling.process_logits(l64, temperature=0.7, top_k=6, top_p=0.9, allowed=(2, 18)),
         "keeps dtype float64 (ids [2, 18), τ = 0.7, top-k 6, top-p 0.9)",
-        hint="apply the filters to the logits themselves; don't convert them",
+        hint=dtype_hint,
+        dtype_hint=dtype_hint,
     )
 
 

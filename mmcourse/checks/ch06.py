@@ -164,13 +164,15 @@ def check_patchify_3d(check: Check) -> None:
         atol=1e-4,
     )
     x64 = x.double()
+    dtype_hint = "rearranging only moves numbers; don't convert them"
     check.close(
         call(check, x64, 2, 2),
         video.patchify_3d(x64, 2, 2),
         "keeps dtype float64 and the device",
         atol=0.0,
         rtol=0.0,
-        hint="rearranging only moves numbers; don't convert them",
+        hint=dtype_hint,
+        dtype_hint=dtype_hint,
     )
 
 
@@ -257,11 +259,13 @@ def check_causal_pad(check: Check) -> None:
             alternatives=_pad_mistakes(x, k, s),
         )
     x64 = x.double()
+    dtype_hint = "F.pad keeps the dtype; don't build the padding frames in float32"
     check.close(
         call(check, x64, 4, 2),
         video.causal_pad(x64, 4, 2),
         "keeps dtype float64 and the device",
-        hint="F.pad keeps the dtype; don't build the padding frames in float32",
+        hint=dtype_hint,
+        dtype_hint=dtype_hint,
     )
 
 
@@ -316,12 +320,14 @@ def check_temporal_downsample(check: Check) -> None:
         hint="pass bias straight to F.conv3d, which takes None for no bias",
     )
     x64, w64 = x.double(), weight.double()
+    dtype_hint = "pad with F.pad and convolve with F.conv3d; both keep the dtype"
     check.close(
         call(check, x64, w64, None, 2),
         video.temporal_downsample(x64, w64, None, 2),
         "keeps dtype float64 and the device",
         atol=1e-10,
-        hint="pad with F.pad and convolve with F.conv3d; both keep the dtype",
+        hint=dtype_hint,
+        dtype_hint=dtype_hint,
     )
     weight = torch.randn(5, 4, 3, 3, 3, generator=g).to(dev)
     error = check.raises(
@@ -364,9 +370,11 @@ def check_temporal_upsample(check: Check) -> None:
             },
         )
     x64 = x.double()
+    dtype_hint = "repeating only copies numbers; don't convert them"
     check.close(
         call(check, x64, 2),
         video.temporal_upsample(x64, 2),
         "keeps dtype float64 and the device",
-        hint="repeating only copies numbers; don't convert them",
+        hint=dtype_hint,
+        dtype_hint=dtype_hint,
     )

@@ -509,7 +509,8 @@ def check_pad_batch(check: Check) -> None:
         got_ids,
         "the ids are long, like the sequences",
         dtype=torch.long,
-        hint="start from torch.full((B, L), vocab.PAD, dtype=torch.long) and copy each row in",
+        dtype_hint="start from torch.full((B, L), vocab.PAD, dtype=torch.long) and copy each row "
+        "in",
     )
     n_pad = (got_ids == v.PAD).sum(1).tolist()
     used = got_ids[~mask].unique().tolist()
@@ -521,12 +522,14 @@ def check_pad_batch(check: Check) -> None:
         hint=_padding_hint(used, v),
     )
     check.equal(got_ids, ids, "the ids: each row, then PAD", hint="right padding: row[:n] = seq")
+    mask_hint = "torch.zeros(B, L, dtype=torch.bool), then True over each row's real tokens"
     check.tensor(
         got_mask,
         "the loss mask is a bool tensor like the ids",
         shape=ids.shape,
         dtype=torch.bool,
-        hint="torch.zeros(B, L, dtype=torch.bool), then True over each row's real tokens",
+        hint=mask_hint,
+        dtype_hint=mask_hint,
     )
     check.that(
         not bool(got_mask[~mask].any()),

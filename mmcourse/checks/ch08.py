@@ -241,13 +241,15 @@ def check_loss(check: Check) -> None:
     )
     ref = tf.transfusion_loss(doubles[0], doubles[1], ids, doubles[2], is_image, diffuse, valid,
                               0.5)  # fmt: skip
+    dtype_hint = "compute with the inputs' own tensors; no Python floats or float32 tensors"
     for name, got_loss, ref_loss in zip(("total", "ce", "mse"), out, ref):
         check.close(
             got_loss,
             ref_loss,
             f"keeps dtype float64 and the device ({name})",
             atol=1e-9,
-            hint="compute with the inputs' own tensors; no Python floats or float32 tensors",
+            hint=dtype_hint,
+            dtype_hint=dtype_hint,
         )
 
 
@@ -336,7 +338,9 @@ def check_noise(check: Check) -> None:
         shape=patches.shape,
         hint="torch.where(is_image[..., None], noisy, patches)",
     )
-    check.tensor(got, "x_t keeps the dtype of patches", dtype=patches.dtype, hint=_ALPHA_DTYPE)
+    check.tensor(
+        got, "x_t keeps the dtype of patches", dtype=patches.dtype, dtype_hint=_ALPHA_DTYPE
+    )
     text = ~is_image
     check.close(
         got[text],
@@ -359,12 +363,14 @@ def check_noise(check: Check) -> None:
     )
     p64, e64 = patches.double(), eps.double()
     expected = tf.noise_image_span(p64, is_image, t, alpha_bar, e64)
+    dtype_hint = "cast ᾱ to the patches' dtype (alpha_bar.to(patches)), not to float32"
     check.close(
         call(check, p64, is_image, t, alpha_bar, e64),
         expected,
         "keeps dtype float64 and the device",
         atol=1e-10,
-        hint="cast ᾱ to the patches' dtype (alpha_bar.to(patches)), not to float32",
+        hint=dtype_hint,
+        dtype_hint=dtype_hint,
     )
 
 
@@ -439,7 +445,10 @@ def check_generation_step(check: Check) -> None:
             what = f"one DDIM step t = {t} → {t_next} with guidance {guidance}"
             check.tensor(got, f"{what}: x at t_next has the shape of x", shape=x.shape)
             check.tensor(
-                got, f"{what}: x at t_next keeps the dtype of x", dtype=x.dtype, hint=_STEP_DTYPE
+                got,
+                f"{what}: x at t_next keeps the dtype of x",
+                dtype=x.dtype,
+                dtype_hint=_STEP_DTYPE,
             )
             swapped = tf.generation_step(model, caches[1], caches[0], x, t, t_next, alpha_bar,
                                          guidance)  # fmt: skip

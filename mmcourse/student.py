@@ -64,6 +64,8 @@ def student_version(nb: NotebookNode) -> NotebookNode:
     for preprocessor in _CHAIN:
         nb, resources = preprocessor().preprocess(nb, resources)
     nb.metadata.pop("widgets", None)  # saved widget state is output too
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)  # when the instructor's run ran each cell
     return nb
 
 

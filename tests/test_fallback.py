@@ -117,7 +117,7 @@ def test_only_functions_are_accepted():
 def test_finished_is_false_while_the_stub_line_is_there(cells, name, capsys):
     assert checks.finished(cells[name], "Exercise 9.1") is False
     assert capsys.readouterr().out == (
-        "Exercise 9.1 is not finished yet, and the rest of this cell needs it: replace "
+        "Exercise 9.1 is not finished yet, so this cell skips what needs it: replace "
         f"`raise NotImplementedError()` in {name} with your code, run that cell, then this one.\n"
     )
 

@@ -1,5 +1,6 @@
 """notebooks/ is generated from solutions/: in sync, nothing leaks, every exercise is a stub that
-its checker rejects, and every reference solution passes its checker.
+its checker rejects, every reference solution passes its checker, no other cell of a student
+notebook stops at an unfinished exercise, and solutions store only outputs a reader can see.
 
 Conventions (solutions/ is written to them): an exercise cell has nbgrader metadata
 `solution: true, grade: false` and its solution between `### BEGIN SOLUTION` / `### END SOLUTION`;
@@ -10,6 +11,7 @@ Exercises are run here without a kernel: setup, exercise and check cell exec'd i
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -108,6 +110,8 @@ def _leaks(nb: NotebookNode) -> list[str]:
             found.append(f"cell {index}: outputs")
         if cell.cell_type == "code" and cell.execution_count is not None:
             found.append(f"cell {index}: execution count")
+        if "execution" in cell.metadata:
+            found.append(f"cell {index}: execution timing")
     if "widgets" in nb.metadata:
         found.append("saved widget state")
     return found
@@ -158,6 +162,88 @@ def test_reference_solution_passes(name, grade_id, monkeypatch, capsys):
     assert "✓" in capsys.readouterr().out, "a passing check prints one ✓ line"
 
 
+def _exercise_names(nb: NotebookNode) -> dict[str, str]:
+    """The names each exercise cell defines → "Exercise N.k" (from its grade_id exN_k_…)."""
+    names = {}
+    for exercise in exercises(nb):
+        number = re.match(r"ex(\d+)_(\d+)_", _grade_id(exercise))
+        label = f"Exercise {number[1]}.{number[2]}" if number else _grade_id(exercise)
+        for node in ast.parse(exercise.cell.source).body:
+            if isinstance(node, ast.FunctionDef | ast.ClassDef):
+                names[node.name] = label
+    return names
+
+
+def _guard(node: ast.AST, helper: str, names: dict[str, str]) -> str | None:
+    """The exercise function `node` guards when it is `<…>.helper(name, …, "Exercise N.k")` with
+    that function's own label, else None."""
+    if not (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Name)):
+        return None
+    func, name, label = node.func, node.args[0].id, node.args[-1]
+    called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    right_label = isinstance(label, ast.Constant) and names.get(name) == label.value
+    return name if called == helper and right_label else None
+
+
+def _unguarded(node: ast.AST, names: dict[str, str], gated: frozenset = frozenset()) -> list:
+    """Uses of exercise functions that would stop a cell while their exercise is a stub. A use
+    is guarded as the learner of `learner_or_reference(name, reference, label)`, or inside
+    `if finished(name, label):`."""
+    if _guard(node, "learner_or_reference", names):
+        return [use for arg in node.args[1:] for use in _unguarded(arg, names, gated)]
+    if _guard(node, "finished", names):
+        return []  # asking about the function does not call it
+    if isinstance(node, ast.If):
+        tests = node.test.values if isinstance(node.test, ast.BoolOp) else [node.test]
+        opened = gated | {_guard(test, "finished", names) for test in tests}
+        return [
+            *_unguarded(node.test, names, gated),
+            *(use for child in node.body for use in _unguarded(child, names, opened)),
+            *(use for child in node.orelse for use in _unguarded(child, names, gated)),
+        ]
+    if isinstance(node, ast.Name) and node.id in names and node.id not in gated:
+        return [f"{node.id} ({names[node.id]}) on line {node.lineno}"]
+    return [use for child in ast.iter_child_nodes(node) for use in _unguarded(child, names, gated)]
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.stem)
+def test_other_cells_run_while_exercises_are_unfinished(path):
+    """Read, not run: a demo cell that calls an exercise function directly ends in a bare
+    NotImplementedError while the exercise is a stub; it must let the package's reference stand
+    in (`checks.learner_or_reference`) or say what it needs (`if checks.finished(...)`)."""
+    nb = nbformat.read(path, as_version=4)
+    names = _exercise_names(nb)
+    problems = []
+    for index, cell in enumerate(nb.cells):
+        exercise_or_check = _nbgrader(cell).get("solution") or _nbgrader(cell).get("grade")
+        if cell.cell_type == "code" and not exercise_or_check:
+            uses = _unguarded(ast.parse(cell.source), names)
+            problems += [f"cell {index}: {use}" for use in uses]
+    assert not problems, (
+        f"{path.name}: demo cells use exercise functions unguarded (wrap them in "
+        f"checks.learner_or_reference(name, reference, 'Exercise N.k') or test "
+        f"checks.finished(name, 'Exercise N.k') first): {problems}"
+    )
+
+
+@pytest.mark.parametrize("path", sorted(SOLUTIONS.glob("*.ipynb")), ids=lambda p: p.stem)
+def test_solutions_store_no_widget_views(path):
+    """Widget views render as `interactive(children=(…` text or a tqdm bar at 0 % without a
+    live kernel: solutions keep what `student.static_outputs` keeps."""
+    nb = nbformat.read(path, as_version=4)
+    views = [
+        index
+        for index, cell in enumerate(nb.cells)
+        if cell.cell_type == "code"
+        for out in cell.outputs
+        if student.WIDGET_VIEW in out.get("data", {})
+    ]
+    assert not views and "widgets" not in nb.metadata, (
+        f"{path.name} stores widget views (cells {views}) or widget state: run "
+        f"`python -m mmcourse.student --execute solutions/{path.name}`"
+    )
+
+
 # --- the generator itself, on a small notebook -------------------------------------------------
 
 SETUP = """\
@@ -203,6 +289,7 @@ def _solution_notebook() -> NotebookNode:
             "print(math.pi)",
             execution_count=4,
             outputs=[new_output("stream", name="stdout", text="3.14159\n")],
+            metadata={"execution": {"shell.execute_reply": "2026-11-29T08:37:50Z"}},
         ),
     ]
     return nb
@@ -293,6 +380,50 @@ def test_exercise_runner_on_the_small_notebook(course):
         run_cells(*stub, label="stub")
     (reference,) = exercises(nbformat.read(src / "00_tiny.ipynb", as_version=4))
     run_cells(*reference, label="reference")
+
+
+def _widget_notebook() -> NotebookNode:
+    """A cell that ran `interact` (a slider, and an Output widget holding its figure) and a
+    cell with a tqdm bar beside its printed result, as a kernel leaves them."""
+
+    def view(model_id: str, text: str) -> NotebookNode:
+        data = {student.WIDGET_VIEW: {"model_id": model_id, "version_major": 2}, "text/plain": text}
+        return new_output("display_data", data=data)
+
+    figure = new_output("display_data", data={"image/png": "iVBOR", "text/plain": "<Figure>"})
+    state = {
+        "box": {"model_name": "VBoxModel", "state": {"children": ["IPY_MODEL_s", "IPY_MODEL_o"]}},
+        "s": {"model_name": "IntSliderModel", "state": {"value": 250}},
+        "o": {"model_name": "OutputModel", "state": {"outputs": [figure]}},
+        "bar": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_p"]}},
+        "p": {"model_name": "FloatProgressModel", "state": {"value": 300}},
+    }
+    printed = new_output("stream", name="stdout", text="300 steps in 14 s\n")
+    nb = new_notebook(metadata={"widgets": {student.WIDGET_STATE: {"state": state}}})
+    nb.cells = [
+        new_code_cell("interact(show_t, t=...)", outputs=[view("box", "interactive(children=…")]),
+        new_code_cell("train()", outputs=[view("bar", "train:   0%|"), printed, figure]),
+    ]
+    return nb
+
+
+def test_static_outputs_render_interact_and_drop_other_widgets():
+    nb = _widget_notebook()
+    before = nbformat.writes(nb)
+    shown = student.static_outputs(nb)
+    interact, train = shown.cells
+    assert [out.data["text/plain"] for out in interact.outputs] == ["<Figure>"]
+    assert [out.output_type for out in train.outputs] == ["stream", "display_data"]
+    assert "widgets" not in shown.metadata
+    assert nbformat.writes(nb) == before, "the input notebook is left unchanged"
+
+
+def test_execute_stores_fresh_outputs(course):
+    src, _ = course
+    student.execute(src / "00_tiny.ipynb")
+    nb = nbformat.read(src / "00_tiny.ipynb", as_version=4)
+    assert nb.cells[3].outputs[0].text == "✓ Exercise 0.1 passed (1 checks)\n"
+    assert nb.cells[4].outputs[0].text == "3.141592653589793\n"  # was "3.14159"
 
 
 def test_exercise_without_a_check_cell_is_reported(course):

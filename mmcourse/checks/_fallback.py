@@ -63,14 +63,14 @@ def learner_or_reference(
 
 
 def finished(learner: Callable, exercise: str) -> bool:
-    """False, with one line saying which exercise the rest of the cell needs, while `learner`
+    """False, with one line saying which exercise the cell skips a part for, while `learner`
     still holds the stub's `raise NotImplementedError()`; True otherwise (also when its source
     cannot be read: then it simply runs). For cells with no reference that could stand in."""
     if not _holds_stub(learner):
         return True
     name = getattr(learner, "__name__", learner)
     print(
-        f"{exercise} is not finished yet, and the rest of this cell needs it: replace "
+        f"{exercise} is not finished yet, so this cell skips what needs it: replace "
         f"`raise NotImplementedError()` in {name} with your code, run that cell, then this one."
     )
     return False

@@ -22,20 +22,18 @@ distribution is a mixture that guidance sharpens.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from mmcourse import _validate, checkpoints
 from mmcourse.data import COLORS, POSITIONS, SHAPES, ShapesDataset, parse_caption
 from mmcourse.env import device as default_device
-from mmcourse.transformer import GPT, GPTConfig, gpt_optimizer
+from mmcourse.trainer import TrainResult, adamw_cosine, fit
+from mmcourse.transformer import GPT, GPTConfig
 
 PATH = checkpoints.DATA_DIR / "ar_shapes.pt"
 EARLY_PATH = checkpoints.DATA_DIR / "ar_shapes_early.pt"
@@ -181,12 +179,6 @@ def lm_loss(model: nn.Module, seqs: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100)
 
 
-class TrainResult(NamedTuple):
-    model: GPT  # in eval mode
-    losses: list[float]
-    seconds: float
-
-
 def default_config(**overrides: int | float) -> GPTConfig:
     """The shipped model's configuration (d_model 128, 4 layers, 4 heads), with overrides."""
     base = {"vocab_size": VOCAB_SIZE, "block_size": SEQ_LEN - 1, "n_layer": 4, "n_head": 4}
@@ -221,21 +213,23 @@ def train_ar(
     g = torch.Generator(device=dev).manual_seed(seed)
     model = GPT(config or default_config()).to(dev)
     seqs = seqs.to(dev)
-    opt, schedule = gpt_optimizer(model, lr, steps)
-    losses, start = torch.zeros(steps, device=dev), time.perf_counter()
-    model.train()
-    for step in tqdm(range(1, steps + 1), desc="train", disable=not progress):
+    opt, schedule = adamw_cosine(model, lr, steps)
+
+    def step_loss(step: int) -> torch.Tensor:
         idx = torch.randint(len(seqs), (batch,), generator=g, device=dev)
-        loss = lm_loss(model, drop_captions(seqs[idx], p_uncond, g))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        schedule.step()
-        losses[step - 1] = loss.detach()
-        if callback is not None:
-            callback(step, model)
-    return TrainResult(model.eval(), losses.tolist(), time.perf_counter() - start)
+        return lm_loss(model, drop_captions(seqs[idx], p_uncond, g))
+
+    callbacks = [lambda step, _: callback(step + 1, model)] if callback is not None else []
+    return fit(
+        model,
+        step_loss,
+        steps=steps,
+        optimizer=opt,
+        schedule=schedule,
+        clip=1.0,
+        callbacks=callbacks,
+        progress=progress,
+    )
 
 
 # ---------------------------------------------------------------- shipped weights and rebuild

@@ -40,6 +40,7 @@ from mmcourse import _validate, checkpoints
 from mmcourse.data import ShapesDataset, all_captions, caption_to_labels
 from mmcourse.env import device as default_device
 from mmcourse.env import to_device
+from mmcourse.trainer import TrainResult, adamw_cosine, fit
 from mmcourse.unet import NULL, UNet
 
 PATH = checkpoints.DATA_DIR / "diffusion_shapes.pt"
@@ -259,12 +260,6 @@ def to_images(x: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------ training
 
 
-class TrainResult(NamedTuple):
-    model: UNet  # the exponential moving average of the weights, in eval mode
-    losses: list[float]
-    seconds: float
-
-
 def train_diffusion(
     x0: torch.Tensor,
     labels: torch.Tensor,
@@ -299,14 +294,9 @@ def train_diffusion(
     a_dev = alpha_bar.to(dev)  # ᾱ on the device, indexed by t there
     x0, labels = x0.to(dev), labels.to(dev)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    warmup = max(steps // 20, 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min((i + 1) / warmup, 0.5 * (1 + math.cos(math.pi * i / steps)))
-    )
-    losses, start = torch.zeros(steps, device=dev), time.perf_counter()
-    model.train()
-    for step in tqdm(range(steps), desc="train", disable=not progress):
+    opt, schedule = adamw_cosine(model, lr, steps, weight_decay=0.0, betas=(0.9, 0.999), final=0.0)
+
+    def step_loss(step: int) -> torch.Tensor:
         idx = torch.randint(len(x0), (batch,), generator=g, device=dev)
         t = torch.randint(len(alpha_bar), (batch,), generator=g, device=dev)  # (B,) uniform
         x = x0[idx]  # (B, C, H, W)
@@ -314,15 +304,21 @@ def train_diffusion(
         y = drop_labels(labels[idx], p_uncond, g)
         a = a_dev[t].to(x.dtype)[:, None, None, None]  # ᾱ_t, as q_sample (unchecked: no sync)
         x_t = a.sqrt() * x + (1 - a).sqrt() * eps
-        loss = (model(x_t, t, y) - eps).pow(2).mean()  # diffusion_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        schedule.step()
+        return (model(x_t, t, y) - eps).pow(2).mean()  # diffusion_loss
+
+    def update_ema(step: int, _: torch.Tensor) -> None:
         ema_update(ema, model, step, ema_decay)
-        losses[step] = loss.detach()
-    losses = losses.tolist()  # the only read-back of the run
-    return TrainResult(ema, losses, time.perf_counter() - start)
+
+    run = fit(
+        model,
+        step_loss,
+        steps=steps,
+        optimizer=opt,
+        schedule=schedule,
+        callbacks=[update_ema],
+        progress=progress,
+    )
+    return run._replace(model=ema)
 
 
 @torch.no_grad()

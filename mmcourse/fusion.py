@@ -28,7 +28,8 @@ from mmcourse import _validate, checkpoints
 from mmcourse.data import COLORS, POSITIONS, SHAPES, ShapesDataset, all_captions
 from mmcourse.env import device as default_device
 from mmcourse.env import one_thread, to_device
-from mmcourse.vit import Block, TrainResult, ViT, fit
+from mmcourse.trainer import TrainResult
+from mmcourse.vit import Block, ViT, fit
 
 CLIP_PATH = checkpoints.DATA_DIR / "clip_shapes.pt"
 CLIP_COMMAND = "python -m mmcourse.train clip"

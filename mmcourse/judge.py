@@ -28,6 +28,7 @@ from mmcourse.data.shapes import (
     caption_to_labels,
 )
 from mmcourse.env import device as default_device
+from mmcourse.trainer import fit
 
 PATH = checkpoints.DATA_DIR / "judge.pt"
 COMMAND = "python -m mmcourse.train judge"
@@ -127,15 +128,24 @@ def train_judge(
     judge = Judge()
     opt = torch.optim.AdamW(judge.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-    for step in range(steps):
+
+    def step_loss(step: int) -> torch.Tensor:
         idx = torch.randint(len(data), (batch,), generator=g)
         x, y = _augment(data.images[idx], g), data.labels[idx]  # (B, 3, 32, 32), (B, 3)
         logits = judge(x)
-        loss = sum(F.cross_entropy(logits[a], y[:, i]) for i, a in enumerate(ATTRIBUTES))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        return sum(F.cross_entropy(logits[a], y[:, i]) for i, a in enumerate(ATTRIBUTES))
+
+    def report(step: int, loss: torch.Tensor) -> None:
         if step % 250 == 0 or step == steps - 1:
             log(f"step {step:5d}  loss {loss.item():.4f}")
-    return judge.eval()
+
+    run = fit(
+        judge,
+        step_loss,
+        steps=steps,
+        optimizer=opt,
+        schedule=sched,
+        callbacks=[report],
+        progress=False,
+    )
+    return run.model

@@ -29,11 +29,11 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from mmcourse import _validate, checkpoints
 from mmcourse.data import ShapesDataset
 from mmcourse.env import device as default_device
+from mmcourse.trainer import TrainResult, fit
 from mmcourse.vq import VectorQuantizer, code_usage, nearest_code, perplexity
 
 __all__ = [
@@ -302,13 +302,6 @@ def evaluate(model: VQVAE, images: torch.Tensor, batch: int = 256) -> dict[str, 
 # -------------------------------------------------------------------------------------- training
 
 
-class TrainResult(NamedTuple):
-    """The trained model (eval mode) and its per-step curves."""
-
-    model: VQVAE
-    history: dict[str, list[float]]  # "recon_loss", "vq_loss", "perplexity", "lr"
-
-
 def train_tokenizer(
     seed: int = 0,
     steps: int = TRAIN_STEPS,
@@ -352,8 +345,7 @@ def train_tokenizer(
         x = data[torch.randint(len(data), (batch,), generator=g, device=dev)]  # (B, 3, 32, 32)
         return _augment(x, recolor, blobs, g)
 
-    history = fit_vqvae(model, next_batch, steps, lr, restart_every, g, log, log_every, progress)
-    return TrainResult(model.eval(), history)
+    return fit_vqvae(model, next_batch, steps, lr, restart_every, g, log, log_every, progress)
 
 
 def _fraction(name: str, value: object) -> float:
@@ -413,46 +405,59 @@ def fit_vqvae(
     log: Callable[[str], None] | None,
     log_every: int,
     progress: bool,
-) -> dict[str, list[float]]:
+) -> TrainResult:
     """Chapter 02's recipe for a VQ-VAE (this chapter's images, chapter 06's clips): Adam with a
     cosine learning rate from `lr` to 0; the codebook starts as k-means centres of the first
     batch's encoder outputs; every `restart_every` steps, codes no vector chose move onto random
     encoder outputs (not in the last fifth, so the codebook settles). `model._losses(x)` (the
     forward pass without input checks) must give `loss, recon_loss, vq_loss, perplexity,
-    tokens`; `next_batch()` draws a batch on the model's device. Returns the history of those
-    numbers and the learning rate, per step. The numbers stay on the device until the end (and
-    for `log`, every `log_every` steps): reading one back each step would stall a GPU."""
+    tokens`; `next_batch()` draws a batch on the model's device. Returns the model (eval mode),
+    its loss per step and the history of the other numbers and the learning rate, per step. The
+    numbers stay on the device until the end (and for `log`, every `log_every` steps): reading
+    one back each step would stall a GPU."""
     g = generator
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    dev = next(model.parameters()).device
-    curves = torch.zeros(steps, 3, device=dev)  # recon_loss, vq_loss, perplexity per step
-    lrs = []
-    counts = torch.zeros(model.num_codes, device=dev)  # uses per code since the last restart
-    model.train()
-    for step in tqdm(range(steps), desc="training", unit="step", disable=not progress):
+    counts = torch.zeros(model.num_codes, device=next(model.parameters()).device)  # uses per code
+    lrs: list[float] = []
+    current: dict[str, torch.Tensor] = {}  # the step's batch, which the restart after it reads
+
+    def step_loss(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = next_batch()
         if step == 0:
             with torch.no_grad():
                 z_e = model.encoder(x)  # (B, D, 8, 8) or (B, D, T, 8, 8)
             model.quantizer.init_codebook(z_e, generator=g)
         out = model._losses(x)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-        sched.step()
         tokens = out.tokens.flatten()
         counts.index_add_(0, tokens, torch.ones_like(tokens, dtype=counts.dtype))  # no sync
+        current["x"] = x
+        return out.loss, torch.stack([out.loss, out.recon_loss, out.vq_loss, out.perplexity])
+
+    def restart(step: int, _: torch.Tensor) -> None:
         if (step + 1) % restart_every == 0:
             if step < 0.8 * steps:
                 with torch.no_grad():
-                    z_e = model.encoder(x)
+                    z_e = model.encoder(current["x"])
                 model.quantizer.restart_dead_codes(z_e, counts, generator=g)
             counts.zero_()
-        curves[step] = torch.stack([out.recon_loss, out.vq_loss, out.perplexity]).detach()
         lrs.append(sched.get_last_lr()[0])
+
+    def report(step: int, numbers: torch.Tensor) -> None:
         if log is not None and (step % log_every == 0 or step == steps - 1):
-            recon, vq_loss, perp = curves[step].tolist()
+            _, recon, vq_loss, perp = numbers.tolist()
             log(f"step {step:5d}  recon {recon:.5f}  vq {vq_loss:.5f}  perplexity {perp:.1f}")
-    recon, vq_loss, perp = curves.T.tolist()
-    return {"recon_loss": recon, "vq_loss": vq_loss, "perplexity": perp, "lr": lrs}
+
+    run = fit(
+        model,
+        step_loss,
+        steps=steps,
+        optimizer=opt,
+        schedule=sched,
+        callbacks=[restart, report],
+        progress=progress,
+        desc="training",
+    )
+    loss, recon, vq_loss, perp = (list(column) for column in zip(*run.losses))
+    history = {"recon_loss": recon, "vq_loss": vq_loss, "perplexity": perp, "lr": lrs}
+    return run._replace(losses=loss, history=history)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -45,7 +44,8 @@ from mmcourse.bpe import BPE, course_bpe
 from mmcourse.data import ShapesDataset, all_captions
 from mmcourse.env import device as default_device
 from mmcourse.env import to_device
-from mmcourse.transformer import GPT, GPTConfig, KVCache, causal_mask, gpt_optimizer
+from mmcourse.trainer import TrainResult, adamw_cosine, fit
+from mmcourse.transformer import GPT, GPTConfig, KVCache, causal_mask
 from mmcourse.vocab import Vocabulary
 
 __all__ = [
@@ -378,12 +378,6 @@ def make_batch(
 # ------------------------------------------------------------------------------- training
 
 
-class TrainResult(NamedTuple):
-    model: Transfusion  # the EMA of the weights, in eval mode
-    losses: list[tuple[float, float]]  # (ce, mse) per step
-    seconds: float
-
-
 def _draw(
     latents: torch.Tensor,
     captions: Sequence[str],
@@ -470,10 +464,9 @@ def train_transfusion(
         config or default_config(vocab), patch_dim=latents.shape[-1], separate_mlp=separate_mlp
     ).to(dev)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt, lr_schedule = gpt_optimizer(model, lr, steps)
-    losses, start = torch.zeros(steps, 2, device=dev), time.perf_counter()  # (ce, mse) per step
-    model.train()
-    for step in tqdm(range(steps), desc="train", disable=not progress):
+    opt, lr_schedule = adamw_cosine(model, lr, steps)
+
+    def step_loss(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         batch, t = _draw(latents, captions, words, batch_size, caption_first, vocab, g)
         eps = torch.randn(batch.patches.shape, generator=g)
         x_t = noise_image_span(batch.patches, batch.diffuse, t, alpha_bar, eps)
@@ -482,14 +475,22 @@ def train_transfusion(
         ids, x_t, t, image_id, eps = (to_device(v, dev) for v in on_cpu)
         logits, eps_pred = model(ids, x_t, t, image_id)
         loss = _routed_loss(logits, eps_pred, eps, routes, lam, dev)
-        opt.zero_grad(set_to_none=True)
-        loss.total.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        lr_schedule.step()
+        return loss.total, torch.stack([loss.ce, loss.mse])  # (ce, mse) recorded per step
+
+    def update_ema(step: int, _: torch.Tensor) -> None:
         diffusion.ema_update(ema, model, step, ema_decay)
-        losses[step] = torch.stack([loss.ce, loss.mse]).detach()
-    return TrainResult(ema, [tuple(row) for row in losses.tolist()], time.perf_counter() - start)
+
+    run = fit(
+        model,
+        step_loss,
+        steps=steps,
+        optimizer=opt,
+        schedule=lr_schedule,
+        clip=1.0,
+        callbacks=[update_ema],
+        progress=progress,
+    )
+    return run._replace(model=ema, losses=[tuple(row) for row in run.losses])
 
 
 class _Routes(NamedTuple):

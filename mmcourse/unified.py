@@ -20,22 +20,21 @@ The shipped model is data/unified_shapes.pt, rebuilt from its seed by
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from mmcourse import _validate, checkpoints
 from mmcourse.bpe import BPE, course_bpe
 from mmcourse.data import MovingShapesDataset, ShapesDataset, all_captions
 from mmcourse.env import device as default_device
 from mmcourse.env import to_device
-from mmcourse.transformer import GPT, GPTConfig, gpt_optimizer
+from mmcourse.trainer import TrainResult, adamw_cosine, fit
+from mmcourse.transformer import GPT, GPTConfig
 from mmcourse.vocab import (
     KINDS,
     MixingLoader,
@@ -207,12 +206,6 @@ def lm_loss(
     return F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction=reduction)
 
 
-class TrainResult(NamedTuple):
-    model: GPT  # in eval mode
-    losses: list[float]
-    seconds: float
-
-
 def default_config(vocab: Vocabulary | None = None, **overrides: int | float) -> GPTConfig:
     """The shipped model: d_model 128, 4 layers, 4 heads, MLP ×3 (≈ 0.9 M parameters), block
     size 160 (the longest example, two captions and two images, is 148 ids)."""
@@ -244,26 +237,21 @@ def train_unified(
     dev = torch.device(device) if device is not None else default_device()
     torch.manual_seed(seed)
     model = GPT(config or default_config(loader.vocab)).to(dev)
-    opt, schedule = gpt_optimizer(model, lr, steps)
-    losses = torch.zeros(steps, dtype=torch.float64, device=dev)  # float64: sums as Python did
-    start = time.perf_counter()
-    model.train()
-    for step in tqdm(range(steps), desc="train", disable=not progress):
+    opt, schedule = adamw_cosine(model, lr, steps)
+
+    def step_loss(step: int) -> Iterator[torch.Tensor]:
         ids, mask, _ = loader.next_batch()  # host: the loader pads on the CPU
         lengths = mask.sum(1)
         total = (mask[:, 1:].sum()).clamp_min(1)
-        opt.zero_grad(set_to_none=True)
-        for rows in (lengths <= _LONG, lengths > _LONG):  # two micro-batches
+        for rows in (lengths <= _LONG, lengths > _LONG):  # two micro-batches, summed in float64
             if rows.any():
                 n = int(lengths[rows].max())
                 part_ids, part_mask = to_device(ids[rows, :n], dev), to_device(mask[rows, :n], dev)
-                loss = lm_loss(model, part_ids, part_mask, reduction="sum") / total
-                loss.backward()
-                losses[step] += loss.detach().double()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        schedule.step()
-    return TrainResult(model.eval(), losses.tolist(), time.perf_counter() - start)
+                yield lm_loss(model, part_ids, part_mask, reduction="sum") / total
+
+    return fit(
+        model, step_loss, steps=steps, optimizer=opt, schedule=schedule, clip=1.0, progress=progress
+    )
 
 
 # ------------------------------------------------------------------------------ generation

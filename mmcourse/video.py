@@ -24,7 +24,6 @@ thread of a busy 2-core CPU); `load_video_tokenizer()` reads it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -38,6 +37,7 @@ from mmcourse import _validate, checkpoints
 from mmcourse.data.moving import MovingShapesDataset
 from mmcourse.env import device as default_device
 from mmcourse.tokenizer import ResBlock, fit_vqvae, group_norm, psnr
+from mmcourse.trainer import TrainResult
 from mmcourse.vq import VectorQuantizer, code_usage, nearest_code, perplexity
 
 __all__ = [
@@ -432,14 +432,6 @@ def per_frame_evaluate(image_tokenizer: nn.Module, clips: torch.Tensor, batch: i
 # -------------------------------------------------------------------------------------- training
 
 
-class TrainResult(NamedTuple):
-    """The trained model (eval mode), its per-step curves and the wall time."""
-
-    model: VideoVQVAE
-    history: dict[str, list[float]]  # "recon_loss", "vq_loss", "perplexity", "lr"
-    seconds: float
-
-
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Random symmetries of clips (B, T, 3, H, W) that keep them moving-shapes clips: mirror
     left/right, mirror up/down, swap the axes, play backwards (each with probability ½). The
@@ -481,7 +473,6 @@ def train_video_tokenizer(
     if seed == HELD_OUT_SEED:
         raise ValueError(f"seed {HELD_OUT_SEED} draws the held-out clips; train on another seed")
     dev = torch.device(device) if device is not None else default_device()
-    start = time.perf_counter()
     torch.manual_seed(seed)
     g = torch.Generator(device=dev).manual_seed(seed)
     data = MovingShapesDataset(n=n_clips, seed=seed).clips.to(dev)  # (N, T, 3, H, W)
@@ -490,8 +481,7 @@ def train_video_tokenizer(
     def next_batch() -> torch.Tensor:
         return _augment(data[torch.randint(len(data), (batch,), generator=g, device=dev)], g)
 
-    history = fit_vqvae(model, next_batch, steps, lr, restart_every, g, log, log_every, progress)
-    return TrainResult(model.eval(), history, time.perf_counter() - start)
+    return fit_vqvae(model, next_batch, steps, lr, restart_every, g, log, log_every, progress)
 
 
 def held_out_clips(n: int = 500) -> torch.Tensor:

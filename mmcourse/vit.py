@@ -13,7 +13,6 @@ reuse them. The trained digits classifier ships in data/vit_digits.pt, rebuilt f
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,11 +21,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmcourse import _validate, checkpoints
+from mmcourse import _validate, checkpoints, trainer
 from mmcourse.data import DigitsDataset
 from mmcourse.env import device as default_device
 from mmcourse.env import one_thread, to_device
 from mmcourse.patches import PatchEmbed, sincos_2d
+from mmcourse.trainer import TrainResult
 
 PATH = checkpoints.DATA_DIR / "vit_digits.pt"
 COMMAND = "python -m mmcourse.train vit"
@@ -170,40 +170,29 @@ def _shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 1) -> torch.Ten
     return crop.gather(3, cols)  # (B, C, S, S)
 
 
-@dataclass
-class TrainResult:
-    """A trained model (in eval mode), its loss at every step, and the training time."""
-
-    model: nn.Module
-    losses: list[float]
-    seconds: float
-
-
 def fit(
     model: nn.Module,
     loss_fn: Callable[[torch.Tensor], torch.Tensor],
     sample: Callable[[], torch.Tensor],
     steps: int,
     lr: float,
-    progress: Callable | None = None,
+    progress: bool | Callable | None = None,
     weight_decay: float = 0.01,
 ) -> TrainResult:
     """Train for `steps` steps of `loss_fn(sample())` with AdamW and a one-cycle schedule over the
-    trainable parameters; `progress` wraps the step range (e.g. tqdm). The losses stay on the
-    model's device until the end: reading one back every step would stall a GPU."""
+    trainable parameters, in `trainer.fit`; `progress` wraps the step range (e.g. tqdm) or, if
+    True, shows a bar. The losses stay on the model's device until the end."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    losses, start = torch.zeros(steps, device=params[0].device), time.perf_counter()
-    model.train()
-    for step in progress(range(steps)) if progress else range(steps):
-        loss = loss_fn(sample())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses[step] = loss.detach()
-    return TrainResult(model.eval(), losses.tolist(), time.perf_counter() - start)
+    return trainer.fit(
+        model,
+        lambda step: loss_fn(sample()),
+        steps=steps,
+        optimizer=opt,
+        schedule=sched,
+        progress=progress,
+    )
 
 
 def train_vit_digits(

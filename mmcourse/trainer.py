@@ -1,0 +1,152 @@
+"""One training loop for every model of the course (minGPT's Trainer, smaller).
+
+The trainer knows nothing of the models. A recipe hands it `step_loss(step)`, which draws the
+step's batch and returns its loss, and an optimizer with its schedule; `fit` does the rest:
+
+    zero_grad → loss = step_loss(step) → backward → clip → optimizer.step → schedule.step
+              → record the loss → callbacks(step, loss)
+
+The recorded losses stay on the device and are read back once, at the end: reading one back
+every step would make the CPU wait for the GPU. The same seed gives the same run, bit for bit.
+
+    opt, schedule = adamw_cosine(model, lr=2e-3, steps=300)
+    run = fit(model, lambda step: loss_fn(model, next_batch()), steps=300, optimizer=opt,
+              schedule=schedule, clip=1.0)
+    run.model, run.losses, run.seconds
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+__all__ = ["TrainResult", "adamw_cosine", "fit"]
+
+Loss = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Iterator[torch.Tensor]
+StepLoss = Callable[[int], Loss]
+Callback = Callable[[int, torch.Tensor], None]
+
+
+class TrainResult(NamedTuple):
+    """A trained model (in eval mode), what was recorded at every step, and the training time.
+
+    `losses` holds one float per step, or one list per step where `step_loss` recorded several
+    numbers; `history` holds a recipe's named per-step curves (a VQ-VAE's perplexity, its
+    learning rate), None where it keeps none."""
+
+    model: nn.Module
+    losses: list[Any]
+    seconds: float
+    history: dict[str, list[float]] | None = None
+
+
+def adamw_cosine(
+    model: nn.Module,
+    lr: float,
+    steps: int,
+    *,
+    weight_decay: float = 0.05,
+    betas: tuple[float, float] = (0.9, 0.95),
+    final: float = 0.05,
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """The course's optimizer: AdamW with weight decay on matrices only (not on biases, norms'
+    gains or other vectors; one group when weight_decay is 0), and its schedule — linear warm-up
+    over the first 5 % of `steps`, then cosine decay from lr to final·lr:
+
+        lr_i = lr · min((i + 1) / warmup, final + (1 − final)/2 · (1 + cos(π i / steps)))
+
+    The defaults are the transformers' recipe (chapters 05, 07, 08); chapter 04's U-Net uses
+    weight_decay=0, betas=(0.9, 0.999), final=0. Call `schedule.step()` after each `opt.step()`
+    (`fit` does)."""
+    if weight_decay:
+        matrices = [p for p in model.parameters() if p.dim() >= 2]
+        vectors = [p for p in model.parameters() if p.dim() < 2]
+        groups: Any = [
+            {"params": matrices, "weight_decay": weight_decay},
+            {"params": vectors, "weight_decay": 0.0},
+        ]
+    else:
+        groups = model.parameters()
+    opt = torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=0.0)
+    warmup, half = max(steps // 20, 1), (1 - final) / 2
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min((i + 1) / warmup, final + half * (1 + math.cos(math.pi * i / steps)))
+    )
+    return opt, schedule
+
+
+def _steps(steps: int, progress: bool | Callable | None, desc: str) -> Iterable[int]:
+    """The step range, wrapped by `progress` (a callable such as `lambda r: tqdm(r, desc=...)`),
+    shown as a tqdm bar (True) or bare (False or None)."""
+    if callable(progress):
+        return progress(range(steps))
+    return tqdm(range(steps), desc=desc, unit="step", disable=not progress)
+
+
+def _backward(loss: Loss) -> torch.Tensor:
+    """Backpropagate one step's loss; return what to record. `loss` is a tensor, a pair (loss,
+    recorded) or an iterator of micro-batch losses, each backpropagated as it comes (their
+    gradients accumulate) and their sum recorded in float64."""
+    if isinstance(loss, torch.Tensor):
+        loss.backward()
+        return loss.detach()
+    if isinstance(loss, tuple):
+        loss, recorded = loss
+        loss.backward()
+        return recorded.detach()
+    total = None
+    for part in loss:  # the generator resumes after each backward: one graph at a time
+        part.backward()
+        part = part.detach().double()
+        total = part if total is None else total + part
+    if total is None:
+        raise ValueError("step_loss yielded no loss")
+    return total
+
+
+def fit(
+    model: nn.Module,
+    step_loss: StepLoss,
+    *,
+    steps: int,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+    clip: float | None = None,
+    callbacks: Iterable[Callback] = (),
+    progress: bool | Callable | None = True,
+    desc: str = "train",
+) -> TrainResult:
+    """Train `model` for `steps` optimizer steps and return it in eval mode with its losses.
+
+    `step_loss(step)` (step = 0 … steps − 1) draws the batch and returns the loss to minimise;
+    or a pair (loss, recorded) to record another tensor of a fixed shape instead (e.g. the
+    loss's parts); or yields several losses (micro-batches, each backpropagated as it comes).
+    `clip` caps the gradients' global norm; `schedule` steps after the optimizer; each callback
+    runs as `callback(step, recorded)` after the step (recorded stays on the device: read it
+    back only when needed). `progress`: True shows a tqdm bar named `desc`, a callable wraps the
+    step range (e.g. `lambda r: tqdm(r, desc="ViT")`), False or None shows nothing."""
+    callbacks = tuple(callbacks)
+    losses = None  # (steps, *recorded shape) float64 on the device, allocated at step 0
+    model.train()
+    start = time.perf_counter()
+    for step in _steps(steps, progress, desc):
+        optimizer.zero_grad(set_to_none=True)
+        recorded = _backward(step_loss(step))
+        if clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        if schedule is not None:
+            schedule.step()
+        if losses is None:
+            losses = recorded.new_zeros((steps, *recorded.shape), dtype=torch.float64)
+        losses[step] = recorded  # float64 holds every float32 exactly
+        for callback in callbacks:
+            callback(step, losses[step])
+    values = losses.tolist() if losses is not None else []  # the only read-back of the run
+    return TrainResult(model.eval(), values, time.perf_counter() - start)

@@ -28,7 +28,7 @@ from mmcourse.data.shapes import (
     caption_to_labels,
 )
 from mmcourse.env import device as default_device
-from mmcourse.trainer import fit
+from mmcourse.trainer import adamw_one_cycle, fit
 
 PATH = checkpoints.DATA_DIR / "judge.pt"
 COMMAND = "python -m mmcourse.train judge"
@@ -126,8 +126,7 @@ def train_judge(
     g = torch.Generator().manual_seed(seed)
     data = ShapesDataset(n=20_000, seed=100 + seed)
     judge = Judge()
-    opt = torch.optim.AdamW(judge.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    opt, sched = adamw_one_cycle(judge, 2e-3, steps, weight_decay=1e-4)
 
     def step_loss(step: int) -> torch.Tensor:
         idx = torch.randint(len(data), (batch,), generator=g)

@@ -182,9 +182,7 @@ def fit(
     """Train for `steps` steps of `loss_fn(sample())` with AdamW and a one-cycle schedule over the
     trainable parameters, in `trainer.fit`; `progress` wraps the step range (e.g. tqdm) or, if
     True, shows a bar. The losses stay on the model's device until the end."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    opt, sched = trainer.adamw_one_cycle(model, lr, steps, weight_decay=weight_decay)
     return trainer.fit(
         model,
         lambda step: loss_fn(sample()),

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mmcourse import trainer
-from mmcourse.trainer import TrainResult, adamw_cosine, fit
+from mmcourse.trainer import TrainResult, adamw_cosine, adamw_one_cycle, fit
 
 
 def _model() -> nn.Linear:
@@ -194,6 +194,21 @@ def test_adamw_cosine_warms_up_then_decays_to_the_floor():
     assert schedule.lr_lambdas[0](50) == pytest.approx(0.5)
 
 
+def test_adamw_one_cycle_covers_the_trainable_parameters_only():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1))
+    model[0].requires_grad_(False)
+    opt, schedule = adamw_one_cycle(model, lr=1.0, steps=10, weight_decay=0.1)
+    assert opt.param_groups[0]["params"] == list(model[1].parameters())
+    assert opt.param_groups[0]["weight_decay"] == 0.1
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])  # the lr this step uses
+        opt.step()
+        schedule.step()
+    assert lrs[0] == pytest.approx(1 / 25) and max(lrs) == pytest.approx(1.0)
+    assert lrs[-1] == pytest.approx(1 / 25e4)
+
+
 def test_public_surface():
-    assert trainer.__all__ == ["TrainResult", "adamw_cosine", "fit"]
+    assert trainer.__all__ == ["TrainResult", "adamw_cosine", "adamw_one_cycle", "fit"]
     assert TrainResult._fields == ("model", "losses", "seconds", "history")

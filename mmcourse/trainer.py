@@ -7,7 +7,8 @@ step's batch and returns its loss, and an optimizer with its schedule; `fit` doe
               → record the loss → callbacks(step, loss)
 
 The recorded losses stay on the device and are read back once, at the end: reading one back
-every step would make the CPU wait for the GPU. The same seed gives the same run, bit for bit.
+every step would make the CPU wait for the GPU. The trainer draws no random numbers: a recipe
+that seeds its own draws gets the same run, bit for bit.
 
     opt, schedule = adamw_cosine(model, lr=2e-3, steps=300)
     run = fit(model, lambda step: loss_fn(model, next_batch()), steps=300, optimizer=opt,

@@ -5,7 +5,10 @@ python -m mmcourse.train tokenizer   # data/tokenizer.pt, the image tokenizer (2
 python -m mmcourse.train vit         # data/vit_digits.pt, the digits ViT (≈ 15 s)
 python -m mmcourse.train clip        # data/clip_shapes.pt, CLIP on Shapes (≈ 15 s)
 python -m mmcourse.train captioner   # data/captioner_shapes.pt (run clip first)
-python -m mmcourse.train diffusion   # data/diffusion_shapes.pt, diffusion_latent_shapes.pt (15 min)
+python -m mmcourse.train diffusion   # data/diffusion_shapes.pt, diffusion_latent_shapes.pt, then
+                                     # diffusion_ddpm_samples.pt (15 min + 1.5 min)
+python -m mmcourse.train ddpm_samples # data/diffusion_ddpm_samples.pt alone: DDPM 1000 samples of
+                                     # every caption from the shipped pixel model (≈ 1.5 min)
 python -m mmcourse.train ar          # data/ar_shapes.pt, ar_shapes_early.pt (step 650) (≈ 20 min)
 python -m mmcourse.train ar_noisy    # data/ar_shapes_noisy.pt, 30 % captions mismatched (≈ 25 min)
 python -m mmcourse.train video       # data/video_tokenizer.pt, the video tokenizer (≈ 25 min)
@@ -70,6 +73,7 @@ TARGETS = {
     "clip": lambda seed: print(fusion.rebuild_clip(seed)),
     "captioner": lambda seed: print(fusion.rebuild_captioner(seed)),
     "diffusion": lambda seed: print(diffusion.rebuild(seed)),
+    "ddpm_samples": lambda seed: print(diffusion.rebuild_ddpm_samples(seed)),
     "ar": lambda seed: print(ar.rebuild(seed)),
     "ar_noisy": lambda seed: print(ar.rebuild_noisy(seed)),
     "video": lambda seed: print(video.rebuild(seed)),

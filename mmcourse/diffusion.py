@@ -48,6 +48,7 @@ LATENT_PATH = checkpoints.DATA_DIR / "diffusion_latent_shapes.pt"
 DDPM_SAMPLES_PATH = checkpoints.DATA_DIR / "diffusion_ddpm_samples.pt"
 DDPM_GUIDANCE = 3.0  # the guidance scale of the shipped DDPM samples
 COMMAND = "python -m mmcourse.train diffusion"
+SAMPLES_COMMAND = "python -m mmcourse.train ddpm_samples"  # the DDPM samples alone, ≈ 1.5 min
 T = 1000  # diffusion steps of the shipped models
 PIXEL_STEPS = 6000  # training steps of the shipped models (batch 128)
 LATENT_STEPS = 3000
@@ -492,7 +493,7 @@ def load_ddpm_samples(gen: Generator, path: Path | str = DDPM_SAMPLES_PATH) -> D
     """The shipped DDPM samples of `gen`, the pixel model they were drawn from. A missing or
     unreadable file, or one drawn from other weights, raises an error naming the command that
     rebuilds it."""
-    path, rebuild_it = Path(path), f"rebuild it with: {COMMAND}"
+    path, rebuild_it = Path(path), f"rebuild it with: {SAMPLES_COMMAND}"
     if not path.is_file():
         raise FileNotFoundError(f"{path.name} not found in {path.parent}; {rebuild_it}")
     try:

@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from mmcourse import _validate
 
-__all__ = ["GPT", "GPTConfig", "KVCache", "cached_attention", "causal_mask", "gpt_optimizer"]
+__all__ = ["GPT", "GPTConfig", "KVCache", "cached_attention", "causal_mask"]
 
 
 @dataclass
@@ -200,27 +200,3 @@ class GPT(nn.Module):
             if cache is not None:
                 cache.layers[i] = layer_cache
         return self.norm(h) @ self.tok_emb.weight.T  # (B, T, vocab), tied embeddings
-
-
-def gpt_optimizer(
-    model: nn.Module, lr: float, steps: int, weight_decay: float = 0.05
-) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """The course's transformer recipe (chapters 05, 07, 08): AdamW with β = (0.9, 0.95) and weight
-    decay on matrices only (not on biases, norms' gains or other vectors), and its schedule —
-    linear warm-up over the first 5 % of `steps`, then cosine decay from lr to 5 % of lr.
-    Call `schedule.step()` after each `opt.step()`."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=lr,
-        betas=(0.9, 0.95),
-    )
-    warmup = max(steps // 20, 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min((i + 1) / warmup, 0.05 + 0.475 * (1 + math.cos(math.pi * i / steps)))
-    )
-    return opt, schedule

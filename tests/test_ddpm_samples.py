@@ -27,10 +27,10 @@ def test_shipped_samples_are_the_shipped_models(gen):
 
 
 def test_missing_damaged_or_stale_samples_name_the_rebuild(gen, tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m mmcourse.train diffusion"):
+    with pytest.raises(FileNotFoundError, match="python -m mmcourse.train ddpm_samples"):
         diffusion.load_ddpm_samples(gen, tmp_path / "nope.pt")
     (tmp_path / "bad.pt").write_bytes(b"not a torch file")
-    with pytest.raises(checkpoints.CheckpointError, match="python -m mmcourse.train diffusion"):
+    with pytest.raises(checkpoints.CheckpointError, match="python -m mmcourse.train ddpm_samples"):
         diffusion.load_ddpm_samples(gen, tmp_path / "bad.pt")
     other = diffusion.load_diffusion(device="cpu")
     with torch.no_grad():

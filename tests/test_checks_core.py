@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmcourse.checks import Check, ExerciseFailed, exercise
-from mmcourse.checks._core import _DTYPE_HINT, OpSpy, _Failure, gradients, leaves
+from mmcourse.checks._core import _DEVICE_HINT, _DTYPE_HINT, OpSpy, _Failure, gradients, leaves
 
 
 @exercise("9.9", "double a tensor")
@@ -330,6 +330,9 @@ def test_close_equal_and_tensor_keep_their_hints_for_what_they_are_about():
     )
     assert _failure(check.close, x + 1, x, "x", hint=values).hint == values
     assert _failure(check.close, x[:1], x, "x", hint=values).hint == values
+    # another device (meta stands in for a GPU here) gets the device hint, not the values' one
+    elsewhere = torch.zeros(2, 3, device="meta")
+    assert _failure(check.close, elsewhere, x, "x", hint=values).hint == _DEVICE_HINT
     assert _failure(check.tensor, x[:1], "x", shape=(2, 3), hint="pad").hint == "pad"
     # a caller's hint that is about the dtype is passed as dtype_hint, and is shown for it
     about_dtype = "cast alpha_bar to x's dtype"

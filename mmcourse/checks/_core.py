@@ -230,7 +230,7 @@ class Check:
                 what,
                 f"a tensor on {expected.device}",
                 f"a tensor on {got.device}",
-                hint or "keep the input's device (pass device=x.device)",
+                _DEVICE_HINT,  # a hint about values says nothing about a device
             )
         diff = _mismatch(got.detach(), expected.detach(), atol, rtol)
         if diff:

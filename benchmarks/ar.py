@@ -41,10 +41,9 @@ import torch
 from _timing import timed, warm_up
 
 import mmcourse
-from mmcourse import ar, diffusion, sampling
+from mmcourse import ar, diffusion, recipes, sampling
 from mmcourse.data import all_captions
 from mmcourse.env import compute_threads
-from mmcourse.judge import load_judge
 from mmcourse.tokenizer import load_tokenizer
 
 PER_CAPTION = 4
@@ -138,7 +137,7 @@ def run() -> dict[str, float | int | bool]:
     with compute_threads(dev):
         model, tokenizer = ar.load_ar(device=dev), load_tokenizer(device=dev)
         early = ar.load_ar(ar.EARLY_PATH, device=dev)
-        judge = load_judge(device=dev)
+        judge = recipes.load("judge", device=dev)
         results: dict[str, float | int | bool] = {"samples": PER_CAPTION * 90}
         results["early_steps"] = ar.EARLY_STEPS
         captions = all_captions()[:: 90 // KV_IMAGES][:KV_IMAGES]

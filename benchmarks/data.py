@@ -15,8 +15,8 @@ import time
 import torch
 from _timing import timed, warm_up
 
+from mmcourse import recipes
 from mmcourse.data import ShapesDataset
-from mmcourse.judge import load_judge
 
 N = 2_000
 
@@ -26,7 +26,7 @@ def run() -> dict[str, float]:
     held_out = ShapesDataset(n=N, seed=1)
     draw_s = time.perf_counter() - start
 
-    judge = load_judge()
+    judge = recipes.load("judge")
     warm_up(lambda: judge.score(held_out.images[:64], held_out.captions[:64]))
     real, judge_s = timed(lambda: judge.score(held_out.images, held_out.captions))
     perm = torch.randperm(N, generator=torch.Generator().manual_seed(0))

@@ -23,9 +23,8 @@ import torch
 from _timing import best_seconds, timed, warm_up
 
 import mmcourse
-from mmcourse import diffusion
+from mmcourse import diffusion, recipes
 from mmcourse.env import compute_threads
-from mmcourse.judge import load_judge
 from mmcourse.tokenizer import load_tokenizer
 
 PER_CAPTION = 2
@@ -35,7 +34,7 @@ SCALES = (1.0, 2.0, 3.0, 5.0)
 def run() -> dict[str, float | int]:
     dev = mmcourse.device()
     with compute_threads(dev):
-        gen, judge = diffusion.load_diffusion(device=dev), load_judge(device=dev)
+        gen, judge = diffusion.load_diffusion(device=dev), recipes.load("judge", device=dev)
         labels = diffusion.caption_labels(PER_CAPTION)
         results: dict[str, float | int] = {"samples": len(labels)}
         for scale in SCALES:

@@ -38,10 +38,9 @@ import torch
 from _timing import best_seconds, on_gpu
 
 import mmcourse
-from mmcourse import transfusion, unified
+from mmcourse import recipes, transfusion, unified
 from mmcourse.data import ShapesDataset, all_captions
 from mmcourse.env import compute_threads
-from mmcourse.judge import load_judge
 from mmcourse.tokenizer import load_tokenizer
 
 PER_CAPTION = 2
@@ -61,7 +60,7 @@ def run() -> dict[str, float | int | str]:
         results: dict[str, float | int | str] = {}
         model = transfusion.load_transfusion(device=dev)
         ch07 = unified.load_unified(device=dev)
-        judge, tokenizer = load_judge(device=dev), load_tokenizer(device=dev)
+        judge, tokenizer = recipes.load("judge", device=dev), load_tokenizer(device=dev)
         held = transfusion.held_out(500)
         results |= transfusion.evaluate(model, per_caption=PER_CAPTION, held=held)
         captions = all_captions() * PER_CAPTION

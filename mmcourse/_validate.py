@@ -7,6 +7,7 @@ came, instead of a traceback from deep inside torch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -59,8 +60,35 @@ def tensor(
 
 def positive_int(name: str, value: object) -> int:
     """Check that `value` is an int ≥ 1 (bool excluded) and return it."""
+    return integer(name, value, low=1)
+
+
+def number(
+    name: str,
+    value: object,
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    open_lo: bool = False,
+    open_hi: bool = False,
+) -> float:
+    """Check that `value` is a real number (int or float, bool excluded) in [low, high], either
+    end open on request, and return it as a float."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    open_lo, open_hi = open_lo or math.isinf(low), open_hi or math.isinf(high)
+    above = value > low if open_lo else value >= low
+    below = value < high if open_hi else value <= high
+    if not (above and below):
+        interval = f"{'(' if open_lo else '['}{low:g}, {high:g}{')' if open_hi else ']'}"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    return float(value)
+
+
+def integer(name: str, value: object, low: int | None = 0) -> int:
+    """Check that `value` is an int ≥ low (bool excluded; low=None: any int) and return it."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be ≥ 1, got {value}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be ≥ {low}, got {value}")
     return value

@@ -267,11 +267,11 @@ _SUMMARY_SCALES = (1.0, 1.5, 2.0, 3.0, 5.0)
 
 def _summary_line(path: Path, steps: int, losses: list[float], seed: int) -> str:
     """Judge faithfulness against the guidance scale for the weights at `path` (180 samples)."""
-    from mmcourse.judge import load_judge
+    from mmcourse import recipes
     from mmcourse.sampling import faithfulness
     from mmcourse.tokenizer import load_tokenizer
 
-    model, judge = load_ar(path, "cpu"), load_judge(device="cpu")
+    model, judge = load_ar(path, "cpu"), recipes.load("judge", device="cpu")
     tokenizer = load_tokenizer(device="cpu")
     scores = {
         s: faithfulness(model, tokenizer, judge, per_caption=2, scale=s, seed=seed)["all"]

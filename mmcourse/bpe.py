@@ -21,6 +21,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from mmcourse import _validate
+
 __all__ = [
     "BPE",
     "course_bpe",
@@ -136,8 +138,7 @@ def train_bpe(corpus: Sequence[str], num_merges: int = NUM_MERGES) -> BPE:
     when no pair occurs twice."""
     if isinstance(corpus, str) or not all(isinstance(t, str) for t in corpus) or not corpus:
         raise TypeError("corpus must be a non-empty list of str")
-    if isinstance(num_merges, bool) or not isinstance(num_merges, int) or num_merges < 0:
-        raise ValueError(f"num_merges must be an int ≥ 0, got {num_merges!r}")
+    _validate.integer("num_merges", num_merges, low=0)
     alphabet = "".join(sorted(set("".join(corpus))))
     char_id = {c: i for i, c in enumerate(alphabet)}
     words = Counter(tuple(char_id[c] for c in w) for text in corpus for w in pretokenize(text))

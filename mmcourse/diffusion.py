@@ -85,13 +85,15 @@ def snr(alpha_bar: torch.Tensor) -> torch.Tensor:
 def q_sample(
     x0: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor, eps: torch.Tensor
 ) -> torch.Tensor:
-    """Sample q(x_t | x_0) in closed form: x0 (B, C, H, W), t (B,) long in [0, T), alpha_bar
-    (T,), eps like x0 → x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, like x0 (dtype and device kept)."""
-    x0 = _validate.tensor("x0", x0, shape=("B", None, None, None), floating=True)
-    eps = _check_like("eps", eps, x0)
+    """Sample q(x_t | x_0) in closed form: x0 (B, ...) (images (B, C, H, W), patch sequences
+    (B, L, P), any trailing shape), t (B,) long in [0, T), alpha_bar (T,), eps like x0 →
+    x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, like x0 (dtype and device kept)."""
+    x0 = _check_batch("x0", x0)
+    eps = _check_like("eps", eps, x0, "x0")
     alpha_bar = _check_alpha_bar(alpha_bar)
     t = _check_t_batch(t, len(x0), len(alpha_bar))
-    a = alpha_bar.to(x0.device)[t].to(x0.dtype)[:, None, None, None]  # ᾱ_t (B, 1, 1, 1)
+    a = alpha_bar.to(x0.device)[t].to(x0.dtype)  # ᾱ_t (B,)
+    a = a.view(-1, *[1] * (x0.dim() - 1))  # (B, 1, ..., 1): broadcasts over x0's trailing dims
     return a.sqrt() * x0 + (1 - a).sqrt() * eps
 
 
@@ -125,9 +127,9 @@ def ddpm_step(
 ) -> torch.Tensor:
     """One ancestral step x_t → x_{t−1} ~ q(x_{t−1} | x_t, x̂_0), x̂_0 from the predicted ε.
 
-    x (B, C, H, W) is x_t, eps the predicted noise like x, t an int in [0, T), noise ~ N(0, I)
-    like x; no noise is added at t = 0, where the step returns x̂_0 itself."""
-    x = _validate.tensor("x", x, shape=("B", None, None, None), floating=True)
+    x (B, ...) is x_t (any trailing shape), eps the predicted noise like x, t an int in [0, T),
+    noise ~ N(0, I) like x; no noise is added at t = 0, where the step returns x̂_0 itself."""
+    x = _check_batch("x", x)
     eps, noise = _check_like("eps", eps, x), _check_like("noise", noise, x)
     alpha_bar = _check_alpha_bar(alpha_bar)
     t = _check_t_int("t", t, len(alpha_bar))
@@ -168,16 +170,16 @@ def ddim_step(
         σ = η √((1−ᾱ_next)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_next)
         x_next = √ᾱ_next x̂_0 + √(1 − ᾱ_next − σ²) ε̂ + σ · noise
 
-    η = 0 is deterministic; η = 1 matches DDPM's variance when the steps are single."""
-    x = _validate.tensor("x", x, shape=("B", None, None, None), floating=True)
+    x (B, ...) has any trailing shape. η = 0 is deterministic; η = 1 matches DDPM's variance when
+    the steps are single."""
+    x = _check_batch("x", x)
     eps, noise = _check_like("eps", eps, x), _check_like("noise", noise, x)
     alpha_bar = _check_alpha_bar(alpha_bar)
     t = _check_t_int("t", t, len(alpha_bar))
     t_next = _check_t_int("t_next", t_next, len(alpha_bar), allow_final=True)
     if t_next >= t:
         raise ValueError(f"t_next must be below t = {t}, got {t_next}")
-    if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0 <= eta <= 1:
-        raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
+    eta = _validate.number("eta", eta, 0.0, 1.0)
     a_t = alpha_bar[t].item()
     a_next = alpha_bar[t_next].item() if t_next >= 0 else 1.0  # ᾱ_{−1} = 1: land on x_0
     x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)  # x̂_0
@@ -192,7 +194,7 @@ def cfg_combine(
     """Classifier-free guidance: ε̂ = ε_u + s (ε_c − ε_u). s = 0 is unconditional, s = 1 plain
     conditional, s > 1 pushes past the conditional prediction, away from the unconditional."""
     eps_cond = _validate.tensor("eps_cond", eps_cond, floating=True)
-    eps_uncond = _check_like("eps_uncond", eps_uncond, eps_cond)
+    eps_uncond = _check_like("eps_uncond", eps_uncond, eps_cond, "eps_cond")
     return eps_uncond + scale * (eps_cond - eps_uncond)
 
 
@@ -463,11 +465,11 @@ def rebuild_ddpm_samples(seed: int = 0) -> str:
     DDPM_GUIDANCE, every noise drawn by a CPU generator seeded `seed`, one thread), write
     data/diffusion_ddpm_samples.pt with the digest of the weights they came from, and return a
     one-line summary with the judge's scores of the stored 8-bit images."""
+    from mmcourse import recipes
     from mmcourse.env import one_thread
-    from mmcourse.judge import load_judge
 
     with one_thread():
-        gen, judge = load_diffusion(PATH, "cpu"), load_judge(device="cpu")
+        gen, judge = load_diffusion(PATH, "cpu"), recipes.load("judge", device="cpu")
         labels = caption_labels(1)  # (90, 3)
         start = time.perf_counter()
         _, images = faithfulness(
@@ -521,8 +523,8 @@ def _digest(model: nn.Module) -> str:
 
 
 def _rebuild_pixel(seed: int) -> str:
+    from mmcourse import recipes
     from mmcourse.env import one_thread
-    from mmcourse.judge import load_judge
 
     with one_thread():
         x0, labels = shapes_data(seed=seed)
@@ -530,7 +532,9 @@ def _rebuild_pixel(seed: int) -> str:
         config = result.model.config | {"schedule": "linear"}
         checkpoints.save(PATH, result.model.state_dict(), config=config, command=COMMAND)
         labels = caption_labels(2)
-        scores, _ = faithfulness(load_diffusion(PATH, "cpu"), load_judge(device="cpu"), labels)
+        scores, _ = faithfulness(
+            load_diffusion(PATH, "cpu"), recipes.load("judge", device="cpu"), labels
+        )
     return (
         f"wrote {PATH.name} in {result.seconds:.0f} s; judge faithfulness (DDIM 50, guidance 3, "
         f"{len(labels)} samples) " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
@@ -538,8 +542,8 @@ def _rebuild_pixel(seed: int) -> str:
 
 
 def _rebuild_latent(seed: int) -> str:
+    from mmcourse import recipes
     from mmcourse.env import one_thread
-    from mmcourse.judge import load_judge
     from mmcourse.tokenizer import load_tokenizer
 
     with one_thread():
@@ -561,7 +565,9 @@ def _rebuild_latent(seed: int) -> str:
         checkpoints.save(LATENT_PATH, result.model.state_dict(), config=config, command=COMMAND)
         labels = caption_labels(2)
         gen = load_diffusion(LATENT_PATH, "cpu")
-        scores, _ = faithfulness(gen, load_judge(device="cpu"), labels, tokenizer=tokenizer)
+        scores, _ = faithfulness(
+            gen, recipes.load("judge", device="cpu"), labels, tokenizer=tokenizer
+        )
     return (
         f"wrote {LATENT_PATH.name} in {result.seconds:.0f} s (latent scale {scale:.4f}); judge "
         f"faithfulness (DDIM 50, guidance 3, {len(labels)} samples) "
@@ -602,10 +608,19 @@ def _randn_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return to_device(noise, x.device).to(x.dtype)
 
 
-def _check_like(name: str, y: object, x: torch.Tensor) -> torch.Tensor:
+def _check_batch(name: str, x: object) -> torch.Tensor:
+    x = _validate.tensor(name, x, floating=True)
+    if x.dim() == 0:
+        raise ValueError(f"{name} must have a batch dimension (B, ...), got a scalar tensor")
+    return x
+
+
+def _check_like(name: str, y: object, x: torch.Tensor, x_name: str = "x") -> torch.Tensor:
     y = _validate.tensor(name, y, floating=True)
     if y.shape != x.shape:
-        raise ValueError(f"{name} must have the shape of x {tuple(x.shape)}, got {tuple(y.shape)}")
+        raise ValueError(
+            f"{name} must have the shape of {x_name} {tuple(x.shape)}, got {tuple(y.shape)}"
+        )
     return y
 
 

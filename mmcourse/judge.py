@@ -2,8 +2,9 @@
 
 A generated image is faithful to its caption when the judge reads the caption's attributes from
 it. The judge is a small CNN with one classification head per attribute, trained on Shapes with
-blur, noise and colour jitter so that it also reads imperfect, generated images. Its weights
-ship in data/judge.pt, rebuilt from the seed by `python -m mmcourse.train judge`.
+blur, noise and colour jitter so that it also reads imperfect, generated images. Its training
+recipe is mmcourse/recipes/judge.py; its weights ship in data/judge.pt
+(`recipes.load("judge")`), rebuilt from the seed by `python -m mmcourse.train judge`.
 
 Faithfulness per attribute = fraction of images whose attribute the judge reads as the caption
 says; "all" = fraction with every attribute right.
@@ -11,27 +12,20 @@ says; "all" = fraction with every attribute right.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from mmcourse import _validate, checkpoints
+from mmcourse import _validate
 from mmcourse.data.shapes import (
     ATTRIBUTES,
     COLORS,
     POSITIONS,
     SHAPES,
-    ShapesDataset,
     caption_to_labels,
 )
-from mmcourse.env import device as default_device
-from mmcourse.trainer import adamw_one_cycle, fit
 
-PATH = checkpoints.DATA_DIR / "judge.pt"
-COMMAND = "python -m mmcourse.train judge"
 _CLASSES = {"color": len(COLORS), "shape": len(SHAPES), "position": len(POSITIONS)}
 
 
@@ -91,60 +85,3 @@ class Judge(nn.Module):
         result = {a: hits[:, i].float().mean().item() for i, a in enumerate(ATTRIBUTES)}
         result["all"] = hits.all(dim=1).float().mean().item()
         return result
-
-
-def load_judge(path: Path = PATH, device: torch.device | str | None = None) -> Judge:
-    """The trained judge from data/judge.pt, in eval mode on `device` (default: the course's)."""
-    ckpt = checkpoints.load(Path(path), command=COMMAND)
-    judge = checkpoints.restore(ckpt, Judge, path=path, command=COMMAND)
-    return judge.to(device or default_device())
-
-
-def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Imperfections a generator makes: blur, colour shifts, noise. x (B, 3, H, W) in [0, 1]."""
-    b = len(x)
-    # Gaussian blur with a random σ ∈ [0.01, 1] per image, as a separable 5-tap filter.
-    sigma = 0.01 + torch.rand(b, 1, generator=g)  # (B, 1)
-    taps = torch.arange(-2, 3, dtype=torch.float32)  # (5,)
-    kernel = torch.exp(-(taps**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum(-1, keepdim=True)  # (B, 5)
-    xb = x.reshape(1, b * 3, *x.shape[2:])  # images as channels of one batch: grouped conv
-    k = kernel.repeat_interleave(3, dim=0)[:, None]  # (3B, 1, 5)
-    xb = F.conv2d(F.pad(xb, (2, 2, 0, 0), mode="replicate"), k[:, :, None, :], groups=3 * b)
-    xb = F.conv2d(F.pad(xb, (0, 0, 2, 2), mode="replicate"), k[:, :, :, None], groups=3 * b)
-    x = xb.view_as(x)
-    gain = 1 + 0.15 * (torch.rand(b, 3, 1, 1, generator=g) * 2 - 1)  # ±15 % per channel
-    noise = torch.randn(x.shape, generator=g) * 0.08 * torch.rand(b, 1, 1, 1, generator=g)
-    return (x * gain + noise).clamp(0, 1)
-
-
-def train_judge(
-    seed: int = 0, steps: int = 1500, batch: int = 128, log: Callable[[str], None] = print
-) -> Judge:
-    """Train the judge on its own Shapes images (seed 100 + seed), augmented on the fly."""
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    data = ShapesDataset(n=20_000, seed=100 + seed)
-    judge = Judge()
-    opt, sched = adamw_one_cycle(judge, 2e-3, steps, weight_decay=1e-4)
-
-    def step_loss(step: int) -> torch.Tensor:
-        idx = torch.randint(len(data), (batch,), generator=g)
-        x, y = _augment(data.images[idx], g), data.labels[idx]  # (B, 3, 32, 32), (B, 3)
-        logits = judge(x)
-        return sum(F.cross_entropy(logits[a], y[:, i]) for i, a in enumerate(ATTRIBUTES))
-
-    def report(step: int, loss: torch.Tensor) -> None:
-        if step % 250 == 0 or step == steps - 1:
-            log(f"step {step:5d}  loss {loss.item():.4f}")
-
-    run = fit(
-        judge,
-        step_loss,
-        steps=steps,
-        optimizer=opt,
-        schedule=sched,
-        callbacks=[report],
-        progress=False,
-    )
-    return run.model

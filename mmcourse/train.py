@@ -28,7 +28,7 @@ from mmcourse import (
     checkpoints,
     diffusion,
     fusion,
-    judge,
+    recipes,
     tokenizer,
     transfusion,
     unified,
@@ -36,19 +36,6 @@ from mmcourse import (
     vit,
 )
 from mmcourse.data import ShapesDataset
-
-
-def _train_judge(seed: int) -> None:
-    start = time.perf_counter()
-    model = judge.train_judge(seed=seed)
-    checkpoints.save(judge.PATH, model.state_dict(), config=model.config, command=judge.COMMAND)
-    held_out = ShapesDataset(n=2_000, seed=1)
-    scores = model.score(held_out.images, held_out.labels)
-    took = time.perf_counter() - start
-    print(
-        f"wrote {judge.PATH.name} in {took:.0f} s; held-out accuracy "
-        + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
-    )
 
 
 def _train_tokenizer(seed: int) -> None:
@@ -66,7 +53,7 @@ def _train_tokenizer(seed: int) -> None:
 
 
 TARGETS = {
-    "judge": _train_judge,
+    **recipes.REBUILDS,
     "tokenizer": _train_tokenizer,
     # Chapter 03's rebuilds train on one thread and return a summary with the held-out score.
     "vit": lambda seed: print(vit.rebuild(seed)),
@@ -88,7 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.use_deterministic_algorithms(True)
-    TARGETS[args.target](args.seed)
+    summary = TARGETS[args.target](args.seed)
+    if summary:
+        print(summary)
 
 
 if __name__ == "__main__":

@@ -242,13 +242,7 @@ def noise_image_span(
     patches = _validate.tensor("patches", patches, shape=("B", "L", None), floating=True)
     b, n, _ = patches.shape
     is_image = _validate.tensor("is_image", is_image, shape=(b, n), dtype=torch.bool)
-    eps = _validate.tensor("eps", eps, shape=tuple(patches.shape), floating=True)
-    t = _validate.tensor("t", t, shape=(b,), dtype=torch.long)
-    alpha_bar = _validate.tensor("alpha_bar", alpha_bar, shape=("T",), floating=True)
-    if b and not bool(((t >= 0) & (t < len(alpha_bar))).all()):
-        raise ValueError(f"t must be in [0, {len(alpha_bar)}), got {t.tolist()}")
-    a = alpha_bar.to(patches)[t][:, None, None]  # ᾱ_t (B, 1, 1)
-    noisy = a.sqrt() * patches + (1 - a).sqrt() * eps
+    noisy = diffusion.q_sample(patches, t, alpha_bar, eps)  # (B, L, P), every position noised
     return torch.where(is_image[..., None], noisy, patches)
 
 
@@ -798,9 +792,9 @@ def evaluate(
     images for each of the 90 captions (plus per attribute); `image_to_caption_exact` = the
     fraction of held-out images (seed 1) whose greedy caption is word-for-word right. Computed
     on the model's device."""
-    from mmcourse.judge import load_judge
+    from mmcourse import recipes
 
-    judge = load_judge(device=next(model.parameters()).device)
+    judge = recipes.load("judge", device=next(model.parameters()).device)
     captions = all_captions() * _validate.positive_int("per_caption", per_caption)
     images, _ = generate_images(model, captions, steps=steps, guidance=guidance, seed=seed)
     scores = judge.score(images, captions)

@@ -478,10 +478,10 @@ def evaluate(
     shape and position right) on per_caption images for each of the 90 captions, plus per
     attribute; `image_to_caption_exact` = fraction of n_captions held-out images (seed 1)
     whose greedy caption equals the true caption word for word."""
-    from mmcourse.judge import load_judge
+    from mmcourse import recipes
 
     param = next(model.parameters())
-    judge = judge or load_judge(device=param.device)
+    judge = judge or recipes.load("judge", device=param.device)
     captions = all_captions() * _validate.positive_int("per_caption", per_caption)
     images, _ = generate_images(model, captions, temperature=temperature, top_k=top_k, seed=seed)
     scores = judge.score(images.to(next(judge.parameters()).device), captions)

@@ -24,8 +24,7 @@ def image_grid(
     """
     x = _validate.tensor("x", x, shape=("N", "C", "H", "W"))
     _validate.positive_int("ncols", ncols)
-    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
-        raise ValueError(f"pad must be an int ≥ 0, got {pad!r}")
+    _validate.integer("pad", pad, low=0)
     n, c, h, w = x.shape
     rows = -(-n // ncols)  # ceil division
     # Pad the batch to a full rectangle of slots, and every image with its frame.

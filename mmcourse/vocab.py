@@ -134,8 +134,7 @@ class Vocabulary:
 
     def token_type(self, i: int) -> str:
         """The block of one id: "text", "special", "image" or "video"."""
-        if isinstance(i, bool) or not isinstance(i, int):
-            raise TypeError(f"id must be an int, got {type(i).__name__}")
+        _validate.integer("id", i, low=None)
         for name, (start, end) in self.ranges.items():
             if start <= i < end:
                 return name
@@ -393,8 +392,7 @@ class MixingLoader:
             raise ValueError(f"ratios has unknown kinds {sorted(unknown)}; kinds are {KINDS}")
         weights = {}
         for kind, w in ratios.items():
-            if isinstance(w, bool) or not isinstance(w, int | float) or w < 0:
-                raise ValueError(f"ratios[{kind!r}] must be a number ≥ 0, got {w!r}")
+            _validate.number(f"ratios[{kind!r}]", w, low=0)
             if w > 0 and not sources.get(kind):
                 raise ValueError(f"ratios[{kind!r}] = {w} but sources has no {kind!r} examples")
             if w > 0:

@@ -126,7 +126,7 @@ def quantize_losses(
     Returns (codebook_loss, commitment_loss), two scalars.
     """
     z_e, z_q = _check_same("z_e", z_e, "z_q", z_q)
-    beta = _number("beta", beta, 0.0, math.inf)
+    beta = _validate.number("beta", beta, 0.0, math.inf)
     codebook_loss = F.mse_loss(z_q, z_e.detach())  # ‖sg(z_e) − e‖²: gradient to the codebook only
     commitment_loss = beta * F.mse_loss(z_e, z_q.detach())  # β‖z_e − sg(e)‖²: to the encoder only
     return codebook_loss, commitment_loss
@@ -180,10 +180,10 @@ class VectorQuantizer(nn.Module):
         super().__init__()
         self.num_codes = _validate.positive_int("num_codes", num_codes)
         self.dim = _validate.positive_int("dim", dim)
-        self.beta = _number("beta", beta, 0.0, math.inf)
+        self.beta = _validate.number("beta", beta, 0.0, math.inf)
         self.ema = bool(ema)
-        self.decay = _number("decay", decay, 0.0, 1.0, open_hi=True)
-        self.eps = _number("eps", eps, 0.0, 1.0, open_lo=True)
+        self.decay = _validate.number("decay", decay, 0.0, 1.0, open_hi=True)
+        self.eps = _validate.number("eps", eps, 0.0, 1.0, open_lo=True)
         if chunk_size is not None:
             _validate.positive_int("chunk_size", chunk_size)
         self.chunk_size = chunk_size
@@ -334,8 +334,7 @@ def kmeans_init(
     """
     z = _validate.tensor("z", z, shape=("N", "D"), floating=True)
     _validate.positive_int("num_codes", num_codes)
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
-        raise ValueError(f"iters must be an int ≥ 0, got {iters!r}")
+    _validate.integer("iters", iters, low=0)
     if len(z) < num_codes:
         raise ValueError(f"z must hold at least num_codes = {num_codes} rows, got {len(z)}")
     if init == "kmeans++":
@@ -476,13 +475,12 @@ class FSQ(nn.Module):
         super().__init__()
         if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence) or not levels:
             raise TypeError(f"levels must be a non-empty sequence of ints, got {levels!r}")
-        for level in levels:
-            if isinstance(level, bool) or not isinstance(level, int) or level < 2:
-                raise ValueError(f"levels must hold ints ≥ 2, got {tuple(levels)!r}")
+        for i, level in enumerate(levels):
+            _validate.integer(f"levels[{i}]", level, low=2)
         self.levels = tuple(levels)
         self.dim = len(levels)
         self.num_codes = math.prod(levels)
-        self.eps = _number("eps", eps, 0.0, 1.0, open_lo=True, open_hi=True)
+        self.eps = _validate.number("eps", eps, 0.0, 1.0, open_lo=True, open_hi=True)
 
     def bound(self, z: torch.Tensor) -> torch.Tensor:
         """Squash each channel of z (..., D) so that rounding gives its L integers
@@ -637,7 +635,7 @@ def _perplexity(counts: torch.Tensor) -> torch.Tensor:
 
 def _dead_mask(usage_counts: object, num_codes: int, threshold: object) -> torch.Tensor:
     usage_counts = _validate.tensor("usage_counts", usage_counts, shape=(num_codes,))
-    threshold = _number("threshold", threshold, 0.0, math.inf)
+    threshold = _validate.number("threshold", threshold, 0.0, math.inf)
     return usage_counts < threshold  # (K,) bool
 
 
@@ -688,24 +686,3 @@ def _choice(weights: torch.Tensor, generator: torch.Generator | None) -> int:
     if not weights.sum() > 0:
         weights = torch.ones_like(weights)
     return int(torch.multinomial(weights.float(), 1, generator=generator))
-
-
-def _number(
-    name: str,
-    value: object,
-    low: float,
-    high: float,
-    *,
-    open_lo: bool = False,
-    open_hi: bool = False,
-) -> float:
-    """A real number in [low, high] (either end open on request)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    open_hi = open_hi or math.isinf(high)
-    above = value > low if open_lo else value >= low
-    below = value < high if open_hi else value <= high
-    if not (above and below):
-        interval = f"{'(' if open_lo else '['}{low:g}, {high:g}{')' if open_hi else ']'}"
-        raise ValueError(f"{name} must be in {interval}, got {value!r}")
-    return float(value)

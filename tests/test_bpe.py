@@ -77,7 +77,7 @@ def test_bad_inputs_raise_clear_errors():
         tok.decode([1, 97])
     with pytest.raises(TypeError, match="corpus must be a non-empty list of str"):
         bpe.train_bpe("abc")
-    with pytest.raises(ValueError, match="num_merges must be an int ≥ 0"):
+    with pytest.raises(ValueError, match="num_merges must be ≥ 0, got -1"):
         bpe.train_bpe(["ab"], num_merges=-1)
     with pytest.raises(ValueError, match="uses an id that does not exist"):
         bpe.BPE("ab", [(0, 5)])

@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmcourse import checkpoints, diffusion
-from mmcourse.judge import load_judge
+from mmcourse import checkpoints, diffusion, recipes
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +22,7 @@ def test_shipped_samples_are_the_shipped_models(gen):
     assert torch.equal(samples.images * 255, (samples.images * 255).round())  # 8-bit values
     assert torch.equal(samples.labels, diffusion.caption_labels(1))
     assert (samples.guidance, samples.seed) == (diffusion.DDPM_GUIDANCE, 0)
-    assert load_judge(device="cpu").score(samples.images, samples.labels)["all"] >= 0.9
+    assert recipes.load("judge", device="cpu").score(samples.images, samples.labels)["all"] >= 0.9
 
 
 def test_missing_damaged_or_stale_samples_name_the_rebuild(gen, tmp_path):

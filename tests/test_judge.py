@@ -4,8 +4,10 @@ fails clearly."""
 import pytest
 import torch
 
-from mmcourse import checkpoints, judge
+from mmcourse import checkpoints, recipes
 from mmcourse.data import COLORS, POSITIONS, SHAPES, ShapesDataset
+from mmcourse.judge import Judge
+from mmcourse.recipes import judge as judge_recipe
 
 CHANCE = {"color": 1 / len(COLORS), "shape": 1 / len(SHAPES), "position": 1 / len(POSITIONS)}
 
@@ -17,7 +19,7 @@ def held_out():
 
 @pytest.fixture(scope="module")
 def the_judge():
-    return judge.load_judge(device="cpu")
+    return recipes.load("judge", device="cpu")
 
 
 def test_judge_reads_real_images(the_judge, held_out, device):
@@ -51,29 +53,36 @@ def test_judge_rejects_bad_input(the_judge):
 
 def test_missing_checkpoint_names_the_rebuild_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m mmcourse.train judge"):
-        judge.load_judge(tmp_path / "judge.pt")
+        recipes.load("judge", path=tmp_path / "judge.pt")
 
 
 def test_corrupt_checkpoint_names_the_rebuild_command(tmp_path):
     path = tmp_path / "judge.pt"
-    path.write_bytes(judge.PATH.read_bytes()[:1000])  # truncated download or disk error
+    path.write_bytes(
+        recipes.WEIGHTS["judge"].path.read_bytes()[:1000]
+    )  # truncated download or disk error
     with pytest.raises(checkpoints.CheckpointError, match="python -m mmcourse.train judge"):
-        judge.load_judge(path)
+        recipes.load("judge", path=path)
 
 
 def test_foreign_weights_are_refused(tmp_path):
     path = tmp_path / "judge.pt"
     checkpoints.save(
-        path, {"w": torch.zeros(1)}, config={"width": 32, "hidden": 128}, command=judge.COMMAND
+        path,
+        {"w": torch.zeros(1)},
+        config={"width": 32, "hidden": 128},
+        command=recipes.WEIGHTS["judge"].command,
     )
     with pytest.raises(checkpoints.CheckpointError, match="does not match the Judge model"):
-        judge.load_judge(path)
+        recipes.load("judge", path=path)
 
 
 def test_training_runs_and_learns(monkeypatch):
-    monkeypatch.setattr(judge, "ShapesDataset", lambda n, seed: ShapesDataset(n=512, seed=seed))
+    monkeypatch.setattr(
+        judge_recipe, "ShapesDataset", lambda n, seed: ShapesDataset(n=512, seed=seed)
+    )
     losses = []
-    model = judge.train_judge(steps=40, batch=64, log=losses.append)
-    assert isinstance(model, judge.Judge) and not model.training
+    model = judge_recipe.train_judge(steps=40, batch=64, log=losses.append)
+    assert isinstance(model, Judge) and not model.training
     first, last = (float(line.split("loss")[1]) for line in (losses[0], losses[-1]))
     assert last < first

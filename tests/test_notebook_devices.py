@@ -51,7 +51,7 @@ TRAINERS = {
 }  # fmt: skip
 TRAINED = TRAINERS | {
     "load_tokenizer", "load_video_tokenizer", "load_judge", "load_diffusion", "load_ar",
-    "load_unified", "load_transfusion", "load_vit_digits", "load_clip", "load_captioner",
+    "load_unified", "load_transfusion", "load_vit_digits", "load_clip", "load_captioner", "load",
     "course_latents", "course_data", "shapes_sequences", "encode_images", "encode_latents",
     "held_out", "evaluate", "faithfulness",
 }  # fmt: skip

@@ -22,12 +22,12 @@ SCRIPT = textwrap.dedent(
         assert "blocked" in str(err)
 
     from mmcourse.data import DigitsDataset, MovingShapesDataset, ShapesDataset
-    from mmcourse.judge import load_judge
+    from mmcourse import recipes
 
     shapes = ShapesDataset(n=200, seed=1)
     clips = MovingShapesDataset(n=8, seed=1)
     digits = DigitsDataset("test")
-    scores = load_judge(device="cpu").score(shapes.images, shapes.captions)
+    scores = recipes.load("judge", device="cpu").score(shapes.images, shapes.captions)
     assert min(scores.values()) > 0.9, scores
 
     from mmcourse import ar, diffusion, fusion, tokenizer, transfusion, unified, video, vit

@@ -256,10 +256,14 @@ def test_other_bad_arguments():
 
 @pytest.fixture(scope="module")
 def shipped():
-    from mmcourse.judge import load_judge
+    from mmcourse import recipes
     from mmcourse.tokenizer import load_tokenizer
 
-    return ar.load_ar(device="cpu"), load_tokenizer(device="cpu"), load_judge(device="cpu")
+    return (
+        ar.load_ar(device="cpu"),
+        load_tokenizer(device="cpu"),
+        recipes.load("judge", device="cpu"),
+    )
 
 
 def test_shipped_model_kv_cache_matches_recompute(shipped, one_thread):

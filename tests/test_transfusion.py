@@ -81,7 +81,7 @@ def test_noise_touches_only_images():
     assert torch.allclose(x[1, 3:], a.sqrt() * x0[1, 3:] + (1 - a).sqrt() * eps[1, 3:])
     with pytest.raises(ValueError, match="t"):
         tf.noise_image_span(x0, is_image, torch.tensor([0]), ab, eps)
-    with pytest.raises(ValueError, match=r"t must be in \[0, 1000\)"):
+    with pytest.raises(ValueError, match=r"t must hold timesteps in \[0, 1000\)"):
         tf.noise_image_span(x0, is_image, torch.tensor([0, 1000]), ab, eps)
 
 

@@ -135,11 +135,13 @@ def test_shipped_model_does_both_directions():
     codes, _ = unified.held_out(40)
     got = unified.caption_images(model, codes)
     assert sum(g == t for g, t in zip(got, data.captions)) >= 34  # ≥ 85 %; measured 95 % on 500
-    from mmcourse.judge import load_judge
+    from mmcourse import recipes
 
     captions = data.captions[:20]
     images, _ = unified.generate_images(model, captions, temperature=unified.TEMPERATURE)
-    assert load_judge(device="cpu").score(images, captions)["all"] >= 0.7  # measured 87 % on 180
+    assert (
+        recipes.load("judge", device="cpu").score(images, captions)["all"] >= 0.7
+    )  # measured 87 % on 180
 
 
 def test_direction_losses_score_only_their_targets():

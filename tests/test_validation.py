@@ -6,8 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mmcourse import recipes
 from mmcourse.data import render
-from mmcourse.judge import load_judge
 from mmcourse.viz import image_grid
 
 DTYPES = [torch.float16, torch.float32, torch.float64, torch.int64, torch.uint8, torch.bool]
@@ -17,7 +17,7 @@ not_tensors = st.one_of(st.none(), st.integers(), st.text(max_size=5), st.lists(
 
 @pytest.fixture(scope="module")
 def the_judge():
-    return load_judge(device="cpu")
+    return recipes.load("judge", device="cpu")
 
 
 @settings(max_examples=60, deadline=None)

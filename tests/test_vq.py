@@ -467,7 +467,7 @@ def test_wrong_inputs_name_the_argument():
         kmeans_init(z, 8)
     with pytest.raises(ValueError, match="^usage_counts must have shape"):
         restart_dead_codes(codebook, torch.zeros(5), z)
-    with pytest.raises(ValueError, match="^levels must hold ints ≥ 2"):
+    with pytest.raises(ValueError, match=r"^levels\[1\] must be ≥ 2"):
         FSQ((8, 1))
     with pytest.raises(ValueError, match=r"^tokens must have shape \(\.\.\., n\)"):
         ResidualVQ(4, 3, num_stages=2).decode(torch.zeros(5, 3, dtype=torch.long))

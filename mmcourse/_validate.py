@@ -58,6 +58,29 @@ def tensor(
     return x
 
 
+def z_and_codebook(
+    z: object, codebook: object, *, same_dtype: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The vector-quantization pair: z (N, D) and codebook (K, D), floating, K ≥ 1 codes of the
+    same D ≥ 1, on one device and (unless same_dtype=False) of one dtype."""
+    codebook = tensor("codebook", codebook, shape=("K", "D"), floating=True)
+    z = tensor("z", z, shape=("N", "D"), floating=True)
+    if codebook.shape[0] == 0 or codebook.shape[1] == 0:
+        raise ValueError(
+            f"codebook must hold at least one code of D ≥ 1, got shape {tuple(codebook.shape)}"
+        )
+    if z.shape[1] != codebook.shape[1]:
+        raise ValueError(
+            f"z must have D = {codebook.shape[1]} columns like codebook "
+            f"{tuple(codebook.shape)}, got shape {tuple(z.shape)}"
+        )
+    if same_dtype and z.dtype != codebook.dtype:
+        raise TypeError(f"z must have codebook's dtype {codebook.dtype}, got {z.dtype}")
+    if z.device != codebook.device:
+        raise ValueError(f"z must be on codebook's device {codebook.device}, got {z.device}")
+    return z, codebook
+
+
 def positive_int(name: str, value: object) -> int:
     """Check that `value` is an int ≥ 1 (bool excluded) and return it."""
     return integer(name, value, low=1)

@@ -56,7 +56,7 @@ def squared_distances(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     no (N, K, D) tensor of differences is built. Rounding can push the expansion slightly below
     zero when z ≈ e, hence the clamp at 0.
     """
-    z, codebook = _check_pair(z, codebook)
+    z, codebook = _validate.z_and_codebook(z, codebook)
     z_sq = z.pow(2).sum(dim=1, keepdim=True)  # (N, 1)  ‖z‖²
     e_sq = codebook.pow(2).sum(dim=1)  # (K,)  ‖e‖²
     cross = z @ codebook.T  # (N, K)  z·e
@@ -69,7 +69,7 @@ def nearest_code_naive(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     Broadcasting (N, 1, D) − (1, K, D) materialises N·K·D differences: at N = 65536, K = 8192,
     D = 256 in float32 that is 512 GiB. Kept for teaching and as the reference in tests.
     """
-    z, codebook = _check_pair(z, codebook)
+    z, codebook = _validate.z_and_codebook(z, codebook)
     diff = z[:, None, :] - codebook[None, :, :]  # (N, K, D)
     return diff.pow(2).sum(dim=2).argmin(dim=1)  # (N,)
 
@@ -85,7 +85,7 @@ def nearest_code(
     float32: 2 GiB). With it, z is processed `chunk_size` rows at a time, so at most a
     (chunk_size, K) block exists; the answer is the same. Chapter 09 fuses this into one kernel.
     """
-    z, codebook = _check_pair(z, codebook)
+    z, codebook = _validate.z_and_codebook(z, codebook)
     if chunk_size is None:
         tokens = squared_distances(z, codebook).argmin(dim=1)  # (N,)
     else:
@@ -368,7 +368,7 @@ def restart_dead_codes(
     at once and starts learning again.
     """
     codebook = _validate.tensor("codebook", codebook, shape=("K", "D"), floating=True)
-    z = _check_pair(z, codebook)[0]
+    z = _validate.z_and_codebook(z, codebook)[0]
     dead = _dead_mask(usage_counts, len(codebook), threshold)  # (K,)
     return _restart(codebook, dead, z, generator)
 
@@ -547,24 +547,6 @@ class FSQ(nn.Module):
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def _check_pair(z: object, codebook: object) -> tuple[torch.Tensor, torch.Tensor]:
-    """z (N, D) and codebook (K, D), floating, same D, dtype and device."""
-    codebook = _validate.tensor("codebook", codebook, shape=("K", "D"), floating=True)
-    z = _validate.tensor("z", z, shape=("N", "D"), floating=True)
-    if len(codebook) == 0:
-        raise ValueError("codebook must hold at least one code, got shape (0, D)")
-    if z.shape[1] != codebook.shape[1]:
-        raise ValueError(
-            f"z must have D = {codebook.shape[1]} columns like codebook "
-            f"{tuple(codebook.shape)}, got shape {tuple(z.shape)}"
-        )
-    if z.dtype != codebook.dtype:
-        raise TypeError(f"z must have codebook's dtype {codebook.dtype}, got {z.dtype}")
-    if z.device != codebook.device:
-        raise ValueError(f"z must be on codebook's device {codebook.device}, got {z.device}")
-    return z, codebook
 
 
 def _check_same(

@@ -318,9 +318,8 @@ def _check_block(name: str, value: object) -> int | None:
 def _check_inputs(z: object, codebook: object) -> tuple[torch.Tensor, torch.Tensor]:
     """z (N, D) and codebook (K, D): contiguous, one supported dtype, one device the kernel
     can run on."""
-    codebook = _validate.tensor("codebook", codebook, shape=("K", "D"))
-    z = _validate.tensor("z", z, shape=("N", "D"))
-    for name, x in (("codebook", codebook), ("z", z)):
+    for name, x, rows in (("codebook", codebook, "K"), ("z", z, "N")):
+        x = _validate.tensor(name, x, shape=(rows, "D"))
         if x.dtype not in DTYPES:
             raise TypeError(f"{name} must be float32, float16 or bfloat16, got dtype {x.dtype}")
         if not x.is_contiguous():
@@ -328,19 +327,7 @@ def _check_inputs(z: object, codebook: object) -> tuple[torch.Tensor, torch.Tens
                 f"{name} must be contiguous (call .contiguous()), got shape {tuple(x.shape)} "
                 f"with strides {x.stride()}"
             )
-    if codebook.shape[0] == 0 or codebook.shape[1] == 0:
-        raise ValueError(
-            f"codebook must hold at least one code of D ≥ 1, got shape {tuple(codebook.shape)}"
-        )
-    if z.shape[1] != codebook.shape[1]:
-        raise ValueError(
-            f"z must have D = {codebook.shape[1]} columns like codebook "
-            f"{tuple(codebook.shape)}, got shape {tuple(z.shape)}"
-        )
-    if z.dtype != codebook.dtype:
-        raise TypeError(f"z must have codebook's dtype {codebook.dtype}, got {z.dtype}")
-    if z.device != codebook.device:
-        raise ValueError(f"z must be on codebook's device {codebook.device}, got {z.device}")
+    z, codebook = _validate.z_and_codebook(z, codebook)
     if not INTERPRETED and z.device.type != "cuda":
         raise ValueError(
             f"z and codebook must be CUDA tensors when Triton compiles kernels, got {z.device}; "
@@ -542,19 +529,6 @@ def quantize(
 def reference_nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """The PyTorch reference: the (N, K) float32 distance matrix ‖z‖² − 2 z·eᵀ + ‖e‖² (clamped
     at 0, as chapter 01's `squared_distances`) and its argmin → (N,) long."""
-    z, codebook = _check_pair_any_device(z, codebook)
+    z, codebook = _validate.z_and_codebook(z, codebook, same_dtype=False)
     e = codebook.float()
     return _distances_argmin(z.float(), e, e.pow(2).sum(dim=1))
-
-
-def _check_pair_any_device(z: object, codebook: object) -> tuple[torch.Tensor, torch.Tensor]:
-    codebook = _validate.tensor("codebook", codebook, shape=("K", "D"), floating=True)
-    z = _validate.tensor("z", z, shape=("N", "D"), floating=True)
-    if z.shape[1] != codebook.shape[1]:
-        raise ValueError(
-            f"z must have D = {codebook.shape[1]} columns like codebook "
-            f"{tuple(codebook.shape)}, got shape {tuple(z.shape)}"
-        )
-    if z.device != codebook.device:
-        raise ValueError(f"z must be on codebook's device {codebook.device}, got {z.device}")
-    return z, codebook

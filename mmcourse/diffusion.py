@@ -24,7 +24,6 @@ that a notebook can score DDPM's faithfulness without walking its 1000 steps on 
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 import time
@@ -40,7 +39,7 @@ from mmcourse import _validate, checkpoints
 from mmcourse.data import ShapesDataset, all_captions, caption_to_labels
 from mmcourse.env import device as default_device
 from mmcourse.env import to_device
-from mmcourse.trainer import TrainResult, adamw_cosine, fit
+from mmcourse.trainer import EMA, TrainResult, adamw_cosine, fit
 from mmcourse.unet import NULL, UNet
 
 PATH = checkpoints.DATA_DIR / "diffusion_shapes.pt"
@@ -296,7 +295,7 @@ def train_diffusion(
     alpha_bar = linear_schedule() if alpha_bar is None else _check_alpha_bar(alpha_bar)
     a_dev = alpha_bar.to(dev)  # ᾱ on the device, indexed by t there
     x0, labels = x0.to(dev), labels.to(dev)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    ema = EMA(model, ema_decay)  # what sampling uses
     opt, schedule = adamw_cosine(model, lr, steps, weight_decay=0.0, betas=(0.9, 0.999), final=0.0)
 
     def step_loss(step: int) -> torch.Tensor:
@@ -309,19 +308,16 @@ def train_diffusion(
         x_t = a.sqrt() * x + (1 - a).sqrt() * eps
         return (model(x_t, t, y) - eps).pow(2).mean()  # diffusion_loss
 
-    def update_ema(step: int, _: torch.Tensor) -> None:
-        ema_update(ema, model, step, ema_decay)
-
     run = fit(
         model,
         step_loss,
         steps=steps,
         optimizer=opt,
         schedule=schedule,
-        callbacks=[update_ema],
+        callbacks=[ema],
         progress=progress,
     )
-    return run._replace(model=ema)
+    return run._replace(model=ema.model)
 
 
 @torch.no_grad()

@@ -14,10 +14,14 @@ that seeds its own draws gets the same run, bit for bit.
     run = fit(model, lambda step: loss_fn(model, next_batch()), steps=300, optimizer=opt,
               schedule=schedule, clip=1.0)
     run.model, run.losses, run.seconds
+
+A callback such as `EMA` follows the run: `ema = EMA(model, 0.999)`, `fit(..., callbacks=[ema])`,
+then sample from `ema.model`.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -27,7 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["TrainResult", "adamw_cosine", "adamw_one_cycle", "fit"]
+__all__ = ["EMA", "TrainResult", "adamw_cosine", "adamw_one_cycle", "fit"]
 
 Loss = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Iterator[torch.Tensor]
 StepLoss = Callable[[int], Loss]
@@ -163,3 +167,22 @@ def fit(
             callback(step, losses[step])
     values = losses.tolist() if losses is not None else []  # the only read-back of the run
     return TrainResult(model.eval(), values, time.perf_counter() - start)
+
+
+class EMA:
+    """An exponential moving average of `model`'s weights, as a `fit` callback. After optimizer
+    step `step` (0-based), θ_ema ← d θ_ema + (1 − d) θ with d = min(decay, (1 + step) /
+    (10 + step)): a short memory at the start, so that the average does not drag the random
+    initial weights along. `.model` is the average: a frozen copy in eval mode, what diffusion
+    samples with."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
+        self.source = model
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, step: int, recorded: torch.Tensor | None = None) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for p_ema, p in zip(self.model.parameters(), self.source.parameters()):
+            p_ema.lerp_(p, 1 - d)

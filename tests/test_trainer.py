@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mmcourse import trainer
-from mmcourse.trainer import TrainResult, adamw_cosine, adamw_one_cycle, fit
+from mmcourse.trainer import EMA, TrainResult, adamw_cosine, adamw_one_cycle, fit
 
 
 def _model() -> nn.Linear:
@@ -209,6 +209,41 @@ def test_adamw_one_cycle_covers_the_trainable_parameters_only():
     assert lrs[-1] == pytest.approx(1 / 25e4)
 
 
+def test_ema_averages_the_weights_after_every_step_with_a_short_memory_at_the_start():
+    x, y = _data()
+    model, by_hand = _model(), _model()
+    average = [p.detach().clone() for p in by_hand.parameters()]
+    opt_hand = _sgd(by_hand)
+    for step in range(4):
+        opt_hand.zero_grad()
+        (by_hand(x) - y).pow(2).mean().backward()
+        opt_hand.step()
+        d = min(0.9, (1 + step) / (10 + step))  # 0.1, 0.18…, 0.25, 0.3…: below 0.9 throughout
+        average = [d * a + (1 - d) * p.detach() for a, p in zip(average, by_hand.parameters())]
+    ema = EMA(model, decay=0.9)
+    run = fit(
+        model,
+        lambda step: (model(x) - y).pow(2).mean(),
+        steps=4,
+        optimizer=_sgd(model),
+        callbacks=[ema],
+        progress=False,
+    )
+    assert run.model is model and ema.model is not model
+    assert not ema.model.training and not any(p.requires_grad for p in ema.model.parameters())
+    for got, want in zip(ema.model.parameters(), average):
+        torch.testing.assert_close(got, want)
+    late = _model()
+    ema_late = EMA(late, decay=0.5)  # past the warm-up, d is the decay itself
+    before = [p.clone() for p in ema_late.model.parameters()]
+    with torch.no_grad():
+        for p in late.parameters():
+            p.fill_(1.0)
+    ema_late(100)
+    for got, old in zip(ema_late.model.parameters(), before):
+        torch.testing.assert_close(got, 0.5 * old + 0.5)
+
+
 def test_public_surface():
-    assert trainer.__all__ == ["TrainResult", "adamw_cosine", "adamw_one_cycle", "fit"]
+    assert trainer.__all__ == ["EMA", "TrainResult", "adamw_cosine", "adamw_one_cycle", "fit"]
     assert TrainResult._fields == ("model", "losses", "seconds", "history")

@@ -190,32 +190,20 @@ def check_vq_losses(check: Check) -> None:
     expected = vq.quantize_losses(ref_z, ref_codes, 0.25)
     ref_grads = [gradients(loss, (ref_z, ref_codes)) for loss in expected]
     grads = [gradients(loss, (z_leaf, codes_leaf)) for loss in got]
-    check.close(
-        grads[0][1],
-        ref_grads[0][1],
-        "the codebook loss gives the codes e a gradient",
-        hint="don't detach e in the codebook loss: it is what moves the codes",
-    )
-    check.close(
-        grads[0][0],
-        ref_grads[0][0],
-        "the codebook loss gives z_e no gradient: sg(z_e)",
-        hint="stop the gradient with z_e.detach() in the codebook loss; otherwise it also "
-        "drags the encoder towards the codes, which is the commitment loss's job",
-    )
-    check.close(
-        grads[1][0],
-        ref_grads[1][0],
-        "the commitment loss gives z_e a gradient, scaled by β",
-        hint="don't detach z_e in the commitment loss: it is what keeps the encoder committed",
-    )
-    check.close(
-        grads[1][1],
-        ref_grads[1][1],
-        "the commitment loss gives the codes e no gradient: sg(e)",
-        hint="stop the gradient with e.detach() in the commitment loss; otherwise β scales "
-        "the codebook's update too",
-    )
+    # (loss: 0 codebook, 1 commitment; input: 0 z_e, 1 e) → what its gradient must be
+    for loss, wrt, what, hint in (
+        (0, 1, "the codebook loss gives the codes e a gradient",
+         "don't detach e in the codebook loss: it is what moves the codes"),
+        (0, 0, "the codebook loss gives z_e no gradient: sg(z_e)",
+         "stop the gradient with z_e.detach() in the codebook loss; otherwise it also drags "
+         "the encoder towards the codes, which is the commitment loss's job"),
+        (1, 0, "the commitment loss gives z_e a gradient, scaled by β",
+         "don't detach z_e in the commitment loss: it is what keeps the encoder committed"),
+        (1, 1, "the commitment loss gives the codes e no gradient: sg(e)",
+         "stop the gradient with e.detach() in the commitment loss; otherwise β scales the "
+         "codebook's update too"),
+    ):  # fmt: skip
+        check.close(grads[loss][wrt], ref_grads[loss][wrt], what, hint=hint)
     expected = vq.quantize_losses(z_e, codes)
     got = check.parts(call(check, z_e, codes), ("codebook_loss", "commitment_loss"))
     for index, name in enumerate(("codebook_loss", "commitment_loss")):

@@ -24,17 +24,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mmcourse import _validate, checkpoints
+from mmcourse.autoencoder import VQAutoencoder
 from mmcourse.data import ShapesDataset
 from mmcourse.env import device as default_device
 from mmcourse.trainer import TrainResult, fit
-from mmcourse.vq import VectorQuantizer, code_usage, nearest_code, perplexity
+from mmcourse.vq import code_usage, perplexity
 
 __all__ = [
     "COMMAND",
@@ -44,7 +44,6 @@ __all__ = [
     "ResBlock",
     "TrainResult",
     "VQVAE",
-    "VQVAEOutput",
     "compression_ratio",
     "evaluate",
     "group_norm",
@@ -146,23 +145,17 @@ class Decoder(nn.Module):
 # ----------------------------------------------------------------------------------- the VQ-VAE
 
 
-class VQVAEOutput(NamedTuple):
-    """What `VQVAE.forward` returns."""
-
-    x_hat: torch.Tensor  # (B, 3, H, W) reconstruction, unclamped
-    tokens: torch.Tensor  # (B, H/4, W/4) long
-    loss: torch.Tensor  # recon_loss + vq_loss, scalar
-    recon_loss: torch.Tensor  # ‖x − x̂‖², mean over pixels
-    vq_loss: torch.Tensor  # β‖z_e − sg(e)‖² (+ the codebook term without EMA)
-    perplexity: torch.Tensor  # of this batch's codes, no gradient
-
-
-class VQVAE(nn.Module):
-    """Encoder → VectorQuantizer (K = num_codes codes of dimension code_dim) → Decoder.
+class VQVAE(VQAutoencoder):
+    """Encoder → VectorQuantizer (K = num_codes codes of dimension code_dim) → Decoder:
+    images (B, 3, H, W) ↔ tokens (B, H/4, W/4).
 
     `encode` maps images to tokens, `decode` tokens to images; `forward` runs both with the
-    straight-through estimator and returns the losses for training.
+    straight-through estimator and returns the losses for training (`VQAutoencoder`).
     """
+
+    encoder_class = Encoder
+    decoder_class = Decoder
+    grid = ("h", "w")
 
     def __init__(
         self,
@@ -173,64 +166,11 @@ class VQVAE(nn.Module):
         beta: float = 0.25,
         ema: bool = True,
     ):
-        super().__init__()
-        _validate.positive_int("channels", channels)
-        _validate.positive_int("groups", groups)
-        self.config = {
-            "channels": channels,
-            "num_codes": num_codes,
-            "code_dim": code_dim,
-            "groups": groups,
-            "beta": beta,
-            "ema": ema,
-        }
-        self.encoder = Encoder(channels, code_dim, groups)
-        self.quantizer = VectorQuantizer(num_codes, code_dim, beta=beta, ema=ema)
-        self.decoder = Decoder(channels, code_dim, groups)
+        super().__init__(channels, num_codes, code_dim, groups, beta, ema)
+        self.config["ema"] = ema  # the image tokenizer may also learn its codebook by gradient
 
-    @property
-    def num_codes(self) -> int:
-        return self.quantizer.num_codes
-
-    def forward(self, x: torch.Tensor) -> VQVAEOutput:
-        """x (B, 3, H, W) in [0, 1], H and W multiples of 4."""
-        return self._losses(_check_images(x))
-
-    def _losses(self, x: torch.Tensor) -> VQVAEOutput:
-        """forward without the input checks, for the training loop's own batches (checking the
-        value range reads it back from the device, which would stall a GPU every step)."""
-        z_e = self.encoder(x)  # (B, D, h, w)
-        vq = self.quantizer(z_e)  # z_q (B, D, h, w), tokens (B, h, w)
-        x_hat = self.decoder(vq.z_q)  # (B, 3, H, W)
-        recon_loss = F.mse_loss(x_hat, x)
-        return VQVAEOutput(
-            x_hat=x_hat,
-            tokens=vq.tokens,
-            loss=recon_loss + vq.loss,
-            recon_loss=recon_loss,
-            vq_loss=vq.loss,
-            perplexity=vq.perplexity,
-        )
-
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Images x (B, 3, H, W) in [0, 1] → tokens (B, H/4, W/4) long. Never moves the codebook,
-        even in training mode."""
-        z_e = self.encoder(_check_images(x))  # (B, D, h, w)
-        b, d, h, w = z_e.shape
-        rows = z_e.permute(0, 2, 3, 1).reshape(-1, d)  # (B·h·w, D): channels last, then rows
-        return nearest_code(rows, self.quantizer.codebook).view(b, h, w)
-
-    @torch.no_grad()
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, h, w) long in [0, K) → images (B, 3, 4h, 4w) in [0, 1]."""
-        tokens = _validate.tensor("tokens", tokens, shape=("B", "h", "w"), dtype=torch.long)
-        return self.decoder(self.quantizer.decode(tokens)).clamp(0, 1)
-
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """decode(encode(x)): x (B, 3, H, W) → (B, 3, H, W) in [0, 1]."""
-        return self.decode(self.encode(x))
+    def _check(self, x: object) -> torch.Tensor:
+        return _check_images(x)
 
 
 def _check_images(x: object) -> torch.Tensor:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +33,12 @@ from einops import rearrange
 from torch import nn
 
 from mmcourse import _validate, checkpoints
+from mmcourse.autoencoder import VQAutoencoder
 from mmcourse.data.moving import MovingShapesDataset
 from mmcourse.env import device as default_device
 from mmcourse.tokenizer import ResBlock, fit_vqvae, group_norm, psnr
 from mmcourse.trainer import TrainResult
-from mmcourse.vq import VectorQuantizer, code_usage, nearest_code, perplexity
+from mmcourse.vq import code_usage, perplexity
 
 __all__ = [
     "COMMAND",
@@ -47,7 +47,6 @@ __all__ = [
     "TrainResult",
     "VideoDecoder",
     "VideoEncoder",
-    "VideoOutput",
     "VideoVQVAE",
     "attention_cost",
     "causal_pad",
@@ -285,24 +284,17 @@ class VideoDecoder(nn.Module):
         return rearrange(per_frame(self.spatial, h), "b c t h w -> b t c h w")
 
 
-class VideoOutput(NamedTuple):
-    """What `VideoVQVAE.forward` returns."""
+class VideoVQVAE(VQAutoencoder):
+    """VideoEncoder → VectorQuantizer (K = num_codes codes of dimension code_dim) → VideoDecoder:
+    clips (B, T, 3, H, W) ↔ tokens (B, T/4, H/4, W/4), with an EMA codebook.
 
-    x_hat: torch.Tensor  # (B, T, 3, H, W) reconstruction, unclamped
-    tokens: torch.Tensor  # (B, T/4, H/4, W/4) long
-    loss: torch.Tensor  # recon_loss + vq_loss, scalar
-    recon_loss: torch.Tensor  # ‖x − x̂‖², mean over pixels
-    vq_loss: torch.Tensor  # β‖z_e − sg(e)‖² (EMA codebook: no codebook term)
-    perplexity: torch.Tensor  # of this batch's codes, no gradient
-
-
-class VideoVQVAE(nn.Module):
-    """VideoEncoder → VectorQuantizer (K = num_codes codes of dimension code_dim) → VideoDecoder.
-
-    `encode` maps clips (B, T, 3, H, W) to tokens (B, T/4, H/4, W/4), `decode` tokens back to
-    clips; `forward` runs both through the straight-through estimator and returns the losses.
+    `encode` maps clips to tokens, `decode` tokens back to clips; `forward` runs both through
+    the straight-through estimator and returns the losses (`VQAutoencoder`).
     """
 
+    encoder_class = VideoEncoder
+    decoder_class = VideoDecoder
+    grid = ("t", "h", "w")
     temporal_stride = TEMPORAL
     spatial_stride = SPATIAL
 
@@ -314,58 +306,10 @@ class VideoVQVAE(nn.Module):
         groups: int = 8,
         beta: float = 0.25,
     ) -> None:
-        super().__init__()
-        _validate.positive_int("channels", channels)
-        _validate.positive_int("groups", groups)
-        group_norm(channels, groups)  # raises the clear error before any layer is built
-        self.config = {
-            "channels": channels,
-            "num_codes": num_codes,
-            "code_dim": code_dim,
-            "groups": groups,
-            "beta": beta,
-        }
-        self.encoder = VideoEncoder(channels, code_dim, groups)
-        self.quantizer = VectorQuantizer(num_codes, code_dim, beta=beta, ema=True)
-        self.decoder = VideoDecoder(channels, code_dim, groups)
+        super().__init__(channels, num_codes, code_dim, groups, beta)
 
-    @property
-    def num_codes(self) -> int:
-        return self.quantizer.num_codes
-
-    def forward(self, x: torch.Tensor) -> VideoOutput:
-        """x (B, T, 3, H, W) in [0, 1]; T a multiple of 4, H and W multiples of 4."""
-        return self._losses(_check_clips(x))
-
-    def _losses(self, x: torch.Tensor) -> VideoOutput:
-        """forward without the input checks, for the training loop's own batches."""
-        z_e = self.encoder(x)  # (B, D, t, h, w)
-        vq = self.quantizer(z_e)  # z_q (B, D, t, h, w) straight-through, tokens (B, t, h, w)
-        x_hat = self.decoder(vq.z_q)  # (B, T, 3, H, W)
-        recon_loss = F.mse_loss(x_hat, x)
-        return VideoOutput(
-            x_hat, vq.tokens, recon_loss + vq.loss, recon_loss, vq.loss, vq.perplexity
-        )
-
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Clips (B, T, 3, H, W) in [0, 1] → tokens (B, T/4, H/4, W/4) long. Never moves the
-        codebook, even in training mode."""
-        z_e = self.encoder(_check_clips(x))  # (B, D, t, h, w)
-        b, d, t, h, w = z_e.shape
-        rows = rearrange(z_e, "b d t h w -> (b t h w) d")
-        return nearest_code(rows, self.quantizer.codebook).view(b, t, h, w)
-
-    @torch.no_grad()
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, t, h, w) long in [0, K) → clips (B, 4t, 3, 4h, 4w) in [0, 1]."""
-        tokens = _validate.tensor("tokens", tokens, shape=("B", "t", "h", "w"), dtype=torch.long)
-        return self.decoder(self.quantizer.decode(tokens)).clamp(0, 1)
-
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """decode(encode(x)): (B, T, 3, H, W) → (B, T, 3, H, W) in [0, 1]."""
-        return self.decode(self.encode(x))
+    def _check(self, x: object) -> torch.Tensor:
+        return _check_clips(x)
 
 
 def _check_clips(x: object, *, floating: bool = True) -> torch.Tensor:

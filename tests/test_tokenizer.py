@@ -7,8 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmcourse import checkpoints, tokenizer
+from mmcourse.autoencoder import VQAutoencoder, VQOutput
 from mmcourse.data import ShapesDataset
 from mmcourse.tokenizer import VQVAE, ResBlock, group_norm, psnr
+from mmcourse.video import VideoVQVAE
 
 DTYPES = [torch.float16, torch.float32, torch.float64, torch.int64, torch.uint8, torch.bool]
 shapes = st.lists(st.integers(0, 9), min_size=0, max_size=5).map(tuple)
@@ -46,6 +48,29 @@ def test_forward_gives_reconstruction_and_losses(small):
     out = small(torch.rand(2, 3, 16, 24))
     assert out.x_hat.shape == (2, 3, 16, 24) and out.tokens.shape == (2, 4, 6)
     assert out.loss.shape == () and torch.allclose(out.loss, out.recon_loss + out.vq_loss)
+
+
+@pytest.mark.parametrize(
+    ("make", "x"),
+    [
+        (lambda: VQVAE(channels=8, num_codes=16, code_dim=4, groups=4), torch.rand(2, 3, 8, 12)),
+        (lambda: VideoVQVAE(channels=8, num_codes=16, groups=4), torch.rand(2, 4, 3, 8, 8)),
+    ],
+    ids=["image", "video"],
+)
+def test_both_tokenizers_keep_the_vq_autoencoder_contract(make, x):
+    """One base for chapter 02's and chapter 06's tokenizers: forward gives a VQOutput whose
+    tokens are encode's (eval mode), and decode maps them back to x's shape in [0, 1]."""
+    torch.manual_seed(0)
+    model = make().eval()
+    assert isinstance(model, VQAutoencoder)
+    out = model(x)
+    assert isinstance(out, VQOutput) and out.x_hat.shape == x.shape
+    assert torch.allclose(out.loss, out.recon_loss + out.vq_loss)
+    assert torch.equal(out.tokens, model.encode(x))
+    assert out.tokens.dim() == 1 + len(model.grid) and out.tokens.dtype == torch.long
+    images = model.decode(out.tokens)
+    assert images.shape == x.shape and 0 <= images.min() and images.max() <= 1
 
 
 def test_gradients_reach_encoder_decoder_and_not_the_ema_codebook(small):

@@ -15,7 +15,9 @@ allowed.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -126,10 +128,12 @@ class Block(nn.Module):
             nn.Dropout(config.dropout),
         )
 
-    def forward(self, x, cache, mask):
+    def forward(self, x, cache, mask, mlp=None):
+        """x (B, T, D) → (B, T, D) and the layer's cache; `mlp`, when given, runs in place of
+        the block's own MLP on LN(x)."""
         out, cache = self.attn(self.norm1(x), cache, mask)
         x = x + out
-        return x + self.mlp(self.norm2(x)), cache
+        return x + (mlp or self.mlp)(self.norm2(x)), cache
 
 
 class GPT(nn.Module):
@@ -168,19 +172,35 @@ class GPT(nn.Module):
 
     def forward(
         self,
-        idx: torch.Tensor,
+        idx: torch.Tensor | None = None,
         cache: KVCache | None = None,
         mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        *,
+        embeddings: torch.Tensor | None = None,
+        mlp: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+        return_hidden: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """idx (B, T) long → logits (B, T, vocab_size).
 
         cache: a KVCache (from `new_cache()`); idx then holds only the new tokens, placed at
         positions len(cache) … len(cache) + T − 1, and the cache is extended in place.
         mask: optional bool (T, P + T) or (B, T, P + T), True where attention is allowed;
-        None means causal."""
-        idx = _validate.tensor("idx", idx, shape=("B", "T"), dtype=torch.long)
+        None means causal.
+        embeddings: (B, T, D) float, given in place of idx: the input vectors before the
+        position embedding (chapter 08 embeds image patches itself).
+        mlp: optional `mlp(layer, z)` → (B, T, D), run in place of block `layer`'s MLP on its
+        normalized input z (B, T, D) (chapter 08 routes image positions to their own MLPs).
+        return_hidden: return (logits, h) with h (B, T, D) the final normalized hidden states."""
+        if (idx is None) == (embeddings is None):
+            raise ValueError("give exactly one of idx (token ids) and embeddings")
+        if embeddings is None:
+            idx = _validate.tensor("idx", idx, shape=("B", "T"), dtype=torch.long)
+            embeddings = self.tok_emb(idx)  # (B, T, D)
+        else:
+            shape = ("B", "T", self.cfg.d_model)
+            embeddings = _validate.tensor("embeddings", embeddings, shape=shape, floating=True)
         start = len(cache) if cache is not None else 0
-        t = idx.shape[1]
+        t = embeddings.shape[1]
         if start + t > self.cfg.block_size:
             raise ValueError(
                 f"sequence too long: positions up to {start + t} for block_size "
@@ -193,10 +213,13 @@ class GPT(nn.Module):
                     f"mask must have shape ({t}, {start + t}) or (B, {t}, {start + t}), got "
                     f"{tuple(mask.shape)}"
                 )
-        positions = torch.arange(start, start + t, device=idx.device)  # after the cached ones
-        h = self.drop(self.tok_emb(idx) + self.pos_emb(positions))  # (B, T, D)
+        positions = torch.arange(start, start + t, device=embeddings.device)  # after the cache
+        h = self.drop(embeddings + self.pos_emb(positions))  # (B, T, D)
         for i, block in enumerate(self.blocks):
-            h, layer_cache = block(h, None if cache is None else cache.layers[i], mask)
+            layer_mlp = None if mlp is None else functools.partial(mlp, i)
+            h, layer_cache = block(h, None if cache is None else cache.layers[i], mask, layer_mlp)
             if cache is not None:
                 cache.layers[i] = layer_cache
-        return self.norm(h) @ self.tok_emb.weight.T  # (B, T, vocab), tied embeddings
+        h = self.norm(h)
+        logits = h @ self.tok_emb.weight.T  # (B, T, vocab), tied embeddings
+        return (logits, h) if return_hidden else logits

@@ -28,6 +28,7 @@ transfusion`.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -168,26 +169,24 @@ class Transfusion(nn.Module):
         patches = _validate.tensor("patches", patches, shape=(b, n, self.patch_dim), floating=True)
         image_id = _validate.tensor("image_id", image_id, shape=(b, n), dtype=torch.long)
         t = _validate.tensor("t", t, shape=(b,), dtype=torch.long)
-        gpt, start = self.gpt, len(cache) if cache is not None else 0
-        if start + n > gpt.cfg.block_size:
-            raise ValueError(f"sequence too long: {start + n} positions for {gpt.cfg.block_size}")
         is_image = image_id >= 0
         within = _index_within_image(image_id).clamp(0, N_PATCHES - 1)  # (B, L), 0 … 15
         h_img = self.patch_in(patches) + self.patch_pos[within] + self.time_embedding(t)[:, None]
-        h = torch.where(is_image[..., None], h_img, gpt.tok_emb(ids.clamp(0, None)))
-        h = h + gpt.pos_emb(torch.arange(start, start + n, device=ids.device))
+        h = torch.where(is_image[..., None], h_img, self.gpt.tok_emb(ids.clamp(0, None)))
         if mask is None:
             mask = transfusion_mask(image_id)
-        for i, block in enumerate(gpt.blocks):
-            layer = None if cache is None else cache.layers[i]
-            if self.image_mlps is None:
-                h, layer = block(h, layer, mask)
-            else:
-                h, layer = _block_by_modality(block, self.image_mlps[i], h, layer, mask, is_image)
-            if cache is not None:
-                cache.layers[i] = layer
-        h = gpt.norm(h)
-        return h @ gpt.tok_emb.weight.T, self.patch_out(h)
+        mlp = None if self.image_mlps is None else functools.partial(self._mlp, is_image)
+        logits, h = self.gpt(cache=cache, mask=mask, embeddings=h, mlp=mlp, return_hidden=True)
+        return logits, self.patch_out(h)
+
+    def _mlp(self, is_image: torch.Tensor, layer: int, z: torch.Tensor) -> torch.Tensor:
+        """Mixture-of-Transformers MLP of block `layer`: the block's own MLP at text positions,
+        its image MLP at patches (each position runs one MLP, so the compute is that of the
+        shared block). z (B, L, D) normalized, is_image (B, L)."""
+        out = torch.zeros_like(z)
+        out[~is_image] = self.gpt.blocks[layer].mlp(z[~is_image])
+        out[is_image] = self.image_mlps[layer](z[is_image])
+        return out
 
 
 def _index_within_image(image_id: torch.Tensor) -> torch.Tensor:
@@ -198,19 +197,6 @@ def _index_within_image(image_id: torch.Tensor) -> torch.Tensor:
     earlier = torch.ones(n, n, dtype=torch.bool, device=image_id.device).tril(-1)  # j < i
     same = (image_id[:, :, None] == image_id[:, None, :]) & earlier  # (B, L, L)
     return torch.where(image_id >= 0, same.sum(-1), 0)
-
-
-def _block_by_modality(block, image_mlp, h, cache, mask, is_image):
-    """A pre-norm block whose attention is shared and whose MLP is chosen per position: the
-    block's own MLP at text positions, `image_mlp` at patches (each position runs one MLP, so
-    the compute is that of the shared block). h (B, L, D), is_image (B, L)."""
-    out, cache = block.attn(block.norm1(h), cache, mask)
-    h = h + out
-    z = block.norm2(h)
-    mlp = torch.zeros_like(z)
-    mlp[~is_image] = block.mlp(z[~is_image])
-    mlp[is_image] = image_mlp(z[is_image])
-    return h + mlp, cache
 
 
 def transfusion_mask(image_id: torch.Tensor) -> torch.Tensor:

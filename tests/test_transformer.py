@@ -131,3 +131,24 @@ def test_a_few_steps_learn_a_fixed_sequence():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_embeddings_hidden_states_and_mlp_hook():
+    model, idx = _gpt(), _idx()
+    logits, h = model(embeddings=model.tok_emb(idx), return_hidden=True)
+    assert torch.equal(logits, model(idx)) and h.shape == (3, 10, 16)
+    assert torch.equal(logits, h @ model.tok_emb.weight.T)
+    calls = []
+
+    def own(layer: int, z: torch.Tensor) -> torch.Tensor:  # each block's own MLP: no change
+        calls.append(layer)
+        return model.blocks[layer].mlp(z)
+
+    assert torch.equal(model(idx, mlp=own), logits) and calls == [0, 1]
+    assert not torch.equal(model(idx, mlp=lambda layer, z: z), logits)
+    with pytest.raises(ValueError, match="exactly one of idx"):
+        model(idx, embeddings=model.tok_emb(idx))
+    with pytest.raises(ValueError, match="exactly one of idx"):
+        model()
+    with pytest.raises(ValueError, match="embeddings"):
+        model(embeddings=torch.zeros(1, 3, 8))

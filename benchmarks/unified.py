@@ -59,7 +59,7 @@ def _random_document(g: torch.Generator, v: vocab.Vocabulary) -> list[vocab.Segm
 def run() -> dict[str, float | int]:
     dev = mmcourse.device()
     with compute_threads(dev):
-        v = unified.course_vocab()
+        v = vocab.course_vocab()
         model = unified.load_unified(device=dev)
         warm_up(lambda: unified.evaluate(model, per_caption=1, held=unified.held_out(8)))
         scores, eval_s = timed(

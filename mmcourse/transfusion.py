@@ -47,7 +47,7 @@ from mmcourse.env import device as default_device
 from mmcourse.env import to_device
 from mmcourse.trainer import TrainResult, adamw_cosine, fit
 from mmcourse.transformer import GPT, GPTConfig, KVCache, causal_mask
-from mmcourse.vocab import Vocabulary
+from mmcourse.vocab import Vocabulary, course_vocab
 
 __all__ = [
     "COMMAND",
@@ -102,13 +102,6 @@ def schedule() -> torch.Tensor:
     ᾱ_T ≈ 0.002). Chapter 04's 1e-4 … 0.02 leaves half the timesteps at SNR < 0.1, where the
     ε-MSE is tiny and the layout of the image is decided but hardly trained."""
     return diffusion.linear_schedule(T, 0.00085, 0.012)
-
-
-def course_vocab(bpe: BPE | None = None) -> Vocabulary:
-    """Chapter 07's joint vocabulary (Transfusion uses only its text and special ids)."""
-    from mmcourse.unified import course_vocab as unified_vocab
-
-    return unified_vocab(bpe)
 
 
 # ------------------------------------------------------------------------------ the model

@@ -40,6 +40,7 @@ from mmcourse.vocab import (
     MixingLoader,
     Segment,
     Vocabulary,
+    course_vocab,
     decode_interleaved,
     encode_interleaved,
     pad_batch,
@@ -54,7 +55,6 @@ __all__ = [
     "build_sources",
     "caption_images",
     "course_data",
-    "course_vocab",
     "default_config",
     "direction_losses",
     "evaluate",
@@ -80,13 +80,6 @@ TRAIN_STEPS = 3000  # the shipped run (batch 32)
 HELD_OUT_SEED = 1
 TEMPERATURE = 1.0  # caption → image sampling temperature of the reported scores
 _LONG = 100  # rows longer than this train in their own micro-batch (less padding)
-
-
-def course_vocab(bpe: BPE | None = None) -> Vocabulary:
-    """The course's joint vocabulary: the course BPE's text ids, 7 specials, the image
-    tokenizer's 512 codes and the video tokenizer's 1,024 codes."""
-    bpe = bpe or course_bpe()
-    return Vocabulary(bpe.vocab_size, image_codes=512, video_codes=1024)
 
 
 # ------------------------------------------------------------------------------------ data

@@ -27,6 +27,7 @@ from typing import NamedTuple
 import torch
 
 from mmcourse import _validate
+from mmcourse.bpe import BPE, course_bpe
 
 __all__ = [
     "IMAGE_GRID",
@@ -38,6 +39,7 @@ __all__ = [
     "MixingLoader",
     "Segment",
     "Vocabulary",
+    "course_vocab",
     "decode_interleaved",
     "encode_interleaved",
     "layout",
@@ -171,6 +173,13 @@ class Vocabulary:
         lines += [f"{name:<12} {lo:>8} {hi - 1:>8} {hi - lo:>6}" for name, lo, hi in rows]
         lines.append(f"{'total':<12} {'':>8} {'':>8} {self.size:>6}")
         return "\n".join(lines)
+
+
+def course_vocab(bpe: BPE | None = None) -> Vocabulary:
+    """The course's joint vocabulary: the course BPE's text ids (or `bpe`'s), 7 specials, the
+    image tokenizer's 512 codes and the video tokenizer's 1,024 codes."""
+    bpe = bpe or course_bpe()
+    return Vocabulary(bpe.vocab_size, image_codes=512, video_codes=1024)
 
 
 def _shift(codes: object, name: str, k: int, offset: int) -> torch.Tensor:

@@ -378,14 +378,14 @@ def test_vit_and_fusion_train_on_the_course_device(device, one_thread):
 def test_unified_and_transfusion_train_on_the_course_device(device, one_thread):
     from mmcourse import transfusion as tf
     from mmcourse import unified
-    from mmcourse.vocab import MixingLoader
+    from mmcourse.vocab import MixingLoader, course_vocab
 
     g = torch.Generator().manual_seed(0)
     captions = ["a red circle in the top left", "a blue square in the center"] * 4
     data = unified.CourseData(torch.randint(512, (8, 8, 8), generator=g), captions,
                               torch.randint(1024, (2, 2, 8, 8), generator=g),
                               ["a red circle moving left"] * 2)  # fmt: skip
-    vocab = unified.course_vocab()
+    vocab = course_vocab()
     loader = MixingLoader(unified.build_sources(data, vocab), unified.DEFAULT_RATIOS, vocab,
                           batch_size=4, seed=0)  # fmt: skip
     config = unified.default_config(vocab, n_layer=1, d_model=16, n_head=2)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from mmcourse import checkpoints, diffusion
 from mmcourse import transfusion as tf
 from mmcourse.transformer import GPTConfig
+from mmcourse.vocab import course_vocab
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,8 +46,6 @@ def test_mask_rejects_bad_input():
 
 
 def test_make_batch_layout():
-    from mmcourse.unified import course_vocab
-
     v, n = course_vocab(), tf.N_PATCHES
     latents = torch.randn(2, n, 4)
     b = tf.make_batch(latents, [[5, 6], [7]], [True, False], [False, False], v)
@@ -87,8 +86,6 @@ def test_noise_touches_only_images():
 
 def test_loss_routes_gradients():
     model = _tiny()
-    from mmcourse.unified import course_vocab
-
     v = course_vocab()
     lat = torch.randn(2, tf.N_PATCHES, 4)
     b = tf.make_batch(lat, [[3, 4], [5]], [True, False], [False, False], v)
@@ -167,7 +164,7 @@ def test_training_loss_is_transfusion_loss_bit_for_bit():
     """The training loop routes the loss from masks resolved on the CPU (no read-back from a
     GPU); it must give exactly what `transfusion_loss` gives, and the patch index inside each
     image exactly what a loop over the images gives."""
-    vocab = tf.course_vocab()
+    vocab = course_vocab()
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(6, tf.N_PATCHES, 4, generator=g)
     words = [[5, 6, 7], [8], [9, 10], [11, 12, 13, 14], [15], [16, 17]]
@@ -281,7 +278,7 @@ def test_forward_names_the_wrong_argument(wrong, b):
 @pytest.mark.skipif(not tf.PATH.is_file(), reason="shipped weights missing")
 def test_generate_document_switches_modality_at_boi():
     model = tf.load_transfusion(device="cpu")
-    v = tf.course_vocab()
+    v = course_vocab()
     doc = tf.generate_document(model, "a red circle in the top left", steps=4, seed=0)
     again = tf.generate_document(model, "a red circle in the top left", steps=4, seed=0)
     assert doc.ids == again.ids and torch.equal(doc.images, again.images)  # seeded

@@ -13,7 +13,7 @@ from mmcourse.vocab import MixingLoader
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-V = unified.course_vocab()
+V = vocab.course_vocab()
 
 
 def _small_data(n=40, m=6):

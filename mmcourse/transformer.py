@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from mmcourse import _validate
 
-__all__ = ["GPT", "GPTConfig", "KVCache", "cached_attention", "causal_mask"]
+__all__ = ["GPT", "GPTConfig", "KVCache", "cached_attention", "causal_mask", "greedy_decode"]
 
 
 @dataclass
@@ -223,3 +223,30 @@ class GPT(nn.Module):
         h = self.norm(h)
         logits = h @ self.tok_emb.weight.T  # (B, T, vocab), tied embeddings
         return (logits, h) if return_hidden else logits
+
+
+@torch.no_grad()
+def greedy_decode(
+    logits: torch.Tensor,
+    step: Callable[[torch.Tensor], torch.Tensor],
+    allowed: torch.Tensor,
+    stop: int,
+    max_len: int,
+) -> list[list[int]]:
+    """Greedy decoding of N rows from their next-id logits (N, V): each step takes the most
+    likely allowed id (allowed (V,) bool, on the logits' device); a row that has emitted `stop`
+    keeps `stop`; `step(ids (N, 1))` feeds the chosen ids to the model (through its KV cache)
+    and returns the next logits (N, V). Ends when every row has stopped or after max_len ids
+    → each row's ids before its first `stop`."""
+    n = len(logits)
+    out = torch.full((n, max_len), stop, dtype=torch.long)
+    done = torch.zeros(n, dtype=torch.bool)
+    for i in range(max_len):
+        token = logits.float().masked_fill(~allowed, float("-inf")).argmax(-1)  # (N,)
+        token_cpu = token.cpu().masked_fill(done, stop)
+        out[:, i] = token_cpu
+        done |= token_cpu == stop
+        if bool(done.all()) or i == max_len - 1:
+            break
+        logits = step(token[:, None])  # (N, V)
+    return [row[: row.index(stop)] if stop in row else row for row in out.tolist()]

@@ -46,7 +46,7 @@ from mmcourse.data import ShapesDataset, all_captions
 from mmcourse.env import device as default_device
 from mmcourse.env import to_device
 from mmcourse.trainer import TrainResult, adamw_cosine, fit
-from mmcourse.transformer import GPT, GPTConfig, KVCache, causal_mask
+from mmcourse.transformer import GPT, GPTConfig, KVCache, causal_mask, greedy_decode
 from mmcourse.vocab import Vocabulary, course_vocab
 
 __all__ = [
@@ -730,22 +730,9 @@ def caption_images(
     allowed = torch.zeros(logits.shape[-1], dtype=torch.bool, device=p.device)
     allowed[: vocab.text_size] = True
     allowed[vocab.EOS] = True
-    out = torch.full((n, max_len), vocab.EOS, dtype=torch.long)
-    done = torch.zeros(n, dtype=torch.bool)
-    last = logits[:, -1]
-    for step in range(max_len):
-        token = last.masked_fill(~allowed, float("-inf")).argmax(-1)
-        token_cpu = token.cpu().masked_fill(done, vocab.EOS)
-        out[:, step] = token_cpu
-        done |= token_cpu == vocab.EOS
-        if bool(done.all()) or step == max_len - 1:
-            break
-        last = _append(model, cache, token[:, None])
-    texts = []
-    for row in out.tolist():
-        row = row[: row.index(vocab.EOS)] if vocab.EOS in row else row
-        texts.append(bpe.decode(row))
-    return texts
+    step = functools.partial(_append, model, cache)
+    rows = greedy_decode(logits[:, -1], step, allowed, vocab.EOS, max_len)
+    return [bpe.decode(row) for row in rows]
 
 
 # ------------------------------------------------------------------------------ evaluation

@@ -34,7 +34,7 @@ from mmcourse.data import MovingShapesDataset, ShapesDataset, all_captions
 from mmcourse.env import device as default_device
 from mmcourse.env import to_device
 from mmcourse.trainer import TrainResult, adamw_cosine, fit
-from mmcourse.transformer import GPT, GPTConfig
+from mmcourse.transformer import GPT, GPTConfig, greedy_decode
 from mmcourse.vocab import (
     KINDS,
     MixingLoader,
@@ -319,21 +319,10 @@ def caption_images(
     allowed[vocab.EOS] = True
     cache = model.new_cache()
     logits = model(prompt, cache=cache)[:, -1]
-    out = torch.full((n, max_len), vocab.EOS, dtype=torch.long)
-    done = torch.zeros(n, dtype=torch.bool)
-    for step in range(max_len):
-        token = logits.float().masked_fill(~allowed, float("-inf")).argmax(-1)  # (N,)
-        token_cpu = token.cpu().masked_fill(done, vocab.EOS)
-        out[:, step] = token_cpu
-        done |= token_cpu == vocab.EOS
-        if bool(done.all()) or step == max_len - 1:
-            break
-        logits = model(token[:, None], cache=cache)[:, -1]
-    texts = []
-    for row in out.tolist():
-        row = row[: row.index(vocab.EOS)] if vocab.EOS in row else row
-        texts.append(bpe.decode(row))
-    return texts
+    rows = greedy_decode(
+        logits, lambda ids: model(ids, cache=cache)[:, -1], allowed, vocab.EOS, max_len
+    )
+    return [bpe.decode(row) for row in rows]
 
 
 def decode_document(

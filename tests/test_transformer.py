@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmcourse.transformer import GPT, GPTConfig, KVCache, cached_attention, causal_mask
+from mmcourse.transformer import (
+    GPT,
+    GPTConfig,
+    KVCache,
+    cached_attention,
+    causal_mask,
+    greedy_decode,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -152,3 +159,17 @@ def test_embeddings_hidden_states_and_mlp_hook():
         model()
     with pytest.raises(ValueError, match="embeddings"):
         model(embeddings=torch.zeros(1, 3, 8))
+
+
+def test_greedy_decode_takes_the_best_allowed_id_and_stops_rows():
+    logits = torch.tensor([[0.0, 5.0, 1.0, 2.0], [0.0, 1.0, 9.0, 3.0]])
+    allowed = torch.tensor([True, False, True, True])
+    fed = []
+
+    def step(ids: torch.Tensor) -> torch.Tensor:  # then row 0 says 0, row 1 says 3 (stop)
+        fed.append(ids[:, 0].tolist())
+        return torch.tensor([[4.0, 0, 0, 0], [0, 0, 0, 4.0]])
+
+    rows = greedy_decode(logits, step, allowed, stop=3, max_len=4)
+    assert rows == [[], [2]] and fed == [[3, 2]]  # row 0 stops at once, row 1 after one id
+    assert greedy_decode(logits, step, allowed, stop=1, max_len=2) == [[3, 0], [2, 3]]  # cap

@@ -293,7 +293,10 @@ def course_latents(n: int = 20_000, seed: int = 0) -> tuple[torch.Tensor, float]
 
 def to_patches(z: torch.Tensor) -> torch.Tensor:
     """(N, 16, 8, 8) → (N, 16, 64): 2 × 2 latent patches, row-major over the 4 × 4 patch grid,
-    each flattened channels-first (as chapter 03's patchify, on latents)."""
+    each flattened channels-first, (c p q): the 4 cells of channel 0, then of channel 1, ….
+    Chapter 03's `patches.patchify` cuts the same patches but flattens them channels-last,
+    (p q c); the order only permutes `patch_in`'s inputs, and this one is what the shipped
+    weights were trained on."""
     z = _validate.tensor("z", z, shape=("N", LATENT_DIM, GRID, GRID), floating=True)
     return rearrange(z, "n c (h p) (w q) -> n (h w) (c p q)", p=PATCH, q=PATCH).contiguous()
 

@@ -20,17 +20,18 @@ import time
 
 import torch
 
-from mmcourse import tokenizer
+from mmcourse import recipes, tokenizer
 from mmcourse.data import DigitsDataset, ShapesDataset
+from mmcourse.recipes import tokenizer as tokenizer_recipe
 
 N_HELD_OUT = 2_000
 TIMED_STEPS, BLOCK = 100, 10
-TRAIN_STEPS = tokenizer.TRAIN_STEPS
+TRAIN_STEPS = tokenizer_recipe.TRAIN_STEPS
 
 
 def run() -> dict[str, float | int]:
-    model = tokenizer.load_tokenizer()
-    shapes = tokenizer.evaluate(model, ShapesDataset(n=N_HELD_OUT, seed=1).images)
+    model = recipes.load("tokenizer")
+    shapes = tokenizer_recipe.evaluate(model, ShapesDataset(n=N_HELD_OUT, seed=1).images)
     digits = DigitsDataset("test", size=32).images.repeat(1, 3, 1, 1)  # (360, 3, 32, 32)
     tokens = model.encode(digits[:1].to(next(model.parameters())))  # (1, 8, 8)
 
@@ -40,7 +41,7 @@ def run() -> dict[str, float | int]:
         "psnr_db": shapes["psnr_db"],
         "code_usage": shapes["code_usage"],
         "perplexity": shapes["perplexity"],
-        "digits_psnr_db": tokenizer.evaluate(model, digits)["psnr_db"],
+        "digits_psnr_db": tokenizer_recipe.evaluate(model, digits)["psnr_db"],
         "num_codes": model.num_codes,
         "tokens_per_image": tokens[0].numel(),
         "compression_ratio": tokenizer.compression_ratio(
@@ -55,7 +56,7 @@ def _ms_per_step(config: dict) -> float:
     """Median milliseconds per training step over blocks of BLOCK steps (timestamps taken by the
     training log, which runs every BLOCK steps after the step's update)."""
     stamps = []
-    tokenizer.train_tokenizer(
+    tokenizer_recipe.train_tokenizer(
         steps=TIMED_STEPS + 1,
         n_images=1_000,
         log=lambda _: stamps.append(time.perf_counter()),

@@ -16,9 +16,9 @@ import torch
 from _timing import timed
 
 import mmcourse
-from mmcourse import video
+from mmcourse import recipes
 from mmcourse.env import compute_threads
-from mmcourse.tokenizer import load_tokenizer
+from mmcourse.recipes import video as video_recipe
 
 CLIPS = 500
 
@@ -31,13 +31,11 @@ def _ms_per_clip(fn, clips: torch.Tensor) -> float:
 def run() -> dict[str, float | int]:
     dev = mmcourse.device()
     with compute_threads(dev):
-        clips = video.held_out_clips(CLIPS)
-        model, image_tokenizer = (
-            video.load_video_tokenizer(device=dev),
-            load_tokenizer(device=dev),
-        )
-        ours = video.evaluate(model, clips)
-        base = video.per_frame_evaluate(image_tokenizer, clips)
+        clips = video_recipe.held_out_clips(CLIPS)
+        model = recipes.load("video", device=dev)
+        image_tokenizer = recipes.load("tokenizer", device=dev)
+        ours = video_recipe.evaluate(model, clips)
+        base = video_recipe.per_frame_evaluate(image_tokenizer, clips)
         results: dict[str, float | int] = {
             "clips": CLIPS,
             "psnr_db": ours["psnr_db"],
@@ -49,9 +47,9 @@ def run() -> dict[str, float | int]:
             "code_usage": ours["code_usage"],
         }
         results["video_ms_per_clip"] = _ms_per_clip(
-            lambda x: video.evaluate(model, x, batch=100), clips[:200]
+            lambda x: video_recipe.evaluate(model, x, batch=100), clips[:200]
         )
         results["per_frame_ms_per_clip"] = _ms_per_clip(
-            lambda x: video.per_frame_evaluate(image_tokenizer, x, batch=100), clips[:200]
+            lambda x: video_recipe.per_frame_evaluate(image_tokenizer, x, batch=100), clips[:200]
         )
     return results

@@ -25,7 +25,7 @@ import torch
 from _timing import best_seconds, on_gpu
 
 import mmcourse
-from mmcourse import fusion, patches, vit
+from mmcourse import fusion, patches, recipes, vit
 from mmcourse.data import DigitsDataset, ShapesDataset
 from mmcourse.env import compute_threads
 
@@ -81,13 +81,15 @@ def run() -> dict[str, float | int]:
         digits = DigitsDataset("test")
         shapes = ShapesDataset(n=1_000, seed=1)
         results = {
-            "digits_acc": vit.accuracy(vit.load_vit_digits().to(dev), digits.images, digits.labels),
+            "digits_acc": vit.accuracy(
+                recipes.load("vit", device=dev), digits.images, digits.labels
+            ),
             "retrieval_top1": fusion.retrieval_top1(
-                fusion.load_clip().to(dev), shapes.images, shapes.captions
+                recipes.load("clip", device=dev), shapes.images, shapes.captions
             ),
             "retrieval_candidates": 90,
             "caption_exact": fusion.caption_exact_match(
-                fusion.load_captioner().to(dev), shapes.images, shapes.captions
+                recipes.load("captioner", device=dev), shapes.images, shapes.captions
             ),
         }
         results |= _patch_embedding(dev)

@@ -8,33 +8,23 @@
 - **Early fusion** (Chameleon, chapter 07): the image becomes discrete tokens in the same sequence
   and vocabulary as the text; one transformer models both.
 
-Shipped weights: data/clip_shapes.pt (`python -m mmcourse.train clip`) and
-data/captioner_shapes.pt (`python -m mmcourse.train captioner`, which reads the frozen image encoder
-from data/clip_shapes.pt, so rebuild CLIP first).
+Training both and the rebuilds of data/clip_shapes.pt and data/captioner_shapes.pt live in
+`mmcourse.recipes.fusion`; `recipes.load("clip")` and `recipes.load("captioner")` read them.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmcourse import _validate, checkpoints
-from mmcourse.data import COLORS, POSITIONS, SHAPES, ShapesDataset, all_captions
-from mmcourse.env import device as default_device
-from mmcourse.env import one_thread, to_device
-from mmcourse.trainer import TrainResult
-from mmcourse.vit import Block, ViT, fit
-
-CLIP_PATH = checkpoints.DATA_DIR / "clip_shapes.pt"
-CLIP_COMMAND = "python -m mmcourse.train clip"
-CAPTIONER_PATH = checkpoints.DATA_DIR / "captioner_shapes.pt"
-CAPTIONER_COMMAND = "python -m mmcourse.train captioner"
+from mmcourse import _validate
+from mmcourse.data import COLORS, POSITIONS, SHAPES, all_captions
+from mmcourse.vit import Block, ViT
 
 # ------------------------------------------------------------------------------- word tokenizer
 
@@ -276,132 +266,3 @@ def caption_exact_match(model: Captioner, x: torch.Tensor, captions: Sequence[st
     """Fraction of images whose greedy caption equals the reference word for word."""
     written = [c for xb in x.split(512) for c in model.generate(xb)]
     return sum(w == c for w, c in zip(written, captions)) / len(captions)
-
-
-# ------------------------------------------------------------------------------- training
-
-
-def _distinct_caption_batches(
-    data: ShapesDataset, batch: int, g: torch.Generator
-) -> Callable[[], torch.Tensor]:
-    """A sampler of image indices whose captions are all different: a contrastive batch then
-    holds no false negatives (two images of the same caption). Drawn on the CPU by `g`."""
-    caption_ids = torch.tensor([all_captions().index(c) for c in data.captions])
-    groups = [torch.nonzero(caption_ids == k).flatten() for k in range(len(all_captions()))]
-    groups = [gr for gr in groups if len(gr)]
-    batch = min(batch, len(groups))
-
-    def sample() -> torch.Tensor:
-        chosen = torch.randperm(len(groups), generator=g)[:batch].tolist()
-        picks = torch.randint(1 << 30, (batch,), generator=g).tolist()
-        return torch.stack([groups[k][p % len(groups[k])] for k, p in zip(chosen, picks)])
-
-    return sample
-
-
-def train_clip(
-    seed: int = 0,
-    steps: int = 400,
-    batch: int = 64,
-    lr: float = 2e-3,
-    n_images: int = 5_000,
-    progress: Callable | None = None,
-    device: torch.device | str | None = None,
-    **config: int,
-) -> TrainResult:
-    """Train CLIP on Shapes (seed 0) with batches of distinct captions, on `device` (default:
-    the course's); the batches are drawn on the CPU (the same on every device) and sent over
-    without waiting for the GPU."""
-    dev = torch.device(device) if device is not None else default_device()
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    data = ShapesDataset(n=n_images, seed=0)
-    images, ids = data.images.to(dev), encode_captions(data.captions).to(dev)  # (n, L) ids
-    model = CLIP(**config).to(dev)
-    draw = _distinct_caption_batches(data, batch, g)
-    return fit(
-        model,
-        lambda idx: model.loss(images[idx], ids[idx]),
-        lambda: to_device(draw(), dev),
-        steps,
-        lr,
-        progress,
-    )
-
-
-def train_captioner(
-    vision: ViT,
-    seed: int = 0,
-    steps: int = 400,
-    batch: int = 64,
-    lr: float = 2e-3,
-    n_images: int = 5_000,
-    progress: Callable | None = None,
-    device: torch.device | str | None = None,
-    **config: int,
-) -> TrainResult:
-    """Train projector and decoder on Shapes (seed 0) to caption through the frozen `vision`,
-    on `device` (default: the course's; the captioner holds its own copy of `vision`)."""
-    dev = torch.device(device) if device is not None else default_device()
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    data = ShapesDataset(n=n_images, seed=0)
-    images, ids = data.images.to(dev), encode_captions(data.captions).to(dev)
-    model = Captioner(vision, **config).to(dev)
-    return fit(
-        model,
-        lambda idx: model.loss(images[idx], ids[idx]),
-        lambda: to_device(torch.randint(len(data), (batch,), generator=g), dev),
-        steps,
-        lr,
-        progress,
-    )
-
-
-def load_clip(path: Path = CLIP_PATH) -> CLIP:
-    """The trained CLIP from data/clip_shapes.pt, in eval mode on the CPU."""
-    ckpt = checkpoints.load(Path(path), command=CLIP_COMMAND)
-    return checkpoints.restore(ckpt, CLIP, path=path, command=CLIP_COMMAND)
-
-
-def load_captioner(path: Path = CAPTIONER_PATH) -> Captioner:
-    """The trained captioner (with its frozen ViT) from data/captioner_shapes.pt, eval mode."""
-    ckpt = checkpoints.load(Path(path), command=CAPTIONER_COMMAND)
-
-    def build(config: dict) -> Captioner:
-        return Captioner(ViT(**config.pop("vision")), **config)
-
-    return checkpoints.restore(ckpt, Captioner, path=path, command=CAPTIONER_COMMAND, build=build)
-
-
-def rebuild_clip(seed: int = 0) -> str:
-    """Train CLIP from `seed` on one thread, write data/clip_shapes.pt, return a one-line summary
-    (the `python -m mmcourse.train clip` target)."""
-    with one_thread():
-        result = train_clip(seed=seed, device="cpu")
-    model = result.model
-    checkpoints.save(CLIP_PATH, model.state_dict(), config=model.config, command=CLIP_COMMAND)
-    held_out = ShapesDataset(n=1_000, seed=1)
-    top1 = retrieval_top1(model, held_out.images, held_out.captions)
-    return (
-        f"wrote {CLIP_PATH.name} in {result.seconds:.0f} s; held-out image→caption top-1 "
-        f"among the 90 captions {top1:.4f}"
-    )
-
-
-def rebuild_captioner(seed: int = 0) -> str:
-    """Train the captioner from `seed` on one thread, on the frozen image encoder of
-    data/clip_shapes.pt; write data/captioner_shapes.pt and return a one-line summary (the
-    `python -m mmcourse.train captioner` target)."""
-    with one_thread():
-        result = train_captioner(load_clip().image_encoder, seed=seed, device="cpu")
-    model = result.model
-    checkpoints.save(
-        CAPTIONER_PATH, model.state_dict(), config=model.config, command=CAPTIONER_COMMAND
-    )
-    held_out = ShapesDataset(n=1_000, seed=1)
-    exact = caption_exact_match(model, held_out.images, held_out.captions)
-    return (
-        f"wrote {CAPTIONER_PATH.name} in {result.seconds:.0f} s; held-out caption exact match "
-        f"{exact:.4f}"
-    )

@@ -19,51 +19,17 @@ python -m mmcourse.train transfusion # data/transfusion_shapes.pt, Transfusion (
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from mmcourse import (
-    ar,
-    checkpoints,
-    diffusion,
-    fusion,
     recipes,
-    tokenizer,
     transfusion,
     unified,
-    video,
-    vit,
 )
-from mmcourse.data import ShapesDataset
-
-
-def _train_tokenizer(seed: int) -> None:
-    start = time.perf_counter()
-    model = tokenizer.train_tokenizer(seed=seed, device="cpu").model
-    checkpoints.save(
-        tokenizer.PATH, model.state_dict(), config=model.config, command=tokenizer.COMMAND
-    )
-    took = time.perf_counter() - start
-    scores = tokenizer.evaluate(model, ShapesDataset(n=2_000, seed=1).images)
-    print(
-        f"wrote {tokenizer.PATH.name} in {took:.0f} s; held-out "
-        + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
-    )
-
 
 TARGETS = {
     **recipes.REBUILDS,
-    "tokenizer": _train_tokenizer,
-    # Chapter 03's rebuilds train on one thread and return a summary with the held-out score.
-    "vit": lambda seed: print(vit.rebuild(seed)),
-    "clip": lambda seed: print(fusion.rebuild_clip(seed)),
-    "captioner": lambda seed: print(fusion.rebuild_captioner(seed)),
-    "diffusion": lambda seed: print(diffusion.rebuild(seed)),
-    "ddpm_samples": lambda seed: print(diffusion.rebuild_ddpm_samples(seed)),
-    "ar": lambda seed: print(ar.rebuild(seed)),
-    "ar_noisy": lambda seed: print(ar.rebuild_noisy(seed)),
-    "video": lambda seed: print(video.rebuild(seed)),
     "unified": lambda seed: print(unified.rebuild(seed)),
     "transfusion": lambda seed: print(transfusion.rebuild(seed)),
 }

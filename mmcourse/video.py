@@ -15,16 +15,14 @@ kernel_t − stride_t zero frames on the left only, so latent frame j depends on
 goes further and keeps the first frame alone, 1 + 4k frames → 1 + k latents; with the course's
 8-frame clips and the 8 → 2 target we keep plain stride 4.)
 
-The quantizer is chapter 01's `VectorQuantizer` (EMA codebook, straight-through estimator,
-commitment loss β‖z_e − sg(e)‖²), and training is chapter 02's recipe: k-means initialisation,
-dead-code restarts, Adam with a cosine learning rate. The trained tokenizer ships in
-data/video_tokenizer.pt, rebuilt by `python -m mmcourse.train video` (≈ 25 minutes on one
-thread of a busy 2-core CPU); `load_video_tokenizer()` reads it.
+`VideoVQVAE` is chapter 06's case of `mmcourse.autoencoder.VQAutoencoder` (chapter 01's
+`VectorQuantizer`: EMA codebook, straight-through estimator, commitment loss β‖z_e − sg(e)‖²).
+Its training (chapter 02's recipe), the held-out clips, the evaluations and the rebuild of
+data/video_tokenizer.pt live in `mmcourse.recipes.video`; `recipes.load("video")` reads it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,43 +32,30 @@ from torch import nn
 
 from mmcourse import _validate, checkpoints
 from mmcourse.autoencoder import VQAutoencoder
-from mmcourse.data.moving import MovingShapesDataset
 from mmcourse.env import device as default_device
-from mmcourse.tokenizer import ResBlock, fit_vqvae, group_norm, psnr
-from mmcourse.trainer import TrainResult
-from mmcourse.vq import code_usage, perplexity
+from mmcourse.tokenizer import ResBlock, group_norm, psnr
 
 __all__ = [
-    "COMMAND",
-    "PATH",
     "CausalConv3d",
-    "TrainResult",
     "VideoDecoder",
     "VideoEncoder",
     "VideoVQVAE",
     "attention_cost",
     "causal_pad",
-    "evaluate",
-    "load_video_tokenizer",
-    "held_out_clips",
+    "check_clips",
     "patchify_3d",
     "per_frame",
-    "per_frame_evaluate",
-    "rebuild",
     "temporal_downsample",
     "temporal_upsample",
-    "train_video_tokenizer",
     "unpatchify_3d",
     "video_psnr",
     "video_tokens",
 ]
 
-PATH = checkpoints.DATA_DIR / "video_tokenizer.pt"
-COMMAND = "python -m mmcourse.train video"
+PATH = checkpoints.DATA_DIR / "video_tokenizer.pt"  # TRANSITIONAL: for load_video_tokenizer
+COMMAND = "python -m mmcourse.train video"  # TRANSITIONAL: for load_video_tokenizer
 SPATIAL = 4  # 32×32 pixels → 8×8 tokens per latent frame
 TEMPORAL = 4  # 8 frames → 2 latent frames
-TRAIN_STEPS = 3600  # the shipped checkpoint's run
-HELD_OUT_SEED = 1  # MovingShapesDataset(seed=1) is the held-out set
 
 
 # ------------------------------------------------------------------------ token arithmetic
@@ -123,7 +108,7 @@ def patchify_3d(x: torch.Tensor, pt: int, p: int) -> torch.Tensor:
     Patches run in (t, h, w) order; inside a patch the features are ordered (pt p1 p2 c):
     channels last, then columns, rows and frames, as a ViT patch with channels last.
     """
-    x = _check_clips(x, floating=False)
+    x = check_clips(x, floating=False)
     pt, p = _validate.positive_int("pt", pt), _validate.positive_int("p", p)
     _, t, _, h, w = x.shape
     _divisible("frames", t, "pt", pt)
@@ -309,11 +294,12 @@ class VideoVQVAE(VQAutoencoder):
         super().__init__(channels, num_codes, code_dim, groups, beta)
 
     def _check(self, x: object) -> torch.Tensor:
-        return _check_clips(x)
+        return check_clips(x)
 
 
-def _check_clips(x: object, *, floating: bool = True) -> torch.Tensor:
-    """x (B, T, C, H, W); for the model C = 3, values in [0, 1], T and H, W multiples of 4."""
+def check_clips(x: object, *, floating: bool = True) -> torch.Tensor:
+    """x as the video tokenizer takes it, or a clear error: clips (B, T, 3, H, W) in [0, 1], T,
+    H and W multiples of 4 (not `floating`: any (B, T, C, H, W) tensor)."""
     if not floating:
         return _validate.tensor("x", x, shape=("B", "T", "C", "H", "W"))
     x = _validate.tensor("x", x, shape=("B", "T", 3, "H", "W"), floating=True, value_range=(0, 1))
@@ -333,128 +319,11 @@ def video_psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return psnr(x.flatten(1, 2), y.flatten(1, 2))  # frames × channels as one image's channels
 
 
-@torch.no_grad()
-def evaluate(model: VideoVQVAE, clips: torch.Tensor, batch: int = 64) -> dict[str, float]:
-    """Reconstruction of `clips` (N, T, 3, H, W) in [0, 1] through the video tokenizer:
-    {"psnr_db": mean per-clip PSNR, "tokens": tokens per clip, "code_usage", "perplexity"}."""
-    clips = _check_clips(clips)
-    param = next(model.parameters())
-    was_training = model.training
-    model.eval()
-    tokens, scores = [], []
-    for x in clips.split(batch):
-        x = x.to(param)
-        t = model.encode(x)  # (b, t, h, w)
-        scores.append(video_psnr(model.decode(t), x).cpu())
-        tokens.append(t.cpu())
-    model.train(was_training)
-    tokens_all = torch.cat(tokens)
-    return {
-        "psnr_db": torch.cat(scores).mean().item(),
-        "tokens": tokens_all[0].numel(),
-        "code_usage": code_usage(tokens_all, model.num_codes),
-        "perplexity": perplexity(tokens_all, model.num_codes),
-    }
-
-
-@torch.no_grad()
-def per_frame_evaluate(image_tokenizer: nn.Module, clips: torch.Tensor, batch: int = 64) -> dict:
-    """The baseline: chapter 02's image tokenizer on every frame of `clips` (N, T, 3, H, W).
-    {"psnr_db": mean per-clip PSNR, "tokens": tokens per clip (T · h · w)}."""
-    clips = _check_clips(clips)
-    param = next(image_tokenizer.parameters())
-    scores, n_tokens = [], 0
-    for x in clips.split(batch):
-        frames = x.flatten(0, 1).to(param)  # (b·T, 3, H, W)
-        tokens = image_tokenizer.encode(frames)  # (b·T, h, w)
-        x_hat = image_tokenizer.decode(tokens).view_as(x.to(param))  # (b, T, 3, H, W)
-        scores.append(video_psnr(x_hat, x.to(param)).cpu())
-        n_tokens = tokens[0].numel() * x.shape[1]
-    return {"psnr_db": torch.cat(scores).mean().item(), "tokens": n_tokens}
-
-
-# -------------------------------------------------------------------------------------- training
-
-
-def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Random symmetries of clips (B, T, 3, H, W) that keep them moving-shapes clips: mirror
-    left/right, mirror up/down, swap the axes, play backwards (each with probability ½). The
-    draws come from `g`, on its device (which is x's)."""
-    b = len(x)
-    flips = torch.rand(4, b, generator=g, device=g.device) < 0.5  # (4, B)
-    x = torch.where(flips[0, :, None, None, None, None], x.flip(-1), x)
-    x = torch.where(flips[1, :, None, None, None, None], x.flip(-2), x)
-    x = torch.where(flips[2, :, None, None, None, None], x.transpose(-1, -2), x)
-    return torch.where(flips[3, :, None, None, None, None], x.flip(1), x)
-
-
-def train_video_tokenizer(
-    seed: int = 0,
-    steps: int = TRAIN_STEPS,
-    *,
-    batch: int = 16,
-    lr: float = 2e-3,
-    n_clips: int = 4_000,
-    restart_every: int = 20,
-    log: Callable[[str], None] | None = print,
-    log_every: int = 250,
-    progress: bool = False,
-    device: torch.device | str | None = None,
-    **model_kwargs: object,
-) -> TrainResult:
-    """Train a VideoVQVAE on `n_clips` moving-shapes clips drawn from `seed` (seed 1 is the
-    held-out set, so train on another), with random mirrors, transposes and time reversal.
-
-    Chapter 02's recipe: Adam with a cosine learning rate from `lr` to 0, the codebook started
-    as k-means centres of the first batch's encoder outputs, codes unused for `restart_every`
-    steps moved onto random encoder outputs (not in the last fifth of training). Same seed and
-    arguments → same weights (on the same device and thread count). Everything happens on
-    `device` (default: the course's), the batches drawn there by a generator of that device.
-    """
-    steps = _validate.positive_int("steps", steps)
-    batch = _validate.positive_int("batch", batch)
-    restart_every = _validate.positive_int("restart_every", restart_every)
-    if seed == HELD_OUT_SEED:
-        raise ValueError(f"seed {HELD_OUT_SEED} draws the held-out clips; train on another seed")
-    dev = torch.device(device) if device is not None else default_device()
-    torch.manual_seed(seed)
-    g = torch.Generator(device=dev).manual_seed(seed)
-    data = MovingShapesDataset(n=n_clips, seed=seed).clips.to(dev)  # (N, T, 3, H, W)
-    model = VideoVQVAE(**model_kwargs).to(dev)
-
-    def next_batch() -> torch.Tensor:
-        return _augment(data[torch.randint(len(data), (batch,), generator=g, device=dev)], g)
-
-    return fit_vqvae(model, next_batch, steps, lr, restart_every, g, log, log_every, progress)
-
-
-def held_out_clips(n: int = 500) -> torch.Tensor:
-    """The course's held-out clips (n, 8, 3, 32, 32): MovingShapesDataset(n, seed=1)."""
-    return MovingShapesDataset(n=n, seed=HELD_OUT_SEED).clips
-
-
-def rebuild(seed: int = 0, steps: int = TRAIN_STEPS) -> str:
-    """Train the shipped video tokenizer from `seed` on one thread, write
-    data/video_tokenizer.pt, return a one-line summary with the held-out PSNR (the
-    `python -m mmcourse.train video` target)."""
-    from mmcourse.env import one_thread
-
-    with one_thread():
-        result = train_video_tokenizer(seed=seed, steps=steps, device="cpu")
-        model = result.model
-        checkpoints.save(PATH, model.state_dict(), config=model.config, command=COMMAND)
-        scores = evaluate(model, held_out_clips())
-    return f"wrote {PATH.name} in {result.seconds:.0f} s; held-out " + ", ".join(
-        f"{k} {v:.4f}" for k, v in scores.items()
-    )
-
-
 def load_video_tokenizer(
     path: Path | str | None = None, device: torch.device | str | None = None
 ) -> VideoVQVAE:
-    """The trained video tokenizer from data/video_tokenizer.pt, in eval mode on `device`
-    (default: the course's). A missing or corrupt file raises an error naming the command that
-    rebuilds it."""
+    """TRANSITIONAL (its callers move to `recipes.load("video")`). The trained video tokenizer
+    from data/video_tokenizer.pt, in eval mode on `device` (default: the course's)."""
     path = Path(path) if path is not None else PATH
     ckpt = checkpoints.load(path, command=COMMAND)
     model = checkpoints.restore(ckpt, VideoVQVAE, path=path, command=COMMAND)

@@ -6,30 +6,20 @@
     logits = head(LayerNorm(tokens)[:, 0])                    # classify from [CLS]
 
 `Block` and `Attention` take an optional causal mask, so the text models of `mmcourse.fusion`
-reuse them. The trained digits classifier ships in data/vit_digits.pt, rebuilt from its seed by
-`python -m mmcourse.train vit`.
+reuse them. Training the digits classifier and the rebuild of data/vit_digits.pt live in
+`mmcourse.recipes.vit`; `recipes.load("vit")` reads the shipped one.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from mmcourse import _validate, checkpoints, trainer
-from mmcourse.data import DigitsDataset
-from mmcourse.env import device as default_device
-from mmcourse.env import one_thread, to_device
+from mmcourse import _validate
 from mmcourse.patches import PatchEmbed, sincos_2d
-from mmcourse.trainer import TrainResult
-
-PATH = checkpoints.DATA_DIR / "vit_digits.pt"
-COMMAND = "python -m mmcourse.train vit"
 
 
 class Attention(nn.Module):
@@ -155,88 +145,3 @@ def accuracy(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> float:
     )
     model.train(was_training)
     return int(correct) / len(labels)
-
-
-def _shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 1) -> torch.Tensor:
-    """Move each image by up to ±max_shift pixels (zero fill): x (B, C, S, S). The shifts are
-    drawn by `g` on the CPU and the crops gathered on x's device, all images at once."""
-    b, c, s, _ = x.shape
-    padded = F.pad(x, [max_shift] * 4)  # (B, C, S + 2m, S + 2m)
-    dy, dx = to_device(torch.randint(2 * max_shift + 1, (2, b), generator=g), x.device)
-    span = torch.arange(s, device=x.device)
-    rows = (dy[:, None] + span)[:, None, :, None].expand(b, c, s, padded.shape[-1])
-    crop = padded.gather(2, rows)  # (B, C, S, S + 2m): rows dy … dy + S − 1 of each image
-    cols = (dx[:, None] + span)[:, None, None, :].expand(b, c, s, s)
-    return crop.gather(3, cols)  # (B, C, S, S)
-
-
-def fit(
-    model: nn.Module,
-    loss_fn: Callable[[torch.Tensor], torch.Tensor],
-    sample: Callable[[], torch.Tensor],
-    steps: int,
-    lr: float,
-    progress: bool | Callable | None = None,
-    weight_decay: float = 0.01,
-) -> TrainResult:
-    """Train for `steps` steps of `loss_fn(sample())` with AdamW and a one-cycle schedule over the
-    trainable parameters, in `trainer.fit`; `progress` wraps the step range (e.g. tqdm) or, if
-    True, shows a bar. The losses stay on the model's device until the end."""
-    opt, sched = trainer.adamw_one_cycle(model, lr, steps, weight_decay=weight_decay)
-    return trainer.fit(
-        model,
-        lambda step: loss_fn(sample()),
-        steps=steps,
-        optimizer=opt,
-        schedule=sched,
-        progress=progress,
-    )
-
-
-def train_vit_digits(
-    seed: int = 0,
-    epochs: int = 40,
-    batch: int = 64,
-    lr: float = 2e-3,
-    progress: Callable | None = None,
-    device: torch.device | str | None = None,
-    **config: int | str,
-) -> TrainResult:
-    """Train a ViT on the 1,437 training digits with ±1 pixel shifts, AdamW and a one-cycle
-    schedule. `progress` wraps the step range (e.g. tqdm). The model and the digits live on
-    `device` (default: the course's); the batches and shifts are drawn on the CPU (the same
-    draws on every device) and sent over without waiting for the GPU."""
-    dev = torch.device(device) if device is not None else default_device()
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    train = DigitsDataset("train")
-    images, labels = train.images.to(dev), train.labels.to(dev)
-    model = ViT(**config).to(dev)
-    steps = epochs * math.ceil(len(train) / batch)
-
-    def loss_fn(idx: torch.Tensor) -> torch.Tensor:
-        x = _shift(images[idx], g)  # (B, 1, 8, 8)
-        return F.cross_entropy(model(x), labels[idx])
-
-    def sample() -> torch.Tensor:
-        return to_device(torch.randint(len(train), (batch,), generator=g), dev)
-
-    return fit(model, loss_fn, sample, steps, lr, progress, weight_decay=0.05)
-
-
-def load_vit_digits(path: Path = PATH) -> ViT:
-    """The trained digits ViT from data/vit_digits.pt, in eval mode on the CPU."""
-    ckpt = checkpoints.load(Path(path), command=COMMAND)
-    return checkpoints.restore(ckpt, ViT, path=path, command=COMMAND)
-
-
-def rebuild(seed: int = 0) -> str:
-    """Train the digits ViT from `seed` on one thread, write data/vit_digits.pt, return a
-    one-line summary (the `python -m mmcourse.train vit` target)."""
-    with one_thread():
-        result = train_vit_digits(seed=seed, device="cpu")
-    model = result.model
-    checkpoints.save(PATH, model.state_dict(), config=model.config, command=COMMAND)
-    test = DigitsDataset("test")
-    acc = accuracy(model, test.images, test.labels)
-    return f"wrote {PATH.name} in {result.seconds:.0f} s; held-out digits accuracy {acc:.4f}"

@@ -11,8 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmcourse import checkpoints, fusion
+from mmcourse import checkpoints, fusion, recipes
 from mmcourse.data import ShapesDataset, all_captions
+from mmcourse.recipes import fusion as fusion_recipe
 from mmcourse.vit import ViT
 
 shapes = st.lists(st.integers(0, 5), min_size=0, max_size=4).map(tuple)
@@ -25,12 +26,12 @@ def held_out() -> ShapesDataset:
 
 @pytest.fixture(scope="module")
 def clip() -> fusion.CLIP:
-    return fusion.load_clip()
+    return recipes.load("clip", device="cpu")
 
 
 @pytest.fixture(scope="module")
 def captioner() -> fusion.Captioner:
-    return fusion.load_captioner()
+    return recipes.load("captioner", device="cpu")
 
 
 def test_shipped_clip_meets_the_bar(clip, held_out):
@@ -92,8 +93,8 @@ def test_project_drops_cls_and_keeps_a_nonlinearity():
 def test_captioner_learns_on_a_small_run(one_thread):
     vision = ViT(image_size=32, patch_size=8, channels=3, dim=32, depth=1, num_classes=8)
     kwargs = {"steps": 30, "n_images": 500, "dim": 32, "depth": 1, "device": "cpu"}
-    first = fusion.train_captioner(vision, **kwargs)
-    second = fusion.train_captioner(vision, **kwargs)
+    first = fusion_recipe.train_captioner(vision, **kwargs)
+    second = fusion_recipe.train_captioner(vision, **kwargs)
     assert first.losses == second.losses
     assert sum(first.losses[-5:]) / 5 < first.losses[0] - 1.0
     assert len(first.model.generate(ShapesDataset(n=3, seed=1).images)) == 3
@@ -102,22 +103,22 @@ def test_captioner_learns_on_a_small_run(one_thread):
 def test_clip_batches_hold_distinct_captions(one_thread):
     g = torch.Generator().manual_seed(0)
     data = ShapesDataset(n=500, seed=0)
-    idx = fusion._distinct_caption_batches(data, 64, g)()
+    idx = fusion_recipe._distinct_caption_batches(data, 64, g)()
     assert len(idx) == 64 and len({data.captions[i] for i in idx.tolist()}) == 64
-    result = fusion.train_clip(steps=20, n_images=500, dim=32, depth=1)
+    result = fusion_recipe.train_clip(steps=20, n_images=500, dim=32, depth=1)
     assert sum(result.losses[-5:]) / 5 < result.losses[0]
 
 
 def test_missing_and_corrupt_checkpoints_name_their_commands(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m mmcourse.train clip"):
-        fusion.load_clip(tmp_path / "clip_shapes.pt")
+        recipes.load("clip", path=tmp_path / "clip_shapes.pt")
     bad = tmp_path / "captioner_shapes.pt"
     bad.write_bytes(b"garbage")
     with pytest.raises(checkpoints.CheckpointError, match="python -m mmcourse.train captioner"):
-        fusion.load_captioner(bad)
+        recipes.load("captioner", path=bad)
     checkpoints.save(bad, {"w": torch.zeros(1)}, config=fusion.CLIP().config, command="x")
     with pytest.raises(checkpoints.CheckpointError, match="does not match the CLIP model"):
-        fusion.load_clip(bad)
+        recipes.load("clip", path=bad)
 
 
 # --- input validation --------------------------------------------------------------------------

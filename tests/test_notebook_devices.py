@@ -232,8 +232,8 @@ def _findings(source: str, checked: bool = False, earlier: str = "") -> list[str
     "source",
     [
         "live = ar.train_ar(seqs, steps=200, batch=32, seed=0)",  # the model stays on the CPU
-        'tok = tokenizer.load_tokenizer(device="cpu")',
-        'demo = tokenizer.train_tokenizer(seed=0, device="cpu")',
+        'tok = recipes.load("tokenizer", device="cpu")',
+        'demo = recipes.tokenizer.train_tokenizer(seed=0, device="cpu")',
         'model = tf.load_transfusion(device="cpu")',
         "sweep = tf.lambda_sweep((0.5, 2.0), steps=1000, progress=True)",
         'x = images.to("cpu")',
@@ -251,7 +251,7 @@ def test_placement_rules_catch_the_gpu_bugs(source):
     "source",
     [
         "live = ar.train_ar(seqs, steps=200, batch=batch, seed=0, device=device)",
-        "tok = tokenizer.load_tokenizer(device=device)",
+        'tok = recipes.load("tokenizer", device=device)',
         "images = tokenizer.decode(codes).cpu()",  # results come back for a figure
         "with env.compute_threads(device):\n    run()",
         "env.set_compute_threads(device)",
@@ -327,7 +327,7 @@ def _finite(values) -> bool:
 
 
 def test_image_and_video_tokenizers_train_on_the_course_device(device, one_thread):
-    from mmcourse import tokenizer, video
+    from mmcourse.recipes import tokenizer, video
 
     small = {"channels": 8, "groups": 4, "num_codes": 16, "code_dim": 4}
     r = tokenizer.train_tokenizer(seed=0, steps=6, batch=4, n_images=32, restart_every=2,
@@ -359,16 +359,19 @@ def test_diffusion_and_ar_train_on_the_course_device(device, one_thread):
 def test_vit_and_fusion_train_on_the_course_device(device, one_thread):
     from mmcourse import fusion, vit
     from mmcourse.data import DigitsDataset, ShapesDataset
+    from mmcourse.recipes import fusion as fusion_recipe
+    from mmcourse.recipes import vit as vit_recipe
 
-    r = vit.train_vit_digits(seed=0, epochs=1, batch=256, dim=16, depth=1, heads=2,
-                             device=device)  # fmt: skip
+    r = vit_recipe.train_vit_digits(seed=0, epochs=1, batch=256, dim=16, depth=1, heads=2,
+                                    device=device)  # fmt: skip
     assert _on(r.model, device) and _finite(r.losses)
     test = DigitsDataset("test")  # on the CPU: accuracy takes it to the model's device
     assert 0 <= vit.accuracy(r.model, test.images[:8], test.labels[:8]) <= 1
-    clip = fusion.train_clip(steps=2, n_images=200, dim=16, depth=1, heads=2, device=device)
+    clip = fusion_recipe.train_clip(steps=2, n_images=200, dim=16, depth=1, heads=2,
+                                    device=device)  # fmt: skip
     assert _on(clip.model, device) and _finite(clip.losses)
-    cap = fusion.train_captioner(clip.model.image_encoder, steps=2, n_images=200, dim=16,
-                                 depth=1, heads=2, device=device)  # fmt: skip
+    cap = fusion_recipe.train_captioner(clip.model.image_encoder, steps=2, n_images=200,
+                                        dim=16, depth=1, heads=2, device=device)  # fmt: skip
     assert _on(cap.model, device) and _finite(cap.losses)
     held = ShapesDataset(n=3, seed=1)  # on the CPU: the models take them to their device
     assert len(cap.model.generate(held.images)) == 3

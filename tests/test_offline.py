@@ -30,19 +30,19 @@ SCRIPT = textwrap.dedent(
     scores = recipes.load("judge", device="cpu").score(shapes.images, shapes.captions)
     assert min(scores.values()) > 0.9, scores
 
-    from mmcourse import ar, diffusion, fusion, tokenizer, transfusion, unified, video, vit
+    from mmcourse import ar, diffusion, transfusion, unified
 
-    tok = tokenizer.load_tokenizer(device="cpu")
+    tok = recipes.load("tokenizer", device="cpu")
     assert tok.decode(tok.encode(shapes.images[:4])).shape == (4, 3, 32, 32)
-    for load in (vit.load_vit_digits, fusion.load_clip, fusion.load_captioner):
-        load()
+    for name in ("vit", "clip", "captioner"):
+        recipes.load(name, device="cpu")
     diffusion.load_diffusion(device="cpu")
     ar.load_ar(device="cpu")
     ar.load_ar(ar.EARLY_PATH, device="cpu")
     ar.load_ar(ar.NOISY_PATH, device="cpu")
     unified.load_unified(device="cpu")
     transfusion.load_transfusion(device="cpu")
-    video_tok = video.load_video_tokenizer(device="cpu")
+    video_tok = recipes.load("video", device="cpu")
     assert video_tok.encode(clips.clips[:2]).shape == (2, 2, 8, 8)
     print("offline ok", len(shapes), len(clips), len(digits))
     """

@@ -6,10 +6,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmcourse import checkpoints, tokenizer
+from mmcourse import checkpoints, recipes, tokenizer
 from mmcourse.autoencoder import VQAutoencoder, VQOutput
 from mmcourse.data import ShapesDataset
+from mmcourse.recipes import tokenizer as tokenizer_recipe
 from mmcourse.tokenizer import VQVAE, ResBlock, group_norm, psnr
+from mmcourse.trainer import TrainResult
 from mmcourse.video import VideoVQVAE
 
 DTYPES = [torch.float16, torch.float32, torch.float64, torch.int64, torch.uint8, torch.bool]
@@ -18,7 +20,7 @@ shapes = st.lists(st.integers(0, 9), min_size=0, max_size=5).map(tuple)
 
 @pytest.fixture(scope="module")
 def shipped():
-    return tokenizer.load_tokenizer(device="cpu")
+    return recipes.load("tokenizer", device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +114,8 @@ def test_compression_ratio():
 # --- determinism and training ------------------------------------------------------------------
 
 
-def _short_run(seed: int) -> tokenizer.TrainResult:
-    return tokenizer.train_tokenizer(
+def _short_run(seed: int) -> TrainResult:
+    return tokenizer_recipe.train_tokenizer(
         seed=seed,
         steps=20,
         batch=8,
@@ -142,30 +144,30 @@ def test_training_is_deterministic_and_learns(held_out, one_thread):
 
 
 def test_shipped_tokenizer_meets_the_bar(shipped, held_out):
-    scores = tokenizer.evaluate(shipped, held_out)
+    scores = tokenizer_recipe.evaluate(shipped, held_out)
     assert scores["psnr_db"] >= 26.0, scores
     assert scores["code_usage"] >= 0.70, scores
     assert shipped.num_codes >= 256
-    assert tokenizer.PATH.stat().st_size < 5_000_000
+    assert tokenizer_recipe.WEIGHTS["tokenizer"].path.stat().st_size < 5_000_000
 
 
 def test_missing_checkpoint_names_the_rebuild_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m mmcourse.train tokenizer"):
-        tokenizer.load_tokenizer(tmp_path / "tokenizer.pt")
+        recipes.load("tokenizer", path=tmp_path / "tokenizer.pt")
 
 
 def test_corrupt_checkpoint_names_the_rebuild_command(tmp_path):
     path = tmp_path / "tokenizer.pt"
-    path.write_bytes(tokenizer.PATH.read_bytes()[:1000])
+    path.write_bytes(tokenizer_recipe.WEIGHTS["tokenizer"].path.read_bytes()[:1000])
     with pytest.raises(checkpoints.CheckpointError, match="python -m mmcourse.train tokenizer"):
-        tokenizer.load_tokenizer(path)
+        recipes.load("tokenizer", path=path)
 
 
 def test_foreign_weights_are_refused(tmp_path):
     path = tmp_path / "tokenizer.pt"
-    checkpoints.save(path, {"w": torch.zeros(1)}, config={}, command=tokenizer.COMMAND)
+    checkpoints.save(path, {"w": torch.zeros(1)}, config={}, command="x")
     with pytest.raises(checkpoints.CheckpointError, match="does not match the VQVAE model"):
-        tokenizer.load_tokenizer(path)
+        recipes.load("tokenizer", path=path)
 
 
 # --- validation --------------------------------------------------------------------------------
@@ -217,7 +219,7 @@ def test_decode_names_out_of_range_tokens(small):
 )
 def test_training_names_bad_arguments(name, value):
     with pytest.raises((ValueError, TypeError), match=f"^{name} must"):
-        tokenizer.train_tokenizer(**{name: value}, log=None)
+        tokenizer_recipe.train_tokenizer(**{name: value}, log=None)
 
 
 def test_psnr_names_mismatched_arguments():

@@ -8,8 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmcourse import checkpoints, video
+from mmcourse import checkpoints, recipes, video
 from mmcourse.data.moving import MovingShapesDataset
+from mmcourse.recipes import video as video_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -167,14 +168,14 @@ def test_forward_shapes_and_straight_through_gradients(clips):
 def test_training_is_deterministic_and_learns():
     kwargs = {"steps": 6, "batch": 2, "n_clips": 16, "log": None, "device": "cpu"}
     kwargs |= {"channels": 8, "num_codes": 16, "restart_every": 3}
-    a = video.train_video_tokenizer(seed=0, **kwargs)
-    b = video.train_video_tokenizer(seed=0, **kwargs)
+    a = video_recipe.train_video_tokenizer(seed=0, **kwargs)
+    b = video_recipe.train_video_tokenizer(seed=0, **kwargs)
     for (name, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(p, q), name
     assert len(a.history["recon_loss"]) == 6
     assert a.history["recon_loss"][-1] < a.history["recon_loss"][0]
     with pytest.raises(ValueError, match="held-out"):
-        video.train_video_tokenizer(seed=1, **kwargs)
+        video_recipe.train_video_tokenizer(seed=1, **kwargs)
 
 
 # --- the shipped checkpoint ---------------------------------------------------------------------
@@ -182,18 +183,18 @@ def test_training_is_deterministic_and_learns():
 
 def test_missing_checkpoint_names_the_rebuild_command(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"python -m mmcourse\.train video"):
-        video.load_video_tokenizer(tmp_path / "nope.pt", device="cpu")
+        recipes.load("video", path=tmp_path / "nope.pt", device="cpu")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(checkpoints.CheckpointError, match=r"python -m mmcourse\.train video"):
-        video.load_video_tokenizer(bad, device="cpu")
+        recipes.load("video", path=bad, device="cpu")
 
 
 def test_shipped_tokenizer_meets_the_bar():
     """Chapter 06's bar: 8×32×32 → 2×8×8 tokens at held-out PSNR ≥ 24 dB."""
-    assert video.PATH.stat().st_size < 2 * 2**20
-    model = video.load_video_tokenizer(device="cpu")
-    scores = video.evaluate(model, video.held_out_clips(200))
+    assert video_recipe.WEIGHTS["video"].path.stat().st_size < 2 * 2**20
+    model = recipes.load("video", device="cpu")
+    scores = video_recipe.evaluate(model, video_recipe.held_out_clips(200))
     assert scores["tokens"] == 2 * 8 * 8
     assert scores["psnr_db"] >= 24.0, scores
 

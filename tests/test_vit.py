@@ -8,8 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmcourse import checkpoints, vit
+from mmcourse import checkpoints, recipes, vit
 from mmcourse.data import DigitsDataset
+from mmcourse.recipes import vit as vit_recipe
 
 DTYPES = [torch.float32, torch.float64, torch.int64, torch.bool]
 shapes = st.lists(st.integers(0, 9), min_size=0, max_size=5).map(tuple)
@@ -17,7 +18,7 @@ shapes = st.lists(st.integers(0, 9), min_size=0, max_size=5).map(tuple)
 
 @pytest.fixture(scope="module")
 def shipped() -> vit.ViT:
-    return vit.load_vit_digits()
+    return recipes.load("vit", device="cpu")
 
 
 def test_shipped_vit_meets_the_bar(shipped):
@@ -72,26 +73,26 @@ def test_learned_and_sincos_positions():
 
 
 def test_training_is_deterministic_and_learns(one_thread):
-    first = vit.train_vit_digits(seed=3, epochs=4, lr=5e-3, dim=32, depth=1, device="cpu")
-    second = vit.train_vit_digits(seed=3, epochs=4, lr=5e-3, dim=32, depth=1, device="cpu")
+    first = vit_recipe.train_vit_digits(seed=3, epochs=4, lr=5e-3, dim=32, depth=1, device="cpu")
+    second = vit_recipe.train_vit_digits(seed=3, epochs=4, lr=5e-3, dim=32, depth=1, device="cpu")
     assert first.losses == second.losses
     assert sum(first.losses[-5:]) / 5 < first.losses[0] - 0.2
 
 
 def test_missing_checkpoint_names_the_rebuild_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m mmcourse.train vit"):
-        vit.load_vit_digits(tmp_path / "vit_digits.pt")
+        recipes.load("vit", path=tmp_path / "vit_digits.pt")
 
 
 def test_corrupt_and_foreign_checkpoints_name_the_rebuild_command(tmp_path):
     bad = tmp_path / "vit_digits.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(checkpoints.CheckpointError, match="python -m mmcourse.train vit"):
-        vit.load_vit_digits(bad)
+        recipes.load("vit", path=bad)
     config = vit.ViT().config
-    checkpoints.save(bad, {"w": torch.zeros(1)}, config=config, command=vit.COMMAND)
+    checkpoints.save(bad, {"w": torch.zeros(1)}, config=config, command="x")
     with pytest.raises(checkpoints.CheckpointError, match="does not match the ViT model"):
-        vit.load_vit_digits(bad)
+        recipes.load("vit", path=bad)
 
 
 @settings(max_examples=50, deadline=None)

@@ -32,6 +32,7 @@ import torch
 
 import mmcourse.vq as quantizers  # the package, imported under another name
 from mmcourse import (
+    ar,
     bpe,
     diffusion,
     fusion,
@@ -104,7 +105,7 @@ CASES = [
     (ch01.check_fsq_quantize, t01._package_fsq, "mmcourse.vq.FSQ", [t01._fsq]),
     (ch02.check_res_block, tokenizer.ResBlock, "mmcourse.tokenizer.ResBlock", []),
     (ch02.check_to_tokens, _probe(tokenizer.VQVAE.encode, t02._reference_to_tokens),
-     "mmcourse.tokenizer.VQVAE.encode", [t02._reference_to_tokens]),
+     "mmcourse.autoencoder.VQAutoencoder.encode", [t02._reference_to_tokens]),
     (ch02.check_psnr, tokenizer.psnr, "mmcourse.tokenizer.psnr", []),
     (ch03.check_patchify, patches.patchify, "mmcourse.patches.patchify", [t03._patchify_unfold]),
     (ch03.check_unpatchify, patches.unpatchify, "mmcourse.patches.unpatchify",
@@ -137,12 +138,11 @@ CASES = [
     (ch05.check_process_logits, sampling.process_logits, "mmcourse.sampling.process_logits",
      [t05._pipeline, t05._pipeline_times_inverse]),
     (ch05.check_cfg_logits, sampling.cfg_logits, "mmcourse.sampling.cfg_logits", [t05._cfg]),
-    (ch05.check_guidance_prompts, sampling.guidance_prompts,
-     "mmcourse.sampling.guidance_prompts", [t05._prompts]),
+    (ch05.check_guidance_prompts, ar.guidance_prompts, "mmcourse.ar.guidance_prompts",
+     [t05._prompts]),
     (ch05.check_cached_attention, transformer.cached_attention,
      "mmcourse.transformer.cached_attention", [t05._cached]),
-    (ch05.check_ids_to_codes, sampling.ids_to_codes, "mmcourse.sampling.ids_to_codes",
-     [t05._codes]),
+    (ch05.check_ids_to_codes, ar.ids_to_codes, "mmcourse.ar.ids_to_codes", [t05._codes]),
     (ch06.check_video_tokens, video.video_tokens, "mmcourse.video.video_tokens", [t06._tokens]),
     (ch06.check_patchify_3d, video.patchify_3d, "mmcourse.video.patchify_3d", [t06._patchify]),
     (ch06.check_causal_pad, video.causal_pad, "mmcourse.video.causal_pad", [t06._pad]),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmcourse import tokenizer, vq
+from mmcourse import autoencoder, tokenizer, vq
 from mmcourse.checks._contract import call
 from mmcourse.checks._core import Check, exercise, gradients, seeded
 
@@ -94,7 +94,7 @@ def check_res_block(check: Check) -> None:
 @exercise(
     "2.2",
     "latents to tokens",
-    references=(tokenizer.VQVAE.encode, vq.VectorQuantizer.forward, vq._to_rows),
+    references=(autoencoder.VQAutoencoder.encode, vq.VectorQuantizer.forward, vq._to_rows),
 )
 def check_to_tokens(check: Check) -> None:
     """Exercise 2.2: to_tokens(z_e (B, D, h, w), codebook (K, D)) -> tokens (B, h, w) long."""

@@ -12,11 +12,11 @@ cfg_gain_points = 100 × (faithfulness_best − faithfulness_s1).
 The same keys with a prefix, for other models and samplers:
 hot_*: the final model at temperature HOT (a looser sampler, where guidance has more to fix);
 early_*: the early checkpoint of the same training run (data/ar_shapes_early.pt, after
-early_steps of its ar.TRAIN_STEPS steps), a conditional model that has not sharpened yet;
+early_steps of its ar_recipe.TRAIN_STEPS steps), a conditional model that has not sharpened yet;
 early_plausible_*: the same with the plausibility constraint α = PLAUSIBILITY at every scale
 (s = 1 included, where it is plain truncation of the conditional model);
 noisy_*: data/ar_shapes_noisy.pt, the shipped recipe trained on pairs of which
-ar.CAPTION_NOISE (caption_noise) carry another image's caption; noisy_plausible_*: that model
+ar_recipe.CAPTION_NOISE (caption_noise) carry another image's caption; noisy_plausible_*: that model
 with the plausibility constraint α = PLAUSIBILITY at every scale.
 kv_identical: the KV cache and recomputing the whole prefix give the same 64 tokens for the same
 seed, for every image; kv_speedup = recompute_s / kv_s for KV_IMAGES images (one guided batch of
@@ -41,10 +41,11 @@ import torch
 from _timing import timed, warm_up
 
 import mmcourse
-from mmcourse import ar, diffusion, recipes, sampling
+from mmcourse import ar, recipes, sampling
 from mmcourse.data import all_captions
 from mmcourse.env import compute_threads
-from mmcourse.tokenizer import load_tokenizer
+from mmcourse.recipes import ar as ar_recipe
+from mmcourse.recipes import diffusion as diffusion_recipe
 
 PER_CAPTION = 4
 SCALES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
@@ -73,7 +74,7 @@ def _kv(model, tokenizer, captions: list[str], reps: int) -> tuple[bool, float]:
     for use_cache in (True, False):
         best = float("inf")
         sample = partial(
-            sampling.generate_images, model, tokenizer, captions, scale=3.0, use_cache=use_cache
+            ar.generate_images, model, tokenizer, captions, scale=3.0, use_cache=use_cache
         )
         warm_up(sample)
         for _ in range(reps):
@@ -98,7 +99,7 @@ def _separate_cfg(model, prompts: torch.Tensor) -> None:
 
 def _prompts(captions: list[str], dev: torch.device) -> torch.Tensor:
     """The guided batch's prompts (2B, CAPTION_LEN + 1) for `captions`, on `dev`."""
-    return sampling.guidance_prompts(ar.encode_captions(captions).to(dev))
+    return ar.guidance_prompts(ar.encode_captions(captions).to(dev))
 
 
 @torch.no_grad()
@@ -135,11 +136,11 @@ def _ddim_ms_per_step(gen, n: int) -> float:
 def run() -> dict[str, float | int | bool]:
     dev = mmcourse.device()
     with compute_threads(dev):
-        model, tokenizer = ar.load_ar(device=dev), load_tokenizer(device=dev)
-        early = ar.load_ar(ar.EARLY_PATH, device=dev)
+        model, tokenizer = recipes.load("ar", device=dev), recipes.load("tokenizer", device=dev)
+        early = recipes.load("ar_early", device=dev)
         judge = recipes.load("judge", device=dev)
         results: dict[str, float | int | bool] = {"samples": PER_CAPTION * 90}
-        results["early_steps"] = ar.EARLY_STEPS
+        results["early_steps"] = ar_recipe.EARLY_STEPS
         captions = all_captions()[:: 90 // KV_IMAGES][:KV_IMAGES]
         results["kv_identical"], results["kv_speedup"] = _kv(model, tokenizer, captions, 2)
         identical_1, results["kv1_speedup"] = _kv(model, tokenizer, captions[:1], 5)
@@ -155,10 +156,10 @@ def run() -> dict[str, float | int | bool]:
         results["forwards_separate_cfg"] = _count_forwards(
             model, lambda: _separate_cfg(model, prompts)
         )
-        noisy = ar.load_ar(ar.NOISY_PATH, device=dev)
-        results["caption_noise"] = ar.CAPTION_NOISE
+        noisy = recipes.load("ar_noisy", device=dev)
+        results["caption_noise"] = ar_recipe.CAPTION_NOISE
         timings = {}
-        warm_up(lambda: sampling.faithfulness(model, tokenizer, judge, per_caption=1))
+        warm_up(lambda: ar_recipe.faithfulness(model, tokenizer, judge, per_caption=1))
         for prefix, net, temperature, plausibility in (
             ("", model, 1.0, None),
             ("hot_", model, HOT, None),
@@ -172,11 +173,11 @@ def run() -> dict[str, float | int | bool]:
                 kwargs = {"per_caption": PER_CAPTION, "scale": scale, "temperature": temperature,
                           "plausibility": plausibility}  # fmt: skip
                 scores, timings[prefix, scale] = timed(
-                    partial(sampling.faithfulness, net, tokenizer, judge, seed=TEST_SEED, **kwargs)
+                    partial(ar_recipe.faithfulness, net, tokenizer, judge, seed=TEST_SEED, **kwargs)
                 )
                 results[f"{prefix}faithfulness_s{scale:g}"] = scores["all"]
                 results[f"{prefix}diversity_s{scale:g}"] = scores["diversity"]
-                validation[scale] = sampling.faithfulness(
+                validation[scale] = ar_recipe.faithfulness(
                     net, tokenizer, judge, seed=VALIDATION_SEED, **kwargs
                 )["all"]
             best = max(SCALES, key=lambda s: validation[s])  # chosen on the validation samples
@@ -186,13 +187,18 @@ def run() -> dict[str, float | int | bool]:
             results[f"{prefix}cfg_gain_points"] = 100 * gain
         best = results["best_scale"]
         results["ar_ms_per_image"] = 1000 * timings["", best] / results["samples"]
-        gen = diffusion.load_diffusion(device=dev)
-        labels = diffusion.caption_labels(PER_CAPTION)
-        warm_up(lambda: diffusion.faithfulness(gen, judge, labels[:8], steps=2))
+        gen = diffusion_recipe.load_generator(device=dev)
+        labels = diffusion_recipe.caption_labels(PER_CAPTION)
+        warm_up(lambda: diffusion_recipe.faithfulness(gen, judge, labels[:8], steps=2))
         for steps in DDIM_STEPS:
             (scores, _), seconds = timed(
                 partial(
-                    diffusion.faithfulness, gen, judge, labels, steps=steps, guidance=DDIM_GUIDANCE
+                    diffusion_recipe.faithfulness,
+                    gen,
+                    judge,
+                    labels,
+                    steps=steps,
+                    guidance=DDIM_GUIDANCE,
                 )
             )
             results[f"ddim{steps}_faithfulness"] = scores["all"]

@@ -23,9 +23,9 @@ import torch
 from _timing import best_seconds, timed, warm_up
 
 import mmcourse
-from mmcourse import diffusion, recipes
+from mmcourse import recipes
 from mmcourse.env import compute_threads
-from mmcourse.tokenizer import load_tokenizer
+from mmcourse.recipes import diffusion as diffusion_recipe
 
 PER_CAPTION = 2
 SCALES = (1.0, 2.0, 3.0, 5.0)
@@ -34,18 +34,20 @@ SCALES = (1.0, 2.0, 3.0, 5.0)
 def run() -> dict[str, float | int]:
     dev = mmcourse.device()
     with compute_threads(dev):
-        gen, judge = diffusion.load_diffusion(device=dev), recipes.load("judge", device=dev)
-        labels = diffusion.caption_labels(PER_CAPTION)
+        gen, judge = diffusion_recipe.load_generator(device=dev), recipes.load("judge", device=dev)
+        labels = diffusion_recipe.caption_labels(PER_CAPTION)
         results: dict[str, float | int] = {"samples": len(labels)}
         for scale in SCALES:
-            scores, _ = diffusion.faithfulness(gen, judge, labels, steps=50, guidance=scale)
+            scores, _ = diffusion_recipe.faithfulness(gen, judge, labels, steps=50, guidance=scale)
             results[f"faithfulness_s{scale:g}"] = scores["all"]
         best = max(SCALES, key=lambda s: results[f"faithfulness_s{s:g}"])
         results["best_guidance"] = best
         results["faithfulness_best"] = results[f"faithfulness_s{best:g}"]
         # (on a GPU the guidance sweep above was the pixel model's warm-up)
         for name, steps in [("ddpm1000", None), ("ddim50", 50), ("ddim20", 20)]:
-            sample = partial(diffusion.faithfulness, gen, judge, labels, steps=steps, guidance=best)
+            sample = partial(
+                diffusion_recipe.faithfulness, gen, judge, labels, steps=steps, guidance=best
+            )
             (scores, _), seconds = timed(sample)
             results[f"{name}_faithfulness"] = scores["all"]
             results[f"{name}_s"] = seconds
@@ -56,15 +58,15 @@ def run() -> dict[str, float | int]:
         for name in ("ddim50", "ddim20"):
             drop = results["ddpm1000_faithfulness"] - results[f"{name}_faithfulness"]
             results[f"{name}_drop_points"] = 100 * drop
-        latent = diffusion.load_diffusion(diffusion.LATENT_PATH, device=dev)
-        tokenizer = load_tokenizer(device=dev)
+        latent = diffusion_recipe.load_generator("diffusion_latent", device=dev)
+        tokenizer = recipes.load("tokenizer", device=dev)
         warm_up(
-            lambda: diffusion.faithfulness(
+            lambda: diffusion_recipe.faithfulness(
                 latent, judge, labels[:8], steps=2, guidance=best, tokenizer=tokenizer
             )
         )
         (scores, _), seconds = timed(
-            lambda: diffusion.faithfulness(
+            lambda: diffusion_recipe.faithfulness(
                 latent, judge, labels, steps=50, guidance=best, tokenizer=tokenizer
             )
         )
@@ -77,7 +79,7 @@ def run() -> dict[str, float | int]:
 
 
 @torch.no_grad()
-def _ms_per_step(gen: diffusion.Generator, n: int, shape: tuple[int, ...]) -> float:
+def _ms_per_step(gen: diffusion_recipe.Generator, n: int, shape: tuple[int, ...]) -> float:
     """One guided network call (2n rows: conditional and unconditional), best of 5."""
     param = next(gen.model.parameters())
     x = torch.randn(2 * n, *shape).to(param)

@@ -1,4 +1,4 @@
-"""Autoregressive image generation on Shapes (chapter 05): vocabulary, sequences and training.
+"""Autoregressive image generation on Shapes (chapter 05): vocabulary, sequences, loss, generation.
 
 One vocabulary holds caption words, four special tokens and the tokenizer's K = 512 image codes,
 shifted by IMAGE_OFFSET so that no image id collides with a text or special id:
@@ -10,37 +10,26 @@ shifted by IMAGE_OFFSET so that no image id collides with a text or special id:
 A training sequence is [caption (7 ids, left-padded)][BOI][64 image ids in raster order][EOI].
 Captions are dropped now and then: the 7 caption ids become 7 NULLs, the same length, so the
 conditional and unconditional prompts of classifier-free guidance line up position for position.
-The loss is next-token cross-entropy on the 64 image ids and EOI only.
+The loss is next-token cross-entropy on the 64 image ids and EOI only. Generation samples the 64
+image ids after [caption][BOI] with `mmcourse.sampling.generate`, guided by the [NULL × 7][BOI]
+rows, and decodes them with the tokenizer.
 
-The shipped model is data/ar_shapes.pt, rebuilt from its seed by `python -m mmcourse.train ar`;
-the same run also writes data/ar_shapes_early.pt, its weights after EARLY_STEPS of the TRAIN_STEPS
-steps: a conditional model that has not yet sharpened, where classifier-free guidance matters.
-data/ar_shapes_noisy.pt (`python -m mmcourse.train ar_noisy`) is the same recipe trained on pairs
-of which CAPTION_NOISE carry another image's caption, as web alt-text often does: its conditional
-distribution is a mixture that guidance sharpens.
+The shipped models (data/ar_shapes.pt, its early checkpoint and the model trained on noisy
+captions), their training runs and their judge evaluation live in `mmcourse.recipes.ar`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmcourse import _validate, checkpoints
-from mmcourse.data import COLORS, POSITIONS, SHAPES, ShapesDataset, parse_caption
-from mmcourse.env import device as default_device
-from mmcourse.trainer import TrainResult, adamw_cosine, fit
-from mmcourse.transformer import GPT, GPTConfig
-
-PATH = checkpoints.DATA_DIR / "ar_shapes.pt"
-EARLY_PATH = checkpoints.DATA_DIR / "ar_shapes_early.pt"
-NOISY_PATH = checkpoints.DATA_DIR / "ar_shapes_noisy.pt"
-COMMAND = "python -m mmcourse.train ar"
-NOISY_COMMAND = "python -m mmcourse.train ar_noisy"
-CACHE_DIR = checkpoints.DATA_DIR / "cache"
+from mmcourse import _validate
+from mmcourse.data import COLORS, POSITIONS, SHAPES, parse_caption
+from mmcourse.sampling import generate
+from mmcourse.transformer import GPTConfig
 
 WORDS: tuple[str, ...] = tuple(
     dict.fromkeys(["a", "in", "the", *COLORS, *SHAPES, *(w for p in POSITIONS for w in p.split())])
@@ -54,9 +43,6 @@ CAPTION_LEN = 7  # "a red circle in the top left"; shorter captions are left-pad
 GRID = 8  # 8×8 image tokens
 IMAGE_LEN = GRID * GRID
 SEQ_LEN = CAPTION_LEN + 1 + IMAGE_LEN + 1  # caption, BOI, image, EOI = 73
-TRAIN_STEPS = 2400  # the shipped run (batch 64)
-EARLY_STEPS = 650  # the early checkpoint of that same run (data/ar_shapes_early.pt)
-CAPTION_NOISE = 0.3  # data/ar_shapes_noisy.pt: the fraction of training pairs mismatched
 _WORD_ID = {w: i for i, w in enumerate(WORDS)}
 
 
@@ -113,50 +99,7 @@ def encode_images(tokenizer: nn.Module, images: torch.Tensor, batch: int = 500) 
     return torch.cat([tokenizer.encode(x.to(param)).cpu() for x in images.split(batch)])
 
 
-def shapes_sequences(
-    n: int = 20_000, seed: int = 0, tokenizer: nn.Module | None = None
-) -> torch.Tensor:
-    """Training sequences (n, SEQ_LEN) of ShapesDataset(n, seed), the images encoded once by the
-    shipped tokenizer and cached under data/cache/ (git-ignored)."""
-    path = CACHE_DIR / f"ar_sequences_{n}_{seed}.pt"
-    if path.is_file():
-        try:
-            seqs = torch.load(path, weights_only=True)
-            if isinstance(seqs, torch.Tensor) and seqs.shape == (n, SEQ_LEN):
-                return seqs
-        except Exception:  # a stale or truncated cache is simply rebuilt
-            pass
-    if tokenizer is None:
-        from mmcourse.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(device="cpu")  # host: the same cache on every machine
-    data = ShapesDataset(n=n, seed=seed)
-    seqs = make_sequences(encode_captions(data.captions), encode_images(tokenizer, data.images))
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    torch.save(seqs, path)
-    return seqs
-
-
 # -------------------------------------------------------------------------------- training
-
-
-def mismatch_captions(seqs: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
-    """Noisy pairs, as in web alt-text: a fixed random `fraction` of the rows of seqs
-    (N, SEQ_LEN) take the caption of a random row instead of their own (the image ids stay; on
-    90 captions the borrowed one is the same by chance 1 time in 90). A model trained on them
-    learns p(x | c) ≈ (1 − f)·p_true(x | c) + f·p(x), a mixture that classifier-free guidance
-    can sharpen back, since p(c | x) still prefers the true caption."""
-    seqs = _validate.tensor("seqs", seqs, shape=("N", SEQ_LEN), dtype=torch.long)
-    number = isinstance(fraction, int | float) and not isinstance(fraction, bool)
-    if not number or not 0 <= fraction <= 1:
-        raise ValueError(f"fraction must be a number in [0, 1], got {fraction!r}")
-    g = torch.Generator().manual_seed(seed)
-    n = len(seqs)
-    rows = torch.randperm(n, generator=g)[: round(fraction * n)]  # (M,) the mismatched rows
-    donors = torch.randint(n, (len(rows),), generator=g)  # (M,) whose caption each one gets
-    out = seqs.clone()
-    out[rows.to(seqs.device), :CAPTION_LEN] = seqs[donors.to(seqs.device), :CAPTION_LEN]
-    return out
 
 
 def drop_captions(seqs: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
@@ -185,145 +128,70 @@ def default_config(**overrides: int | float) -> GPTConfig:
     return GPTConfig(**(base | {"d_model": 128, "dropout": 0.0} | overrides))
 
 
-def train_ar(
-    seqs: torch.Tensor,
+# ------------------------------------------------------------------------------- generation
+
+
+def guidance_prompts(caption_ids: torch.Tensor) -> torch.Tensor:
+    """The prompts of one guided batch: caption_ids (B, CAPTION_LEN) → (2B, CAPTION_LEN + 1),
+    rows 0 … B−1 [caption][BOI], rows B … 2B−1 [NULL × CAPTION_LEN][BOI]. Both halves have the
+    same length, so BOI and every image token sit at the same position in all rows and one KV
+    cache serves both."""
+    caption_ids = _validate.tensor(
+        "caption_ids", caption_ids, shape=("B", CAPTION_LEN), dtype=torch.long
+    )
+    b = len(caption_ids)
+    prompts = torch.cat([caption_ids, null_prompt(b).to(caption_ids.device)])  # (2B, L)
+    boi = torch.full((2 * b, 1), BOI, dtype=torch.long, device=caption_ids.device)
+    return torch.cat([prompts, boi], dim=1)
+
+
+def ids_to_codes(ids: torch.Tensor) -> torch.Tensor:
+    """Generated image ids (B, 64) in the joint vocabulary → tokenizer codes (B, 8, 8) in
+    [0, 512): remove IMAGE_OFFSET, then restore the raster order's 8×8 grid."""
+    ids = _validate.tensor("ids", ids, shape=("B", IMAGE_LEN), dtype=torch.long)
+    codes = ids - IMAGE_OFFSET
+    if codes.numel() and not bool(((codes >= 0) & (codes < CODES)).all()):
+        raise ValueError(
+            f"ids must be image ids in [{IMAGE_OFFSET}, {VOCAB_SIZE}), got values in "
+            f"[{ids.min().item()}, {ids.max().item()}]"
+        )
+    return codes.view(-1, GRID, GRID)
+
+
+@torch.no_grad()
+def generate_images(
+    model: nn.Module,
+    tokenizer: nn.Module,
+    captions: Sequence[str],
     *,
-    config: GPTConfig | None = None,
-    steps: int = 300,
-    batch: int = 64,
-    lr: float = 2e-3,
-    p_uncond: float = 0.15,
+    scale: float = 3.0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    plausibility: float | None = None,
     seed: int = 0,
-    progress: bool = True,
-    callback: Callable[[int, GPT], None] | None = None,
-    device: torch.device | str | None = None,
-) -> TrainResult:
-    """Train a GPT on sequences (N, SEQ_LEN): captions dropped with probability p_uncond, AdamW
-    with warm-up and cosine decay over `steps`, gradient clipping at 1. `callback(step, model)`,
-    if given, runs after every optimizer step (step = 1 … steps), e.g. to keep a snapshot of an
-    early checkpoint of the same run; it must not change the model.
-
-    The model and the sequences live on `device` (default: the course's), the batches are drawn
-    there by a generator of that device (on the CPU, the same draws as always), and the losses
-    are read back once, at the end."""
-    seqs = _validate.tensor("seqs", seqs, shape=("N", SEQ_LEN), dtype=torch.long)
-    steps, batch = _validate.positive_int("steps", steps), _validate.positive_int("batch", batch)
-    dev = torch.device(device) if device is not None else default_device()
-    torch.manual_seed(seed)
-    g = torch.Generator(device=dev).manual_seed(seed)
-    model = GPT(config or default_config()).to(dev)
-    seqs = seqs.to(dev)
-    opt, schedule = adamw_cosine(model, lr, steps)
-
-    def step_loss(step: int) -> torch.Tensor:
-        idx = torch.randint(len(seqs), (batch,), generator=g, device=dev)
-        return lm_loss(model, drop_captions(seqs[idx], p_uncond, g))
-
-    callbacks = [lambda step, _: callback(step + 1, model)] if callback is not None else []
-    return fit(
+    use_cache: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image per caption → (images (N, 3, 32, 32) in [0, 1] on the CPU, image ids (N, 64)):
+    the 64 image ids sampled after [caption][BOI] with guidance `scale` (cond and uncond rows
+    in one batch), restricted to the image range (and to the conditional model's plausible ids
+    when `plausibility` is given), then decoded by the tokenizer."""
+    param = next(model.parameters())
+    prompts = guidance_prompts(encode_captions(list(captions)).to(param.device))
+    b = len(prompts) // 2
+    ids = generate(
         model,
-        step_loss,
-        steps=steps,
-        optimizer=opt,
-        schedule=schedule,
-        clip=1.0,
-        callbacks=callbacks,
-        progress=progress,
+        prompts[:b],
+        IMAGE_LEN,
+        uncond_prompt=prompts[b:],
+        scale=scale,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        plausibility=plausibility,
+        allowed=(IMAGE_OFFSET, VOCAB_SIZE),
+        generator=torch.Generator().manual_seed(seed),
+        use_cache=use_cache,
     )
-
-
-# ---------------------------------------------------------------- shipped weights and rebuild
-
-
-def _build(config: dict) -> GPT:
-    return GPT(GPTConfig(**config))
-
-
-def _command(path: Path) -> str:
-    return NOISY_COMMAND if path.name == NOISY_PATH.name else COMMAND
-
-
-def _save_half(path: Path, model: GPT) -> None:
-    half = {k: v.detach().half() for k, v in model.state_dict().items()}  # a copy, in float16
-    checkpoints.save(path, half, config=model.config, command=_command(path))
-
-
-def load_ar(path: Path | str = PATH, device: torch.device | str | None = None) -> GPT:
-    """The shipped caption → image-token model (data/ar_shapes.pt; `path=EARLY_PATH` for the
-    early checkpoint of the same run, `path=NOISY_PATH` for the model trained on noisy captions),
-    in eval mode on `device` (default: the course's). Weights ship in float16, load as float32."""
-    path = Path(path)
-    command = _command(path)
-    ckpt = checkpoints.load(path, command=command)
-    state = {k: v.float() for k, v in ckpt["state_dict"].items()}
-    model = checkpoints.restore(
-        {**ckpt, "state_dict": state}, GPT, path=path, command=command, build=_build
-    )
-    return model.to(device or default_device())
-
-
-_SUMMARY_SCALES = (1.0, 1.5, 2.0, 3.0, 5.0)
-
-
-def _summary_line(path: Path, steps: int, losses: list[float], seed: int) -> str:
-    """Judge faithfulness against the guidance scale for the weights at `path` (180 samples)."""
-    from mmcourse import recipes
-    from mmcourse.sampling import faithfulness
-    from mmcourse.tokenizer import load_tokenizer
-
-    model, judge = load_ar(path, "cpu"), recipes.load("judge", device="cpu")
-    tokenizer = load_tokenizer(device="cpu")
-    scores = {
-        s: faithfulness(model, tokenizer, judge, per_caption=2, scale=s, seed=seed)["all"]
-        for s in _SUMMARY_SCALES
-    }
-    window = losses[max(steps - 50, 0) : steps]  # the last 50 steps before it
-    return (
-        f"{path.name} (step {steps}, loss {sum(window) / len(window):.3f}): judge faithfulness "
-        "(180 samples, temperature 1) " + ", ".join(f"s {s:g}: {v:.3f}" for s, v in scores.items())
-    )
-
-
-def rebuild(seed: int = 0) -> str:
-    """Train the shipped model from `seed` on one thread, write data/ar_shapes.pt (float16) and,
-    from the same run after EARLY_STEPS steps, data/ar_shapes_early.pt (float16), and return a
-    summary with judge faithfulness against the guidance scale for both (the
-    `python -m mmcourse.train ar` target)."""
-    from mmcourse.env import one_thread
-    from mmcourse.tokenizer import load_tokenizer
-
-    with one_thread():
-        seqs = shapes_sequences(seed=seed, tokenizer=load_tokenizer(device="cpu"))
-        early_steps = EARLY_STEPS  # read once: the snapshot and the summary agree
-        if not 1 <= early_steps <= TRAIN_STEPS:
-            raise ValueError(f"EARLY_STEPS must be in [1, {TRAIN_STEPS}], got {early_steps}")
-
-        def snapshot(step: int, model: GPT) -> None:
-            if step == early_steps:
-                _save_half(EARLY_PATH, model)
-
-        result = train_ar(seqs, steps=TRAIN_STEPS, seed=seed, callback=snapshot, device="cpu")
-        _save_half(PATH, result.model)
-        lines = [f"wrote {PATH.name} and {EARLY_PATH.name} in {result.seconds:.0f} s"]
-        for path, steps in ((EARLY_PATH, early_steps), (PATH, TRAIN_STEPS)):
-            lines.append(_summary_line(path, steps, result.losses, seed))
-    return "\n".join(lines)
-
-
-def rebuild_noisy(seed: int = 0) -> str:
-    """The shipped recipe (same model, steps and seed) on the same sequences with CAPTION_NOISE
-    of the captions mismatched (`mismatch_captions`): writes data/ar_shapes_noisy.pt (float16)
-    and returns its judge summary (the `python -m mmcourse.train ar_noisy` target)."""
-    from mmcourse.env import one_thread
-    from mmcourse.tokenizer import load_tokenizer
-
-    with one_thread():
-        seqs = shapes_sequences(seed=seed, tokenizer=load_tokenizer(device="cpu"))
-        noisy = mismatch_captions(seqs, CAPTION_NOISE, seed)
-        result = train_ar(noisy, steps=TRAIN_STEPS, seed=seed, device="cpu")
-        _save_half(NOISY_PATH, result.model)
-        return "\n".join([
-            f"wrote {NOISY_PATH.name} ({CAPTION_NOISE:.0%} of captions mismatched) in "
-            f"{result.seconds:.0f} s",
-            _summary_line(NOISY_PATH, TRAIN_STEPS, result.losses, seed),
-        ])  # fmt: skip
+    codes = ids_to_codes(ids).to(next(tokenizer.parameters()).device)
+    return tokenizer.decode(codes).cpu(), ids.cpu()

@@ -23,30 +23,23 @@ min-p sampling), so comparing scales at the same α isolates what guidance adds.
 
 `generate` runs the loop with a KV cache (prefill the prompt once, then one new position per
 step) or, as the baseline, recomputes the whole growing prefix every step; for a seed both give
-the same tokens. `generate_images` adds the Shapes layout of `mmcourse.ar`; `faithfulness` and
-`diversity` measure what guidance buys and costs.
+the same tokens. Nothing here knows a vocabulary: `mmcourse.ar.generate_images` adds the Shapes
+layout, and `mmcourse.recipes.ar` measures what guidance buys and costs.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 
-from mmcourse import _validate, ar, env
-from mmcourse.data import all_captions
+from mmcourse import _validate, env
 
 __all__ = [
     "apply_temperature",
     "cfg_logits",
-    "diversity",
-    "faithfulness",
     "generate",
-    "generate_images",
-    "guidance_prompts",
-    "ids_to_codes",
     "plausibility_filter",
     "process_logits",
     "restrict_range",
@@ -63,27 +56,20 @@ def _check_logits(logits: object) -> torch.Tensor:
 
 
 def _check_temperature(temperature: object) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float):
-        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    return temperature
+    return _validate.number("temperature", temperature, 0, open_lo=True)
 
 
 def _check_p(p: object) -> float:
-    if isinstance(p, bool) or not isinstance(p, int | float) or not 0 < p <= 1:
-        raise ValueError(f"p must be a number in (0, 1], got {p!r}")
-    return p
+    return _validate.number("p", p, 0, 1, open_lo=True)
 
 
 def _check_alpha(alpha: object) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha <= 1:
-        raise ValueError(f"plausibility must be a number in (0, 1], got {alpha!r}")
-    return alpha
+    return _validate.number("plausibility", alpha, 0, 1, open_lo=True)
 
 
 def _check_range(start: object, end: object) -> tuple[int, int]:
-    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end):
+    start, end = _validate.integer("start", start), _validate.integer("end", end)
+    if not start < end:
         raise ValueError(f"need ints 0 ≤ start < end, got start={start!r}, end={end!r}")
     return start, end
 
@@ -201,20 +187,6 @@ def _sample(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------- generation
 
 
-def guidance_prompts(caption_ids: torch.Tensor) -> torch.Tensor:
-    """The prompts of one guided batch: caption_ids (B, CAPTION_LEN) → (2B, CAPTION_LEN + 1),
-    rows 0 … B−1 [caption][BOI], rows B … 2B−1 [NULL × CAPTION_LEN][BOI]. Both halves have the
-    same length, so BOI and every image token sit at the same position in all rows and one KV
-    cache serves both."""
-    caption_ids = _validate.tensor(
-        "caption_ids", caption_ids, shape=("B", ar.CAPTION_LEN), dtype=torch.long
-    )
-    b = len(caption_ids)
-    prompts = torch.cat([caption_ids, ar.null_prompt(b).to(caption_ids.device)])  # (2B, L)
-    boi = torch.full((2 * b, 1), ar.BOI, dtype=torch.long, device=caption_ids.device)
-    return torch.cat([prompts, boi], dim=1)
-
-
 @torch.no_grad()
 def generate(
     model: nn.Module,
@@ -296,99 +268,3 @@ def generate(
             seq = torch.cat([seq, token[:, None]], dim=1)
             logits = model(seq)[:, -1]  # the whole prefix again
     return torch.stack(out, dim=1)
-
-
-def ids_to_codes(ids: torch.Tensor) -> torch.Tensor:
-    """Generated image ids (B, 64) in the joint vocabulary → tokenizer codes (B, 8, 8) in
-    [0, 512): remove IMAGE_OFFSET, then restore the raster order's 8×8 grid."""
-    ids = _validate.tensor("ids", ids, shape=("B", ar.IMAGE_LEN), dtype=torch.long)
-    codes = ids - ar.IMAGE_OFFSET
-    if codes.numel() and not bool(((codes >= 0) & (codes < ar.CODES)).all()):
-        raise ValueError(
-            f"ids must be image ids in [{ar.IMAGE_OFFSET}, {ar.VOCAB_SIZE}), got values in "
-            f"[{ids.min().item()}, {ids.max().item()}]"
-        )
-    return codes.view(-1, ar.GRID, ar.GRID)
-
-
-@torch.no_grad()
-def generate_images(
-    model: nn.Module,
-    tokenizer: nn.Module,
-    captions: Sequence[str],
-    *,
-    scale: float = 3.0,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    plausibility: float | None = None,
-    seed: int = 0,
-    use_cache: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One image per caption → (images (N, 3, 32, 32) in [0, 1] on the CPU, image ids (N, 64)):
-    the 64 image ids sampled after [caption][BOI] with guidance `scale` (cond and uncond rows
-    in one batch), restricted to the image range (and to the conditional model's plausible ids
-    when `plausibility` is given), then decoded by the tokenizer."""
-    param = next(model.parameters())
-    prompts = guidance_prompts(ar.encode_captions(list(captions)).to(param.device))
-    b = len(prompts) // 2
-    ids = generate(
-        model,
-        prompts[:b],
-        ar.IMAGE_LEN,
-        uncond_prompt=prompts[b:],
-        scale=scale,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        plausibility=plausibility,
-        allowed=(ar.IMAGE_OFFSET, ar.VOCAB_SIZE),
-        generator=torch.Generator().manual_seed(seed),
-        use_cache=use_cache,
-    )
-    codes = ids_to_codes(ids).to(next(tokenizer.parameters()).device)
-    return tokenizer.decode(codes).cpu(), ids.cpu()
-
-
-def faithfulness(
-    model: nn.Module,
-    tokenizer: nn.Module,
-    judge: nn.Module,
-    *,
-    per_caption: int = 2,
-    scale: float = 3.0,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    plausibility: float | None = None,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Judge faithfulness of `per_caption` images for each of the 90 captions → {"color",
-    "shape", "position", "all"} in [0, 1], plus "diversity" (see `diversity`)."""
-    per_caption = _validate.positive_int("per_caption", per_caption)
-    captions = all_captions() * per_caption  # caption-major blocks of 90
-    images, _ = generate_images(
-        model, tokenizer, captions, scale=scale, temperature=temperature, top_k=top_k,
-        top_p=top_p, plausibility=plausibility, seed=seed,
-    )  # fmt: skip
-    scores = judge.score(images.to(next(judge.parameters()).device), captions)
-    if per_caption > 1:
-        scores["diversity"] = diversity(images, per_caption)
-    return scores
-
-
-def diversity(images: torch.Tensor, per_caption: int) -> float:
-    """Mean pairwise RMS pixel distance between images of the same caption; images (R·C, 3, H, W)
-    hold R = per_caption repeats of the same C captions (caption i at rows i, C + i, …). 0 means
-    every caption always gives the same image."""
-    images = _validate.tensor("images", images, shape=("N", 3, None, None), floating=True)
-    per_caption = _validate.positive_int("per_caption", per_caption)
-    if per_caption < 2 or len(images) % per_caption:
-        raise ValueError(
-            f"need ≥ 2 images per caption and N divisible by per_caption, got N = {len(images)}, "
-            f"per_caption = {per_caption}"
-        )
-    x = images.reshape(per_caption, len(images) // per_caption, -1).transpose(0, 1)  # (C, R, P)
-    d = torch.cdist(x.float(), x.float()) / x.shape[-1] ** 0.5  # (C, R, R) RMS distances
-    pairs = per_caption * (per_caption - 1)
-    return (d.sum() / (len(x) * pairs)).item()

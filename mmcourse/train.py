@@ -22,17 +22,9 @@ import argparse
 
 import torch
 
-from mmcourse import (
-    recipes,
-    transfusion,
-    unified,
-)
+from mmcourse import recipes
 
-TARGETS = {
-    **recipes.REBUILDS,
-    "unified": lambda seed: print(unified.rebuild(seed)),
-    "transfusion": lambda seed: print(transfusion.rebuild(seed)),
-}
+TARGETS = {**recipes.REBUILDS}
 
 
 def main(argv: list[str] | None = None) -> None:

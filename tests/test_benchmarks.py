@@ -347,10 +347,12 @@ def test_timers_on_the_cpu_time_as_before(synchronizations):
 
 def test_ar_timings_keep_every_tensor_on_the_device(device, monkeypatch):
     ar_bench = _benchmark("ar")
-    from mmcourse import ar, diffusion
+    from mmcourse import ar, recipes
     from mmcourse.data import all_captions
+    from mmcourse.recipes import diffusion as diffusion_recipe
 
-    model, gen = ar.load_ar(device=device), diffusion.load_diffusion(device=device)
+    model = recipes.load("ar", device=device)
+    gen = diffusion_recipe.load_generator(device=device)
     prompts = ar_bench._prompts(all_captions()[:2], device)
     monkeypatch.setattr(ar, "IMAGE_LEN", 4)  # separate guidance over 4 tokens, not 64
     with PlacementAudit():
@@ -360,9 +362,9 @@ def test_ar_timings_keep_every_tensor_on_the_device(device, monkeypatch):
 
 
 def test_diffusion_and_vit_timings_keep_every_tensor_on_the_device(device, monkeypatch):
-    from mmcourse import diffusion
+    from mmcourse.recipes import diffusion as diffusion_recipe
 
-    gen = diffusion.load_diffusion(device=device)
+    gen = diffusion_recipe.load_generator(device=device)
     vit_bench = _benchmark("vit")
     monkeypatch.setattr(vit_bench, "SIZE", 32)  # the same code on a small image
     with PlacementAudit():

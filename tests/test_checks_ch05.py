@@ -433,7 +433,7 @@ def _prompts_fixed_batch(caption_ids):
 
 
 def test_prompts_references_pass(capsys):
-    passes(ch05.check_guidance_prompts, sampling.guidance_prompts, capsys, "5.7")
+    passes(ch05.check_guidance_prompts, ar.guidance_prompts, capsys, "5.7")
     passes(ch05.check_guidance_prompts, _prompts, capsys, "5.7")
 
 
@@ -638,7 +638,7 @@ def _codes_fixed_batch(ids):
 
 
 def test_codes_references_pass(capsys):
-    passes(ch05.check_ids_to_codes, sampling.ids_to_codes, capsys, "5.9")
+    passes(ch05.check_ids_to_codes, ar.ids_to_codes, capsys, "5.9")
     passes(ch05.check_ids_to_codes, _codes, capsys, "5.9")
 
 
@@ -672,9 +672,9 @@ _REFERENCES = [
     (ch05.check_restrict_range, sampling.restrict_range),
     (ch05.check_process_logits, sampling.process_logits),
     (ch05.check_cfg_logits, sampling.cfg_logits),
-    (ch05.check_guidance_prompts, sampling.guidance_prompts),
+    (ch05.check_guidance_prompts, ar.guidance_prompts),
     (ch05.check_cached_attention, transformer.cached_attention),
-    (ch05.check_ids_to_codes, sampling.ids_to_codes),
+    (ch05.check_ids_to_codes, ar.ids_to_codes),
 ]
 
 

@@ -1,6 +1,7 @@
 """mmcourse.diffusion: schedules, the forward process, exact DDPM/DDIM steps (checked against
 what they must invert), the strided DDIM schedule, classifier-free guidance in one batched
-forward, deterministic training, clear errors, and the shipped model meeting the bar."""
+forward, clear errors; mmcourse.recipes.diffusion: deterministic training and the shipped
+models meeting the bar."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmcourse import checkpoints, diffusion, recipes
-from mmcourse.tokenizer import load_tokenizer
+from mmcourse.recipes import diffusion as diffusion_recipe
 from mmcourse.unet import NULL, UNet
 
 shapes = st.lists(st.integers(0, 5), min_size=0, max_size=5).map(tuple)
@@ -198,11 +199,11 @@ def test_drop_labels():
 
 
 def test_training_is_deterministic_and_learns():
-    x0, labels = diffusion.shapes_data(n=256, seed=3)
+    x0, labels = diffusion_recipe.shapes_data(n=256, seed=3)
 
     def train():
         config = {"channels": (16, 32)}
-        return diffusion.train_diffusion(
+        return diffusion_recipe.train_diffusion(
             x0, labels, config=config, steps=40, batch=32, progress=False, device="cpu"
         )
 
@@ -289,7 +290,7 @@ def test_steps_name_bad_timesteps_and_eta(t, t_next, eta):
 
 def test_steps_name_wrong_types_and_shapes():
     x, alpha_bar = torch.zeros(1, 3, 4, 4), diffusion.linear_schedule(10)
-    with pytest.raises(TypeError, match="^t must be an int timestep"):
+    with pytest.raises(TypeError, match="^t must be an int"):
         diffusion.ddpm_step(x, x, 2.0, alpha_bar, x)
     with pytest.raises(ValueError, match="^noise must have the shape of x"):
         diffusion.ddpm_step(x, x, 2, alpha_bar, x[:, :1])
@@ -303,23 +304,23 @@ def test_steps_name_wrong_types_and_shapes():
         diffusion.ddim_sample(UNet(channels=(8, 8)), torch.zeros(2, 2, dtype=torch.long), alpha_bar)
 
 
-# --- the shipped model -------------------------------------------------------------------------
+# --- the shipped models ------------------------------------------------------------------------
 
 
 def test_missing_checkpoint_names_the_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m mmcourse.train diffusion"):
-        diffusion.load_diffusion(tmp_path / "nope.pt")
+        diffusion_recipe.load_generator(path=tmp_path / "nope.pt")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(checkpoints.CheckpointError, match="python -m mmcourse.train diffusion"):
-        diffusion.load_diffusion(tmp_path / "bad.pt")
+        diffusion_recipe.load_generator(path=tmp_path / "bad.pt")
 
 
 def test_shipped_model_meets_the_bar():
     """The bar (judge faithfulness ≥ 80 %) on every caption twice (180 samples), DDIM 50 at
     guidance 3, as the notebook and the benchmark measure it."""
-    gen = diffusion.load_diffusion(device="cpu")
-    labels = diffusion.caption_labels(2)
-    scores, images = diffusion.faithfulness(
+    gen = diffusion_recipe.load_generator(device="cpu")
+    labels = diffusion_recipe.caption_labels(2)
+    scores, images = diffusion_recipe.faithfulness(
         gen, recipes.load("judge", device="cpu"), labels, guidance=3.0
     )
     assert images.shape == (180, 3, 32, 32)
@@ -328,15 +329,29 @@ def test_shipped_model_meets_the_bar():
 
 def test_shipped_latent_model_samples_faithfully():
     """The latent model, decoded by the tokenizer: every caption once, DDIM 20, guidance 3."""
-    gen = diffusion.load_diffusion(diffusion.LATENT_PATH, device="cpu")
+    gen = diffusion_recipe.load_generator("diffusion_latent", device="cpu")
     assert gen.latent_scale is not None and gen.model.in_channels == 16
-    tokenizer = load_tokenizer(device="cpu")
-    scores, images = diffusion.faithfulness(
+    tokenizer = recipes.load("tokenizer", device="cpu")
+    scores, images = diffusion_recipe.faithfulness(
         gen,
         recipes.load("judge", device="cpu"),
-        diffusion.caption_labels(1),
+        diffusion_recipe.caption_labels(1),
         steps=20,
         tokenizer=tokenizer,
     )
     assert images.shape == (90, 3, 32, 32)
     assert scores["all"] >= 0.80, scores
+
+
+def test_the_generator_carries_the_schedule_and_the_latent_scale():
+    pixel = diffusion_recipe.load_generator(device="cpu")
+    assert pixel.latent_scale is None and torch.equal(pixel.alpha_bar, diffusion.linear_schedule())
+    assert not pixel.model.training and pixel.model.in_channels == 3
+    latent = diffusion_recipe.load_generator("diffusion_latent", device="cpu")
+    _, config = diffusion_recipe.WEIGHTS["diffusion_latent"].load_with_config(device="cpu")
+    assert latent.latent_scale == config["latent_scale"] and config["schedule"] == "linear"
+
+
+def test_the_diffusion_targets_are_the_recipes_rebuilds():
+    assert recipes.REBUILDS["diffusion"] is diffusion_recipe.rebuild
+    assert recipes.REBUILDS["ddpm_samples"] is diffusion_recipe.rebuild_ddpm_samples

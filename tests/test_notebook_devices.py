@@ -50,8 +50,8 @@ TRAINERS = {
     "lambda_sweep", "ratio_sweep",
 }  # fmt: skip
 TRAINED = TRAINERS | {
-    "load_tokenizer", "load_video_tokenizer", "load_judge", "load_diffusion", "load_ar",
-    "load_unified", "load_transfusion", "load_vit_digits", "load_clip", "load_captioner", "load",
+    "load_tokenizer", "load_video_tokenizer", "load_judge", "load_generator",
+    "load_unified", "load_transfusion", "load",
     "course_latents", "course_data", "shapes_sequences", "encode_images", "encode_latents",
     "held_out", "evaluate", "faithfulness",
 }  # fmt: skip
@@ -231,7 +231,7 @@ def _findings(source: str, checked: bool = False, earlier: str = "") -> list[str
 @pytest.mark.parametrize(
     "source",
     [
-        "live = ar.train_ar(seqs, steps=200, batch=32, seed=0)",  # the model stays on the CPU
+        "live = ar_recipe.train_ar(seqs, steps=200, batch=32, seed=0)",  # the model stays on CPU
         'tok = recipes.load("tokenizer", device="cpu")',
         'demo = recipes.tokenizer.train_tokenizer(seed=0, device="cpu")',
         'model = tf.load_transfusion(device="cpu")',
@@ -250,7 +250,7 @@ def test_placement_rules_catch_the_gpu_bugs(source):
 @pytest.mark.parametrize(
     "source",
     [
-        "live = ar.train_ar(seqs, steps=200, batch=batch, seed=0, device=device)",
+        "live = ar_recipe.train_ar(seqs, steps=200, batch=batch, seed=0, device=device)",
         'tok = recipes.load("tokenizer", device=device)',
         "images = tokenizer.decode(codes).cpu()",  # results come back for a figure
         "with env.compute_threads(device):\n    run()",
@@ -340,9 +340,11 @@ def test_image_and_video_tokenizers_train_on_the_course_device(device, one_threa
 
 def test_diffusion_and_ar_train_on_the_course_device(device, one_thread):
     from mmcourse import ar, diffusion
+    from mmcourse.recipes import ar as ar_recipe
+    from mmcourse.recipes import diffusion as diffusion_recipe
 
-    x0, labels = diffusion.shapes_data(n=32, seed=3)
-    r = diffusion.train_diffusion(x0, labels, config={"channels": (8, 16)}, steps=3, batch=4,
+    x0, labels = diffusion_recipe.shapes_data(n=32, seed=3)
+    r = diffusion_recipe.train_diffusion(x0, labels, config={"channels": (8, 16)}, steps=3, batch=4,
                                   progress=False, device=device)  # fmt: skip
     assert _on(r.model, device) and _finite(r.losses) and len(r.losses) == 3
     x = diffusion.ddim_sample(r.model, labels[:2], diffusion.linear_schedule(), steps=2,
@@ -351,8 +353,8 @@ def test_diffusion_and_ar_train_on_the_course_device(device, one_thread):
     g = torch.Generator().manual_seed(0)
     codes = torch.randint(ar.CODES, (16, 8, 8), generator=g)
     seqs = ar.make_sequences(ar.encode_captions(["a red circle in the top left"] * 16), codes)
-    r = ar.train_ar(seqs, config=ar.default_config(n_layer=1, d_model=16, n_head=2), steps=3,
-                    batch=4, progress=False, device=device)  # fmt: skip
+    r = ar_recipe.train_ar(seqs, config=ar.default_config(n_layer=1, d_model=16, n_head=2),
+                           steps=3, batch=4, progress=False, device=device)  # fmt: skip
     assert _on(r.model, device) and _finite(r.losses)
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcourse import diffusion, fusion, patches, sampling, transformer, video, vocab, vq
+from mmcourse import ar, diffusion, fusion, patches, sampling, transformer, video, vocab, vq
 from mmcourse.checks import ch01, ch03, ch04, ch05, ch06, ch07, ch08
 from mmcourse.checks._placement import HostTensorMixed, PlacementAudit, is_host
 from mmcourse.env import normalize_device, same_device
@@ -126,9 +126,9 @@ INPUT_MISTAKE = [
     (ch05.check_restrict_range, sampling.restrict_range),
     (ch05.check_process_logits, sampling.process_logits),
     (ch05.check_cfg_logits, sampling.cfg_logits),
-    (ch05.check_guidance_prompts, sampling.guidance_prompts),
+    (ch05.check_guidance_prompts, ar.guidance_prompts),
     (ch05.check_cached_attention, transformer.cached_attention),
-    (ch05.check_ids_to_codes, sampling.ids_to_codes),
+    (ch05.check_ids_to_codes, ar.ids_to_codes),
     (ch06.check_patchify_3d, video.patchify_3d),
     (ch06.check_causal_pad, video.causal_pad),
     (ch06.check_temporal_upsample, video.temporal_upsample),

@@ -1,4 +1,4 @@
-"""mmcourse.sampling: the logit filters, guidance, the KV-cache loop and its measurements."""
+"""mmcourse.sampling: the logit filters, guidance and the KV-cache loop (on the Shapes layout)."""
 
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def test_plausibility_filter_keeps_what_the_conditional_model_finds_plausible():
 
 def test_plausibility_at_scale_one_is_truncation_of_the_conditional_model():
     model = _tiny_gpt()
-    prompts = sampling.guidance_prompts(ar.encode_captions(["a red circle in the center"] * 64))
+    prompts = ar.guidance_prompts(ar.encode_captions(["a red circle in the center"] * 64))
     cond_prompts, uncond_prompts = prompts[:64], prompts[64:]
     image = (ar.IMAGE_OFFSET, ar.VOCAB_SIZE)
     with torch.no_grad():
@@ -150,7 +150,7 @@ def test_plausibility_at_scale_one_is_truncation_of_the_conditional_model():
 
 def test_kv_cache_and_recompute_give_identical_tokens():
     model = _tiny_gpt()
-    prompts = sampling.guidance_prompts(ar.encode_captions(["a red circle in the center"] * 3))
+    prompts = ar.guidance_prompts(ar.encode_captions(["a red circle in the center"] * 3))
     kwargs = {
         "uncond_prompt": prompts[3:], "scale": 3.0, "top_p": 0.9, "plausibility": 0.05,
         "allowed": (ar.IMAGE_OFFSET, ar.VOCAB_SIZE),
@@ -165,7 +165,7 @@ def test_kv_cache_and_recompute_give_identical_tokens():
 
 def test_guided_rows_are_independent_of_batch_company():
     model = _tiny_gpt()
-    prompts = sampling.guidance_prompts(ar.encode_captions(["a red circle in the center"] * 2))
+    prompts = ar.guidance_prompts(ar.encode_captions(["a red circle in the center"] * 2))
     g = torch.Generator().manual_seed(0)
     both = sampling.generate(model, prompts[:2], 8, uncond_prompt=prompts[2:], scale=2.0,
                              generator=g)  # fmt: skip
@@ -175,7 +175,7 @@ def test_guided_rows_are_independent_of_batch_company():
 
 def test_scale_one_skips_the_unconditional_half():
     model = _tiny_gpt()
-    prompts = sampling.guidance_prompts(ar.encode_captions(["a red circle in the center"]))
+    prompts = ar.guidance_prompts(ar.encode_captions(["a red circle in the center"]))
     a = sampling.generate(model, prompts[:1], 6, uncond_prompt=prompts[1:], scale=1.0)
     b = sampling.generate(model, prompts[:1], 6)
     assert torch.equal(a, b)
@@ -186,24 +186,6 @@ def test_misaligned_unconditional_prompt_is_refused():
     prompt = torch.full((2, 8), ar.BOI)
     with pytest.raises(ValueError, match=r"^uncond_prompt must have shape \(2, 8\)"):
         sampling.generate(model, prompt, 4, uncond_prompt=torch.full((2, 1), ar.BOI), scale=2.0)
-
-
-def test_ids_to_codes_refuses_ids_outside_the_image_range():
-    with pytest.raises(ValueError, match=r"^ids must be image ids in \[21, 533\)"):
-        sampling.ids_to_codes(torch.zeros(1, 64, dtype=torch.long))
-    codes = sampling.ids_to_codes(torch.arange(64)[None] + ar.IMAGE_OFFSET)
-    assert codes.shape == (1, 8, 8) and codes[0, 1, 0].item() == 8
-
-
-def test_diversity():
-    images = torch.rand(6, 3, 4, 4, generator=torch.Generator().manual_seed(0))
-    assert sampling.diversity(images[:3].repeat(2, 1, 1, 1), 2) == pytest.approx(0.0, abs=1e-6)
-    assert sampling.diversity(images, 2) > 0.1
-    with pytest.raises(ValueError, match="need ≥ 2 images per caption"):
-        sampling.diversity(images, 4)
-
-
-# --- input validation ----------------------------------------------------------------------------
 
 
 @settings(max_examples=40, deadline=None)
@@ -241,76 +223,9 @@ def test_other_bad_arguments():
         sampling.top_p_filter(torch.zeros(2, 3, dtype=torch.long), 0.5)
     with pytest.raises(ValueError, match=r"^uncond must have shape \(4, 20\)"):
         sampling.cfg_logits(_logits(), _logits()[:2], 2.0)
-    with pytest.raises(ValueError, match=r"^plausibility must be a number in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"^plausibility must be in \(0, 1\]"):
         sampling.plausibility_filter(_logits(), _logits(), 0.0)
     with pytest.raises(ValueError, match=r"^cond must have shape \(4, 20\)"):
         sampling.plausibility_filter(_logits(), _logits()[:2], 0.5)
-    with pytest.raises(ValueError, match=r"^plausibility must be a number in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"^plausibility must be in \(0, 1\]"):
         sampling.generate(_tiny_gpt(), torch.full((1, 8), ar.BOI), 2, plausibility=1.5)
-    with pytest.raises(ValueError, match=r"^caption_ids must have shape \(B, 7\)"):
-        sampling.guidance_prompts(torch.zeros(2, 6, dtype=torch.long))
-
-
-# --- the shipped model ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def shipped():
-    from mmcourse import recipes
-    from mmcourse.tokenizer import load_tokenizer
-
-    return (
-        ar.load_ar(device="cpu"),
-        load_tokenizer(device="cpu"),
-        recipes.load("judge", device="cpu"),
-    )
-
-
-def test_shipped_model_kv_cache_matches_recompute(shipped, one_thread):
-    model, tokenizer, _ = shipped
-    captions = ["a red circle in the top left", "a blue triangle in the center"]
-    a, ids_a = sampling.generate_images(model, tokenizer, captions, scale=3.0, seed=1)
-    b, ids_b = sampling.generate_images(model, tokenizer, captions, scale=3.0, seed=1,
-                                        use_cache=False)  # fmt: skip
-    assert torch.equal(ids_a, ids_b) and torch.equal(a, b)
-    assert a.shape == (2, 3, 32, 32) and float(a.min()) >= 0 and float(a.max()) <= 1
-
-
-def test_shipped_model_faithfulness_and_guidance(shipped, one_thread):
-    """Judge faithfulness at temperature 1 (180 samples) is ≥ 85 % with light guidance; scale 0
-    ignores the caption (the unconditional branch); on the looser τ = 1.6 sampler guidance helps."""
-    model, tokenizer, judge = shipped
-    assert sampling.faithfulness(model, tokenizer, judge, scale=1.5)["all"] >= 0.85
-    assert sampling.faithfulness(model, tokenizer, judge, scale=0.0)["all"] < 0.1
-    hot = {s: sampling.faithfulness(model, tokenizer, judge, scale=s, temperature=1.6)["all"]
-           for s in (1.0, 1.5)}  # fmt: skip
-    assert hot[1.5] > hot[1.0]
-
-
-def test_early_checkpoint_needs_guidance_more_than_the_final_model(shipped, one_thread):
-    """The early checkpoint of the same run (ar.EARLY_STEPS steps) is clearly less faithful
-    without guidance than the final model, and guidance at s = 2 adds ≥ 10 points to it."""
-    model, tokenizer, judge = shipped
-    early = ar.load_ar(ar.EARLY_PATH, device="cpu")
-    s1, s2 = (sampling.faithfulness(early, tokenizer, judge, scale=s)["all"] for s in (1.0, 2.0))
-    assert s1 < sampling.faithfulness(model, tokenizer, judge, scale=1.0)["all"] - 0.1
-    assert s2 >= s1 + 0.1 and s2 >= 0.85
-
-
-def test_noisy_caption_model_is_where_guidance_earns_its_keep(shipped, one_thread):
-    """The same recipe on 30 % mismatched captions (data/ar_shapes_noisy.pt) follows its caption
-    far less often unguided than the final model; guidance adds ≥ 15 points to plain sampling,
-    and with the plausibility constraint (α = 0.1, the same α at s = 1) it reaches ≥ 85 %.
-    Measured on these 180 samples (seed 0, 2026-12-04): the final model 93 % at s = 1; the noisy
-    one plain 41 % → 83 % at s = 2.5, with α = 0.1 53 % → 92 % at s = 4."""
-    model, tokenizer, judge = shipped
-    noisy = ar.load_ar(ar.NOISY_PATH, device="cpu")
-
-    def score(net, scale, alpha=None):
-        return sampling.faithfulness(net, tokenizer, judge, scale=scale, plausibility=alpha)["all"]
-
-    plain_s1 = score(noisy, 1.0)
-    assert plain_s1 < score(model, 1.0) - 0.3
-    assert score(noisy, 2.5) >= plain_s1 + 0.15
-    plausible_s1, plausible_s4 = score(noisy, 1.0, 0.1), score(noisy, 4.0, 0.1)
-    assert plausible_s4 >= plausible_s1 + 0.15 and plausible_s4 >= 0.85

@@ -459,7 +459,7 @@ def check_cfg_logits(check: Check) -> None:
 # ------------------------------------------------------ Exercise 5.7: the guided batch prompts
 
 
-@exercise("5.7", "prompts of a guided batch", references=(sampling.guidance_prompts,))
+@exercise("5.7", "prompts of a guided batch", references=(ar.guidance_prompts,))
 def check_guidance_prompts(check: Check) -> None:
     """Exercise 5.7: guidance_prompts(caption_ids (B, CAPTION_LEN)) -> (2B, CAPTION_LEN + 1):
     [caption][BOI] rows, then [NULL × CAPTION_LEN][BOI] rows."""
@@ -468,7 +468,7 @@ def check_guidance_prompts(check: Check) -> None:
                 "in the bottom right"]  # fmt: skip
     ids = ar.encode_captions(captions).to(dev)
     got = call(check, ids)
-    expected = sampling.guidance_prompts(ids)
+    expected = ar.guidance_prompts(ids)
     check.that(
         isinstance(got, torch.Tensor) and got.shape == expected.shape,
         "3 captions give 6 prompts of the same length",
@@ -507,7 +507,7 @@ def check_guidance_prompts(check: Check) -> None:
     one = ids[1:2]
     check.equal(
         call(check, one),
-        sampling.guidance_prompts(one),
+        ar.guidance_prompts(one),
         "one caption gives 2 prompts: [caption][BOI], then [NULL × 7][BOI]",
         hint="build the halves from the batch that comes in (len(caption_ids) rows, e.g. "
         "torch.full_like(caption_ids, ar.NULL)), not for a fixed batch size",
@@ -672,7 +672,7 @@ def check_cached_attention(check: Check) -> None:
 # -------------------------------------------------- Exercise 5.9: image ids → tokenizer codes
 
 
-@exercise("5.9", "remove the vocabulary offset", references=(sampling.ids_to_codes,))
+@exercise("5.9", "remove the vocabulary offset", references=(ar.ids_to_codes,))
 def check_ids_to_codes(check: Check) -> None:
     """Exercise 5.9: ids_to_codes(ids (B, 64)) -> codes (B, 8, 8) in [0, 512)."""
     g, dev = seeded(59), check.device

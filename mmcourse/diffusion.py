@@ -243,16 +243,6 @@ def to_images(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)
 
 
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, step: int, decay: float) -> None:
-    """θ_ema ← d θ_ema + (1 − d) θ after optimizer step `step` (0-based), with
-    d = min(decay, (1 + step) / (10 + step)): a short memory at the start, so the average does
-    not drag the random initial weights along."""
-    d = min(decay, (1 + step) / (10 + step))
-    for p_ema, p in zip(ema.parameters(), model.parameters()):
-        p_ema.lerp_(p, 1 - d)
-
-
 # ------------------------------------------------------------------------- latent diffusion
 
 

@@ -16,7 +16,7 @@ from mmcourse.data import ShapesDataset, all_captions
 from mmcourse.env import device as default_device
 from mmcourse.env import one_thread, to_device
 from mmcourse.fusion import CLIP, Captioner, caption_exact_match, encode_captions, retrieval_top1
-from mmcourse.recipes.vit import fit
+from mmcourse.recipes import vit as vit_recipe
 from mmcourse.trainer import TrainResult
 from mmcourse.vit import ViT
 
@@ -74,7 +74,7 @@ def train_clip(
     images, ids = data.images.to(dev), encode_captions(data.captions).to(dev)  # (n, L) ids
     model = CLIP(**config).to(dev)
     draw = _distinct_caption_batches(data, batch, g)
-    return fit(
+    return vit_recipe.fit(
         model,
         lambda idx: model.loss(images[idx], ids[idx]),
         lambda: to_device(draw(), dev),
@@ -103,7 +103,7 @@ def train_captioner(
     data = ShapesDataset(n=n_images, seed=0)
     images, ids = data.images.to(dev), encode_captions(data.captions).to(dev)
     model = Captioner(vision, **config).to(dev)
-    return fit(
+    return vit_recipe.fit(
         model,
         lambda idx: model.loss(images[idx], ids[idx]),
         lambda: to_device(torch.randint(len(data), (batch,), generator=g), dev),

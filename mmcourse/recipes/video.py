@@ -16,7 +16,7 @@ from mmcourse.checkpoints import Weights
 from mmcourse.data.moving import MovingShapesDataset
 from mmcourse.env import device as default_device
 from mmcourse.env import one_thread
-from mmcourse.recipes.tokenizer import fit_vqvae
+from mmcourse.recipes import tokenizer as tokenizer_recipe
 from mmcourse.trainer import TrainResult
 from mmcourse.video import VideoVQVAE, check_clips, video_psnr
 from mmcourse.vq import code_usage, perplexity
@@ -77,7 +77,9 @@ def train_video_tokenizer(
     def next_batch() -> torch.Tensor:
         return _augment(data[torch.randint(len(data), (batch,), generator=g, device=dev)], g)
 
-    return fit_vqvae(model, next_batch, steps, lr, restart_every, g, log, log_every, progress)
+    return tokenizer_recipe.fit_vqvae(
+        model, next_batch, steps, lr, restart_every, g, log, log_every, progress
+    )
 
 
 def held_out_clips(n: int = 500) -> torch.Tensor:

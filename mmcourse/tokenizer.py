@@ -10,8 +10,8 @@ minimises (van den Oord et al. 2017)
     L = ‖x − x̂‖² + β‖z_e − sg(e)‖²
 
 with an EMA codebook (so no codebook loss). `VQVAE` is chapter 02's case of
-`mmcourse.autoencoder.VQAutoencoder`; the blocks here (`group_norm`, `ResBlock`, `psnr`) serve
-chapter 06's video tokenizer and the diffusion U-Net too.
+`mmcourse.autoencoder.VQAutoencoder`; its blocks (`group_norm`, `ResBlock`) and `psnr` serve
+chapter 06's video tokenizer too, and `group_norm` the diffusion U-Net.
 
 Training (k-means codebook start, dead-code restarts, recoloured images and random blobs), the
 evaluation and the rebuild of data/tokenizer.pt live in `mmcourse.recipes.tokenizer`; later

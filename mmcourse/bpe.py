@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from mmcourse import _validate
+from mmcourse.data import COLORS, DIRECTIONS, SHAPES, all_captions, make_motion_caption
 
 __all__ = [
     "BPE",
@@ -162,8 +163,6 @@ def train_bpe(corpus: Sequence[str], num_merges: int = NUM_MERGES) -> BPE:
 def course_corpus() -> list[str]:
     """The captions the course's tokenizer learns from: the 90 Shapes captions and the 72
     moving-shapes captions, each once, in grammar order."""
-    from mmcourse.data import COLORS, DIRECTIONS, SHAPES, all_captions, make_motion_caption
-
     motion = [make_motion_caption(c, s, d) for c in COLORS for s in SHAPES for d in DIRECTIONS]
     return all_captions() + motion
 

@@ -41,7 +41,8 @@ import mmcourse
 from mmcourse import recipes, transfusion, unified
 from mmcourse.data import ShapesDataset, all_captions
 from mmcourse.env import compute_threads
-from mmcourse.tokenizer import load_tokenizer
+from mmcourse.recipes import transfusion as tf_recipe
+from mmcourse.recipes import unified as unified_recipe
 
 PER_CAPTION = 2
 SCALES = (1.0, 2.0, 5.0)  # besides transfusion.GUIDANCE
@@ -58,51 +59,51 @@ def run() -> dict[str, float | int | str]:
     retrain = not on_gpu(dev)
     with compute_threads(dev):
         results: dict[str, float | int | str] = {}
-        model = transfusion.load_transfusion(device=dev)
-        ch07 = unified.load_unified(device=dev)
-        judge, tokenizer = recipes.load("judge", device=dev), load_tokenizer(device=dev)
-        held = transfusion.held_out(500)
-        results |= transfusion.evaluate(model, per_caption=PER_CAPTION, held=held)
+        model, scale = tf_recipe.load_with_scale(device=dev)
+        ch07 = recipes.load("unified", device=dev)
+        judge, tokenizer = recipes.load("judge", device=dev), recipes.load("tokenizer", device=dev)
+        decode = {"tokenizer": tokenizer, "scale": scale}
+        held = tf_recipe.held_out(500)
+        results |= tf_recipe.evaluate(model, per_caption=PER_CAPTION, held=held, scale=scale)
         captions = all_captions() * PER_CAPTION
         for s in SCALES:
-            images, _ = transfusion.generate_images(model, captions, guidance=s,
-                                                    tokenizer=tokenizer)  # fmt: skip
+            images, _ = transfusion.generate_images(model, captions, guidance=s, **decode)
             results[f"caption_to_image_judge_s{s:g}"] = judge.score(images, captions)["all"]
-        ch07_scores = unified.evaluate(ch07, per_caption=PER_CAPTION, n_captions=500)
+        ch07_scores = unified_recipe.evaluate(ch07, per_caption=PER_CAPTION, n_captions=500)
         results |= {f"ch07_{k}": v for k, v in ch07_scores.items()}
 
-        results["train_steps"] = transfusion.TRAIN_STEPS
-        results["ch07_train_steps"] = unified.TRAIN_STEPS
-        results["positions_per_step"] = transfusion.positions_per_step(transfusion.BATCH_SIZE)
-        results["ch07_positions_per_step"] = unified.positions_per_step()
+        results["train_steps"] = tf_recipe.TRAIN_STEPS
+        results["ch07_train_steps"] = unified_recipe.TRAIN_STEPS
+        results["positions_per_step"] = tf_recipe.positions_per_step(tf_recipe.BATCH_SIZE)
+        results["ch07_positions_per_step"] = unified_recipe.positions_per_step()
         results["budget_ratio"] = results["positions_per_step"] / results["ch07_positions_per_step"]
 
         if retrain:
-            latents, _ = transfusion.course_latents()
+            latents, _ = tf_recipe.course_latents()
             train_captions = ShapesDataset(n=20_000, seed=0).captions
         for prefix, batch, separate in (
             ("batch32", 32, False),
-            ("mot", transfusion.BATCH_SIZE, True),
+            ("mot", tf_recipe.BATCH_SIZE, True),
         ):
             if not retrain:
                 results[f"{prefix}_caption_to_image_judge"] = RETRAIN_SKIPPED
                 results[f"{prefix}_image_to_caption_exact"] = RETRAIN_SKIPPED
                 continue
-            run = transfusion.train_transfusion(
-                latents, train_captions, steps=transfusion.TRAIN_STEPS, batch_size=batch,
+            run = tf_recipe.train_transfusion(
+                latents, train_captions, steps=tf_recipe.TRAIN_STEPS, batch_size=batch,
                 separate_mlp=separate, progress=False, device=dev,
             )  # fmt: skip
-            scores = transfusion.evaluate(run.model, per_caption=PER_CAPTION, held=held)
+            scores = tf_recipe.evaluate(run.model, per_caption=PER_CAPTION, held=held)
             results[f"{prefix}_caption_to_image_judge"] = scores["caption_to_image_judge"]
             results[f"{prefix}_image_to_caption_exact"] = scores["image_to_caption_exact"]
-        results["batch32_positions_per_step"] = transfusion.positions_per_step(32)
+        results["batch32_positions_per_step"] = tf_recipe.positions_per_step(32)
         results["params"] = sum(p.numel() for p in model.parameters())
         mot = run.model if retrain else _untrained_mot(model.patch_dim)
         results["mot_params"] = sum(p.numel() for p in mot.parameters())
 
         once = all_captions()
         tf_s = best_seconds(
-            lambda: transfusion.generate_images(model, once, tokenizer=tokenizer), REPEATS, dev=dev
+            lambda: transfusion.generate_images(model, once, **decode), REPEATS, dev=dev
         )
         ch07_s = best_seconds(
             lambda: unified.generate_images(ch07, once, tokenizer=tokenizer), REPEATS, dev=dev
@@ -110,13 +111,12 @@ def run() -> dict[str, float | int | str]:
         results["ms_per_image"] = 1000 * tf_s / len(once)
         results["ch07_ms_per_image"] = 1000 * ch07_s / len(once)
         for steps in EQUAL_STEPS:  # the fewest DDIM steps as faithful as chapter 07's model
-            images, _ = transfusion.generate_images(model, captions, steps=steps,
-                                                    tokenizer=tokenizer)  # fmt: skip
+            images, _ = transfusion.generate_images(model, captions, steps=steps, **decode)
             judged = judge.score(images, captions)["all"]
             if judged >= results["ch07_caption_to_image_judge"]:
                 break
         few_s = best_seconds(
-            lambda: transfusion.generate_images(model, once, steps=steps, tokenizer=tokenizer),
+            lambda: transfusion.generate_images(model, once, steps=steps, **decode),
             REPEATS,
             dev=dev,
         )
@@ -134,5 +134,5 @@ def _untrained_mot(patch_dim: int) -> transfusion.Transfusion:
     random numbers drawn), for counting its parameters."""
     with torch.device("meta"):
         return transfusion.Transfusion(
-            transfusion.default_config(), patch_dim=patch_dim, separate_mlp=True
+            tf_recipe.default_config(), patch_dim=patch_dim, separate_mlp=True
         )

@@ -4,7 +4,7 @@ course device (`mmcourse.device()`; one thread on the CPU).
 
 caption_to_image_judge: judge "all" (colour, shape and position right) on PER_CAPTION images for
 each of the 90 captions, sampled after [BOS] caption [BOI] with only image ids allowed, at
-temperature unified.TEMPERATURE; caption_to_image_{color,shape,position} per attribute.
+temperature recipes.unified.TEMPERATURE; caption_to_image_{color,shape,position} per attribute.
 image_to_caption_exact: fraction of 500 held-out Shapes (seed 1) whose greedy caption (text ids
 and EOS only) equals the true caption word for word. eval_s: time of both evaluations (on a GPU
 after an untimed warm-up on a few captions, the device synchronized around the clock).
@@ -30,9 +30,10 @@ import torch
 from _timing import timed, warm_up
 
 import mmcourse
-from mmcourse import unified, vocab
+from mmcourse import recipes, unified, vocab
 from mmcourse.data import MovingShapesDataset, ShapesDataset
 from mmcourse.env import compute_threads
+from mmcourse.recipes import unified as unified_recipe
 
 PER_CAPTION = 2
 ROUND_TRIPS = 200
@@ -60,10 +61,12 @@ def run() -> dict[str, float | int]:
     dev = mmcourse.device()
     with compute_threads(dev):
         v = vocab.course_vocab()
-        model = unified.load_unified(device=dev)
-        warm_up(lambda: unified.evaluate(model, per_caption=1, held=unified.held_out(8)))
+        model = recipes.load("unified", device=dev)
+        warm_up(
+            lambda: unified_recipe.evaluate(model, per_caption=1, held=unified_recipe.held_out(8))
+        )
         scores, eval_s = timed(
-            lambda: unified.evaluate(model, per_caption=PER_CAPTION, n_captions=500)
+            lambda: unified_recipe.evaluate(model, per_caption=PER_CAPTION, n_captions=500)
         )
         results: dict[str, float | int] = {**scores, "eval_s": eval_s}
 
@@ -75,15 +78,19 @@ def run() -> dict[str, float | int]:
             same += bool(torch.equal(back, ids))
         results["round_trip_exact"] = same / ROUND_TRIPS
         images, clips = ShapesDataset(n=20, seed=7), MovingShapesDataset(n=20, seed=7)
+        tokenizers = {
+            "tokenizer": recipes.load("tokenizer", device=dev),
+            "video_tokenizer": recipes.load("video", device=dev),
+        }
         same = 0
         for i in range(20):
             doc = [images.captions[i], images.images[i], clips.captions[i], clips.clips[i]]
-            ids = unified.encode_document(doc)
+            ids = unified.encode_document(doc, **tokenizers)
             back = vocab.encode_interleaved(vocab.decode_interleaved(ids, v), v)
             same += bool(torch.equal(back, ids))
         results["tokenizer_round_trip_exact"] = same / 20
 
-        loader = unified.make_loader(batch_size=32)
+        loader = unified_recipe.make_loader(batch_size=32)
         measured = vocab.measure_ratios(loader, RATIO_BATCHES)
         n = RATIO_BATCHES * 32
         gaps = {k: abs(measured[k] - r) for k, r in loader.ratios.items()}
@@ -92,7 +99,7 @@ def run() -> dict[str, float | int]:
         results["ratio_max_gap"] = gaps[worst]
         results["ratio_gap_sigmas"] = gaps[worst] / math.sqrt(r * (1 - r) / n)
 
-        for row in unified.ratio_sweep(steps=SWEEP_STEPS, progress=False, device=dev):
+        for row in unified_recipe.ratio_sweep(steps=SWEEP_STEPS, progress=False, device=dev):
             s = f"sweep_s{row['caption_image_share']:g}"
             results[f"{s}_judge"] = row["caption_to_image_judge"]
             results[f"{s}_exact"] = row["image_to_caption_exact"]

@@ -21,8 +21,9 @@ transformer: the caption's keys and values are cached once, and every denoising 
 only the 16 image positions against that cache (the null context is [BOS] [BOI], a dropped
 caption). Image → caption decodes greedily after a clean image (t = 0).
 
-The shipped model is data/transfusion_shapes.pt, rebuilt by `python -m mmcourse.train
-transfusion`.
+This module holds the model side: the model, its mask, noise and loss, the sequence layout and
+the samplers. The latents, the training run, the evaluation and the shipped weights
+(data/transfusion_shapes.pt) are chapter 08's recipe, `mmcourse.recipes.transfusion`.
 """
 
 from __future__ import annotations
@@ -31,70 +32,50 @@ import copy
 import functools
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
-from tqdm.auto import tqdm
 
-from mmcourse import _validate, checkpoints, diffusion
+from mmcourse import _validate, diffusion
 from mmcourse.bpe import BPE, course_bpe
-from mmcourse.data import ShapesDataset, all_captions
-from mmcourse.env import device as default_device
 from mmcourse.env import to_device
-from mmcourse.trainer import TrainResult, adamw_cosine, fit
 from mmcourse.transformer import GPT, GPTConfig, KVCache, causal_mask, greedy_decode
 from mmcourse.vocab import Vocabulary, course_vocab
 
 __all__ = [
-    "COMMAND",
-    "PATH",
     "Batch",
     "Document",
+    "Losses",
+    "Routes",
     "Transfusion",
     "caption_images",
-    "course_latents",
-    "evaluate",
     "from_patches",
     "generate_document",
     "generate_images",
     "generation_step",
-    "held_out_losses",
     "image_eps",
-    "lambda_sweep",
-    "load_transfusion",
+    "loss_routes",
     "make_batch",
     "noise_image_span",
-    "positions_per_step",
     "prefix_cache",
-    "rebuild",
+    "routed_loss",
     "schedule",
     "to_patches",
-    "train_transfusion",
     "transfusion_loss",
     "transfusion_mask",
 ]
 
-PATH = checkpoints.DATA_DIR / "transfusion_shapes.pt"
-COMMAND = "python -m mmcourse.train transfusion"
-CACHE_DIR = checkpoints.DATA_DIR / "cache"
 GRID, LATENT_DIM = 8, 16  # the tokenizer's latent: 16 channels on an 8 × 8 grid
 PATCH = 2  # latent cells per patch side: a 2 × 2 patch of 16 channels is one vector
 N_PATCHES = (GRID // PATCH) ** 2  # 16 patches per image
 PATCH_DIM = LATENT_DIM * PATCH * PATCH  # 64 numbers per patch
-EMA_DECAY = 0.999  # sampling uses an exponential moving average of the weights (chapter 04)
 T = diffusion.T
-TRAIN_STEPS = 3000  # the shipped run: chapter 07's steps ...
-BATCH_SIZE = 104  # ... and its positions per step (≈ 2,730 vs 2,770, `positions_per_step`)
-CAPTION_FIRST = 0.8  # share of caption → image sequences (the rest image → caption)
-P_DROP = 0.1  # caption dropout of caption → image sequences (the null context of CFG)
 LAMBDA = 8.0  # trained, the ε-MSE is ≈ 0.007 per number, the text CE ≈ 0.46: the image needs weight
 GUIDANCE = 3.0
 DDIM_STEPS = 25
-HELD_OUT_SEED = 1
 
 
 def schedule() -> torch.Tensor:
@@ -249,8 +230,7 @@ def transfusion_loss(
     and not read off a patch: the id after an image, EOI, is placed by the sampler), averaged;
     mse: ‖ε − ε̂‖² at the same position (no shift: a patch predicts its own noise), averaged
     over the diffuse positions and the P numbers. total = ce + lam · mse."""
-    if isinstance(lam, bool) or not isinstance(lam, int | float) or lam < 0:
-        raise ValueError(f"lam must be a number ≥ 0, got {lam!r}")
+    _validate.number("lam", lam, 0)
     text = valid[:, 1:] & ~is_image[:, 1:] & ~is_image[:, :-1]
     targets = ids[:, 1:].masked_fill(~text, -100)
     ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, ignore_index=-100)
@@ -265,30 +245,6 @@ def transfusion_loss(
 
 
 # ----------------------------------------------------------------------------------- data
-
-
-@torch.no_grad()
-def course_latents(n: int = 20_000, seed: int = 0) -> tuple[torch.Tensor, float]:
-    """Shapes images of `seed` through the tokenizer's encoder, scaled → (latents (n, 16, 64),
-    scale). Cached under data/cache/; the scale is always that of the training set (seed 0)."""
-    from mmcourse.tokenizer import load_tokenizer
-
-    n = _validate.positive_int("n", n)
-    path = CACHE_DIR / f"transfusion_latents_{n}_{seed}.pt"
-    z = None
-    if path.is_file():
-        try:
-            z = torch.load(path, weights_only=True)
-            z = z if z.shape == (n, LATENT_DIM, GRID, GRID) else None
-        except Exception:
-            z = None
-    if z is None:
-        tokenizer = load_tokenizer(device="cpu")  # host: the same cache on every machine
-        z = diffusion.encode_latents(tokenizer, ShapesDataset(n=n, seed=seed).images).cpu()
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        torch.save(z, path)
-    scale = diffusion.latent_scale(z) if (n, seed) == (20_000, 0) else course_latents()[1]
-    return to_patches(z * scale), scale
 
 
 def to_patches(z: torch.Tensor) -> torch.Tensor:
@@ -351,153 +307,38 @@ def make_batch(
     return Batch(ids, patches, image_id, diffuse, valid)
 
 
-# ------------------------------------------------------------------------------- training
+# ------------------------------------------------------------- the loss on a prebuilt batch
 
 
-def _draw(
-    latents: torch.Tensor,
-    captions: Sequence[str],
-    words: dict[str, list[int]],
-    batch_size: int,
-    caption_first: float,
-    vocab: Vocabulary,
-    g: torch.Generator,
-) -> tuple[Batch, torch.Tensor]:
-    """One random training batch and its timesteps t (B,): each row caption → image with
-    probability caption_first (caption dropped with P_DROP, t uniform) else image → caption
-    (t = 0, a clean image)."""
-    idx = torch.randint(len(latents), (batch_size,), generator=g)
-    first = torch.rand(batch_size, generator=g) < caption_first
-    drop = (torch.rand(batch_size, generator=g) < P_DROP) & first
-    t = torch.randint(T, (batch_size,), generator=g).masked_fill(~first, 0)
-    batch = make_batch(latents[idx], [words[captions[i]] for i in idx.tolist()], first, drop, vocab)
-    return batch, t
-
-
-def positions_per_step(batch_size: int, batches: int = 300, seed: int = 0) -> float:
-    """Mean number of real (not padding) positions in a training batch of `batch_size`: the
-    compute budget of one step, to set beside chapter 07's (same body, same cost per position)."""
-    bpe = course_bpe()
-    vocab = course_vocab(bpe)
-    captions = all_captions()
-    words = {c: bpe.encode(c) for c in captions}
-    latents = torch.zeros(len(captions), N_PATCHES, 1)
-    g = torch.Generator().manual_seed(seed)
-    total = 0
-    for _ in range(_validate.positive_int("batches", batches)):
-        batch, _ = _draw(latents, captions, words, batch_size, CAPTION_FIRST, vocab, g)
-        total += int(batch.valid.sum())
-    return total / batches
-
-
-def default_config(vocab: Vocabulary | None = None, **overrides: int | float) -> GPTConfig:
-    """Chapter 07's shipped body (d_model 128, 4 layers, 4 heads, MLP ×3) over the text and
-    special ids only; block size 96 (a training sequence is ≤ 30 positions; room for documents
-    with two images in `generate_document`)."""
-    vocab = vocab or course_vocab()
-    base = {"vocab_size": vocab.image_offset, "block_size": 96, "n_layer": 4, "n_head": 4}
-    return GPTConfig(**(base | {"d_model": 128, "mlp_ratio": 3, "dropout": 0.0} | overrides))
-
-
-def train_transfusion(
-    latents: torch.Tensor,
-    captions: Sequence[str],
-    *,
-    config: GPTConfig | None = None,
-    steps: int = 300,
-    batch_size: int = 32,
-    lam: float = LAMBDA,
-    lr: float = 2e-3,
-    ema_decay: float = EMA_DECAY,
-    caption_first: float = CAPTION_FIRST,
-    separate_mlp: bool = False,
-    seed: int = 0,
-    progress: bool = True,
-    device: torch.device | str | None = None,
-) -> TrainResult:
-    """AdamW with warm-up and cosine decay (chapter 07's recipe) on random batches: each row
-    caption → image with probability caption_first (caption dropped with P_DROP, image noised
-    to a uniform t) else image → caption (clean image, t = 0); an EMA of the weights (decay
-    ema_decay) is what comes back. separate_mlp: patches get their own MLP in every block.
-
-    The model trains on `device` (default: the course's). Each batch is built and noised on the
-    CPU, where its layout is known (the same draws on every device), and sent over without
-    waiting for the GPU; the losses are read back once, at the end."""
-    latents = _validate.tensor("latents", latents, shape=("N", N_PATCHES, None), floating=True)
-    steps = _validate.positive_int("steps", steps)
-    batch_size = _validate.positive_int("batch_size", batch_size)
-    if len(captions) != len(latents):
-        raise ValueError(f"captions must have {len(latents)} entries, got {len(captions)}")
-    bpe = course_bpe()
-    vocab = course_vocab(bpe)
-    words = {c: bpe.encode(c) for c in dict.fromkeys(captions)}
-    alpha_bar = schedule().float()
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    dev = torch.device(device) if device is not None else default_device()
-    latents = latents.cpu()  # host: batches are assembled row by row on the CPU
-    model = Transfusion(
-        config or default_config(vocab), patch_dim=latents.shape[-1], separate_mlp=separate_mlp
-    ).to(dev)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt, lr_schedule = adamw_cosine(model, lr, steps)
-
-    def step_loss(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, t = _draw(latents, captions, words, batch_size, caption_first, vocab, g)
-        eps = torch.randn(batch.patches.shape, generator=g)
-        x_t = noise_image_span(batch.patches, batch.diffuse, t, alpha_bar, eps)
-        routes = _routes(batch)  # transfusion_loss's masks, resolved on the CPU
-        on_cpu = (batch.ids, x_t, t, batch.image_id, eps)
-        ids, x_t, t, image_id, eps = (to_device(v, dev) for v in on_cpu)
-        logits, eps_pred = model(ids, x_t, t, image_id)
-        loss = _routed_loss(logits, eps_pred, eps, routes, lam, dev)
-        return loss.total, torch.stack([loss.ce, loss.mse])  # (ce, mse) recorded per step
-
-    def update_ema(step: int, _: torch.Tensor) -> None:
-        diffusion.ema_update(ema, model, step, ema_decay)
-
-    run = fit(
-        model,
-        step_loss,
-        steps=steps,
-        optimizer=opt,
-        schedule=lr_schedule,
-        clip=1.0,
-        callbacks=[update_ema],
-        progress=progress,
-    )
-    return run._replace(model=ema, losses=[tuple(row) for row in run.losses])
-
-
-class _Routes(NamedTuple):
+class Routes(NamedTuple):
     targets: torch.Tensor  # (B, L − 1) next text ids, −100 where not scored
     any_text: bool
     scored: tuple[torch.Tensor, torch.Tensor]  # rows and columns of the scored patches
     any_scored: bool
 
 
-def _routes(batch: Batch) -> _Routes:
-    """`transfusion_loss`'s routing of a CPU batch, computed where the batch was built."""
+def loss_routes(batch: Batch) -> Routes:
+    """`transfusion_loss`'s routing of a CPU batch, computed where the batch was built (the
+    training loop then reads nothing back from the device)."""
     is_image = batch.image_id >= 0
     text = batch.valid[:, 1:] & ~is_image[:, 1:] & ~is_image[:, :-1]
     scored = batch.diffuse & is_image & batch.valid
     targets = batch.ids[:, 1:].masked_fill(~text, -100)
-    return _Routes(targets, bool(text.any()), scored.nonzero(as_tuple=True), bool(scored.any()))
+    return Routes(targets, bool(text.any()), scored.nonzero(as_tuple=True), bool(scored.any()))
 
 
-def _routed_loss(
+def routed_loss(
     logits: torch.Tensor,
     eps_pred: torch.Tensor,
     eps: torch.Tensor,
-    routes: _Routes,
+    routes: Routes,
     lam: float,
     dev: torch.device,
 ) -> Losses:
     """`transfusion_loss` from precomputed routes: the same numbers, bit for bit (indexing by
     the scored rows and columns picks what the boolean mask picks, in the same order), and
     nothing read back from the device."""
-    if isinstance(lam, bool) or not isinstance(lam, int | float) or lam < 0:
-        raise ValueError(f"lam must be a number ≥ 0, got {lam!r}")
+    _validate.number("lam", lam, 0)
     targets = to_device(routes.targets, dev)
     ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, ignore_index=-100)
     if not routes.any_text:
@@ -559,8 +400,7 @@ def generation_step(
     eps = diffusion.cfg_combine(
         image_eps(model, cond, x, t), image_eps(model, uncond, x, t), guidance
     )
-    x4, e4 = x[..., None], eps[..., None]  # ddim_step wants (B, C, H, W)
-    return diffusion.ddim_step(x4, e4, t, t_next, alpha_bar, 0.0, torch.zeros_like(x4))[..., 0]
+    return diffusion.ddim_step(x, eps, t, t_next, alpha_bar, 0.0, torch.zeros_like(x))
 
 
 @torch.no_grad()
@@ -571,22 +411,19 @@ def generate_images(
     steps: int = DDIM_STEPS,
     guidance: float = GUIDANCE,
     seed: int = 0,
-    tokenizer: nn.Module | None = None,
-    scale: float | None = None,
+    tokenizer: nn.Module,
+    scale: float,
     bpe: BPE | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Caption → image: DDIM (+ CFG) after [BOS] caption [BOI], captions of equal token length
-    as one batch → (images (N, 3, 32, 32) in [0, 1] on the CPU, latents (N, 16, P)). Without a
-    `tokenizer`, the shipped one decodes, on the model's device."""
-    from mmcourse.tokenizer import load_tokenizer
-
+    as one batch → (images (N, 3, 32, 32) in [0, 1] on the CPU, latents (N, 16, P)). The image
+    `tokenizer` decodes the latents, divided by the `scale` they were trained at."""
     if isinstance(captions, str) or not captions:
         raise TypeError("captions must be a non-empty list of str")
     bpe = bpe or course_bpe()
     vocab = course_vocab(bpe)
     param = next(model.parameters())
     alpha_bar = schedule()
-    scale = scale or model_scale(model)
     prompts = [[vocab.BOS, *bpe.encode(c), vocab.BOI] for c in captions]
     out = torch.empty(len(captions), N_PATCHES, model.patch_dim)
     g = torch.Generator().manual_seed(seed)
@@ -601,7 +438,6 @@ def generate_images(
         for t, t_next in diffusion.ddim_timesteps(T, steps):
             x = generation_step(model, cond, uncond, x, t, t_next, alpha_bar, guidance)
         out[rows] = x.cpu()
-    tokenizer = tokenizer or load_tokenizer(device=param.device)
     z = from_patches(out).to(next(tokenizer.parameters()))
     return diffusion.decode_latents(tokenizer, z, scale).cpu(), out
 
@@ -651,23 +487,18 @@ def generate_document(
     steps: int = DDIM_STEPS,
     guidance: float = GUIDANCE,
     seed: int = 0,
-    tokenizer: nn.Module | None = None,
+    tokenizer: nn.Module,
+    scale: float,
     bpe: BPE | None = None,
 ) -> Document:
     """Generate after [BOS] prompt, switching modality at BOI: text ids (and BOI / EOS) are
     sampled one at a time at `temperature`; when the model emits BOI, the image is sampled by
     DDIM + CFG with everything so far as its context (the null context [BOS] [BOI]), then
-    appended clean (t = 0) with EOI, and text resumes — until EOS or max_tokens text ids."""
-    from mmcourse.tokenizer import load_tokenizer
-
+    appended clean (t = 0) with EOI, and text resumes — until EOS or max_tokens text ids. The
+    image `tokenizer` decodes the images' latents, divided by their `scale`."""
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, int | float)
-        or temperature <= 0
-    ):
-        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    _validate.number("temperature", temperature, 0, open_lo=True)
     bpe = bpe or course_bpe()
     vocab = course_vocab(bpe)
     dev = next(model.parameters()).device
@@ -701,11 +532,10 @@ def generate_document(
         _append(model, cache, None, x)  # the clean image, t = 0
         ids.append(vocab.EOI)
         logits = _append(model, cache, torch.tensor([[vocab.EOI]], device=dev))
-    tokenizer = tokenizer or load_tokenizer(device=dev)
     pictures = torch.zeros(0, 3, 32, 32)
     if images:
         z = from_patches(torch.cat(images)).to(next(tokenizer.parameters()))
-        pictures = diffusion.decode_latents(tokenizer, z, model_scale(model)).cpu()
+        pictures = diffusion.decode_latents(tokenizer, z, scale).cpu()
     return Document(_document_text(ids, vocab, bpe), pictures, ids)
 
 
@@ -736,167 +566,3 @@ def caption_images(
     step = functools.partial(_append, model, cache)
     rows = greedy_decode(logits[:, -1], step, allowed, vocab.EOS, max_len)
     return [bpe.decode(row) for row in rows]
-
-
-# ------------------------------------------------------------------------------ evaluation
-
-
-def held_out(n: int = 500) -> tuple[torch.Tensor, list[str]]:
-    """Held-out Shapes (seed 1): scaled latents (n, 16, 64) and captions."""
-    latents, _ = course_latents(n, HELD_OUT_SEED)
-    return latents, ShapesDataset(n=n, seed=HELD_OUT_SEED).captions
-
-
-def evaluate(
-    model: Transfusion,
-    *,
-    per_caption: int = 2,
-    n_captions: int = 500,
-    steps: int = DDIM_STEPS,
-    guidance: float = GUIDANCE,
-    seed: int = 0,
-    held: tuple[torch.Tensor, list[str]] | None = None,
-) -> dict[str, float]:
-    """Chapter 07's two measures: `caption_to_image_judge` = judge "all" on per_caption
-    images for each of the 90 captions (plus per attribute); `image_to_caption_exact` = the
-    fraction of held-out images (seed 1) whose greedy caption is word-for-word right. Computed
-    on the model's device."""
-    from mmcourse import recipes
-
-    judge = recipes.load("judge", device=next(model.parameters()).device)
-    captions = all_captions() * _validate.positive_int("per_caption", per_caption)
-    images, _ = generate_images(model, captions, steps=steps, guidance=guidance, seed=seed)
-    scores = judge.score(images, captions)
-    latents, truth = held or held_out(n_captions)
-    got = caption_images(model, latents)
-    return {
-        "caption_to_image_judge": scores["all"],
-        **{f"caption_to_image_{a}": scores[a] for a in ("color", "shape", "position")},
-        "image_to_caption_exact": sum(a == b for a, b in zip(got, truth)) / len(truth),
-    }
-
-
-@torch.no_grad()
-def held_out_losses(
-    model: Transfusion,
-    held: tuple[torch.Tensor, list[str]] | None = None,
-    t_grid: Sequence[int] = (50, 200, 400, 600, 800, 950),
-    seed: int = 0,
-) -> dict[str, float]:
-    """Teacher-forced losses on held-out images, the same draws for every model: `ce`, the
-    text cross-entropy of image → caption sequences ([BOS] [BOI] x_0 [EOI] caption [EOS]);
-    `mse`, the ε-MSE of caption → image sequences, averaged over the timesteps t_grid with ε
-    fixed by `seed`."""
-    latents, captions = held or held_out(200)
-    bpe = course_bpe()
-    vocab = course_vocab(bpe)
-    p = next(model.parameters())
-    words = [bpe.encode(c) for c in captions]
-    n = len(latents)
-    rows = {first: make_batch(latents, words, [first] * n, [False] * n, vocab)
-            for first in (True, False)}  # fmt: skip
-    b = rows[False]
-    logits, eps_pred = model(b.ids.to(p.device), b.patches.to(p.device),
-                             torch.zeros(n, dtype=torch.long, device=p.device),
-                             b.image_id.to(p.device))  # fmt: skip
-    ids, is_image = b.ids.to(p.device), (b.image_id >= 0).to(p.device)
-    eps, diffuse, valid = torch.zeros_like(eps_pred), b.diffuse.to(p.device), b.valid.to(p.device)
-    ce = transfusion_loss(logits, eps_pred, ids, eps, is_image, diffuse, valid).ce
-    b, alpha_bar = rows[True], schedule()
-    g = torch.Generator().manual_seed(seed)
-    mse = []
-    for t in t_grid:
-        t_batch = torch.full((n,), int(t), dtype=torch.long)
-        eps = torch.randn(b.patches.shape, generator=g)
-        x_t = noise_image_span(b.patches, b.diffuse, t_batch, alpha_bar, eps)
-        dev = [x.to(p.device) for x in (b.ids, x_t, t_batch, b.image_id)]
-        logits, eps_pred = model(*dev)
-        loss = transfusion_loss(logits, eps_pred, dev[0], eps.to(p.device), dev[3] >= 0,
-                                b.diffuse.to(p.device), b.valid.to(p.device))  # fmt: skip
-        mse.append(float(loss.mse))
-    return {"ce": float(ce), "mse": sum(mse) / len(mse)}
-
-
-SWEEP_CONFIG = {"n_layer": 2, "n_head": 2, "d_model": 64}
-
-
-def lambda_sweep(
-    lams: Sequence[float] = (0.5, 2.0, 8.0, 32.0),
-    *,
-    steps: int = 1000,
-    batch_size: int = 32,
-    seed: int = 0,
-    progress: bool = False,
-    device: torch.device | str | None = None,
-) -> list[dict]:
-    """A SMALL budget, not the shipped model: for each λ, a SWEEP_CONFIG model (2 layers,
-    d = 64) trained `steps` steps of `batch_size` (same seed, same batches) on `device`
-    (default: the course's) → one dict per λ: its `held_out_losses` on 200 held-out images
-    (ce, mse), the training time (seconds) and the training curve (losses, (ce, mse) per step).
-    `progress` shows one bar over the λ values (not one per training run: fewer redraws)."""
-    latents, _ = course_latents()
-    captions = ShapesDataset(n=20_000, seed=0).captions
-    held = held_out(200)
-    rows = []
-    for lam in tqdm(lams, desc="λ sweep", disable=not progress):
-        config = default_config(**SWEEP_CONFIG)
-        r = train_transfusion(latents, captions, config=config, steps=steps,
-                              batch_size=batch_size, lam=lam, lr=3e-3, seed=seed,
-                              progress=False, device=device)  # fmt: skip
-        scores = held_out_losses(r.model, held)
-        rows.append({"lam": float(lam), **scores, "seconds": r.seconds, "losses": r.losses})
-    return rows
-
-
-# ---------------------------------------------------------------- shipped weights and rebuild
-
-
-def model_scale(model: nn.Module) -> float:
-    scale = getattr(model, "latent_scale", None)
-    return float(scale) if scale is not None else course_latents()[1]
-
-
-def _build(config: dict) -> Transfusion:
-    config = dict(config)
-    config.pop("latent_scale", None)
-    patch_dim = config.pop("patch_dim", PATCH_DIM)
-    separate = config.pop("separate_mlp", False)
-    return Transfusion(GPTConfig(**config), patch_dim=patch_dim, separate_mlp=separate)
-
-
-def load_transfusion(
-    path: Path | str = PATH, device: torch.device | str | None = None
-) -> Transfusion:
-    """The shipped Transfusion model (data/transfusion_shapes.pt), in eval mode on `device`.
-    Weights ship in float16 and load into float32; the latent scale travels in the config."""
-    path = Path(path)
-    ckpt = checkpoints.load(path, command=COMMAND)
-    state = {k: v.float() for k, v in ckpt["state_dict"].items()}
-    model = checkpoints.restore(
-        {**ckpt, "state_dict": state}, Transfusion, path=path, command=COMMAND, build=_build
-    )
-    model.latent_scale = float(ckpt["config"].get("latent_scale", 0.0)) or None
-    return model.to(device or default_device()).eval()
-
-
-def rebuild(seed: int = 0, steps: int = TRAIN_STEPS) -> str:
-    """Train the shipped model from `seed` on one thread, write data/transfusion_shapes.pt
-    (float16), return a summary with both held-out scores."""
-    from mmcourse.env import one_thread
-
-    with one_thread():
-        latents, scale = course_latents(seed=seed)
-        captions = ShapesDataset(n=20_000, seed=seed).captions
-        result = train_transfusion(
-            latents, captions, steps=steps, batch_size=BATCH_SIZE, seed=seed, device="cpu"
-        )
-        half = {k: v.half() for k, v in result.model.state_dict().items()}
-        config = result.model.config | {"latent_scale": scale}
-        checkpoints.save(PATH, half, config=config, command=COMMAND)
-        scores = evaluate(load_transfusion(PATH, "cpu"), seed=seed)
-    tail = result.losses[-50:]
-    return (
-        f"wrote {PATH.name} in {result.seconds:.0f} s; final ce "
-        f"{sum(c for c, _ in tail) / len(tail):.3f}, mse {sum(m for _, m in tail) / len(tail):.3f}"
-        "; held-out " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
-    )

@@ -51,7 +51,7 @@ TRAINERS = {
 }  # fmt: skip
 TRAINED = TRAINERS | {
     "load_tokenizer", "load_video_tokenizer", "load_judge", "load_generator",
-    "load_unified", "load_transfusion", "load",
+    "load_unified", "load_transfusion", "load", "load_with_scale",
     "course_latents", "course_data", "shapes_sequences", "encode_images", "encode_latents",
     "held_out", "evaluate", "faithfulness",
 }  # fmt: skip
@@ -234,8 +234,8 @@ def _findings(source: str, checked: bool = False, earlier: str = "") -> list[str
         "live = ar_recipe.train_ar(seqs, steps=200, batch=32, seed=0)",  # the model stays on CPU
         'tok = recipes.load("tokenizer", device="cpu")',
         'demo = recipes.tokenizer.train_tokenizer(seed=0, device="cpu")',
-        'model = tf.load_transfusion(device="cpu")',
-        "sweep = tf.lambda_sweep((0.5, 2.0), steps=1000, progress=True)",
+        'model, scale = recipes.transfusion.load_with_scale(device="cpu")',
+        "sweep = recipes.transfusion.lambda_sweep((0.5, 2.0), steps=1000, progress=True)",
         'x = images.to("cpu")',
         'g = torch.Generator(device="cpu")',
         'dev = torch.device("cpu")',
@@ -267,7 +267,7 @@ def test_placement_rules_leave_the_right_code_alone(source):
 def test_checked_output_rule_catches_trained_numbers_only():
     earlier = "tokenizer = load_tokenizer(device=device)\nV = course_vocab(bpe)"
     bad = [
-        'latents, scale = tf.course_latents()\nprint(f"scale {scale:.3f}")',
+        'latents, scale = recipes.transfusion.course_latents()\nprint(f"scale {scale:.3f}")',
         "codes = ar.encode_images(tokenizer, images)\nprint(codes[0].tolist())",
         "z = tokenizer.encoder(x)\nprint(z.mean().item())",
     ]
@@ -381,25 +381,26 @@ def test_vit_and_fusion_train_on_the_course_device(device, one_thread):
 
 
 def test_unified_and_transfusion_train_on_the_course_device(device, one_thread):
-    from mmcourse import transfusion as tf
-    from mmcourse import unified
+    from mmcourse.recipes import transfusion as tf_recipe
+    from mmcourse.recipes import unified as unified_recipe
+    from mmcourse.transfusion import N_PATCHES, PATCH_DIM
     from mmcourse.vocab import MixingLoader, course_vocab
 
     g = torch.Generator().manual_seed(0)
     captions = ["a red circle in the top left", "a blue square in the center"] * 4
-    data = unified.CourseData(torch.randint(512, (8, 8, 8), generator=g), captions,
-                              torch.randint(1024, (2, 2, 8, 8), generator=g),
-                              ["a red circle moving left"] * 2)  # fmt: skip
+    data = unified_recipe.CourseData(torch.randint(512, (8, 8, 8), generator=g), captions,
+                                     torch.randint(1024, (2, 2, 8, 8), generator=g),
+                                     ["a red circle moving left"] * 2)  # fmt: skip
     vocab = course_vocab()
-    loader = MixingLoader(unified.build_sources(data, vocab), unified.DEFAULT_RATIOS, vocab,
-                          batch_size=4, seed=0)  # fmt: skip
-    config = unified.default_config(vocab, n_layer=1, d_model=16, n_head=2)
-    r = unified.train_unified(loader, config=config, steps=2, progress=False, device=device)
+    loader = MixingLoader(unified_recipe.build_sources(data, vocab), unified_recipe.DEFAULT_RATIOS,
+                          vocab, batch_size=4, seed=0)  # fmt: skip
+    config = unified_recipe.default_config(vocab, n_layer=1, d_model=16, n_head=2)
+    r = unified_recipe.train_unified(loader, config=config, steps=2, progress=False, device=device)
     assert _on(r.model, device) and _finite(r.losses)
-    latents = torch.randn(8, tf.N_PATCHES, tf.PATCH_DIM, generator=g)
-    config = tf.default_config(n_layer=1, n_head=2, d_model=16)
-    r = tf.train_transfusion(latents, captions, config=config, steps=2, batch_size=4,
-                             progress=False, device=device)  # fmt: skip
+    latents = torch.randn(8, N_PATCHES, PATCH_DIM, generator=g)
+    config = tf_recipe.default_config(n_layer=1, n_head=2, d_model=16)
+    r = tf_recipe.train_transfusion(latents, captions, config=config, steps=2, batch_size=4,
+                                    progress=False, device=device)  # fmt: skip
     assert _on(r.model, device) and _finite(r.losses)
 
 

@@ -30,16 +30,14 @@ SCRIPT = textwrap.dedent(
     scores = recipes.load("judge", device="cpu").score(shapes.images, shapes.captions)
     assert min(scores.values()) > 0.9, scores
 
-    from mmcourse import transfusion, unified
-
     tok = recipes.load("tokenizer", device="cpu")
     assert tok.decode(tok.encode(shapes.images[:4])).shape == (4, 3, 32, 32)
     for name in ("vit", "clip", "captioner"):
         recipes.load(name, device="cpu")
     for name in ("diffusion", "diffusion_latent", "ar", "ar_early", "ar_noisy"):
         recipes.load(name, device="cpu")
-    unified.load_unified(device="cpu")
-    transfusion.load_transfusion(device="cpu")
+    for name in ("unified", "transfusion"):
+        recipes.load(name, device="cpu")
     video_tok = recipes.load("video", device="cpu")
     assert video_tok.encode(clips.clips[:2]).shape == (2, 2, 8, 8)
     print("offline ok", len(shapes), len(clips), len(digits))

@@ -7,12 +7,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmcourse import checkpoints, diffusion
+from mmcourse import checkpoints, diffusion, recipes
 from mmcourse import transfusion as tf
+from mmcourse.recipes import transfusion as tf_recipe
 from mmcourse.transformer import GPTConfig
 from mmcourse.vocab import course_vocab
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+SHIPPED = tf_recipe.WEIGHTS["transfusion"].path
 
 
 def _tiny(seed: int = 0) -> tf.Transfusion:
@@ -99,8 +102,10 @@ def test_loss_routes_gradients():
     assert g[~b.valid].abs().sum() == 0  # padding never influences the loss
     zero = tf.transfusion_loss(logits, eps_pred, ids, eps, b.image_id >= 0, b.diffuse, b.valid, 0)
     assert torch.allclose(zero.total, zero.ce)
-    with pytest.raises(ValueError, match="lam"):
+    with pytest.raises(ValueError, match=r"lam must be in \[0, inf\), got -1"):
         tf.transfusion_loss(logits, eps_pred, ids, eps, b.image_id >= 0, b.diffuse, b.valid, -1)
+    with pytest.raises(TypeError, match="lam must be a number"):
+        tf.transfusion_loss(logits, eps_pred, ids, eps, b.image_id >= 0, b.diffuse, b.valid, None)
 
 
 def test_forward_shapes_and_validation():
@@ -143,21 +148,20 @@ def test_generation_step_guidance_one_is_conditional():
         uncond = tf.prefix_cache(model, torch.tensor([[1, 3]] * 2))
         a = tf.generation_step(model, cond, uncond, x, 500, 250, ab, 1.0)
         e = tf.image_eps(model, cond, x, 500)
-    b = diffusion.ddim_step(x[..., None], e[..., None], 500, 250, ab, 0.0,
-                            torch.zeros_like(x[..., None]))[..., 0]  # fmt: skip
+    b = diffusion.ddim_step(x, e, 500, 250, ab, 0.0, torch.zeros_like(x))
     assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_train_tiny_runs_and_is_deterministic():
     lat = torch.randn(16, tf.N_PATCHES, tf.PATCH_DIM)
     caps = ["a red circle in the top left"] * 8 + ["a blue square in the bottom right"] * 8
-    config = tf.default_config(n_layer=1, n_head=2, d_model=32)
+    config = tf_recipe.default_config(n_layer=1, n_head=2, d_model=32)
     kwargs = {"config": config, "steps": 3, "batch_size": 4, "progress": False, "device": "cpu"}
-    r1 = tf.train_transfusion(lat, caps, **kwargs)
-    r2 = tf.train_transfusion(lat, caps, **kwargs)
+    r1 = tf_recipe.train_transfusion(lat, caps, **kwargs)
+    r2 = tf_recipe.train_transfusion(lat, caps, **kwargs)
     assert r1.losses == r2.losses and all(c > 0 and m > 0 for c, m in r1.losses)
     with pytest.raises(ValueError, match="captions"):
-        tf.train_transfusion(lat, caps[:3], config=config, steps=1, progress=False)
+        tf_recipe.train_transfusion(lat, caps[:3], config=config, steps=1, progress=False)
 
 
 def test_training_loss_is_transfusion_loss_bit_for_bit():
@@ -174,7 +178,7 @@ def test_training_loss_is_transfusion_loss_bit_for_bit():
     eps_pred, eps = torch.randn(2, *batch.patches.shape, generator=g)
     want = tf.transfusion_loss(logits, eps_pred, batch.ids, eps, batch.image_id >= 0,
                                batch.diffuse, batch.valid, 8.0)  # fmt: skip
-    got = tf._routed_loss(logits, eps_pred, eps, tf._routes(batch), 8.0, torch.device("cpu"))
+    got = tf.routed_loss(logits, eps_pred, eps, tf.loss_routes(batch), 8.0, torch.device("cpu"))
     assert all(torch.equal(a, b) for a, b in zip(got, want))
     image_id = torch.tensor([[-1, 0, 0, 0, -1, 1, 1, -1], [0, 0, -1, -1, -1, -1, 1, 1]])
     loop = torch.zeros_like(image_id)
@@ -186,24 +190,27 @@ def test_training_loss_is_transfusion_loss_bit_for_bit():
 
 def test_load_missing_names_the_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="mmcourse.train transfusion"):
-        tf.load_transfusion(tmp_path / "nope.pt", "cpu")
+        recipes.load("transfusion", path=tmp_path / "nope.pt", device="cpu")
 
 
 def test_load_mismatch_names_the_command(tmp_path):
     path = tmp_path / "bad.pt"
-    checkpoints.save(path, {"x": torch.zeros(1)}, config={"vocab_size": 3}, command=tf.COMMAND)
+    checkpoints.save(path, {"x": torch.zeros(1)}, config={"vocab_size": 3}, command="rebuild")
     with pytest.raises(checkpoints.CheckpointError, match="mmcourse.train transfusion"):
-        tf.load_transfusion(path, "cpu")
+        recipes.load("transfusion", path=path, device="cpu")
 
 
-@pytest.mark.skipif(not tf.PATH.is_file(), reason="shipped weights missing")
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="shipped weights missing")
 def test_shipped_model_generates_and_captions():
-    model = tf.load_transfusion(device="cpu")
+    model, scale = tf_recipe.load_with_scale(device="cpu")
+    assert scale == tf_recipe.course_latents()[1]  # the training set's, carried in the file
     assert sum(p.numel() for p in model.parameters()) < 1_000_000
-    images, latents = tf.generate_images(model, ["a red circle in the top left"], steps=5)
+    tok = recipes.load("tokenizer", device="cpu")
+    caption = ["a red circle in the top left"]
+    images, latents = tf.generate_images(model, caption, steps=5, tokenizer=tok, scale=scale)
     assert images.shape == (1, 3, 32, 32) and latents.shape == (1, tf.N_PATCHES, tf.PATCH_DIM)
     assert 0 <= images.min() and images.max() <= 1
-    held, truth = tf.held_out(8)
+    held, truth = tf_recipe.held_out(8)
     got = tf.caption_images(model, held)
     assert len(got) == 8 and sum(a == b for a, b in zip(got, truth)) >= 5
 
@@ -275,12 +282,14 @@ def test_forward_names_the_wrong_argument(wrong, b):
         model(args["ids"], args["patches"], args["t"], args["image_id"])
 
 
-@pytest.mark.skipif(not tf.PATH.is_file(), reason="shipped weights missing")
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="shipped weights missing")
 def test_generate_document_switches_modality_at_boi():
-    model = tf.load_transfusion(device="cpu")
+    model, scale = tf_recipe.load_with_scale(device="cpu")
     v = course_vocab()
-    doc = tf.generate_document(model, "a red circle in the top left", steps=4, seed=0)
-    again = tf.generate_document(model, "a red circle in the top left", steps=4, seed=0)
+    tok = recipes.load("tokenizer", device="cpu")
+    kw = {"steps": 4, "seed": 0, "tokenizer": tok, "scale": scale}
+    doc = tf.generate_document(model, "a red circle in the top left", **kw)
+    again = tf.generate_document(model, "a red circle in the top left", **kw)
     assert doc.ids == again.ids and torch.equal(doc.images, again.images)  # seeded
     assert doc.ids[0] == v.BOS and doc.ids.count(v.BOI) == len(doc.images) >= 1
     boi = doc.ids.index(v.BOI)
@@ -288,9 +297,11 @@ def test_generate_document_switches_modality_at_boi():
     assert doc.text.startswith("a red circle in the top left <image>")
     assert doc.images.shape[1:] == (3, 32, 32) and 0 <= doc.images.min() <= doc.images.max() <= 1
     with pytest.raises(TypeError, match="prompt"):
-        tf.generate_document(model, 3)
-    with pytest.raises(ValueError, match="temperature"):
-        tf.generate_document(model, "", temperature=0)
+        tf.generate_document(model, 3, **kw)
+    with pytest.raises(ValueError, match=r"temperature must be in \(0, inf\), got 0"):
+        tf.generate_document(model, "", temperature=0, **kw)
+    with pytest.raises(TypeError, match="temperature must be a number"):
+        tf.generate_document(model, "", temperature=True, **kw)
 
 
 def test_separate_mlp_routes_each_position_to_its_own_mlp():
@@ -319,10 +330,22 @@ def test_separate_mlp_routes_each_position_to_its_own_mlp():
 
 def test_separate_mlp_survives_save_and_load(tmp_path):
     torch.manual_seed(0)
-    model = tf.Transfusion(tf.default_config(n_layer=1, n_head=2, d_model=32), separate_mlp=True)
+    config = tf_recipe.default_config(n_layer=1, n_head=2, d_model=32)
+    model = tf.Transfusion(config, separate_mlp=True)
     path = tmp_path / "mot.pt"
-    checkpoints.save(path, model.state_dict(), config=model.config, command=tf.COMMAND)
-    loaded = tf.load_transfusion(path, "cpu")
+    config = model.config | {"latent_scale": 2.0}
+    tf_recipe.WEIGHTS["transfusion"].save(model, config=config, path=path)
+    loaded, scale = tf_recipe.load_with_scale(path, "cpu")
+    assert scale == 2.0
     assert loaded.image_mlps is not None
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
-                                                 loaded.state_dict().values()))  # fmt: skip
+    pairs = zip(model.state_dict().values(), loaded.state_dict().values())
+    assert all(torch.equal(a.half().float(), b) for a, b in pairs)  # stored in float16
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="shipped weights missing")
+def test_recipe_saves_the_shipped_file_byte_for_byte(tmp_path):
+    weights = tf_recipe.WEIGHTS["transfusion"]
+    model, config = weights.load_with_config(device="cpu")
+    path = weights.save(model, config=config, path=tmp_path / SHIPPED.name)  # float16 again
+    assert path.read_bytes() == SHIPPED.read_bytes()
+    assert recipes.REBUILDS["transfusion"] is tf_recipe.rebuild

@@ -153,7 +153,7 @@ def _three(
 @exercise(
     "8.3",
     "per-position loss routing",
-    references=(tf.transfusion_loss, tf._routes, tf._routed_loss),
+    references=(tf.transfusion_loss, tf.loss_routes, tf.routed_loss),
 )
 def check_loss(check: Check) -> None:
     """Exercise 8.3: transfusion_loss(logits, eps_pred, ids, eps, is_image, diffuse, valid,

@@ -508,9 +508,7 @@ def generate_document(
     if len(ids) > 1:  # all but the last prompt id; appending the last gives the first logits
         cache = prefix_cache(model, torch.tensor([ids[:-1]], device=dev))
     logits = _append(model, cache, torch.tensor([[ids[-1]]], device=dev))
-    allowed = torch.zeros(vocab.image_offset, dtype=torch.bool)
-    allowed[: vocab.text_size] = True
-    allowed[[vocab.BOI, vocab.EOS]] = True
+    allowed = vocab.text_mask("BOI", "EOS", size=vocab.image_offset)
     images, alpha_bar = [], schedule()
     text_tokens = 0
     while text_tokens < max_tokens:
@@ -560,9 +558,7 @@ def caption_images(
         batch.image_id[:, :length].to(p.device),
         cache=cache,
     )
-    allowed = torch.zeros(logits.shape[-1], dtype=torch.bool, device=p.device)
-    allowed[: vocab.text_size] = True
-    allowed[vocab.EOS] = True
+    allowed = vocab.text_mask("EOS", size=logits.shape[-1], device=p.device)
     step = functools.partial(_append, model, cache)
     rows = greedy_decode(logits[:, -1], step, allowed, vocab.EOS, max_len)
     return [bpe.decode(row) for row in rows]

@@ -127,9 +127,7 @@ def caption_images(
         [head.expand(n, 2), vocab.image_ids(image_codes.cpu().flatten(1)),
          torch.full((n, 1), vocab.EOI)], dim=1,
     ).to(param.device)  # fmt: skip
-    allowed = torch.zeros(vocab.size, dtype=torch.bool, device=param.device)
-    allowed[: vocab.text_size] = True
-    allowed[vocab.EOS] = True
+    allowed = vocab.text_mask("EOS", device=param.device)
     cache = model.new_cache()
     logits = model(prompt, cache=cache)[:, -1]
     rows = greedy_decode(

@@ -127,6 +127,16 @@ class Vocabulary:
             )
         return ids
 
+    def text_mask(
+        self, *specials: str, size: int | None = None, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """(size,) bool, True at the text ids and at the named specials ("EOS", "BOI", …): the
+        ids a text decoder may emit. size: the width of the logits (default: `self.size`)."""
+        mask = torch.zeros(size or self.size, dtype=torch.bool, device=device)
+        mask[: self.text_size] = True
+        mask[[self.specials[name] for name in specials]] = True
+        return mask
+
     def token_types(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (…) long → the same shape of type indices into TYPES (0 text, 1 special,
         2 image, 3 video); an id outside [0, size) raises ValueError."""

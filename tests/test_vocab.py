@@ -202,3 +202,12 @@ def test_loader_validates_ratios():
         MixingLoader({"text": _sources()["text"]}, {"video": 1}, V)
     with pytest.raises(ValueError, match="at least one kind"):
         MixingLoader(_sources(), {"text": 0}, V)
+
+
+def test_text_mask_allows_text_and_the_named_specials():
+    v = Vocabulary(5, image_codes=3, video_codes=2)
+    mask = v.text_mask("EOS")
+    assert mask.shape == (v.size,) and mask.dtype == torch.bool
+    assert mask.nonzero().flatten().tolist() == [0, 1, 2, 3, 4, v.EOS]
+    short = v.text_mask("BOI", "EOS", size=v.image_offset)
+    assert short.shape == (v.image_offset,) and short.sum() == 7 and short[v.BOI]

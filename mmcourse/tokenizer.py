@@ -21,14 +21,12 @@ chapters load the shipped tokenizer with `recipes.load("tokenizer")`.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from mmcourse import _validate, checkpoints
+from mmcourse import _validate
 from mmcourse.autoencoder import VQAutoencoder
-from mmcourse.env import device as default_device
 
 __all__ = [
     "DOWNSAMPLE",
@@ -41,8 +39,6 @@ __all__ = [
     "psnr",
 ]
 
-PATH = checkpoints.DATA_DIR / "tokenizer.pt"  # TRANSITIONAL: for load_tokenizer's callers
-COMMAND = "python -m mmcourse.train tokenizer"  # TRANSITIONAL: for load_tokenizer's callers
 DOWNSAMPLE = 4  # 32×32 pixels → 8×8 tokens
 
 
@@ -203,14 +199,3 @@ def compression_ratio(
     bits_in = c * h * w * 8
     bits_out = grid[0] * grid[1] * math.log2(num_codes)
     return bits_in / bits_out
-
-
-def load_tokenizer(
-    path: Path | str | None = None, device: torch.device | str | None = None
-) -> VQVAE:
-    """TRANSITIONAL (its callers move to `recipes.load("tokenizer")`). The trained tokenizer
-    from data/tokenizer.pt, in eval mode on `device` (default: the course's)."""
-    path = Path(path) if path is not None else PATH
-    ckpt = checkpoints.load(path, command=COMMAND)
-    model = checkpoints.restore(ckpt, VQVAE, path=path, command=COMMAND)
-    return model.to(device or default_device())

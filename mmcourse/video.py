@@ -23,16 +23,13 @@ data/video_tokenizer.pt live in `mmcourse.recipes.video`; `recipes.load("video")
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from mmcourse import _validate, checkpoints
+from mmcourse import _validate
 from mmcourse.autoencoder import VQAutoencoder
-from mmcourse.env import device as default_device
 from mmcourse.tokenizer import ResBlock, group_norm, psnr
 
 __all__ = [
@@ -52,8 +49,6 @@ __all__ = [
     "video_tokens",
 ]
 
-PATH = checkpoints.DATA_DIR / "video_tokenizer.pt"  # TRANSITIONAL: for load_video_tokenizer
-COMMAND = "python -m mmcourse.train video"  # TRANSITIONAL: for load_video_tokenizer
 SPATIAL = 4  # 32×32 pixels → 8×8 tokens per latent frame
 TEMPORAL = 4  # 8 frames → 2 latent frames
 
@@ -317,14 +312,3 @@ def video_psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     x = _validate.tensor("x", x, shape=("B", "T", "C", "H", "W"), floating=True)
     y = _validate.tensor("y", y, shape=("B", "T", "C", "H", "W"), floating=True)
     return psnr(x.flatten(1, 2), y.flatten(1, 2))  # frames × channels as one image's channels
-
-
-def load_video_tokenizer(
-    path: Path | str | None = None, device: torch.device | str | None = None
-) -> VideoVQVAE:
-    """TRANSITIONAL (its callers move to `recipes.load("video")`). The trained video tokenizer
-    from data/video_tokenizer.pt, in eval mode on `device` (default: the course's)."""
-    path = Path(path) if path is not None else PATH
-    ckpt = checkpoints.load(path, command=COMMAND)
-    model = checkpoints.restore(ckpt, VideoVQVAE, path=path, command=COMMAND)
-    return model.to(device or default_device())

@@ -50,7 +50,7 @@ TRAINERS = {
     "lambda_sweep", "ratio_sweep",
 }  # fmt: skip
 TRAINED = TRAINERS | {
-    "load_tokenizer", "load_video_tokenizer", "load_judge", "load_generator",
+    "load_judge", "load_generator",
     "load_unified", "load_transfusion", "load", "load_with_scale",
     "course_latents", "course_data", "shapes_sequences", "encode_images", "encode_latents",
     "held_out", "evaluate", "faithfulness",
@@ -265,7 +265,7 @@ def test_placement_rules_leave_the_right_code_alone(source):
 
 
 def test_checked_output_rule_catches_trained_numbers_only():
-    earlier = "tokenizer = load_tokenizer(device=device)\nV = course_vocab(bpe)"
+    earlier = 'tokenizer = recipes.load("tokenizer", device=device)\nV = course_vocab(bpe)'
     bad = [
         'latents, scale = recipes.transfusion.course_latents()\nprint(f"scale {scale:.3f}")',
         "codes = ar.encode_images(tokenizer, images)\nprint(codes[0].tolist())",

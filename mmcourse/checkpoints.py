@@ -59,27 +59,6 @@ def load(path: Path, *, command: str) -> dict:
     return ckpt
 
 
-def restore(
-    ckpt: dict,
-    model_class: type[nn.Module],
-    *,
-    path: Path,
-    command: str,
-    build: Callable[[dict], nn.Module] | None = None,
-) -> nn.Module:
-    """TRANSITIONAL (removed once every loader uses `Weights`)."""
-    build = build or (lambda config: model_class(**config))
-    try:
-        model = build(dict(ckpt["config"]))
-        model.load_state_dict(ckpt["state_dict"])
-    except (RuntimeError, TypeError, ValueError, KeyError):
-        raise CheckpointError(
-            f"{Path(path).name} does not match the {model_class.__name__} model; "
-            f"rebuild it with: {command}"
-        ) from None
-    return model.eval()
-
-
 @dataclass(frozen=True)
 class Weights:
     """One shipped weight file: data/<file>, the model class it fills, the command rebuilding it.

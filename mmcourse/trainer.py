@@ -98,14 +98,6 @@ def adamw_one_cycle(
     return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
 
 
-def _steps(steps: int, progress: bool | Callable | None, desc: str) -> Iterable[int]:
-    """The step range, wrapped by `progress` (a callable such as `lambda r: tqdm(r, desc=...)`),
-    shown as a tqdm bar (True) or bare (False or None)."""
-    if callable(progress):
-        return progress(range(steps))
-    return tqdm(range(steps), desc=desc, unit="step", disable=not progress)
-
-
 def _backward(loss: Loss) -> torch.Tensor:
     """Backpropagate one step's loss; return what to record. `loss` is a tensor, a pair (loss,
     recorded) or an iterator of micro-batch losses, each backpropagated as it comes (their
@@ -136,7 +128,7 @@ def fit(
     schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
     clip: float | None = None,
     callbacks: Iterable[Callback] = (),
-    progress: bool | Callable | None = True,
+    progress: bool = True,
     desc: str = "train",
 ) -> TrainResult:
     """Train `model` for `steps` optimizer steps and return it in eval mode with its losses.
@@ -146,13 +138,12 @@ def fit(
     loss's parts); or yields several losses (micro-batches, each backpropagated as it comes).
     `clip` caps the gradients' global norm; `schedule` steps after the optimizer; each callback
     runs as `callback(step, recorded)` after the step (recorded stays on the device: read it
-    back only when needed). `progress`: True shows a tqdm bar named `desc`, a callable wraps the
-    step range (e.g. `lambda r: tqdm(r, desc="ViT")`), False or None shows nothing."""
+    back only when needed). `progress` shows a tqdm bar named `desc`."""
     callbacks = tuple(callbacks)
     losses = None  # (steps, *recorded shape) float64 on the device, allocated at step 0
     model.train()
     start = time.perf_counter()
-    for step in _steps(steps, progress, desc):
+    for step in tqdm(range(steps), desc=desc, unit="step", disable=not progress):
         optimizer.zero_grad(set_to_none=True)
         recorded = _backward(step_loss(step))
         if clip is not None:

@@ -60,7 +60,7 @@ def train_clip(
     batch: int = 64,
     lr: float = 2e-3,
     n_images: int = 5_000,
-    progress: Callable | None = None,
+    progress: bool = False,
     device: torch.device | str | None = None,
     **config: int,
 ) -> TrainResult:
@@ -81,6 +81,7 @@ def train_clip(
         steps,
         lr,
         progress,
+        "CLIP",
     )
 
 
@@ -91,7 +92,7 @@ def train_captioner(
     batch: int = 64,
     lr: float = 2e-3,
     n_images: int = 5_000,
-    progress: Callable | None = None,
+    progress: bool = False,
     device: torch.device | str | None = None,
     **config: int,
 ) -> TrainResult:
@@ -110,6 +111,7 @@ def train_captioner(
         steps,
         lr,
         progress,
+        "captioner",
     )
 
 

@@ -43,12 +43,13 @@ def fit(
     sample: Callable[[], torch.Tensor],
     steps: int,
     lr: float,
-    progress: bool | Callable | None = None,
+    progress: bool = False,
+    desc: str = "train",
     weight_decay: float = 0.01,
 ) -> TrainResult:
     """Train for `steps` steps of `loss_fn(sample())` with AdamW and a one-cycle schedule over the
-    trainable parameters, in `trainer.fit`; `progress` wraps the step range (e.g. tqdm) or, if
-    True, shows a bar. The losses stay on the model's device until the end."""
+    trainable parameters, in `trainer.fit`; `progress` shows a tqdm bar named `desc`. The losses
+    stay on the model's device until the end."""
     opt, sched = trainer.adamw_one_cycle(model, lr, steps, weight_decay=weight_decay)
     return trainer.fit(
         model,
@@ -57,6 +58,7 @@ def fit(
         optimizer=opt,
         schedule=sched,
         progress=progress,
+        desc=desc,
     )
 
 
@@ -65,12 +67,13 @@ def train_vit_digits(
     epochs: int = 40,
     batch: int = 64,
     lr: float = 2e-3,
-    progress: Callable | None = None,
+    progress: bool = False,
+    desc: str = "ViT digits",
     device: torch.device | str | None = None,
     **config: int | str,
 ) -> TrainResult:
     """Train a ViT on the 1,437 training digits with ±1 pixel shifts, AdamW and a one-cycle
-    schedule. `progress` wraps the step range (e.g. tqdm). The model and the digits live on
+    schedule; `progress` shows a tqdm bar named `desc`. The model and the digits live on
     `device` (default: the course's); the batches and shifts are drawn on the CPU (the same
     draws on every device) and sent over without waiting for the GPU."""
     dev = torch.device(device) if device is not None else default_device()
@@ -88,7 +91,7 @@ def train_vit_digits(
     def sample() -> torch.Tensor:
         return to_device(torch.randint(len(train), (batch,), generator=g), dev)
 
-    return fit(model, loss_fn, sample, steps, lr, progress, weight_decay=0.05)
+    return fit(model, loss_fn, sample, steps, lr, progress, desc, weight_decay=0.05)
 
 
 def rebuild(seed: int = 0) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
 from mmcourse.checkpoints import Weights
 from mmcourse.data import ShapesDataset, all_captions
@@ -67,22 +68,12 @@ def train_clip(
     """Train CLIP on Shapes (seed 0) with batches of distinct captions, on `device` (default:
     the course's); the batches are drawn on the CPU (the same on every device) and sent over
     without waiting for the GPU."""
-    dev = torch.device(device) if device is not None else default_device()
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    data = ShapesDataset(n=n_images, seed=0)
-    images, ids = data.images.to(dev), encode_captions(data.captions).to(dev)  # (n, L) ids
-    model = CLIP(**config).to(dev)
-    draw = _distinct_caption_batches(data, batch, g)
-    return vit_recipe.fit(
-        model,
-        lambda idx: model.loss(images[idx], ids[idx]),
-        lambda: to_device(draw(), dev),
-        steps,
-        lr,
-        progress,
-        "CLIP",
-    )
+
+    def batches(data: ShapesDataset, g: torch.Generator) -> Callable[[], torch.Tensor]:
+        return _distinct_caption_batches(data, batch, g)
+
+    return _fit_on_captions(lambda: CLIP(**config), batches, seed, steps, lr, n_images,
+                            progress, "CLIP", device)  # fmt: skip
 
 
 def train_captioner(
@@ -98,20 +89,43 @@ def train_captioner(
 ) -> TrainResult:
     """Train projector and decoder on Shapes (seed 0) to caption through the frozen `vision`,
     on `device` (default: the course's; the captioner holds its own copy of `vision`)."""
+
+    def batches(data: ShapesDataset, g: torch.Generator) -> Callable[[], torch.Tensor]:
+        return lambda: torch.randint(len(data), (batch,), generator=g)
+
+    return _fit_on_captions(lambda: Captioner(vision, **config), batches, seed, steps, lr,
+                            n_images, progress, "captioner", device)  # fmt: skip
+
+
+def _fit_on_captions(
+    build: Callable[[], nn.Module],
+    batches: Callable[[ShapesDataset, torch.Generator], Callable[[], torch.Tensor]],
+    seed: int,
+    steps: int,
+    lr: float,
+    n_images: int,
+    progress: bool,
+    desc: str,
+    device: torch.device | str | None,
+) -> TrainResult:
+    """CLIP's and the captioner's run: Shapes images with their caption ids on the device, the
+    model from `build()`, trained on `model.loss(images, ids)` of the index batches that
+    `batches(data, generator)` draws (on the CPU, the same on every device)."""
     dev = torch.device(device) if device is not None else default_device()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     data = ShapesDataset(n=n_images, seed=0)
-    images, ids = data.images.to(dev), encode_captions(data.captions).to(dev)
-    model = Captioner(vision, **config).to(dev)
+    images, ids = data.images.to(dev), encode_captions(data.captions).to(dev)  # (n, L) ids
+    model = build().to(dev)
+    draw = batches(data, g)
     return vit_recipe.fit(
         model,
         lambda idx: model.loss(images[idx], ids[idx]),
-        lambda: to_device(torch.randint(len(data), (batch,), generator=g), dev),
+        lambda: to_device(draw(), dev),
         steps,
         lr,
         progress,
-        "captioner",
+        desc,
     )
 
 

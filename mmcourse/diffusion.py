@@ -58,7 +58,7 @@ def cosine_schedule(T: int = T, s: float = 0.008) -> torch.Tensor:
 
 def snr(alpha_bar: torch.Tensor) -> torch.Tensor:
     """Signal-to-noise ratio of x_t: ᾱ_t / (1 − ᾱ_t), one value per timestep."""
-    alpha_bar = _check_alpha_bar(alpha_bar)
+    alpha_bar = check_alpha_bar(alpha_bar)
     return alpha_bar / (1 - alpha_bar)
 
 
@@ -73,7 +73,7 @@ def q_sample(
     x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, like x0 (dtype and device kept)."""
     x0 = _check_batch("x0", x0)
     eps = _check_like("eps", eps, x0, "x0")
-    alpha_bar = _check_alpha_bar(alpha_bar)
+    alpha_bar = check_alpha_bar(alpha_bar)
     t = _check_t_batch(t, len(x0), len(alpha_bar))
     a = alpha_bar.to(x0.device)[t].to(x0.dtype)  # ᾱ_t (B,)
     a = a.view(-1, *[1] * (x0.dim() - 1))  # (B, 1, ..., 1): broadcasts over x0's trailing dims
@@ -114,7 +114,7 @@ def ddpm_step(
     noise ~ N(0, I) like x; no noise is added at t = 0, where the step returns x̂_0 itself."""
     x = _check_batch("x", x)
     eps, noise = _check_like("eps", eps, x), _check_like("noise", noise, x)
-    alpha_bar = _check_alpha_bar(alpha_bar)
+    alpha_bar = check_alpha_bar(alpha_bar)
     t = _check_t_int("t", t, len(alpha_bar))
     a_t = alpha_bar[t].item()  # ᾱ_t
     a_prev = alpha_bar[t - 1].item() if t > 0 else 1.0  # ᾱ_{t−1}, with ᾱ_{−1} = 1
@@ -157,7 +157,7 @@ def ddim_step(
     the steps are single."""
     x = _check_batch("x", x)
     eps, noise = _check_like("eps", eps, x), _check_like("noise", noise, x)
-    alpha_bar = _check_alpha_bar(alpha_bar)
+    alpha_bar = check_alpha_bar(alpha_bar)
     t = _check_t_int("t", t, len(alpha_bar))
     t_next = _check_t_int("t_next", t_next, len(alpha_bar), allow_final=True)
     if t_next >= t:
@@ -286,7 +286,7 @@ def _start(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator]:
     """x_T ~ N(0, I) (B, *shape) on the model's device, and the checked inputs."""
     labels = _validate.tensor("labels", labels, shape=("B", 3), dtype=torch.long)
-    alpha_bar = _check_alpha_bar(alpha_bar)
+    alpha_bar = check_alpha_bar(alpha_bar)
     if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
         raise ValueError(f"shape must be (C, H, W) of positive ints, got {shape!r}")
     param = next(model.parameters())
@@ -319,7 +319,8 @@ def _check_like(name: str, y: object, x: torch.Tensor, x_name: str = "x") -> tor
     return y
 
 
-def _check_alpha_bar(alpha_bar: object) -> torch.Tensor:
+def check_alpha_bar(alpha_bar: object) -> torch.Tensor:
+    """A noise schedule ᾱ (T,): floating, non-empty, every value in (0, 1); or a clear error."""
     alpha_bar = _validate.tensor("alpha_bar", alpha_bar, shape=("T",), floating=True)
     if len(alpha_bar) == 0 or not bool(((alpha_bar > 0) & (alpha_bar < 1)).all()):
         raise ValueError("alpha_bar must be a non-empty (T,) tensor with values in (0, 1)")

@@ -91,7 +91,7 @@ def train_diffusion(
     g = torch.Generator(device=dev).manual_seed(seed)
     model = UNet(**(config or {"in_channels": x0.shape[1]})).to(dev)  # built after seeding
     alpha_bar = (
-        diffusion.linear_schedule() if alpha_bar is None else diffusion._check_alpha_bar(alpha_bar)
+        diffusion.linear_schedule() if alpha_bar is None else diffusion.check_alpha_bar(alpha_bar)
     )
     a_dev = alpha_bar.to(dev)  # ᾱ on the device, indexed by t there
     x0, labels = x0.to(dev), labels.to(dev)

@@ -57,6 +57,19 @@ class Judge(nn.Module):
         return {a: head(h) for a, head in self.heads.items()}
 
     @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The judge's penultimate features, what chapter 10 measures generators with: x (N, 3,
+        32, 32) in [0, 1] → (N, hidden) float, on x's device. A network the course owns, so no
+        download, but FIDs from it are not comparable with Inception-based ones."""
+        x = _validate.tensor("x", x, shape=("N", 3, 32, 32), floating=True, value_range=(0, 1))
+        param = next(self.parameters())
+        was_training = self.training
+        self.eval()
+        h = torch.cat([self.features(chunk.to(param) * 2 - 1) for chunk in x.split(1024)])
+        self.train(was_training)
+        return h.to(x.device)  # (N, hidden)
+
+    @torch.no_grad()
     def read(self, x: torch.Tensor) -> torch.Tensor:
         """The attributes the judge sees: x (N, 3, 32, 32) in [0, 1] → (N, 3) long labels
         (color, shape, position), on x's device."""

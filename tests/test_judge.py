@@ -4,7 +4,7 @@ fails clearly."""
 import pytest
 import torch
 
-from mmcourse import checkpoints, recipes
+from mmcourse import checkpoints, evaluation, recipes
 from mmcourse.data import COLORS, POSITIONS, SHAPES, ShapesDataset
 from mmcourse.judge import Judge
 from mmcourse.recipes import judge as judge_recipe
@@ -86,3 +86,14 @@ def test_training_runs_and_learns(monkeypatch):
     assert isinstance(model, Judge) and not model.training
     first, last = (float(line.split("loss")[1]) for line in (losses[0], losses[-1]))
     assert last < first
+
+
+def test_embed_gives_features_that_tell_real_images_from_noise(the_judge, held_out, device):
+    judge = the_judge.to(device)
+    x = held_out.images.to(device)
+    h = judge.embed(x)
+    assert h.shape == (len(x), judge.config["hidden"]) and h.device == x.device
+    torch.testing.assert_close(judge.embed(x[:7]), h[:7])  # per image, whatever the batch
+    halves = evaluation.fid(h[:500], h[500:])
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(0)).to(device)
+    assert evaluation.fid(h[:500], judge.embed(noise[:500])) > 20 * halves

@@ -13,6 +13,13 @@ the absolute numbers are not comparable with published, Inception-based ones).
 
 Everything runs in float64 on the features' device; a bootstrap gives any metric a confidence
 interval.
+
+Preferences rank generators without features: raters compare two samples and say which is
+better, and a Bradley–Terry model turns the win counts into one strength per generator,
+    P(i ≻ j) = p_i / (p_i + p_j) = σ(log p_i − log p_j)            Bradley & Terry 1952
+fitted by Hunter's MM algorithm (Hunter 2004), the model behind arena-style leaderboards.
+`simulate_comparisons` plays the rater from per-sample qualities, `kendall_tau` compares the
+ranking it gives with a metric's.
 """
 
 from __future__ import annotations
@@ -29,12 +36,15 @@ __all__ = [
     "Gaussian",
     "PrecisionRecall",
     "bootstrap_interval",
+    "bradley_terry",
     "clip_score",
     "fid",
     "frechet_distance",
     "gaussian",
+    "kendall_tau",
     "kid",
     "precision_recall",
+    "simulate_comparisons",
     "sqrtm_psd",
 ]
 
@@ -200,3 +210,155 @@ def bootstrap_interval(
         torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     )
     return metric(*samples), float(low), float(high)
+
+
+def _wins(wins: object) -> torch.Tensor:
+    """wins (G, G), G ≥ 2, real, non-negative and finite, zero diagonal → float64."""
+    wins = _validate.tensor("wins", wins, shape=("G", "G"))
+    if wins.shape[0] != wins.shape[1]:
+        raise ValueError(f"wins must be square (G, G), got {tuple(wins.shape)}")
+    if wins.dtype == torch.bool or wins.is_complex():
+        raise TypeError(f"wins must hold real counts (int or float), got dtype {wins.dtype}")
+    if len(wins) < 2:
+        raise ValueError(f"wins must compare at least 2 generators, got shape {tuple(wins.shape)}")
+    wins = wins.double()
+    if not wins.isfinite().all() or (wins < 0).any():
+        raise ValueError("wins must hold finite counts ≥ 0 (wins[i, j] = times i beat j)")
+    if wins.diagonal().any():
+        raise ValueError("wins must have a zero diagonal (a generator never meets itself)")
+    played = wins.sum(dim=0) + wins.sum(dim=1)  # (G,) comparisons each generator took part in
+    if not played.all():
+        missing = played.eq(0).nonzero().flatten().tolist()
+        raise ValueError(f"wins has generators that were never compared: {missing}")
+    return wins
+
+
+def _strongly_connected(beats: torch.Tensor) -> bool:
+    """Whether every generator reaches every other along "i beat j" edges (G, G) bool."""
+    g = len(beats)
+    reach = beats | torch.eye(g, dtype=torch.bool, device=beats.device)
+    for _ in range(max(g - 1, 1).bit_length()):  # paths of length ≤ 2^k after k squarings
+        reach = reach | ((reach.double() @ reach.double()) > 0)
+    return bool(reach.all())
+
+
+def bradley_terry(
+    wins: torch.Tensor, iterations: int = 1000, tol: float = 1e-10, prior: float = 0.5
+) -> torch.Tensor:
+    """Bradley–Terry log-strengths (G,) float64, mean 0, from wins (G, G): wins[i, j] = times
+    generator i was preferred to generator j.
+
+    Model: P(i ≻ j) = p_i / (p_i + p_j). The maximum-likelihood strengths solve
+    W_i = Σ_j n_ij p_i / (p_i + p_j) (W_i = Σ_j wins[i, j], n_ij = wins[i, j] + wins[j, i]);
+    Hunter's (2004) minorize–maximize update iterates
+
+        p_i ← W_i / Σ_{j≠i} n_ij / (p_i + p_j),
+
+    each step raising the likelihood, until no log p_i moves by more than `tol` (at most
+    `iterations` steps). Strengths are defined up to a common factor: log p is centred.
+
+    A generator that never wins has maximum-likelihood strength 0 (log −∞), and in general the
+    estimate is finite only when every generator beats, directly or through others, every
+    other. `prior` adds that many pseudo-wins of every generator against every other (add-½
+    smoothing at the default 0.5), which keeps every strength finite and shrinks them slightly
+    towards equality (negligible once each pair has many comparisons). With prior=0 a wins
+    matrix whose estimate diverges raises ValueError."""
+    wins = _wins(wins)
+    iterations = _validate.positive_int("iterations", iterations)
+    tol = _validate.number("tol", tol, 0.0, open_lo=True)
+    prior = _validate.number("prior", prior, 0.0)
+    g = len(wins)
+    off_diagonal = 1 - torch.eye(g, dtype=torch.float64, device=wins.device)  # (G, G)
+    wins = wins + prior * off_diagonal
+    if prior == 0 and not _strongly_connected(wins > 0):
+        raise ValueError(
+            "wins has no finite Bradley–Terry fit: some generators never beat the rest, "
+            "directly or through others (their log-strength is −∞); pass prior > 0"
+        )
+    won = wins.sum(dim=1)  # W_i (G,)
+    played = wins + wins.T  # n_ij (G, G), zero diagonal
+    log_p = torch.zeros(g, dtype=torch.float64, device=wins.device)  # (G,)
+    for _ in range(iterations):
+        p = log_p.exp()
+        denominator = (played / (p[:, None] + p[None, :])).sum(dim=1)  # Σ_j n_ij/(p_i+p_j)
+        new = (won / denominator).log()
+        new = new - new.mean()  # the common factor: geometric mean 1
+        step = float((new - log_p).abs().max())
+        log_p = new
+        if step < tol:
+            break
+    return log_p
+
+
+def simulate_comparisons(
+    quality: torch.Tensor, comparisons: int, noise: float, seed: int = 0
+) -> torch.Tensor:
+    """A simulated rater's wins (G, G) float64: wins[i, j] = times generator i was preferred.
+
+    quality (G, C, S): a score for each generator's S samples of each of C captions. Each
+    comparison draws an ordered pair of generators i ≠ j uniformly, a caption c, one sample
+    s, t of each for c, and prefers i with probability
+
+        P(i ≻ j) = σ((q[i, c, s] − q[j, c, t]) / noise),
+
+    a Bradley–Terry rater on the log-strength scale q / noise: small noise, a decisive rater;
+    large, a coin flip. The draws come from a CPU generator seeded with `seed`, so every device
+    gets the same comparisons (up to rounding in σ)."""
+    quality = _validate.tensor("quality", quality, shape=("G", "C", "S"), floating=True)
+    g, c, s = quality.shape
+    if g < 2 or c < 1 or s < 1:
+        raise ValueError(
+            f"quality needs at least 2 generators and one sample of one caption (G, C, S), "
+            f"got shape {tuple(quality.shape)}"
+        )
+    if not quality.isfinite().all():
+        raise ValueError("quality must be finite")
+    comparisons = _validate.positive_int("comparisons", comparisons)
+    noise = _validate.number("noise", noise, 0.0, open_lo=True)
+    seed = _validate.integer("seed", seed, low=None)
+    rng = torch.Generator().manual_seed(seed)
+    first = torch.randint(g, (comparisons,), generator=rng)  # (K,)
+    second = torch.randint(g - 1, (comparisons,), generator=rng)
+    second = second + (second >= first).long()  # uniform over the other G − 1
+    caption = torch.randint(c, (comparisons,), generator=rng)
+    sample_i = torch.randint(s, (comparisons,), generator=rng)
+    sample_j = torch.randint(s, (comparisons,), generator=rng)
+    uniform = torch.rand(comparisons, generator=rng, dtype=torch.float64)
+    i, j, caption, sample_i, sample_j, uniform = (
+        t.to(quality.device) for t in (first, second, caption, sample_i, sample_j, uniform)
+    )
+    q = quality.double()
+    margin = (q[i, caption, sample_i] - q[j, caption, sample_j]) / noise  # (K,)
+    i_wins = uniform < torch.sigmoid(margin)  # (K,) bool
+    winner, loser = torch.where(i_wins, i, j), torch.where(i_wins, j, i)
+    wins = torch.zeros(g * g, dtype=torch.float64, device=quality.device)
+    wins.index_add_(0, winner * g + loser, torch.ones_like(uniform))
+    return wins.view(g, g)
+
+
+def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Kendall's τ_b between two score vectors (G,): the rank agreement of the orders they give,
+
+        τ_b = (concordant − discordant) / √((pairs − ties_a)(pairs − ties_b)),
+
+    over the G(G−1)/2 pairs: 1 for the same order, −1 for the reverse, ≈ 0 for unrelated ones;
+    ties count neither way (τ_b's denominator corrects for them)."""
+    a = _validate.tensor("a", a, shape=("G",))
+    b = _validate.tensor("b", b, shape=(len(a),))
+    if len(a) < 2:
+        raise ValueError(f"a must hold at least 2 scores to rank, got shape {tuple(a.shape)}")
+    if a.device != b.device:
+        raise ValueError(f"b must be on a's device {a.device}, got {b.device}")
+    a, b = a.double(), b.double()
+    if a.isnan().any() or b.isnan().any():
+        raise ValueError("a and b must not hold NaN (a NaN score has no rank)")
+    upper = torch.ones(len(a), len(a), dtype=torch.bool, device=a.device).triu(1)  # pairs i < j
+    sign_a = torch.sign(a[:, None] - a[None, :])[upper]  # (pairs,)
+    sign_b = torch.sign(b[:, None] - b[None, :])[upper]
+    untied_a, untied_b = sign_a.ne(0).sum(), sign_b.ne(0).sum()
+    if untied_a == 0 or untied_b == 0:
+        raise ValueError(
+            f"{'a' if untied_a == 0 else 'b'} holds one value throughout: it gives no order, "
+            "so τ is undefined"
+        )
+    return float((sign_a * sign_b).sum() / (untied_a * untied_b).double().sqrt())

@@ -1,13 +1,17 @@
 """The generator metrics against closed forms and their known behaviour: FID's Gaussian formula
 and small-sample bias, KID's unbiasedness, precision/recall under mode dropping, CLIPScore's
-clamp, the bootstrap interval, and clear errors."""
+clamp, the bootstrap interval; Bradley–Terry strengths recovered from simulated preferences,
+their symmetries and the prior; Kendall's τ; and clear errors."""
 
 import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mmcourse import evaluation as ev
+from mmcourse.checks._placement import PlacementAudit
 
 
 def _draw(n: int, d: int, seed: int, shift: float = 0.0, scale: float = 1.0) -> torch.Tensor:
@@ -92,7 +96,104 @@ def test_bootstrap_interval_brackets_the_estimate_and_is_seeded():
     assert ev.bootstrap_interval(ev.fid, x, y, rounds=50) == (value, low, high)
 
 
+# --- preferences: Bradley–Terry and Kendall's τ -------------------------------------------------
+
+
+def _constant_quality(q: torch.Tensor, captions: int = 3, samples: int = 2) -> torch.Tensor:
+    """Every sample of generator i scores q[i]: the rater is then exactly Bradley–Terry."""
+    return q[:, None, None].expand(len(q), captions, samples).contiguous()  # (G, C, S)
+
+
+def test_bradley_terry_recovers_the_strengths_behind_many_comparisons():
+    # P(i ≻ j) = σ((q_i − q_j)/noise): log-strengths q/noise, centred
+    q = torch.tensor([0.3, -1.2, 1.5, 0.0, -0.4, 0.9]).double()
+    wins = ev.simulate_comparisons(_constant_quality(q), comparisons=100_000, noise=0.5, seed=1)
+    strengths = ev.bradley_terry(wins)
+    expected = (q - q.mean()) / 0.5
+    assert strengths.dtype == torch.float64 and strengths.sum().abs() < 1e-9
+    assert ev.kendall_tau(strengths, q) == 1.0  # the exact order
+    assert (strengths - expected).abs().max() < 0.05  # ≈ 2σ of 100,000 comparisons
+
+
+def test_bradley_terry_of_two_generators_is_the_log_odds():
+    # two generators: p_0/p_1 = wins[0, 1]/wins[1, 0] exactly, ± half the log-odds after centring
+    half = math.log(3) / 2
+    exact = ev.bradley_terry(PAIR, prior=0)
+    torch.testing.assert_close(exact, torch.tensor([half, -half]).double())
+    smoothed = ev.bradley_terry(PAIR)  # (3 + ½) / (1 + ½)
+    torch.testing.assert_close(smoothed, torch.tensor([1, -1]).double() * math.log(3.5 / 1.5) / 2)
+
+
+def test_bradley_terry_solves_the_likelihood_equations():
+    # the maximum-likelihood fixed point: W_i = Σ_j n_ij p_i / (p_i + p_j)
+    wins = ev.simulate_comparisons(torch.randn(5, 4, 3, dtype=torch.float64), 2000, 1.0, seed=3)
+    p = ev.bradley_terry(wins, prior=0).exp()
+    expected = ((wins + wins.T) * p[:, None] / (p[:, None] + p[None, :])).sum(dim=1)
+    torch.testing.assert_close(wins.sum(dim=1), expected, rtol=1e-8, atol=1e-8)
+
+
+def test_bradley_terry_follows_relabelling_and_role_reversal():
+    wins = ev.simulate_comparisons(torch.randn(5, 4, 3, dtype=torch.float64), 3000, 1.0, seed=4)
+    strengths = ev.bradley_terry(wins)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    torch.testing.assert_close(ev.bradley_terry(wins[perm][:, perm]), strengths[perm])
+    torch.testing.assert_close(ev.bradley_terry(wins.T), -strengths)  # winners become losers
+    torch.testing.assert_close(ev.bradley_terry(wins.long()), strengths)  # counts of any dtype
+
+
+def test_a_generator_that_never_wins_stays_finite_under_the_prior():
+    wins = torch.tensor([[0.0, 5.0, 9.0], [4.0, 0.0, 7.0], [0.0, 0.0, 0.0]])
+    strengths = ev.bradley_terry(wins)
+    assert strengths.isfinite().all()
+    assert strengths[2] < strengths[1] < strengths[0]
+    weaker = ev.bradley_terry(wins, prior=0.1)
+    assert weaker[2] < strengths[2]  # a weaker prior lets it sink further
+    with pytest.raises(ValueError, match="no finite Bradley–Terry fit"):
+        ev.bradley_terry(wins, prior=0)
+
+
+def test_simulated_comparisons_follow_the_rater_model():
+    # two generators, constant qualities 1 and 0: P(0 ≻ 1) = σ(1/noise)
+    n = 20_000
+    wins = ev.simulate_comparisons(_constant_quality(torch.tensor([1.0, 0.0])), n, 0.5, seed=5)
+    assert wins.sum() == n and wins.diagonal().eq(0).all()
+    share, p = float(wins[0, 1] / n), 1 / (1 + math.exp(-2))
+    assert abs(share - p) < 4 * math.sqrt(p * (1 - p) / n)
+    coin = ev.simulate_comparisons(_constant_quality(torch.tensor([1.0, 0.0])), n, 1e6, seed=5)
+    assert abs(float(coin[0, 1] / n) - 0.5) < 0.02  # a very noisy rater: a coin flip
+    again = ev.simulate_comparisons(_constant_quality(torch.tensor([1.0, 0.0])), n, 0.5, seed=5)
+    assert torch.equal(again, wins)
+
+
+def test_simulated_comparisons_draw_the_samples_of_one_caption():
+    # generator 0 is better only on caption 0, generator 1 only on caption 1: even overall
+    quality = torch.tensor([[[2.0, 2.0], [-2.0, -2.0]], [[-2.0, -2.0], [2.0, 2.0]]])
+    wins = ev.simulate_comparisons(quality, 20_000, 0.1, seed=6)
+    assert abs(float(wins[0, 1] / wins.sum()) - 0.5) < 0.02
+
+
+def test_preferences_stay_on_the_device(device):
+    quality = torch.randn(4, 3, 2, generator=torch.Generator().manual_seed(7)).to(device)
+    with PlacementAudit():
+        wins = ev.simulate_comparisons(quality, 500, 1.0, seed=7)
+        strengths = ev.bradley_terry(wins)
+        tau = ev.kendall_tau(strengths, quality.mean(dim=(1, 2)))
+    assert wins.device == strengths.device == quality.device and wins.dtype == torch.float64
+    assert torch.equal(wins.cpu(), ev.simulate_comparisons(quality.cpu(), 500, 1.0, seed=7))
+    assert -1 <= tau <= 1
+
+
+def test_kendall_tau_counts_agreeing_pairs():
+    a = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert ev.kendall_tau(a, a) == 1.0 and ev.kendall_tau(a, -a) == -1.0
+    assert ev.kendall_tau(a, a.exp() * 10) == 1.0  # only the order counts
+    assert ev.kendall_tau(a, torch.tensor([2.0, 1.0, 3.0, 4.0])) == pytest.approx(4 / 6)
+    # τ_b with a tie in b: 5 concordant, 0 discordant, 1 tied of 6 pairs → 5/√(6·5)
+    assert ev.kendall_tau(a, torch.tensor([1, 1, 3, 4])) == pytest.approx(5 / math.sqrt(30))
+
+
 Z = torch.zeros
+PAIR = torch.tensor([[0.0, 3.0], [1.0, 0.0]])  # generator 0 beat 1 three times, lost once
 
 
 @pytest.mark.parametrize(
@@ -109,8 +210,64 @@ Z = torch.zeros
         (lambda: ev.clip_score(Z(3, 4), Z(2, 4)), ValueError, "^text_emb must have shape"),
         (lambda: ev.bootstrap_interval(ev.fid, Z(4, 2), level=1.0), ValueError,
          r"^level must be in \(0, 1\)"),
+        (lambda: ev.bradley_terry(Z(3, 2)), ValueError,
+         r"^wins must be square \(G, G\), got \(3, 2\)"),
+        (lambda: ev.bradley_terry(Z(1, 1)), ValueError, "^wins must compare at least 2"),
+        (lambda: ev.bradley_terry(torch.eye(2, dtype=torch.bool)), TypeError,
+         "^wins must hold real counts"),
+        (lambda: ev.bradley_terry(-PAIR), ValueError, "^wins must hold finite counts ≥ 0"),
+        (lambda: ev.bradley_terry(PAIR + torch.eye(2)), ValueError, "^wins must have a zero diag"),
+        (lambda: ev.bradley_terry(torch.block_diag(PAIR, Z(1, 1))), ValueError,
+         r"^wins has generators that were never compared: \[2\]"),
+        (lambda: ev.bradley_terry(PAIR.triu(), prior=0), ValueError,
+         "^wins has no finite Bradley–Terry fit.*prior > 0"),
+        (lambda: ev.bradley_terry(PAIR, prior=-1), ValueError, r"^prior must be in \[0, inf"),
+        (lambda: ev.bradley_terry(PAIR, iterations=0), ValueError, "^iterations must be ≥ 1"),
+        (lambda: ev.simulate_comparisons(Z(2, 3), 10, 1.0), ValueError,
+         "^quality must have 3 dim"),
+        (lambda: ev.simulate_comparisons(Z(1, 3, 2), 10, 1.0), ValueError,
+         "^quality needs at least 2 generators"),
+        (lambda: ev.simulate_comparisons(Z(2, 3, 2, dtype=torch.long), 10, 1.0), TypeError,
+         "^quality must be a floating"),
+        (lambda: ev.simulate_comparisons(Z(2, 1, 1) / 0, 10, 1.0), ValueError,
+         "^quality must be finite"),
+        (lambda: ev.simulate_comparisons(Z(2, 1, 1), 0, 1.0), ValueError,
+         "^comparisons must be ≥ 1"),
+        (lambda: ev.simulate_comparisons(Z(2, 1, 1), 10, 0.0), ValueError,
+         r"^noise must be in \(0, inf"),
+        (lambda: ev.simulate_comparisons(Z(2, 1, 1), 10, 1.0, seed=1.5), TypeError,
+         "^seed must be an int"),
+        (lambda: ev.kendall_tau(Z(3), Z(4)), ValueError, r"^b must have shape \(3\), got \(4,\)"),
+        (lambda: ev.kendall_tau(Z(1), Z(1)), ValueError, "^a must hold at least 2 scores"),
+        (lambda: ev.kendall_tau(torch.arange(3.0), Z(3)), ValueError,
+         "^b holds one value throughout"),
+        (lambda: ev.kendall_tau(torch.tensor([0.0, math.nan]), Z(2) + 1), ValueError,
+         "^a and b must not hold NaN"),
     ],
 )  # fmt: skip
 def test_bad_input_names_the_argument(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+DTYPES = [torch.float16, torch.float32, torch.float64, torch.int64, torch.uint8, torch.bool]
+SHAPES = st.lists(st.integers(0, 4), min_size=0, max_size=4).map(tuple)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=SHAPES, dtype=st.sampled_from(DTYPES))
+def test_wins_without_comparisons_or_of_the_wrong_layout_are_refused(shape, dtype):
+    # a zero tensor never holds a comparison: every layout, right or wrong, must be refused
+    with pytest.raises((ValueError, TypeError), match="^wins (must|has)"):
+        ev.bradley_terry(torch.zeros(shape, dtype=dtype))
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=SHAPES, dtype=st.sampled_from(DTYPES))
+def test_quality_of_the_wrong_layout_is_refused(shape, dtype):
+    good = len(shape) == 3 and shape[0] >= 2 and min(shape) >= 1 and dtype.is_floating_point
+    if good:
+        assert ev.simulate_comparisons(torch.zeros(shape, dtype=dtype), 5, 1.0).sum() == 5
+        return
+    with pytest.raises((ValueError, TypeError), match="^quality (must|needs)"):
+        ev.simulate_comparisons(torch.zeros(shape, dtype=dtype), 5, 1.0)

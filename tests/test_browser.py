@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import warnings
 from pathlib import Path
 
 import jupyter_lab
@@ -108,18 +109,67 @@ def page(lab, sync_api):
             browser.close()
 
 
+def _wait_for_idle_kernel(page, timeout_error: type[Exception]) -> None:
+    """Wait until the notebook's kernel reports idle (the toolbar's execution indicator). Cells
+    run before the page's widget manager is connected to the kernel can leave a widget that
+    never renders; on a loaded machine the kernel takes tens of seconds to start."""
+    idle = ".jp-Notebook-ExecutionIndicator[data-status='idle']"
+    try:
+        page.locator(idle).first.wait_for(state="attached", timeout=STEP_TIMEOUT_MS)
+    except timeout_error:
+        pass  # an older toolbar without the indicator: Run All is retried below anyway
+
+
 def _open(page, lab, name: str, sync_api) -> None:
     # ?reset: a fresh workspace, not the tabs an earlier test left open
     page.goto(lab.url(f"lab/tree/{name}?reset&token={lab.token}"))
     page.locator(".jp-Notebook .jp-Cell").first.wait_for()
+    _wait_for_idle_kernel(page, sync_api.TimeoutError)
     _run_all_cells(page, sync_api.TimeoutError)
+
+
+def _what_the_page_shows(page, lab) -> str:
+    """For a failure message: each code cell's prompt, the widgets' outputs, and the end of the
+    server's log."""
+    prompts = page.locator(".jp-CodeCell .jp-InputArea-prompt").all_inner_texts()
+    interacts = page.locator(".widget-interact").count()
+    # widget placeholders ("Loading widget...", "Error displaying widget") and the σ lines
+    outputs = [
+        text.strip()
+        for text in page.locator(".jp-OutputArea-output").all_inner_texts()
+        if "idget" in text or "σ =" in text
+    ]
+    log = lab.log.read_text(errors="replace").splitlines()[-15:] if lab.log.exists() else []
+    return (
+        f"cell prompts {' '.join(p.strip() for p in prompts)}\n"
+        f"{interacts} interact widgets; widget outputs {outputs!r}\n"
+        "server log (end):\n" + "\n".join(log)
+    )
 
 
 def test_widget_slider_drives_its_output_in_chromium(lab, page, sync_api):
     shutil.copy(ROOT / "solutions" / NOTEBOOK, lab.root / NOTEBOOK)
     _open(page, lab, NOTEBOOK, sync_api)
     slider = page.locator(".widget-interact .widget-hslider").first
-    slider.wait_for(timeout=RUN_ALL_TIMEOUT_MS)
+    try:
+        slider.wait_for(timeout=RUN_ALL_TIMEOUT_MS)
+    except sync_api.TimeoutError:
+        # Seen once in CI (1 run in 7): no slider after 180 s. Keep what the page showed, then
+        # open the notebook again and run it once more; a second miss fails with both reports.
+        page.screenshot(path=ARTIFACTS / "browser-no-slider.png")
+        first = _what_the_page_shows(page, lab)
+        warnings.warn(
+            f"no slider after the first Run All; running again. The page showed:\n{first}",
+            stacklevel=1,
+        )
+        _open(page, lab, NOTEBOOK, sync_api)
+        try:
+            slider.wait_for(timeout=RUN_ALL_TIMEOUT_MS)
+        except sync_api.TimeoutError:
+            raise AssertionError(
+                "the widget cell shows no slider after two Run All; first:\n"
+                f"{first}\nsecond:\n{_what_the_page_shows(page, lab)}"
+            ) from None
     slider.scroll_into_view_if_needed()
     text_before, figure_before = _output(page, "0.10")
     page.screenshot(path=ARTIFACTS / "browser-before.png")

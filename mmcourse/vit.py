@@ -115,9 +115,14 @@ class ViT(nn.Module):
             maps.append(attn)
         return self.norm(tokens), maps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled penultimate features: x (B, C, S, S) → the [CLS] token after the final
+        norm (B, D), what the head reads (chapter 10 measures generated digits with them)."""
         tokens, _ = self.encode(x)
-        return self.head(tokens[:, 0])  # (B, num_classes)
+        return tokens[:, 0]  # (B, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))  # (B, num_classes)
 
     @torch.no_grad()
     def cls_attention(self, x: torch.Tensor) -> torch.Tensor:

@@ -102,3 +102,14 @@ def test_forward_names_x_on_wrong_layout(shipped, shape, dtype):
         return
     with pytest.raises((ValueError, TypeError), match="^x must"):
         shipped(torch.zeros(shape, dtype=dtype))
+
+
+def test_embed_is_what_the_head_reads(device):
+    torch.manual_seed(0)
+    model = vit.ViT(image_size=8, patch_size=2, channels=1, dim=16, depth=1, heads=2).to(device)
+    keys = set(model.state_dict())
+    x = torch.rand(3, 1, 8, 8, device=device)
+    h = model.embed(x)
+    assert h.shape == (3, 16) and h.device == x.device
+    assert torch.allclose(model.head(h), model(x))
+    assert set(model.state_dict()) == keys  # embed adds no parameters: shipped files still load

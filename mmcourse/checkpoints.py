@@ -15,6 +15,7 @@ data/cache/ (git-ignored), recomputed when stale or truncated.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,15 @@ class Weights:
         """The model of the file (default: the shipped one), in eval mode on `device` (default:
         the course's). A missing, corrupt or mismatched file names the command rebuilding it."""
         return self.load_with_config(path, device)[0]
+
+
+def digest(model: nn.Module) -> str:
+    """sha256 of a model's weights, names and values: which model a file of samples came from."""
+    sha = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        sha.update(name.encode())
+        sha.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return sha.hexdigest()
 
 
 def cached(file: str, make: Callable[[], T], valid: Callable[[object], bool]) -> T:

@@ -15,7 +15,6 @@ scale: `load_generator(name)` returns the model with both.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -24,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from mmcourse import _validate, diffusion
-from mmcourse.checkpoints import DATA_DIR, CheckpointError, Weights
+from mmcourse.checkpoints import DATA_DIR, CheckpointError, Weights, digest
 from mmcourse.data import ShapesDataset, all_captions, caption_to_labels
 from mmcourse.env import device as default_device
 from mmcourse.env import one_thread
@@ -234,7 +233,7 @@ def rebuild_ddpm_samples(seed: int = 0) -> str:
         DDPM_SAMPLES_PATH.parent.mkdir(parents=True, exist_ok=True)
         torch.save(
             {"images": pixels, "labels": labels, "guidance": DDPM_GUIDANCE, "seed": seed,
-             "weights": _digest(gen.model), "command": _COMMAND},
+             "weights": digest(gen.model), "command": _COMMAND},
             DDPM_SAMPLES_PATH,
         )  # fmt: skip
         scores = judge.score(load_ddpm_samples(gen, DDPM_SAMPLES_PATH).images, labels)
@@ -260,20 +259,11 @@ def load_ddpm_samples(gen: Generator, path: Path | str = DDPM_SAMPLES_PATH) -> D
         raise CheckpointError(
             f"{path.name} could not be read ({type(err).__name__}); {rebuild_it}"
         ) from None
-    if weights != _digest(gen.model):
+    if weights != digest(gen.model):
         raise CheckpointError(
             f"{path.name} was sampled from other weights than this model's; {rebuild_it}"
         )
     return DDPMSamples(images.float() / 255, labels, guidance, seed)
-
-
-def _digest(model: nn.Module) -> str:
-    """sha256 of a model's weights, names and values: which model a file of samples came from."""
-    digest = hashlib.sha256()
-    for name, value in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _rebuild_pixel(seed: int) -> str:

@@ -28,6 +28,7 @@ import test_checks_ch04 as t04
 import test_checks_ch05 as t05
 import test_checks_ch06 as t06
 import test_checks_ch07 as t07
+import test_checks_ch10 as t10
 import torch
 
 import mmcourse.vq as quantizers  # the package, imported under another name
@@ -35,6 +36,7 @@ from mmcourse import (
     ar,
     bpe,
     diffusion,
+    evaluation,
     fusion,
     patches,
     sampling,
@@ -46,7 +48,19 @@ from mmcourse import (
     vq,
 )
 from mmcourse import transfusion as tf
-from mmcourse.checks import ExerciseFailed, ch00, ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08
+from mmcourse.checks import (
+    ExerciseFailed,
+    ch00,
+    ch01,
+    ch02,
+    ch03,
+    ch04,
+    ch05,
+    ch06,
+    ch07,
+    ch08,
+    ch10,
+)
 from mmcourse.data import shapes
 
 NOTE = "the package's reference for this exercise"
@@ -163,6 +177,13 @@ CASES = [
     (ch08.check_noise, tf.noise_image_span, "mmcourse.transfusion.noise_image_span", []),
     (ch08.check_loss, tf.transfusion_loss, "mmcourse.transfusion.transfusion_loss", []),
     (ch08.check_generation_step, tf.generation_step, "mmcourse.transfusion.generation_step", []),
+    (ch10.check_frechet_distance, evaluation.frechet_distance,
+     "mmcourse.evaluation.frechet_distance", [t10._frechet, t10._frechet_eig_complex]),
+    (ch10.check_kid, evaluation.kid, "mmcourse.evaluation.kid", [t10._kid, t10._kid_loops]),
+    (ch10.check_precision_recall, evaluation.precision_recall,
+     "mmcourse.evaluation.precision_recall", [t10._pr, t10._pr_squared]),
+    (ch10.check_clip_score, evaluation.clip_score, "mmcourse.evaluation.clip_score",
+     [t10._clip, t10._clip_float64]),
 ]  # fmt: skip
 IDS = [case[0].number for case in CASES]
 
@@ -172,10 +193,10 @@ def _self_study(monkeypatch):
     monkeypatch.delenv("MMCOURSE_GRADED", raising=False)
 
 
-def test_every_exercise_before_chapter_09_is_covered():
+def test_every_exercise_but_chapter_09s_is_covered():
     numbers = {
         checker.number
-        for n in range(9)
+        for n in (*range(9), 10)
         for checker in vars(importlib.import_module(f"mmcourse.checks.ch{n:02d}")).values()
         if hasattr(checker, "references")
     }

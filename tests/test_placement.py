@@ -12,8 +12,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcourse import ar, diffusion, fusion, patches, sampling, transformer, video, vocab, vq
-from mmcourse.checks import ch01, ch03, ch04, ch05, ch06, ch07, ch08
+from mmcourse import (
+    ar,
+    diffusion,
+    evaluation,
+    fusion,
+    patches,
+    sampling,
+    transformer,
+    video,
+    vocab,
+    vq,
+)
+from mmcourse.checks import ch01, ch03, ch04, ch05, ch06, ch07, ch08, ch10
 from mmcourse.checks._placement import HostTensorMixed, PlacementAudit, is_host
 from mmcourse.env import normalize_device, same_device
 from mmcourse.transfusion import noise_image_span, transfusion_loss, transfusion_mask
@@ -137,6 +148,9 @@ INPUT_MISTAKE = [
     (ch08.check_mask, transfusion_mask),
     (ch08.check_noise, noise_image_span),
     (ch08.check_loss, transfusion_loss),
+    (ch10.check_kid, evaluation.kid),
+    (ch10.check_precision_recall, evaluation.precision_recall),
+    (ch10.check_clip_score, evaluation.clip_score),
 ]
 
 
@@ -159,6 +173,7 @@ RESULT_MISTAKE = [
     (ch06.check_causal_pad, video.causal_pad),
     (ch07.check_pad_batch, vocab.pad_batch),
     (ch08.check_mask, transfusion_mask),
+    (ch10.check_clip_score, evaluation.clip_score),
 ]
 
 

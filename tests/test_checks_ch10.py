@@ -557,3 +557,29 @@ def test_the_package_references_pass_with_the_delegation_note(capsys):
     ):
         checker(reference)
         assert "but it calls mmcourse.evaluation." in capsys.readouterr().out
+
+
+def _frechet_with_package_root(p, q):
+    root = evaluation.sqrtm_psd(p.cov)  # the exercise's own matrix square root, borrowed
+    middle = root @ q.cov @ root
+    cross = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
+    return float((p.mean - q.mean).pow(2).sum() + p.cov.trace() + q.cov.trace() - 2 * cross)
+
+
+def _kid_on_package_gaussians(real, generated):
+    evaluation.gaussian(real)  # a package function of no exercise here: fine to use
+    return _kid(real, generated)
+
+
+def test_the_package_square_root_is_part_of_the_answer(capsys, monkeypatch):
+    ch10.check_frechet_distance(_frechet_with_package_root)
+    assert "but it calls mmcourse.evaluation.sqrtm_psd" in capsys.readouterr().out
+    monkeypatch.setenv("MMCOURSE_GRADED", "1")
+    with pytest.raises(ExerciseFailed, match="delegates to mmcourse.evaluation.sqrtm_psd"):
+        ch10.check_frechet_distance(_frechet_with_package_root)
+
+
+def test_other_package_functions_are_free_to_use(capsys, monkeypatch):
+    monkeypatch.setenv("MMCOURSE_GRADED", "1")
+    ch10.check_kid(_kid_on_package_gaussians)
+    assert "but it calls" not in capsys.readouterr().out

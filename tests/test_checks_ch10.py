@@ -74,6 +74,14 @@ def _eig_real(p, q):
     return float((p.mean - q.mean).pow(2).sum() + p.cov.trace() + q.cov.trace() - 2 * cross)
 
 
+def _roots_not_clamped(p, q):
+    values, vectors = torch.linalg.eigh(p.cov)
+    root = (vectors * values.sqrt()) @ vectors.T  # BUG: tiny negative eigenvalues give NaN
+    middle = root @ q.cov @ root
+    cross = torch.linalg.eigvalsh((middle + middle.T) / 2).sqrt().sum()
+    return float((p.mean - q.mean).pow(2).sum() + p.cov.trace() + q.cov.trace() - 2 * cross)
+
+
 def _float64_only(p, q):
     root = _sqrtm(p.cov.double())  # BUG: float64 meets float32 covariances
     middle = root @ q.cov @ root
@@ -116,12 +124,17 @@ def test_frechet_distance_references_pass(capsys):
         (
             _eig_real,
             r"rank-deficient covariances of 6 and 9 samples(.|\n)*got nan(.|\n)*looks like: NaN: "
-            r"the square root of the non-symmetric product Σ_p Σ_q \(torch\.linalg\.eig",
+            r"the square root of slightly negative eigenvalues(.|\n)*non-symmetric product Σ_p Σ_q",
         ),
         (
             _float64_only,
             r"failed check 11, \"runs on Gaussians p, q of D = 8, torch.float32 \(float32"
             r"(.|\n)*hint:     frechet_distance must work on float32 inputs too",
+        ),
+        (
+            _roots_not_clamped,
+            r"failed check 7, \"runs on Gaussians p, q of D = 16, torch.float64 \(rank-deficient"
+            r"(.|\n)*hint:     a common cause is NaN from the square root of eigenvalues",
         ),
         (_offset_in_place, r"failed check 1, \"leaves its input p unchanged(.|\n)*p\.cov was mod"),
         (_offset_without_device, r"on the device of its inputs(.|\n)*device=x\.device"),

@@ -23,6 +23,7 @@ from mmcourse.checkpoints import Weights
 from mmcourse.recipes import (
     ar,
     diffusion,
+    evaluation,
     fusion,
     judge,
     tokenizer,
@@ -32,7 +33,7 @@ from mmcourse.recipes import (
     vit,
 )
 
-_CHAPTERS = (judge, tokenizer, vit, fusion, diffusion, ar, video, unified, transfusion)
+_CHAPTERS = (judge, tokenizer, vit, fusion, diffusion, ar, video, unified, transfusion, evaluation)
 WEIGHTS: dict[str, Weights] = {k: w for r in _CHAPTERS for k, w in r.WEIGHTS.items()}
 REBUILDS: dict = {k: f for r in _CHAPTERS for k, f in r.REBUILDS.items()}
 
@@ -42,6 +43,7 @@ __all__ = [
     "load",
     "ar",
     "diffusion",
+    "evaluation",
     "fusion",
     "judge",
     "tokenizer",

@@ -397,3 +397,40 @@ def test_notebook_times_name_a_missing_chapter():
     assert [p.name[:2] for p in notebook_times.notebooks(["4", "08"])] == ["04", "08"]
     with pytest.raises(SystemExit, match=r"\['13'\]"):
         notebook_times.notebooks(["13"])
+
+
+def test_evaluation_reports_the_pitfalls_and_every_generator(monkeypatch):
+    # the recipe's measures faked (the real ones take a minute): the benchmark's keys and sums
+    from mmcourse.recipes import evaluation as evaluation_recipe
+
+    names = evaluation_recipe.GENERATORS
+
+    def row(i: int, name: str) -> evaluation_recipe.Row:
+        fid, judge = (10.0 + i, 9.0, 11.0 + i), (0.9 - i / 10, 0.8, 1.0)
+        return evaluation_recipe.Row(name, fid, *[(0.0, 0.0, 0.0)] * 4, judge, 1.0, 10)
+
+    fakes = {
+        "floors": lambda: {"n": 450, "real_fid": 3.0, "real_kid": 0.01, "noise_fid": 200.0,
+                           "noise_kid": 10.0},
+        "small_n_bias": lambda ns: {ns[0]: (7.5, -0.06), ns[1]: (0.5, 0.001)},
+        "mode_dropped": lambda: {"fid": 11.0, "kid": 0.1, "precision": 0.97, "recall": 0.5},
+        "load_samples": lambda: "samples",
+        "leaderboard": lambda samples, rounds: [row(i, name) for i, name in enumerate(names)],
+        # the rater prefers the generators in their order: the arena agrees with both columns
+        "preference_quality": lambda samples, rater: -torch.arange(
+            float(len(names)))[:, None, None].expand(-1, 2, 3),
+    }  # fmt: skip
+    for name, fake in fakes.items():
+        monkeypatch.setattr(evaluation_recipe, name, fake)
+    results = _benchmark("evaluation").run()
+    runner._check_results(results, "benchmarks/evaluation.py")
+    per_generator = {f"{m}_{name}" for name in names for m in ("fid", "judge")}
+    assert set(results) == {
+        "fid_real_halves", "fid_noise", "fid_small_n_bias", "kid_real_halves", "kid_small_n_bias",
+        "recall_mode_dropped", "precision_mode_dropped", "fid_mode_dropped", "leaderboard_rows",
+        "fid_judge_tau", "leaderboard_s", "arena_judge_tau", "arena_fid_tau", *per_generator,
+    }  # fmt: skip
+    assert results["fid_small_n_bias"] == 7.0 and results["leaderboard_rows"] == len(names)
+    assert results["fid_judge_tau"] == 1.0  # FID rises as the judge falls: the same order
+    assert results["arena_judge_tau"] == results["arena_fid_tau"] == 1.0
+    assert results[f"fid_{names[1]}"] == 11.0 and results[f"judge_{names[1]}"] == 0.8

@@ -74,15 +74,17 @@ class Samples(NamedTuple):
     settings: str  # how it sampled, in words
 
 
+_Draw = Callable[[dict[str, nn.Module], torch.Tensor, int], torch.Tensor]
+"""(the loaded weights by name, labels (N, 3), seed) → images (N, 3, 32, 32) in [0, 1]"""
+
+
 class _Sampler(NamedTuple):
     weights: tuple[str, ...]  # the shipped files it uses (their digests go into the samples file)
     settings: str
-    draw: Callable[
-        [dict[str, nn.Module], torch.Tensor, int], torch.Tensor
-    ]  # → images (N, 3, 32, 32)
+    draw: _Draw
 
 
-def _diffusion(name: str, steps: int | None, guidance: float) -> Callable:
+def _diffusion(name: str, steps: int | None, guidance: float) -> _Draw:
     def draw(models: dict[str, nn.Module], labels: torch.Tensor, seed: int) -> torch.Tensor:
         gen = diffusion_recipe.load_generator(name, device="cpu")
         tokenizer = models["tokenizer"] if gen.latent_scale is not None else None
@@ -95,7 +97,7 @@ def _diffusion(name: str, steps: int | None, guidance: float) -> Callable:
     return draw
 
 
-def _ar(scale: float) -> Callable:
+def _ar(scale: float) -> _Draw:
     def draw(models: dict[str, nn.Module], labels: torch.Tensor, seed: int) -> torch.Tensor:
         captions = [labels_to_caption(row) for row in labels]
         return ar_model.generate_images(
@@ -251,6 +253,8 @@ def load_samples(path: Path | str = SAMPLES_PATH) -> dict[str, Samples]:
             f"{path.name} could not be read ({type(err).__name__}); {rebuild_it}"
         ) from None
     for w, d in recorded:
+        if w not in _SHIPPED:
+            raise CheckpointError(f"{path.name} names unknown weights {w!r}; {rebuild_it}")
         if d != _shipped_digest(w):
             raise CheckpointError(
                 f"{path.name} was sampled from other weights than the shipped "
@@ -265,10 +269,10 @@ def _shipped_digest_of(w: str, mtime: float) -> str:
 
 
 def _shipped_digest(w: str) -> str:
-    """The digest of the shipped weight file `w` (cached while the file is unchanged)."""
-    if w not in _SHIPPED:
-        return ""
-    return _shipped_digest_of(w, _SHIPPED[w].path.stat().st_mtime)
+    """The digest of the shipped weight file `w` (cached while the file is unchanged; a missing
+    one raises the error naming its own rebuild command)."""
+    path = _SHIPPED[w].path
+    return _shipped_digest_of(w, path.stat().st_mtime if path.is_file() else -1.0)
 
 
 # --------------------------------------------------------------------------------- real data

@@ -417,8 +417,6 @@ class Row(NamedTuple):
 
 
 LEADERBOARD_REAL = 450  # real images per comparison: as many as each generator has samples
-
-
 LEVEL = 0.95  # of every interval
 
 
@@ -452,9 +450,7 @@ def _intervals(
     q = torch.tensor([(1 - LEVEL) / 2, 0.5, (1 + LEVEL) / 2], dtype=torch.float64)
     low, median, high = boot.quantile(q, dim=0)  # each (K,)
     shift = median - value
-    return [
-        (v, lo, hi) for v, lo, hi in zip(*(t.tolist() for t in (value, low - shift, high - shift)))
-    ]
+    return list(zip(value.tolist(), (low - shift).tolist(), (high - shift).tolist()))
 
 
 def _clamped(interval: Interval, low: float, high: float = float("inf")) -> Interval:

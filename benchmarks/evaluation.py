@@ -45,16 +45,16 @@ def _pitfalls() -> dict[str, float]:
         warnings.filterwarnings("ignore", message=".*rank-deficient", category=UserWarning)
         bias = evaluation_recipe.small_n_bias(ns=(SMALL_N, LARGE_N))
     dropped = evaluation_recipe.mode_dropped()
-    (fid_small, kid_small), (fid_large, kid_large) = bias[SMALL_N], bias[LARGE_N]
+    small, large = bias[SMALL_N], bias[LARGE_N]  # each: (mean, lowest, highest) over draws
     return {
-        "fid_real_halves": floors["real_fid"],
-        "kid_real_halves": floors["real_kid"],
-        "fid_noise": floors["noise_fid"],
-        "fid_small_n_bias": fid_small - fid_large,
-        "kid_small_n_bias": kid_small - kid_large,
-        "recall_mode_dropped": dropped["recall"],
-        "precision_mode_dropped": dropped["precision"],
-        "fid_mode_dropped": dropped["fid"],
+        "fid_real_halves": floors["real_fid"][0],
+        "kid_real_halves": floors["real_kid"][0],
+        "fid_noise": floors["noise_fid"][0],
+        "fid_small_n_bias": small.fid[0] - large.fid[0],
+        "kid_small_n_bias": small.kid[0] - large.kid[0],
+        "recall_mode_dropped": dropped["recall"][0],
+        "precision_mode_dropped": dropped["precision"][0],
+        "fid_mode_dropped": dropped["fid"][0],
     }
 
 

@@ -410,10 +410,14 @@ def test_evaluation_reports_the_pitfalls_and_every_generator(monkeypatch):
         return evaluation_recipe.Row(name, fid, *[(0.0, 0.0, 0.0)] * 4, judge, 1.0, 10)
 
     fakes = {
-        "floors": lambda: {"n": 450, "real_fid": 3.0, "real_kid": 0.01, "noise_fid": 200.0,
-                           "noise_kid": 10.0},
-        "small_n_bias": lambda ns: {ns[0]: (7.5, -0.06), ns[1]: (0.5, 0.001)},
-        "mode_dropped": lambda: {"fid": 11.0, "kid": 0.1, "precision": 0.97, "recall": 0.5},
+        "floors": lambda: {"n": 450, "real_fid": (3.0, 2.0, 4.0), "real_kid": (0.01, 0.0, 0.02),
+                           "noise_fid": (200.0, 190.0, 210.0), "noise_kid": (10.0, 9.0, 11.0)},
+        "small_n_bias": lambda ns: {
+            ns[0]: evaluation_recipe.SmallN((7.5, 7.0, 8.0), (-0.06, -0.1, 0.0), 10),
+            ns[1]: evaluation_recipe.SmallN((0.5, 0.4, 0.6), (0.001, 0.0, 0.002), 2),
+        },
+        "mode_dropped": lambda: {"fid": (11.0, 10.0, 12.0), "kid": (0.1, 0.05, 0.15),
+                                 "precision": (0.97, 0.95, 0.99), "recall": (0.5, 0.45, 0.55)},
         "load_samples": lambda: "samples",
         "leaderboard": lambda samples, rounds: [row(i, name) for i, name in enumerate(names)],
         # the rater prefers the generators in their order: the arena agrees with both columns

@@ -83,21 +83,27 @@ def test_real_images_are_seeded_and_held_out():
 
 
 def test_real_halves_are_far_closer_than_noise():
-    floors = ev.floors()
-    assert floors["real_fid"] * 20 < floors["noise_fid"]
-    assert abs(floors["real_kid"]) * 100 < floors["noise_kid"]
+    floors = ev.floors(rounds=20)
+    assert floors["real_fid"][2] * 20 < floors["noise_fid"][1]  # whole intervals apart
+    assert abs(floors["real_kid"][0]) * 100 < floors["noise_kid"][0]
+    for key in ("real_fid", "real_kid", "noise_fid", "noise_kid"):
+        value, low, high = floors[key]
+        assert low <= value <= high, key
 
 
 def test_small_n_bias_shrinks_with_n_and_kid_stays_near_zero():
-    bias = ev.small_n_bias(ns=(100, 1000))
-    assert bias[100][0] > 2 * bias[1000][0] > 0
-    assert abs(bias[1000][1]) < 0.05 * bias[1000][0]
+    bias = ev.small_n_bias(ns=(100, 1000, 5000), draws=4)
+    assert [bias[n].draws for n in (100, 1000, 5000)] == [4, 4, 1]  # disjoint slices only
+    assert bias[100].fid[1] > 2 * bias[1000].fid[2] > 0  # the lowest at 100 above the highest
+    assert abs(bias[1000].kid[0]) < 0.05 * bias[1000].fid[0]
+    assert bias[100].kid[1] < 0 < bias[100].kid[2]  # unbiased: the draws straddle 0
+    assert bias[5000].fid[1] == bias[5000].fid[0] == bias[5000].fid[2]
 
 
 def test_a_dropped_mode_costs_recall_not_precision():
-    dropped = ev.mode_dropped(n=500)
-    assert dropped["recall"] < 0.75 < dropped["precision"]
-    assert dropped["fid"] > ev.floors(n=500)["real_fid"]
+    dropped = ev.mode_dropped(n=500, rounds=20)
+    assert dropped["recall"][2] < 0.75 < dropped["precision"][1]
+    assert dropped["fid"][0] > ev.floors(n=500, rounds=5)["real_fid"][0]
 
 
 def test_leaderboard_covers_every_generator(samples):
@@ -109,7 +115,7 @@ def test_leaderboard_covers_every_generator(samples):
             assert low <= value <= high, (row.name, measure)
         assert row.ms_per_image > 0 and row.params > 0
     by = {r.name: r for r in rows}
-    assert by["ddpm"].fid[0] < ev.floors()["noise_fid"] / 10
+    assert by["ddpm"].fid[0] < ev.floors(rounds=5)["noise_fid"][0] / 10
     assert by["ddim"].judge[0] > 0.8
 
 

@@ -521,15 +521,34 @@ def _fid_kid(real: torch.Tensor, generated: torch.Tensor) -> tuple[float, float]
     return evaluation.fid(real, generated), evaluation.kid(real, generated)
 
 
+class SmallN(NamedTuple):
+    """FID and KID of real against real at one n: (mean, lowest, highest) over `draws`
+    independent pairs of disjoint real sets."""
+
+    fid: Interval
+    kid: Interval
+    draws: int
+
+
+def _spread(values: list[float]) -> Interval:
+    x = torch.tensor(values, dtype=torch.float64)
+    return float(x.mean()), float(x.min()), float(x.max())
+
+
 def small_n_bias(
-    ns: tuple[int, ...] = (100, 200, 500, 1000, 2000, 5000), extractor: str = "judge", seed: int = 0
-) -> dict[int, tuple[float, float]]:
+    ns: tuple[int, ...] = (100, 200, 500, 1000, 2000, 5000),
+    extractor: str = "judge",
+    seed: int = 0,
+    draws: int = 10,
+) -> dict[int, SmallN]:
     """FID and KID of real against real: n images from each of the real pool's two disjoint
-    halves, for each n in `ns` (≤ POOL / 2) → {n: (fid, kid)}. Both sets come from one
-    distribution, so the true value of both is 0: FID's estimate is biased upward, by more the
-    smaller n (≈ tr Σ-sized terms over n), while KID's is unbiased and scatters around 0. The
-    rows are drawn from each half by a permutation seeded `seed`."""
+    halves, for each n in `ns` (≤ POOL / 2), repeated on min(draws, POOL / 2 // n) disjoint
+    slices of the halves → {n: SmallN(fid, kid, draws)}, each (mean, lowest, highest). Both
+    sets come from one distribution, so the true value of both is 0: FID's estimate is biased
+    upward, by more the smaller n (≈ tr Σ-sized terms over n), while KID's is unbiased and
+    scatters around 0. The rows are drawn from each half by a permutation seeded `seed`."""
     extractor = _check_extractor(extractor)
+    draws = _validate.positive_int("draws", draws)
     half = POOL // 2
     for n in ns:
         if _validate.positive_int("ns", n) > half or n < 2:
@@ -537,14 +556,22 @@ def small_n_bias(
     f = _pool_features(extractor)
     g = torch.Generator().manual_seed(seed)
     a, b = f[:half][torch.randperm(half, generator=g)], f[half:][torch.randperm(half, generator=g)]
-    return {n: _fid_kid(a[:n], b[:n]) for n in ns}
+    out = {}
+    for n in ns:
+        k = min(draws, half // n)  # disjoint slices: independent draws
+        pairs = [_fid_kid(a[i * n : (i + 1) * n], b[i * n : (i + 1) * n]) for i in range(k)]
+        out[n] = SmallN(_spread([p[0] for p in pairs]), _spread([p[1] for p in pairs]), k)
+    return out
 
 
-def floors(n: int = LEADERBOARD_REAL, extractor: str = "judge", seed: int = 0) -> dict[str, float]:
+def floors(
+    n: int = LEADERBOARD_REAL, extractor: str = "judge", seed: int = 0, rounds: int = 100
+) -> dict[str, int | Interval]:
     """The two ends of the scale at the leaderboard's size: FID and KID of two disjoint real
     sets of n (what a perfect generator scores: `real_fid`, `real_kid`) and of uniform noise
     images (each pixel U(0, 1), drawn by a CPU generator seeded `seed`) against real
-    (`noise_fid`, `noise_kid`)."""
+    (`noise_fid`, `noise_kid`), each (value, low, high) with a bootstrap interval over
+    `rounds` resamplings (`_intervals`), and "n"."""
     extractor = _check_extractor(extractor)
     n = _validate.positive_int("n", n)
     if not 2 <= n <= POOL // 2:
@@ -552,17 +579,24 @@ def floors(n: int = LEADERBOARD_REAL, extractor: str = "judge", seed: int = 0) -
     f = _pool_features(extractor)
     real_a, real_b = f[:n], f[POOL // 2 : POOL // 2 + n]
     noise = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-    real_fid, real_kid = _fid_kid(real_a, real_b)
-    noise_fid, noise_kid = _fid_kid(real_a, features(noise, extractor))
-    return {"n": n, "real_fid": real_fid, "real_kid": real_kid,
-            "noise_fid": noise_fid, "noise_kid": noise_kid}  # fmt: skip
+    rounds = _validate.positive_int("rounds", rounds)
+    with one_thread():
+        real_fid, real_kid = _intervals(_fid_kid, real_a, real_b, rounds=rounds, seed=seed)
+        noise_fid, noise_kid = _intervals(
+            _fid_kid, real_a, features(noise, extractor), rounds=rounds, seed=seed
+        )
+    return {"n": n, "real_fid": _clamped(real_fid, 0.0), "real_kid": real_kid,
+            "noise_fid": _clamped(noise_fid, 0.0), "noise_kid": noise_kid}  # fmt: skip
 
 
-def mode_dropped(n: int = 1000, extractor: str = "judge") -> dict[str, float]:
+def mode_dropped(
+    n: int = 1000, extractor: str = "judge", rounds: int = 100, seed: int = 0
+) -> dict[str, Interval]:
     """A generator that drops modes, played by real images: n real images against n real
     images of only the first half of the colours (3 of 6), each set from its own half of the
-    pool → {"fid", "kid", "precision", "recall"}. Every image it makes is perfect, so
-    precision stays high, but half the real data is never covered: recall falls."""
+    pool → {"fid", "kid", "precision", "recall"}, each (value, low, high) with a bootstrap
+    interval over `rounds` resamplings. Every image it makes is perfect, so precision stays
+    high, but half the real data is never covered: recall falls."""
     extractor = _check_extractor(extractor)
     n = _validate.positive_int("n", n)
     half = POOL // 2
@@ -571,9 +605,13 @@ def mode_dropped(n: int = 1000, extractor: str = "judge") -> dict[str, float]:
     if not 4 <= n <= len(kept):
         raise ValueError(f"n must be in [4, {len(kept)}], got {n}")
     real, dropped = f[:n], f[kept[:n]]
-    pr = evaluation.precision_recall(real, dropped)
-    fid, kid = _fid_kid(real, dropped)
-    return {"fid": fid, "kid": kid, "precision": pr.precision, "recall": pr.recall}
+    rounds = _validate.positive_int("rounds", rounds)
+    with one_thread():
+        fid, kid, precision, recall = _intervals(
+            _set_metrics, real, dropped, rounds=rounds, seed=seed
+        )
+    precision, recall = _clamped(precision, 0.0, 1.0), _clamped(recall, 0.0, 1.0)
+    return {"fid": _clamped(fid, 0.0), "kid": kid, "precision": precision, "recall": recall}
 
 
 @torch.no_grad()

@@ -91,16 +91,40 @@ def update_readme(times: dict[str, float], machine: str, text: str) -> str:
         text, found = row.subn(rf"\g<1>{seconds:.0f} s\g<2>", text)
         if found != 1:
             raise SystemExit(f"README.md has {found} course-map rows for chapter {name[:2]}")
-    chapters = ", ".join(name[:2] for name in times)
+    old = SENTENCE.search(text)
+    if not old:
+        raise SystemExit("README.md has no paragraph starting 'CPU time: ' to update")
+    dates = _dates(old.group(0))
+    measured = {name[:2] for name in times}
+    if f"on {machine}, " not in old.group(0):  # times of two machines never share the column
+        missing = set().union(*dates.values()) - measured
+        if missing:
+            raise SystemExit(
+                f"the README's column was measured on another machine; measure every chapter "
+                f"here (missing: {', '.join(sorted(missing))})"
+            )
+        dates = {}
+    today = datetime.date.today().isoformat()
+    for chapters in dates.values():
+        chapters.difference_update(measured)  # measured again today
+    dates.setdefault(today, set()).update(measured)
+    when = " and ".join(
+        f"{day} (chapters {', '.join(sorted(chapters))})"
+        for day, chapters in sorted(dates.items())
+        if chapters
+    )
     sentence = (
         "CPU time: the whole notebook under nbval, alone, kernel start included (what `make "
         "test` and a grader run; `python benchmarks/notebooks.py --update-readme` measures it), "
-        f"on {machine}, {datetime.date.today().isoformat()} (chapters {chapters}); the budget "
-        f"is {BUDGET_S} s a notebook."
+        f"on {machine}, {when}; the budget is {BUDGET_S} s a notebook."
     )
-    if not SENTENCE.search(text):
-        raise SystemExit("README.md has no paragraph starting 'CPU time: ' to update")
     return SENTENCE.sub(lambda _: sentence, text, count=1)
+
+
+def _dates(sentence: str) -> dict[str, set[str]]:
+    """{date: the chapters measured that day} read from the README's sentence."""
+    found = re.findall(r"(\d{4}-\d\d-\d\d) \(chapters ([\d, ]+)\)", sentence)
+    return {day: set(chapters.split(", ")) for day, chapters in found}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,8 @@ python -m mmcourse.train ar_noisy    # data/ar_shapes_noisy.pt, 30 % captions mi
 python -m mmcourse.train video       # data/video_tokenizer.pt, the video tokenizer (≈ 25 min)
 python -m mmcourse.train unified     # data/unified_shapes.pt, the tiny Chameleon (≈ 15–20 min)
 python -m mmcourse.train transfusion # data/transfusion_shapes.pt, Transfusion (≈ 8 min)
+python -m mmcourse.train evaluation_samples # data/evaluation_samples.pt: 450 samples of each
+                                     # of chapter 10's seven generators (≈ 9–10 min)
 """
 
 from __future__ import annotations

@@ -374,9 +374,15 @@ def test_diffusion_and_vit_timings_keep_every_tensor_on_the_device(device, monke
     assert measured["patch_embed_max_error_fp32"] < 1e-5
 
 
+def _readme_measured_on(notebook_times, machine: str) -> str:
+    """The README as if every chapter had been measured on `machine` (10 s each)."""
+    everything = {p.stem: 10.0 for p in notebook_times.notebooks()}
+    return notebook_times.update_readme(everything, machine, (ROOT / "README.md").read_text())
+
+
 def test_notebook_times_fill_the_readme_column_and_sentence():
     notebook_times = _load("notebooks")
-    text = (ROOT / "README.md").read_text()
+    text = _readme_measured_on(notebook_times, "a test machine")
     new = notebook_times.update_readme(
         {"04_diffusion": 97.4, "08_transfusion": 111.6}, "a test machine", text
     )
@@ -385,11 +391,28 @@ def test_notebook_times_fill_the_readme_column_and_sentence():
     assert row.split(" | ")[3] == "97 s", row
     row = next(line for line in new.splitlines() if line.startswith("| 08 |"))
     assert row.split(" | ")[3] == "112 s", row
-    assert "on a test machine, " in new and "(chapters 04, 08)" in new
+    assert "on a test machine, " in new and "04, 05, 06, 07, 08" in new
     assert new.count("CPU time: ") == text.count("CPU time: ") == 1
     assert "The numbers come from the shipped models" in new  # the next paragraph stays
     with pytest.raises(SystemExit, match="rows for chapter 42"):
-        notebook_times.update_readme({"42_x": 1.0}, "m", text)
+        notebook_times.update_readme({"42_x": 1.0}, "a test machine", text)
+
+
+def test_notebook_times_of_some_chapters_keep_the_others_dates():
+    notebook_times = _load("notebooks")
+    text = _readme_measured_on(notebook_times, "a test machine")
+    text = text.replace(datetime.date.today().isoformat(), "2026-01-02")  # an earlier run
+    new = notebook_times.update_readme({"04_diffusion": 70.0}, "a test machine", text)
+    today = datetime.date.today().isoformat()
+    assert "2026-01-02 (chapters 00, 01, 02, 03, 05, " in new
+    assert f"and {today} (chapters 04);" in new
+    with pytest.raises(SystemExit, match="another machine.*missing: 00, 01"):
+        notebook_times.update_readme({"04_diffusion": 70.0}, "another machine", text)
+    everything = {p.stem: 9.0 for p in notebook_times.notebooks()}
+    whole = notebook_times.update_readme(everything, "another machine", text)
+    sentence = notebook_times.SENTENCE.search(whole).group(0)
+    assert f"on another machine, {today} (chapters 00, 01," in sentence
+    assert "2026-01-02" not in sentence
 
 
 def test_notebook_times_name_a_missing_chapter():

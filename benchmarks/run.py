@@ -18,7 +18,6 @@ import datetime
 import importlib.util
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 
 import mmcourse
+from mmcourse import env
 
 HERE = Path(__file__).resolve().parent
 BEGIN = "<!-- BEGIN BENCHMARK TABLE (written by `make bench`) -->"
@@ -76,7 +76,7 @@ def machine() -> dict[str, str]:
     `cuda` (the version torch was built for)."""
     dev = mmcourse.device()
     info = {
-        "cpu": _cpu_model(),
+        "cpu": env.cpu_model(),
         "cores": str(os.cpu_count()),
         "torch": torch.__version__,
         "device": str(dev),
@@ -98,16 +98,6 @@ def measured_on(info: dict[str, str]) -> str:
         f"{info['gpu']} ({info['gpu_memory_gib']} GiB, CUDA {info['cuda']}), host {host}, "
         f"torch {info['torch']}, device {info['device']}"
     )
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _format(value: float | int | str) -> str:

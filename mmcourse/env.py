@@ -7,6 +7,7 @@ import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
+from pathlib import Path
 
 import torch
 
@@ -118,6 +119,18 @@ def triton_mode() -> str:
     if torch.cuda.is_available():
         return "compiled on the GPU"
     return "interpreted on the CPU (TRITON_INTERPRET=1)"
+
+
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC …" from /proc/cpuinfo on Linux; elsewhere what
+    `platform` knows): the machine a measurement was taken on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def report() -> dict[str, str]:

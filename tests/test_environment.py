@@ -145,3 +145,8 @@ def test_cuda_computes(device):
     assert torch.version.cuda, f"torch {torch.__version__} is a CPU-only build"
     x = torch.randn(256, 256, device=device)
     assert torch.allclose((x @ x.T).cpu(), x.cpu() @ x.cpu().T, atol=1e-3)
+
+
+def test_cpu_model_names_the_processor():
+    name = mmcourse.env.cpu_model()  # what the benchmarks and chapter 10's samples file record
+    assert isinstance(name, str) and name.strip()

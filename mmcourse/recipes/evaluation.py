@@ -17,7 +17,6 @@ measures   `leaderboard` (FID, KID, precision, recall, CLIPScore, judge faithful
 
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Callable
 from functools import cache, lru_cache
@@ -35,7 +34,7 @@ from mmcourse import unified as unified_model
 from mmcourse.checkpoints import DATA_DIR, CheckpointError, Weights, digest
 from mmcourse.data import ATTRIBUTES, COLORS, DigitsDataset, all_captions, labels_to_caption
 from mmcourse.data.shapes import render, sample_labels
-from mmcourse.env import one_thread
+from mmcourse.env import cpu_model, one_thread
 from mmcourse.recipes import ar as ar_recipe
 from mmcourse.recipes import diffusion as diffusion_recipe
 from mmcourse.recipes import fusion as fusion_recipe
@@ -178,16 +177,6 @@ def _main_weights(name: str) -> str:
     return _SAMPLERS[name].weights[0]
 
 
-def _machine() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def rebuild_samples(seed: int = 0) -> str:
     """Draw PER_CAPTION samples of every caption from each of GENERATORS on one CPU thread,
     every noise from CPU generators seeded `seed`, timing each generator; write
@@ -217,7 +206,7 @@ def rebuild_samples(seed: int = 0) -> str:
             )
     SAMPLES_PATH.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
-        {"generators": stored, "seed": seed, "machine": _machine(), "command": COMMAND},
+        {"generators": stored, "seed": seed, "machine": cpu_model(), "command": COMMAND},
         SAMPLES_PATH,
     )
     size = SAMPLES_PATH.stat().st_size / 2**20

@@ -26,6 +26,7 @@ from mmcourse.recipes import (
     evaluation,
     fusion,
     judge,
+    retrieval,
     tokenizer,
     transfusion,
     unified,
@@ -33,7 +34,19 @@ from mmcourse.recipes import (
     vit,
 )
 
-_CHAPTERS = (judge, tokenizer, vit, fusion, diffusion, ar, video, unified, transfusion, evaluation)
+_CHAPTERS = (
+    judge,
+    tokenizer,
+    vit,
+    fusion,
+    diffusion,
+    ar,
+    video,
+    unified,
+    transfusion,
+    evaluation,
+    retrieval,
+)
 WEIGHTS: dict[str, Weights] = {k: w for r in _CHAPTERS for k, w in r.WEIGHTS.items()}
 REBUILDS: dict = {k: f for r in _CHAPTERS for k, f in r.REBUILDS.items()}
 
@@ -46,6 +59,7 @@ __all__ = [
     "evaluation",
     "fusion",
     "judge",
+    "retrieval",
     "tokenizer",
     "transfusion",
     "unified",

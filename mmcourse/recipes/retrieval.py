@@ -1,0 +1,474 @@
+"""Chapter 12's recipe: a memory of Shapes pairs, retrieval-augmented documents, and the
+held-out evaluation of chapter 07's model with and without retrieved context.
+
+held out  HELD_OUT colour × shape pairs (every position) never appear among the training
+          targets; the memory still holds them, so only retrieval can bring them in
+memory    `memory(n, seed)`: Shapes pairs embedded by the shipped CLIP (image and caption unit
+          vectors) with the shipped tokenizer's codes, cached under data/cache/
+documents `rag_document`: retrieved pairs as interleaved context before the query,
+          [BOS] ([BOI] ctx image [EOI] ctx caption)* caption [BOI] image [EOI] [EOS], scored only
+          on the query; `rag_documents` retrieves the context of every training pair (caption
+          text → memory images by CLIP, the pair itself excluded), `RAGLoader` pads them
+training  `training_data` (chapter 07's data without the held-out pairs) for the base model,
+          `fine_tune` on RAG documents
+measures  `evaluate_heldout` (caption → image judge on the held-out captions with retrieved,
+          random or no context), `caption_heldout` (image → caption exact match), `recall`
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+
+from mmcourse import _validate
+from mmcourse.bpe import BPE, course_bpe
+from mmcourse.checkpoints import cached
+from mmcourse.data import COLORS, SHAPES, ShapesDataset, all_captions, caption_to_labels
+from mmcourse.env import device as default_device
+from mmcourse.env import to_device
+from mmcourse.fusion import CLIP, encode_captions
+from mmcourse.recipes import fusion as fusion_recipe
+from mmcourse.recipes import judge as judge_recipe
+from mmcourse.recipes import tokenizer as tokenizer_recipe
+from mmcourse.recipes import unified as unified_recipe
+from mmcourse.retrieval import recall_at_k, top_k
+from mmcourse.sampling import generate
+from mmcourse.trainer import TrainResult, adamw_cosine, fit
+from mmcourse.transformer import greedy_decode
+from mmcourse.unified import lm_loss
+from mmcourse.vocab import Segment, Vocabulary, course_vocab, encode_interleaved, pad_batch
+
+WEIGHTS: dict = {}
+REBUILDS: dict = {}
+
+# One pair per colour, each shape twice: 6 of the 18 colour × shape pairs, 30 of the 90
+# captions (all five positions of each pair).
+HELD_OUT: tuple[tuple[str, str], ...] = (
+    ("red", "circle"),
+    ("green", "square"),
+    ("blue", "triangle"),
+    ("yellow", "circle"),
+    ("purple", "square"),
+    ("cyan", "triangle"),
+)
+_HELD = torch.tensor([[(c, s) in HELD_OUT for s in SHAPES] for c in COLORS])  # (colours, shapes)
+DIRECTIONS = ("caption_image", "image_caption")
+_CHUNK = 1024  # queries retrieved at once
+
+
+def is_held_out(labels: torch.Tensor) -> torch.Tensor:
+    """labels (N, 3) long (colour, shape, position) → (N,) bool: the pair is held out."""
+    labels = _validate.tensor("labels", labels, shape=("N", 3), dtype=torch.long)
+    held = _HELD.to(labels.device)
+    return held[labels[:, 0], labels[:, 1]]
+
+
+def held_out_captions() -> list[str]:
+    """The 30 captions of the held-out pairs, in `all_captions()` order."""
+    captions = all_captions()
+    labels = torch.stack([caption_to_labels(c) for c in captions])
+    return [c for c, h in zip(captions, is_held_out(labels).tolist()) if h]
+
+
+def _mentions_held_out(caption: str) -> bool:
+    """A caption (still image or motion) naming a held-out colour × shape pair."""
+    return any(f"{color} {shape}" in caption for color, shape in HELD_OUT)
+
+
+# ---------------------------------------------------------------------------------- memory
+
+
+class Memory(NamedTuple):
+    image_emb: torch.Tensor  # (N, E) CLIP image unit vectors
+    text_emb: torch.Tensor  # (N, E) CLIP caption unit vectors
+    codes: torch.Tensor  # (N, 8, 8) long, the image tokenizer's codes
+    captions: list[str]  # N captions
+    labels: torch.Tensor  # (N, 3) long (colour, shape, position)
+
+
+@torch.no_grad()
+def memory(n: int = 20_000, seed: int = 0) -> Memory:
+    """Shapes pairs of `seed` embedded by the shipped CLIP and tokenized by the shipped image
+    tokenizer, computed once on the CPU and cached under data/cache/ (git-ignored). With the
+    default n and seed the pairs are chapter 07's training images."""
+    n = _validate.positive_int("n", n)
+    data = ShapesDataset(n=n, seed=seed)
+
+    def make() -> dict[str, torch.Tensor]:
+        clip = fusion_recipe.WEIGHTS["clip"].load(device="cpu")
+        tokenizer = tokenizer_recipe.WEIGHTS["tokenizer"].load(device="cpu")
+        return {
+            "image_emb": torch.cat([clip.encode_image(x) for x in data.images.split(500)]),
+            "text_emb": embed_captions(data.captions, clip),
+            "codes": torch.cat([tokenizer.encode(x) for x in data.images.split(500)]),
+        }
+
+    def valid(v: object) -> bool:
+        return isinstance(v, dict) and all(
+            isinstance(v.get(key), torch.Tensor) and len(v[key]) == n
+            for key in ("image_emb", "text_emb", "codes")
+        )
+
+    stored = cached(f"retrieval_memory_{n}_{seed}.pt", make, valid)
+    return Memory(stored["image_emb"], stored["text_emb"], stored["codes"], data.captions,
+                  data.labels)  # fmt: skip
+
+
+@torch.no_grad()
+def embed_captions(captions: Sequence[str], clip: CLIP | None = None) -> torch.Tensor:
+    """Captions → (N, E) CLIP caption unit vectors on the CPU (the shipped CLIP unless given);
+    each distinct caption is encoded once."""
+    if isinstance(captions, str) or not captions:
+        raise TypeError("captions must be a non-empty list of str")
+    clip = clip or fusion_recipe.WEIGHTS["clip"].load(device="cpu")
+    distinct = list(dict.fromkeys(captions))
+    dev = clip.logit_scale.device
+    emb = clip.encode_text(encode_captions(distinct).to(dev)).cpu()  # (K, E)
+    index = torch.tensor([distinct.index(c) for c in captions])
+    return emb[index]
+
+
+def subset(mem: Memory, rows: torch.Tensor) -> Memory:
+    """The memory's rows where `rows` (N,) bool is True (or at the given indices)."""
+    index = rows.nonzero().flatten() if rows.dtype == torch.bool else rows
+    return Memory(mem.image_emb[index], mem.text_emb[index], mem.codes[index],
+                  [mem.captions[i] for i in index.tolist()], mem.labels[index])  # fmt: skip
+
+
+def training_memory(mem: Memory) -> Memory:
+    """The memory without its held-out pairs: what the training documents retrieve from."""
+    return subset(mem, ~is_held_out(mem.labels))
+
+
+def relevant(mem: Memory, captions: Sequence[str]) -> torch.Tensor:
+    """(Q, N) bool: memory pair j is relevant to query i when it has query i's caption."""
+    ids = {c: k for k, c in enumerate(all_captions())}
+    keys = torch.tensor([ids[c] for c in mem.captions])  # (N,)
+    queries = torch.tensor([ids[c] for c in captions])  # (Q,)
+    return queries[:, None] == keys[None, :]
+
+
+def recall(mem: Memory, captions: Sequence[str], ks: Sequence[int] = (1, 4)) -> dict[str, float]:
+    """Caption → image retrieval in the memory (CLIP caption vector against the memory's image
+    vectors): recall@k for each k = share of captions with at least one memory image of that
+    caption among their top k."""
+    found = top_k(embed_captions(captions), mem.image_emb, max(ks))
+    truth = relevant(mem, captions)
+    return {f"recall_at_{k}": recall_at_k(found.indices[:, :k], truth) for k in ks}
+
+
+# ------------------------------------------------------------------------------- documents
+
+
+def rag_document(
+    context: Sequence[tuple[torch.Tensor, str]],
+    caption: str,
+    codes: torch.Tensor,
+    vocab: Vocabulary | None = None,
+    bpe: BPE | None = None,
+    *,
+    direction: str = "caption_image",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A retrieval-augmented document and its loss mask → (ids (L,), scored (L,) bool):
+
+        [BOS] ([BOI] ctx image [EOI] ctx caption)*  caption [BOI] image [EOI]  [EOS]
+
+    for direction "caption_image" (the query's image follows its caption), or with the query
+    written [BOI] image [EOI] caption for "image_caption". context: (codes (8, 8), caption)
+    pairs, possibly none. `scored[t]` is True where ids[t] is a target that counts: the query
+    part and the final EOS, never the retrieved context (the model learns to use it, not to
+    write it), as `unified.lm_loss` reads a loss mask."""
+    bpe = bpe or course_bpe()
+    vocab = vocab or course_vocab(bpe)
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if isinstance(context, str | torch.Tensor) or not isinstance(context, Sequence):
+        raise TypeError(f"context must be a list of (codes, caption) pairs, got {context!r:.60}")
+    segments = []
+    for k, pair in enumerate(context):
+        if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[1], str)):
+            raise TypeError(
+                f"context[{k}] must be a (codes (8, 8), caption) pair, got {pair!r:.60}"
+            )
+        segments += [Segment("image", pair[0]), _text(pair[1], bpe, f"context[{k}] caption")]
+    query = [_text(caption, bpe, "caption"), Segment("image", codes)]
+    if direction == "image_caption":
+        query.reverse()
+    head = encode_interleaved(segments, vocab)[:-1]  # [BOS] context, without its EOS
+    ids = encode_interleaved(segments + query, vocab)
+    scored = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+    scored[len(head) :] = True  # the query's ids and EOS
+    return ids, scored
+
+
+def _text(caption: object, bpe: BPE, name: str) -> Segment:
+    if not isinstance(caption, str) or not caption:
+        raise TypeError(f"{name} must be a non-empty str, got {caption!r:.60}")
+    return Segment("text", torch.tensor(bpe.encode(caption), dtype=torch.long))
+
+
+def retrieve_context(
+    mem: Memory, queries: torch.Tensor, k: int, exclude: torch.Tensor | None = None
+) -> list[list[tuple[torch.Tensor, str]]]:
+    """Each query vector (Q, E) → its k best memory pairs by cosine against the memory's image
+    vectors (`retrieval.top_k`), best first, as (codes, caption) context lists; `exclude` (Q,)
+    a memory row each query must not retrieve (−1: none)."""
+    rows = []
+    for start in range(0, len(queries), _CHUNK):  # bounds the (chunk, N) similarity matrix
+        part = None if exclude is None else exclude[start : start + _CHUNK]
+        rows += top_k(queries[start : start + _CHUNK], mem.image_emb, k, part).indices.tolist()
+    return [[(mem.codes[j], mem.captions[j]) for j in row] for row in rows]
+
+
+def random_context(
+    mem: Memory, n: int, k: int, seed: int = 0
+) -> list[list[tuple[torch.Tensor, str]]]:
+    """The control: n context lists of k memory pairs drawn uniformly (seeded)."""
+    n, k = _validate.positive_int("n", n), _validate.positive_int("k", k)
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.randint(len(mem.captions), (n, k), generator=g)
+    return [[(mem.codes[j], mem.captions[j]) for j in row] for row in picks.tolist()]
+
+
+def rag_documents(
+    mem: Memory,
+    *,
+    k: int = 1,
+    directions: Sequence[str] = ("caption_image",),
+    vocab: Vocabulary | None = None,
+    bpe: BPE | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Training documents: for every pair of `mem` (pass `training_memory(...)`: no held-out
+    pair) and each direction, its k retrieved pairs from the same memory, the pair itself
+    excluded. caption_image retrieves by the caption's CLIP vector, image_caption by the
+    image's; both against the memory's image vectors. k = 0: no context (the baseline)."""
+    bpe = bpe or course_bpe()
+    vocab = vocab or course_vocab(bpe)
+    k = _validate.integer("k", k, low=0)
+    n = len(mem.captions)
+    docs = []
+    for direction in directions:
+        if k == 0:
+            contexts = [[] for _ in range(n)]
+        else:
+            queries = mem.text_emb if direction == "caption_image" else mem.image_emb
+            contexts = retrieve_context(mem, queries, k, exclude=torch.arange(n))
+        docs += [rag_document(ctx, c, codes, vocab, bpe, direction=direction)
+                 for ctx, c, codes in zip(contexts, mem.captions, mem.codes)]  # fmt: skip
+    return docs
+
+
+class RAGLoader:
+    """Endless padded batches of RAG documents drawn uniformly (seeded) → (ids (B, L), loss
+    mask (B, L) bool: the documents' `scored`, False on padding)."""
+
+    def __init__(
+        self,
+        documents: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        vocab: Vocabulary | None = None,
+        *,
+        batch_size: int = 16,
+        seed: int = 0,
+    ):
+        if not documents:
+            raise ValueError("documents is empty: need at least one (ids, scored) pair")
+        self.documents = list(documents)
+        self.vocab = vocab or course_vocab()
+        self.batch_size = _validate.positive_int("batch_size", batch_size)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        picks = torch.randint(len(self.documents), (self.batch_size,), generator=self.generator)
+        docs = [self.documents[i] for i in picks.tolist()]
+        ids, real = pad_batch([d[0] for d in docs], self.vocab)  # (B, L)
+        scored = torch.zeros_like(real)
+        for row, (_, doc_scored) in enumerate(docs):
+            scored[row, : len(doc_scored)] = doc_scored
+        return ids, real & scored
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            yield self.next_batch()
+
+
+# -------------------------------------------------------------------------------- training
+
+
+def training_data(n_images: int = 20_000, seed: int = 0) -> unified_recipe.CourseData:
+    """Chapter 07's data without any held-out pair: images whose colour × shape is held out and
+    clips whose motion caption names one are dropped, so no held-out pair is ever a target."""
+    data = unified_recipe.course_data(n_images=n_images, seed=seed)
+    keep = [i for i, c in enumerate(data.captions) if not _mentions_held_out(c)]
+    clips = [i for i, c in enumerate(data.video_captions) if not _mentions_held_out(c)]
+    return unified_recipe.CourseData(
+        data.image_codes[keep],
+        [data.captions[i] for i in keep],
+        data.video_codes[clips],
+        [data.video_captions[i] for i in clips],
+    )
+
+
+def fine_tune(
+    model: nn.Module,
+    loader: RAGLoader,
+    *,
+    steps: int = 300,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+) -> TrainResult:
+    """A copy of `model` fine-tuned on the loader's documents: next-token cross-entropy on the
+    scored targets only (`unified.lm_loss` with the documents' loss mask), AdamW with warm-up
+    and cosine decay, gradient clipping at 1. `model` itself is left unchanged."""
+    if not isinstance(loader, RAGLoader):
+        raise TypeError(f"loader must be a RAGLoader, got {type(loader).__name__}")
+    steps = _validate.positive_int("steps", steps)
+    dev = torch.device(device) if device is not None else default_device()
+    torch.manual_seed(seed)
+    tuned = copy.deepcopy(model).float().to(dev).train()
+    opt, schedule = adamw_cosine(tuned, lr, steps)
+
+    def step_loss(step: int) -> torch.Tensor:
+        ids, mask = loader.next_batch()  # host: padded on the CPU
+        return lm_loss(tuned, to_device(ids, dev), to_device(mask, dev))
+
+    return fit(tuned, step_loss, steps=steps, optimizer=opt, schedule=schedule, clip=1.0,
+               progress=progress)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+_MODES = ("retrieved", "random", "none")
+
+
+def _contexts(
+    mem: Memory, queries: torch.Tensor, mode: str, k: int, seed: int
+) -> list[list[tuple[torch.Tensor, str]]]:
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    if mode == "none":
+        return [[] for _ in range(len(queries))]
+    if mode == "random":
+        return random_context(mem, len(queries), k, seed)
+    return retrieve_context(mem, queries, k)
+
+
+def _prompts(
+    contexts: Sequence[Sequence[tuple[torch.Tensor, str]]],
+    queries: Sequence[Segment],
+    close: int,
+    vocab: Vocabulary,
+    bpe: BPE,
+) -> list[torch.Tensor]:
+    """[BOS] context… query then the `close` id (BOI before an image is sampled)."""
+    prompts = []
+    for ctx, query in zip(contexts, queries):
+        segments = []
+        for codes, caption in ctx:
+            segments += [Segment("image", codes), _text(caption, bpe, "context caption")]
+        ids = encode_interleaved([*segments, query], vocab)[:-1]  # without EOS
+        prompts.append(torch.cat([ids, torch.tensor([close])]) if close >= 0 else ids)
+    return prompts
+
+
+def _greedy(
+    model: nn.Module, prompt: torch.Tensor, allowed: torch.Tensor, stop: int, max_len: int
+) -> list[list[int]]:
+    """Greedy ids after each row of prompt (B, P) through a KV cache, until `stop`."""
+    cache = model.new_cache()
+    logits = model(prompt, cache=cache)[:, -1]  # (B, V)
+    return greedy_decode(logits, lambda ids: model(ids, cache=cache)[:, -1], allowed, stop, max_len)
+
+
+def _by_length(prompts: Sequence[torch.Tensor]) -> Iterator[list[int]]:
+    for length in sorted({len(p) for p in prompts}):
+        yield [i for i, p in enumerate(prompts) if len(p) == length]
+
+
+@torch.no_grad()
+def evaluate_heldout(
+    model: nn.Module,
+    mem: Memory,
+    mode: str = "retrieved",
+    *,
+    k: int = 1,
+    per_caption: int = 4,
+    temperature: float = 1.0,
+    seed: int = 0,
+    judge: nn.Module | None = None,
+    tokenizer: nn.Module | None = None,
+    captions: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """Caption → image on the held-out captions (every one, per_caption samples each): the
+    prompt is [BOS] context caption [BOI], the context being the caption's k best memory pairs
+    by CLIP (mode "retrieved"; `mem` may hold the held-out pairs), k uniformly random memory
+    pairs ("random", the control) or nothing ("none"); 64 image ids sampled (seeded) with only
+    image ids allowed, decoded by the shipped tokenizer, read by the shipped judge →
+    {"judge": "all", "color", "shape", "position", and with retrieval "context_right": the
+    share of prompts whose first context pair has the query's caption}."""
+    per_caption = _validate.positive_int("per_caption", per_caption)
+    k = _validate.positive_int("k", k)
+    bpe, vocab, param = course_bpe(), course_vocab(), next(model.parameters())
+    judge = judge or judge_recipe.WEIGHTS["judge"].load(device=param.device)
+    tokenizer = tokenizer or tokenizer_recipe.WEIGHTS["tokenizer"].load(device=param.device)
+    captions = list(captions or held_out_captions()) * per_caption
+    contexts = _contexts(mem, embed_captions(captions), mode, k, seed)
+    queries = [_text(c, bpe, "caption") for c in captions]
+    prompts = _prompts(contexts, queries, vocab.BOI, vocab, bpe)
+    codes = torch.empty(len(captions), 64, dtype=torch.long)
+    generator = torch.Generator().manual_seed(seed)
+    for rows in _by_length(prompts):
+        ids = generate(model, torch.stack([prompts[i] for i in rows]).to(param.device), 64,
+                       temperature=temperature, allowed=vocab.ranges["image"],
+                       generator=generator)  # fmt: skip
+        codes[rows] = vocab.image_codes_of(ids.cpu())  # remove the image offset
+    t_param = next(tokenizer.parameters())
+    images = tokenizer.decode(codes.view(-1, 8, 8).to(t_param.device))
+    scores = judge.score(images.to(next(judge.parameters()).device), captions)
+    out = {"judge": scores["all"], **{a: scores[a] for a in ("color", "shape", "position")}}
+    if mode != "none":
+        out["context_right"] = sum(ctx[0][1] == c for ctx, c in zip(contexts, captions)) / len(
+            captions
+        )
+    return out
+
+
+def held_out_images(n: int = 1_000) -> Memory:
+    """Held-out Shapes (seed 1) of the held-out pairs only, embedded and tokenized like the
+    memory (from `memory(n, 1)`)."""
+    mem = memory(_validate.positive_int("n", n), seed=unified_recipe.HELD_OUT_SEED)
+    return subset(mem, is_held_out(mem.labels))
+
+
+@torch.no_grad()
+def caption_heldout(
+    model: nn.Module,
+    mem: Memory,
+    queries: Memory,
+    mode: str = "retrieved",
+    *,
+    k: int = 1,
+    seed: int = 0,
+    max_len: int = 12,
+) -> dict[str, float]:
+    """Image → caption on held-out images (`queries`, e.g. `held_out_images()`): greedy caption
+    after [BOS] context [BOI] image [EOI], the context being the image's k best memory pairs
+    by CLIP image vectors ("retrieved"), random pairs ("random") or none ("none") →
+    {"exact": share of captions equal to the truth word for word}."""
+    bpe, vocab, param = course_bpe(), course_vocab(), next(model.parameters())
+    contexts = _contexts(mem, queries.image_emb, mode, _validate.positive_int("k", k), seed)
+    segments = [Segment("image", codes) for codes in queries.codes]
+    prompts = _prompts(contexts, segments, -1, vocab, bpe)  # ends with EOI
+    allowed = vocab.text_mask("EOS", device=param.device)
+    got: list[str] = [""] * len(prompts)
+    for rows in _by_length(prompts):
+        batch = torch.stack([prompts[i] for i in rows]).to(param.device)
+        for i, row in zip(rows, _greedy(model, batch, allowed, vocab.EOS, max_len)):
+            got[i] = bpe.decode(row)
+    return {"exact": sum(g == t for g, t in zip(got, queries.captions)) / len(got)}

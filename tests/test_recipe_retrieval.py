@@ -1,0 +1,229 @@
+"""Chapter 12's recipe (mmcourse/recipes/retrieval.py): the held-out pairs, the memory,
+retrieval-augmented documents and their loss mask, that no held-out pair is ever a training
+target, that retrieval leaves each pair's own entry out, the held-out evaluations on a tiny
+model, and every documented error, named."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmcourse import recipes
+from mmcourse.bpe import course_bpe
+from mmcourse.data import COLORS, SHAPES, all_captions, caption_to_labels
+from mmcourse.recipes import retrieval as rr
+from mmcourse.recipes import unified as unified_recipe
+from mmcourse.transformer import GPT
+from mmcourse.vocab import course_vocab, decode_interleaved, encode_interleaved
+
+
+@pytest.fixture(scope="module")
+def mem() -> rr.Memory:
+    return rr.memory(n=300, seed=5)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> GPT:
+    torch.manual_seed(0)
+    config = unified_recipe.default_config(n_layer=1, n_head=2, d_model=32, block_size=240)
+    return GPT(config).eval()
+
+
+def _codes(seed: int) -> torch.Tensor:
+    return torch.randint(512, (8, 8), generator=torch.Generator().manual_seed(seed))
+
+
+def test_held_out_pairs_one_per_colour_each_shape_twice():
+    assert sorted(c for c, _ in rr.HELD_OUT) == sorted(COLORS)
+    assert all(sum(s == shape for _, s in rr.HELD_OUT) == 2 for shape in SHAPES)
+    captions = rr.held_out_captions()
+    assert len(captions) == 30 and set(captions) < set(all_captions())
+    labels = torch.stack([caption_to_labels(c) for c in all_captions()])
+    held = rr.is_held_out(labels)
+    assert held.dtype == torch.bool and held.sum() == 30
+    assert [c for c, h in zip(all_captions(), held.tolist()) if h] == captions
+    assert "a red circle in the center" in captions
+    assert "a red square in the center" not in captions
+
+
+def test_memory_is_the_shapes_pairs_embedded(mem):
+    n = len(mem.captions)
+    assert n == 300 and mem.image_emb.shape == mem.text_emb.shape == (n, 64)
+    assert mem.codes.shape == (n, 8, 8) and mem.codes.dtype == torch.long
+    assert torch.allclose(mem.image_emb.norm(dim=1), torch.ones(n), atol=1e-5)
+    labels = torch.stack([caption_to_labels(c) for c in mem.captions])
+    assert torch.equal(labels, mem.labels)
+    same = [i for i, c in enumerate(mem.captions) if c == mem.captions[0]]
+    assert torch.equal(mem.text_emb[same], mem.text_emb[same[:1]].expand(len(same), -1))
+    again = rr.memory(n=300, seed=5)  # from the cache: the same values
+    assert torch.equal(again.image_emb, mem.image_emb) and torch.equal(again.codes, mem.codes)
+
+
+def test_document_round_trips_and_scores_only_the_query():
+    bpe, vocab = course_bpe(), course_vocab()
+    context = [
+        (_codes(1), "a red square in the top left"),
+        (_codes(2), "a blue circle in the center"),
+    ]
+    query = "a green circle in the bottom right"
+    ids, scored = rr.rag_document(context, query, _codes(3), vocab, bpe)
+    assert ids.shape == scored.shape and scored.dtype == torch.bool
+    segments = decode_interleaved(ids, vocab)
+    assert torch.equal(encode_interleaved(segments, vocab), ids)  # lossless
+    kinds = [s.kind for s in segments]
+    assert kinds == ["image", "text", "image", "text", "image"]
+    assert torch.equal(segments[0].tokens, _codes(1)) and torch.equal(segments[2].tokens, _codes(2))
+    assert torch.equal(segments[4].tokens, _codes(3))
+    # the second context caption and the query caption meet in one run of text ids
+    words = torch.tensor(bpe.encode("a blue circle in the center") + bpe.encode(query))
+    assert torch.equal(segments[3].tokens, words)
+    # scored: exactly the query (caption, BOI, 64 image ids, EOI) and EOS
+    n_query = len(bpe.encode(query)) + 66 + 1
+    assert int(scored.sum()) == n_query and bool(scored[-n_query:].all())
+    assert not scored[:-n_query].any()
+    alone, alone_scored = rr.rag_document([], query, _codes(3), vocab, bpe)
+    assert torch.equal(ids[-n_query:], alone[1:]) and alone_scored.tolist() == [False] + [True] * (
+        len(alone) - 1
+    )  # no context: every target counts, as in chapter 07
+
+
+def test_image_caption_document_puts_the_caption_last():
+    bpe, vocab = course_bpe(), course_vocab()
+    query = "a green circle in the bottom right"
+    ids, scored = rr.rag_document([(_codes(1), "a red square in the top left")], query,
+                                  _codes(3), vocab, bpe, direction="image_caption")  # fmt: skip
+    n_caption = len(bpe.encode(query))
+    assert ids[-1] == vocab.EOS and ids[-2 - n_caption] == vocab.EOI
+    assert torch.equal(ids[-1 - n_caption : -1], torch.tensor(bpe.encode(query)))
+    assert int(scored.sum()) == 66 + n_caption + 1 and bool(scored[-(66 + n_caption + 1) :].all())
+
+
+def test_loader_mask_is_the_scored_part_and_never_padding(mem):
+    docs = rr.rag_documents(rr.training_memory(mem), k=1)
+    loader = rr.RAGLoader(docs, batch_size=6, seed=1)
+    ids, mask = loader.next_batch()
+    assert ids.shape == mask.shape and ids.shape[0] == 6 and mask.dtype == torch.bool
+    vocab = course_vocab()
+    assert not (mask & (ids == vocab.PAD)).any()
+    by_ids = {tuple(d[0].tolist()): d[1] for d in docs}
+    for row, m in zip(ids, mask):
+        real = row[row != vocab.PAD]
+        assert torch.equal(m[: len(real)], by_ids[tuple(real.tolist())])
+
+
+def test_no_held_out_pair_among_the_training_targets(mem, monkeypatch):
+    train = rr.training_memory(mem)
+    assert 0 < len(train.captions) < len(mem.captions)
+    assert not rr.is_held_out(train.labels).any()
+    held = set(rr.held_out_captions())
+    bpe, vocab = course_bpe(), course_vocab()
+    for ids, _ in rr.rag_documents(train, k=2, directions=rr.DIRECTIONS):
+        text = bpe.decode(ids[ids < vocab.text_size].tolist())
+        assert not any(c in text for c in held)
+    # the base model's data: chapter 07's, without the held-out images and clips
+    fake = unified_recipe.CourseData(
+        mem.codes, mem.captions, torch.zeros(4, 2, 8, 8, dtype=torch.long),
+        ["a red circle moving left", "a red square moving up", "a cyan triangle moving down",
+         "a cyan circle moving right"],
+    )  # fmt: skip
+    monkeypatch.setattr(unified_recipe, "course_data", lambda **_: fake)
+    data = rr.training_data()
+    assert data.captions == train.captions and torch.equal(data.image_codes, train.codes)
+    assert data.video_captions == ["a red square moving up", "a cyan circle moving right"]
+    assert len(data.video_codes) == 2
+
+
+def test_retrieval_leaves_each_pair_out(mem):
+    train = rr.training_memory(mem)
+    n = len(train.captions)
+    # a pair's own image is its best match: excluded, it must never come back
+    contexts = rr.retrieve_context(train, train.image_emb, 3, exclude=torch.arange(n))
+    for i, ctx in enumerate(contexts):
+        assert len(ctx) == 3
+        assert not any(torch.equal(codes, train.codes[i]) for codes, _ in ctx)
+    found = rr.retrieve_context(train, train.image_emb, 1)
+    assert all(torch.equal(ctx[0][0], train.codes[i]) for i, ctx in enumerate(found))
+    # caption → image retrieval finds an image of the same caption (the CLIP is good)
+    contexts = rr.retrieve_context(train, train.text_emb, 1, exclude=torch.arange(n))
+    assert sum(ctx[0][1] == c for ctx, c in zip(contexts, train.captions)) / n > 0.8
+
+
+def test_recall_numbers_are_shares(mem):
+    captions = rr.held_out_captions()
+    scores = rr.recall(mem, captions)
+    assert set(scores) == {"recall_at_1", "recall_at_4"}
+    assert all(0 <= v <= 1 for v in scores.values())
+    assert scores["recall_at_1"] <= scores["recall_at_4"]
+    truth = rr.relevant(mem, captions)
+    assert truth.shape == (30, 300) and truth.dtype == torch.bool
+    none = rr.recall(rr.training_memory(mem), captions)  # held-out pairs are not there
+    assert none == {"recall_at_1": 0.0, "recall_at_4": 0.0}
+
+
+def test_random_context_is_seeded_and_spread(mem):
+    a, b = rr.random_context(mem, 50, 2, seed=3), rr.random_context(mem, 50, 2, seed=3)
+    assert [[c for _, c in ctx] for ctx in a] == [[c for _, c in ctx] for ctx in b]
+    assert len({c for ctx in a for _, c in ctx}) > 20
+
+
+@pytest.mark.parametrize("mode", ["retrieved", "random", "none"])
+def test_evaluate_heldout_on_a_tiny_model(tiny, mem, mode):
+    captions = rr.held_out_captions()[:2]
+    out = rr.evaluate_heldout(tiny, mem, mode, per_caption=1, captions=captions)
+    assert all(0 <= v <= 1 for v in out.values())
+    assert {"judge", "color", "shape", "position"} <= set(out)
+    assert ("context_right" in out) == (mode != "none")
+    if mode == "retrieved":
+        assert out["context_right"] == 1.0
+
+
+def test_caption_heldout_on_a_tiny_model(tiny, mem):
+    queries = rr.subset(mem, torch.arange(3))
+    for mode in ("retrieved", "none"):
+        out = rr.caption_heldout(tiny, mem, queries, mode, max_len=3)
+        assert set(out) == {"exact"} and 0 <= out["exact"] <= 1
+
+
+def test_fine_tune_leaves_the_model_unchanged(tiny, mem):
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    docs = rr.rag_documents(rr.subset(mem, torch.arange(20)), k=1)
+    result = rr.fine_tune(tiny, rr.RAGLoader(docs, batch_size=2), steps=2, progress=False,
+                          device="cpu")  # fmt: skip
+    assert len(result.losses) == 2 and result.model is not tiny
+    assert all(torch.equal(v, tiny.state_dict()[k]) for k, v in before.items())
+
+
+def test_registered_without_weights():
+    assert recipes.retrieval is rr and rr.WEIGHTS == {} and rr.REBUILDS == {}
+
+
+def test_errors_are_named(mem, tiny):
+    with pytest.raises(ValueError, match="labels"):
+        rr.is_held_out(torch.zeros(4, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="direction"):
+        rr.rag_document([], "a red square in the center", _codes(0), direction="sideways")
+    with pytest.raises(TypeError, match="context must be a list"):
+        rr.rag_document("a red square", "a red square in the center", _codes(0))
+    with pytest.raises(TypeError, match=r"context\[0\]"):
+        rr.rag_document([_codes(1)], "a red square in the center", _codes(0))
+    with pytest.raises(TypeError, match="caption must be a non-empty str"):
+        rr.rag_document([], "", _codes(0))
+    with pytest.raises(ValueError, match="mode"):
+        rr.evaluate_heldout(tiny, mem, "nearest", per_caption=1)
+    with pytest.raises(ValueError, match="documents is empty"):
+        rr.RAGLoader([])
+    with pytest.raises(TypeError, match="loader must be a RAGLoader"):
+        rr.fine_tune(tiny, [], steps=1)
+    with pytest.raises(ValueError, match="k"):
+        rr.random_context(mem, 3, 0)
+    with pytest.raises(ValueError, match="n"):
+        rr.memory(n=0)
+    empty = rr.subset(mem, torch.zeros(300, dtype=torch.bool))
+    with pytest.raises(ValueError, match="empty"):
+        rr.retrieve_context(empty, mem.text_emb[:2], 1)
+    with pytest.raises(ValueError, match="k"):
+        rr.retrieve_context(mem, mem.text_emb[:2], 301)
+    with pytest.raises(ValueError):
+        rr.retrieve_context(mem, torch.randn(2, 32), 1)  # the wrong embedding size
+    with pytest.raises(TypeError, match="captions"):
+        rr.embed_captions("a red square in the center")

@@ -18,13 +18,14 @@ from mmcourse import (
     evaluation,
     fusion,
     patches,
+    retrieval,
     sampling,
     transformer,
     video,
     vocab,
     vq,
 )
-from mmcourse.checks import ch01, ch03, ch04, ch05, ch06, ch07, ch08, ch10
+from mmcourse.checks import ch01, ch03, ch04, ch05, ch06, ch07, ch08, ch10, ch12
 from mmcourse.checks._placement import HostTensorMixed, PlacementAudit, is_host
 from mmcourse.env import normalize_device, same_device
 from mmcourse.transfusion import noise_image_span, transfusion_loss, transfusion_mask
@@ -151,6 +152,7 @@ INPUT_MISTAKE = [
     (ch10.check_kid, evaluation.kid),
     (ch10.check_precision_recall, evaluation.precision_recall),
     (ch10.check_clip_score, evaluation.clip_score),
+    (ch12.check_top_k, retrieval.top_k),
 ]
 
 

@@ -143,6 +143,14 @@ def test_retrieval_leaves_each_pair_out(mem):
         assert not any(torch.equal(codes, train.codes[i]) for codes, _ in ctx)
     found = rr.retrieve_context(train, train.image_emb, 1)
     assert all(torch.equal(ctx[0][0], train.codes[i]) for i, ctx in enumerate(found))
+    # by the pair's own image vector: its nearest neighbour, never itself
+    by_image = rr.rag_documents(train, k=1, retrieve_by="image")
+    first = [ctx[0][0] for ctx in found]
+    nearest = rr.retrieve_context(train, train.image_emb, 1, exclude=torch.arange(n))
+    vocab = course_vocab()
+    for (ids, _), ctx, own in zip(by_image, nearest, first):
+        context_codes = vocab.image_codes_of(ids[2:66]).view(8, 8)
+        assert torch.equal(context_codes, ctx[0][0]) and not torch.equal(context_codes, own)
     # caption → image retrieval finds an image of the same caption (the CLIP is good)
     contexts = rr.retrieve_context(train, train.text_emb, 1, exclude=torch.arange(n))
     assert sum(ctx[0][1] == c for ctx, c in zip(contexts, train.captions)) / n > 0.8
@@ -208,6 +216,8 @@ def test_errors_are_named(mem, tiny):
         rr.rag_document([_codes(1)], "a red square in the center", _codes(0))
     with pytest.raises(TypeError, match="caption must be a non-empty str"):
         rr.rag_document([], "", _codes(0))
+    with pytest.raises(ValueError, match="retrieve_by"):
+        rr.rag_documents(mem, retrieve_by="text")
     with pytest.raises(ValueError, match="mode"):
         rr.evaluate_heldout(tiny, mem, "nearest", per_caption=1)
     with pytest.raises(ValueError, match="documents is empty"):

@@ -239,23 +239,30 @@ def rag_documents(
     *,
     k: int = 1,
     directions: Sequence[str] = ("caption_image",),
+    retrieve_by: str = "caption",
     vocab: Vocabulary | None = None,
     bpe: BPE | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Training documents: for every pair of `mem` (pass `training_memory(...)`: no held-out
     pair) and each direction, its k retrieved pairs from the same memory, the pair itself
-    excluded. caption_image retrieves by the caption's CLIP vector, image_caption by the
-    image's; both against the memory's image vectors. k = 0: no context (the baseline)."""
+    excluded, against the memory's image vectors. caption_image documents retrieve by the
+    caption's CLIP vector (retrieve_by "caption", as at test time) or by the pair's own image
+    vector ("image": its nearest neighbours, the same caption drawn with nearly the same size
+    and place, so the context is worth copying); image_caption documents by the image's.
+    k = 0: no context (the baseline)."""
     bpe = bpe or course_bpe()
     vocab = vocab or course_vocab(bpe)
     k = _validate.integer("k", k, low=0)
+    if retrieve_by not in ("caption", "image"):
+        raise ValueError(f"retrieve_by must be 'caption' or 'image', got {retrieve_by!r}")
     n = len(mem.captions)
     docs = []
     for direction in directions:
         if k == 0:
             contexts = [[] for _ in range(n)]
         else:
-            queries = mem.text_emb if direction == "caption_image" else mem.image_emb
+            by_caption = direction == "caption_image" and retrieve_by == "caption"
+            queries = mem.text_emb if by_caption else mem.image_emb  # (N, E)
             contexts = retrieve_context(mem, queries, k, exclude=torch.arange(n))
         docs += [rag_document(ctx, c, codes, vocab, bpe, direction=direction)
                  for ctx, c, codes in zip(contexts, mem.captions, mem.codes)]  # fmt: skip

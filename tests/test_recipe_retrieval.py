@@ -237,3 +237,76 @@ def test_errors_are_named(mem, tiny):
         rr.retrieve_context(mem, torch.randn(2, 32), 1)  # the wrong embedding size
     with pytest.raises(TypeError, match="captions"):
         rr.embed_captions("a red square in the center")
+
+
+def test_context_mix_shares_and_the_documents_follow_them(mem):
+    modes = rr.context_modes(6000, rr.CONTEXT_MIX, seed=2)
+    assert torch.equal(modes, rr.context_modes(6000, rr.CONTEXT_MIX, seed=2))  # seeded
+    shares = torch.bincount(modes, minlength=3).float() / 6000
+    assert torch.allclose(shares, torch.tensor([0.6, 0.2, 0.2]), atol=0.025)
+    train = rr.training_memory(mem)
+    n = len(train.captions)
+    docs = rr.rag_documents(train, k=1, directions=rr.DIRECTIONS, retrieve_by="image",
+                            mix=rr.CONTEXT_MIX, seed=3)  # fmt: skip
+    assert len(docs) == 2 * n
+    drawn = rr.context_modes(2 * n, rr.CONTEXT_MIX, seed=3).tolist()
+    nearest = rr.retrieve_context(train, train.image_emb, 1, exclude=torch.arange(n))
+    alone = [rr.rag_document([], c, x, direction=d)[0] for d in rr.DIRECTIONS
+             for c, x in zip(train.captions, train.codes)]  # fmt: skip
+    vocab = course_vocab()
+    for i, ((ids, scored), mode, query) in enumerate(zip(docs, drawn, alone)):
+        # the loss mask: exactly the query (every id after BOS of the document without context)
+        assert int(scored.sum()) == len(query) - 1 and bool(scored[-(len(query) - 1) :].all())
+        assert torch.equal(ids[-(len(query) - 1) :], query[1:])
+        if mode == 2:  # no context
+            assert len(ids) == len(query)
+            continue
+        assert len(ids) > len(query) and ids[1] == vocab.BOI
+        codes = vocab.image_codes_of(ids[2:66]).view(8, 8)
+        if mode == 0:  # retrieved: the pair's nearest neighbour by image, never itself
+            assert torch.equal(codes, nearest[i % n][0][0])
+    # without a mix every document is retrieved, with k = 0 none is
+    assert len(rr.rag_documents(train, k=0, mix=rr.CONTEXT_MIX)[0][0]) == len(alone[0])
+
+
+def test_rebuild_plumbing_on_a_tiny_run(mem, monkeypatch, tmp_path):
+    clips = ["a red square moving up", "a cyan circle moving right"]
+    fake = unified_recipe.CourseData(
+        mem.codes, mem.captions, torch.zeros(2, 2, 8, 8, dtype=torch.long), clips
+    )
+    monkeypatch.setattr(unified_recipe, "course_data", lambda **_: fake)
+    monkeypatch.setattr(rr, "BASE_CONFIG", {"block_size": 240, "n_layer": 1, "n_head": 2,
+                                            "d_model": 32})  # fmt: skip
+    monkeypatch.setattr(rr, "MEMORY_SIZE", 300)
+    monkeypatch.setattr(rr, "HELD_IMAGES", 300)
+    line = rr.rebuild(5, directory=tmp_path, base_steps=2, steps=2, per_caption=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "retrieval_base_5_2.pt", "retrieval_baseline_5.pt", "retrieval_rag_5.pt"]  # fmt: skip
+    keys = ("recall_at_1", "recall_at_4", "heldout_judge_no_retrieval", "heldout_judge_retrieval",
+            "heldout_judge_random_context", "rag_gain_points")  # fmt: skip
+    keys += ("heldout_caption_exact_retrieval", "heldout_caption_exact_no_retrieval")
+    assert line.startswith("retrieval: ") and all(f"{k} " in line for k in keys)
+    rag = rr.load_model(tmp_path / "retrieval_rag_5.pt", "cpu")
+    assert rag.config["n_layer"] == 1 and rag.config["block_size"] == 240
+    # a second run loads the base it finds and repeats the numbers bit for bit (one thread)
+    again = rr.rebuild(5, directory=tmp_path, base_steps=2, steps=2, per_caption=1)
+    assert "base_seconds 0.0" in again
+    assert _numbers(again) == _numbers(line)
+
+
+def _numbers(line: str) -> dict[str, str]:
+    pairs = [p.rsplit(" ", 1) for p in line.removeprefix("retrieval: ").split(", ")]
+    return {k: v for k, v in pairs if not k.endswith("seconds")}
+
+
+def test_mix_errors_are_named(mem):
+    with pytest.raises(ValueError, match="mix must map"):
+        rr.context_modes(4, {"nearest": 1.0})
+    with pytest.raises(ValueError, match="sum to 1"):
+        rr.context_modes(4, {"retrieved": 0.6, "none": 0.2})
+    with pytest.raises(ValueError, match=r"mix\['retrieved'\]"):
+        rr.context_modes(4, {"retrieved": 1.5, "none": -0.5})
+    with pytest.raises(ValueError, match="directions"):
+        rr.rag_documents(mem, directions=("sideways",))
+    with pytest.raises(TypeError, match="base_steps"):
+        rr.experiment(base_steps=1.5)

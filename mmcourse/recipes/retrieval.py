@@ -7,18 +7,24 @@ memory    `memory(n, seed)`: Shapes pairs embedded by the shipped CLIP (image an
           vectors) with the shipped tokenizer's codes, cached under data/cache/
 documents `rag_document`: retrieved pairs as interleaved context before the query,
           [BOS] ([BOI] ctx image [EOI] ctx caption)* caption [BOI] image [EOI] [EOS], scored only
-          on the query; `rag_documents` retrieves the context of every training pair (caption
-          text → memory images by CLIP, the pair itself excluded), `RAGLoader` pads them
-training  `training_data` (chapter 07's data without the held-out pairs) for the base model,
-          `fine_tune` on RAG documents
+          on the query; `rag_documents` retrieves the context of every training pair (by its
+          caption or its own image vector, the pair itself excluded), optionally in a seeded
+          CONTEXT_MIX of retrieved, random and no context; `RAGLoader` pads them
+training  `training_data` (chapter 07's data without the held-out pairs) and `train_base` for
+          the base model, `fine_tune` on RAG documents
 measures  `evaluate_heldout` (caption → image judge on the held-out captions with retrieved,
           random or no context), `caption_heldout` (image → caption exact match), `recall`
+rebuild   `experiment` / `rebuild`: base, RAG fine-tune, the fair no-context baseline and every
+          held-out score, on one thread; weights only under the directory given (data/cache/
+          by default): nothing ships yet, so REBUILDS stays empty
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -26,10 +32,10 @@ import torch.nn as nn
 
 from mmcourse import _validate
 from mmcourse.bpe import BPE, course_bpe
-from mmcourse.checkpoints import cached
+from mmcourse.checkpoints import CACHE_DIR, Weights, cached
 from mmcourse.data import COLORS, SHAPES, ShapesDataset, all_captions, caption_to_labels
 from mmcourse.env import device as default_device
-from mmcourse.env import to_device
+from mmcourse.env import one_thread, to_device
 from mmcourse.fusion import CLIP, encode_captions
 from mmcourse.recipes import fusion as fusion_recipe
 from mmcourse.recipes import judge as judge_recipe
@@ -38,11 +44,13 @@ from mmcourse.recipes import unified as unified_recipe
 from mmcourse.retrieval import recall_at_k, top_k
 from mmcourse.sampling import generate
 from mmcourse.trainer import TrainResult, adamw_cosine, fit
-from mmcourse.transformer import greedy_decode
+from mmcourse.transformer import GPT, GPTConfig, greedy_decode
 from mmcourse.unified import lm_loss
 from mmcourse.vocab import Segment, Vocabulary, course_vocab, encode_interleaved, pad_batch
 
 WEIGHTS: dict = {}
+# `rebuild` runs the whole experiment, but no weights of this chapter ship yet (its files stay
+# under data/cache/), so it is not registered for `python -m mmcourse.train`.
 REBUILDS: dict = {}
 
 # One pair per colour, each shape twice: 6 of the 18 colour × shape pairs, 30 of the 90
@@ -57,7 +65,16 @@ HELD_OUT: tuple[tuple[str, str], ...] = (
 )
 _HELD = torch.tensor([[(c, s) in HELD_OUT for s in SHAPES] for c in COLORS])  # (colours, shapes)
 DIRECTIONS = ("caption_image", "image_caption")
+BLOCK_SIZE = 240  # one context pair and the query: ≤ 2 × (66 + caption) + 3 ids
+_COMMAND = "mmcourse.recipes.retrieval.rebuild()"
+BASE_CONFIG = {"block_size": BLOCK_SIZE}  # chapter 07's default_config otherwise
+BASE_STEPS = 3000  # chapter 07's shipped budget (batch 32)
+FT_STEPS, FT_BATCH, FT_LR = 1200, 16, 2e-3  # the fine-tunes (the pilot's best budget)
+MEMORY_SIZE = 20_000  # the memory: chapter 07's training images (seed 0)
+HELD_IMAGES = 1_000  # held-out Shapes (seed 1) whose held-out pairs are captioned
 _CHUNK = 1024  # queries retrieved at once
+CONTEXT_KINDS = ("retrieved", "random", "none")
+CONTEXT_MIX = {"retrieved": 0.6, "random": 0.2, "none": 0.2}  # the RAG fine-tune's documents
 
 
 def is_held_out(labels: torch.Tensor) -> torch.Tensor:
@@ -234,12 +251,28 @@ def random_context(
     return [[(mem.codes[j], mem.captions[j]) for j in row] for row in picks.tolist()]
 
 
+def context_modes(n: int, mix: Mapping[str, float], seed: int = 0) -> torch.Tensor:
+    """n draws (seeded) of a context mode from `mix` ({"retrieved", "random", "none"} → shares
+    summing to 1) → (n,) long indices into `CONTEXT_KINDS`: which context each training
+    document gets, so that one model learns all three."""
+    n = _validate.positive_int("n", n)
+    if not isinstance(mix, Mapping) or not set(mix) <= set(CONTEXT_KINDS) or not mix:
+        raise ValueError(f"mix must map some of {CONTEXT_KINDS} to shares, got {mix!r:.80}")
+    shares = [_validate.number(f"mix[{m!r}]", mix.get(m, 0.0), 0, 1) for m in CONTEXT_KINDS]
+    if abs(sum(shares) - 1) > 1e-6:
+        raise ValueError(f"mix shares must sum to 1, got {sum(shares):.4f}")
+    g = torch.Generator().manual_seed(seed)
+    return torch.multinomial(torch.tensor(shares), n, replacement=True, generator=g)  # (n,)
+
+
 def rag_documents(
     mem: Memory,
     *,
     k: int = 1,
     directions: Sequence[str] = ("caption_image",),
     retrieve_by: str = "caption",
+    mix: Mapping[str, float] | None = None,
+    seed: int = 0,
     vocab: Vocabulary | None = None,
     bpe: BPE | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -249,21 +282,35 @@ def rag_documents(
     caption's CLIP vector (retrieve_by "caption", as at test time) or by the pair's own image
     vector ("image": its nearest neighbours, the same caption drawn with nearly the same size
     and place, so the context is worth copying); image_caption documents by the image's.
-    k = 0: no context (the baseline)."""
+    k = 0: no context (the baseline). `mix` (e.g. CONTEXT_MIX) gives each document, by
+    `context_modes(…, seed)` (one draw per direction in turn), retrieved context, k uniformly
+    random memory pairs (seeded) or none; without it every document gets retrieved context."""
     bpe = bpe or course_bpe()
     vocab = vocab or course_vocab(bpe)
     k = _validate.integer("k", k, low=0)
     if retrieve_by not in ("caption", "image"):
         raise ValueError(f"retrieve_by must be 'caption' or 'image', got {retrieve_by!r}")
+    if any(d not in DIRECTIONS for d in directions):
+        raise ValueError(f"directions must be among {DIRECTIONS}, got {directions!r}")
     n = len(mem.captions)
+    modes = [torch.zeros(n, dtype=torch.long)] * len(directions)  # all retrieved
+    if mix is not None and k > 0:
+        drawn = context_modes(n * len(directions), mix, seed)
+        modes = list(drawn.view(len(directions), n))
+    g = torch.Generator().manual_seed(seed)
     docs = []
-    for direction in directions:
-        if k == 0:
-            contexts = [[] for _ in range(n)]
-        else:
+    for direction, mode in zip(directions, modes):
+        contexts: list[list[tuple[torch.Tensor, str]]] = [[] for _ in range(n)]
+        if k > 0:
             by_caption = direction == "caption_image" and retrieve_by == "caption"
             queries = mem.text_emb if by_caption else mem.image_emb  # (N, E)
-            contexts = retrieve_context(mem, queries, k, exclude=torch.arange(n))
+            rows = (mode == 0).nonzero().flatten()
+            found = retrieve_context(mem, queries[rows], k, exclude=rows) if len(rows) else []
+            picks = torch.randint(n, (n, k), generator=g)  # the random pairs
+            for i, ctx in zip(rows.tolist(), found):
+                contexts[i] = ctx
+            for i in (mode == 1).nonzero().flatten().tolist():
+                contexts[i] = [(mem.codes[j], mem.captions[j]) for j in picks[i].tolist()]
         docs += [rag_document(ctx, c, codes, vocab, bpe, direction=direction)
                  for ctx, c, codes in zip(contexts, mem.captions, mem.codes)]  # fmt: skip
     return docs
@@ -319,6 +366,42 @@ def training_data(n_images: int = 20_000, seed: int = 0) -> unified_recipe.Cours
     )
 
 
+def train_base(
+    seed: int = 0,
+    *,
+    steps: int = BASE_STEPS,
+    batch_size: int = 32,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+) -> TrainResult:
+    """The base model: chapter 07's shipped run (its mix DEFAULT_RATIOS, lr 2e-3, batch 32) on
+    `training_data(seed=seed)`, so no held-out pair is ever a target, with BASE_CONFIG's block
+    size 240 so that a context pair (≤ 78 ids) fits before a query later."""
+    data = training_data(seed=seed)
+    loader = unified_recipe.make_loader(batch_size=batch_size, seed=seed, data=data)
+    config = unified_recipe.default_config(loader.vocab, **BASE_CONFIG)
+    return unified_recipe.train_unified(loader, config=config, steps=steps, seed=seed,
+                                        progress=progress, device=device)  # fmt: skip
+
+
+def _gpt(config: dict) -> GPT:
+    return GPT(GPTConfig(**config))
+
+
+# rebuild's files: float32 GPTs with their config, written only where rebuild is told
+_FILE = Weights("retrieval_rag.pt", GPT, command=_COMMAND, build=_gpt)
+
+
+def save_model(model: nn.Module, path: Path | str) -> Path:
+    """Write a GPT's weights and config to `path` (float32); return the path."""
+    return _FILE.save(model, path=Path(path))
+
+
+def load_model(path: Path | str, device: torch.device | str | None = None) -> nn.Module:
+    """The GPT written by `save_model` at `path`, in eval mode on `device`."""
+    return _FILE.load(path, device)
+
+
 def fine_tune(
     model: nn.Module,
     loader: RAGLoader,
@@ -351,14 +434,11 @@ def fine_tune(
 # ------------------------------------------------------------------------------ evaluation
 
 
-_MODES = ("retrieved", "random", "none")
-
-
 def _contexts(
     mem: Memory, queries: torch.Tensor, mode: str, k: int, seed: int
 ) -> list[list[tuple[torch.Tensor, str]]]:
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    if mode not in CONTEXT_KINDS:
+        raise ValueError(f"mode must be one of {CONTEXT_KINDS}, got {mode!r}")
     if mode == "none":
         return [[] for _ in range(len(queries))]
     if mode == "random":
@@ -479,3 +559,108 @@ def caption_heldout(
         for i, row in zip(rows, _greedy(model, batch, allowed, vocab.EOS, max_len)):
             got[i] = bpe.decode(row)
     return {"exact": sum(g == t for g, t in zip(got, queries.captions)) / len(got)}
+
+
+# ----------------------------------------------------------------------------------- rebuild
+
+
+def experiment(
+    seed: int = 0,
+    *,
+    directory: Path | str = CACHE_DIR,
+    base_steps: int = BASE_STEPS,
+    steps: int = FT_STEPS,
+    per_caption: int = 10,
+    progress: bool = False,
+) -> dict[str, float]:
+    """The chapter's whole experiment on the CPU (call it on one thread: `rebuild`):
+
+    1. base: `train_base(seed, steps=base_steps)`, written to
+       directory/retrieval_base_<seed>_<base_steps>.pt; a file already there is loaded instead
+       (the base is the long part, and the same seed and steps give the same weights);
+    2. RAG: the base fine-tuned `steps` steps (batch FT_BATCH, lr FT_LR) on both directions'
+       documents with k = 1 context retrieved by the pair's image vector, in the CONTEXT_MIX of
+       retrieved, random and no context, so that one model serves all three modes;
+    3. baseline: the base fine-tuned the same steps on the same pairs without context (k = 0),
+       the fair comparison (the same extra training, no retrieval);
+    4. held-out measures: recall@1/@4 of the held-out captions in the full memory; caption →
+       image judge "all" (per_caption samples of each held-out caption) for the RAG model with
+       retrieved, random and no context, the baseline and the base without; image → caption
+       exact match on the held-out images (HELD_IMAGES Shapes of seed 1) with and without
+       retrieved context.
+
+    RAG and baseline go to directory/retrieval_{rag,baseline}_<seed>.pt. Returns the
+    benchmark's keys (recall_at_1, recall_at_4, heldout_judge_no_retrieval = the baseline,
+    heldout_judge_retrieval and heldout_judge_random_context = the RAG model, rag_gain_points
+    = 100 × (retrieval − no retrieval)) with the other scores and each stage's seconds."""
+    directory = Path(directory)
+    base_steps = _validate.positive_int("base_steps", base_steps)
+    out: dict[str, float] = {}
+    base_path = directory / f"retrieval_base_{seed}_{base_steps}.pt"
+    if base_path.is_file():
+        base, out["base_seconds"] = load_model(base_path, "cpu"), 0.0
+    else:
+        result = train_base(seed, steps=base_steps, progress=progress, device="cpu")
+        base, out["base_seconds"] = result.model, result.seconds
+        save_model(base, base_path)
+    mem = memory(MEMORY_SIZE, seed)
+    train = training_memory(mem)
+    models = {}
+    for name, k in (("rag", 1), ("baseline", 0)):
+        docs = rag_documents(train, k=k, directions=DIRECTIONS, retrieve_by="image",
+                             mix=CONTEXT_MIX, seed=seed)  # fmt: skip
+        loader = RAGLoader(docs, batch_size=FT_BATCH, seed=seed)
+        result = fine_tune(base, loader, steps=steps, lr=FT_LR, seed=seed, progress=progress,
+                           device="cpu")  # fmt: skip
+        models[name], out[f"{name}_seconds"] = result.model, result.seconds
+        save_model(result.model, directory / f"retrieval_{name}_{seed}.pt")
+    return out | measure(models["rag"], models["baseline"], base, mem, per_caption, seed)
+
+
+def measure(
+    rag: nn.Module,
+    baseline: nn.Module,
+    base: nn.Module,
+    mem: Memory,
+    per_caption: int = 10,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Step 4 of `experiment`: the held-out scores of the three models (see there)."""
+    start = time.perf_counter()
+    out = recall(mem, held_out_captions())
+    kw = {"per_caption": per_caption, "seed": seed,
+          "judge": judge_recipe.WEIGHTS["judge"].load(device="cpu"),
+          "tokenizer": tokenizer_recipe.WEIGHTS["tokenizer"].load(device="cpu")}  # fmt: skip
+    retrieved, random_ctx, rag_none = (
+        evaluate_heldout(rag, mem, mode, **kw)["judge"] for mode in CONTEXT_KINDS
+    )
+    no_retrieval = evaluate_heldout(baseline, mem, "none", **kw)["judge"]
+    base_none = evaluate_heldout(base, mem, "none", **kw)["judge"]
+    out |= {
+        "heldout_judge_no_retrieval": no_retrieval,
+        "heldout_judge_retrieval": retrieved,
+        "heldout_judge_random_context": random_ctx,
+        "rag_gain_points": 100 * (retrieved - no_retrieval),
+        "heldout_judge_rag_no_context": rag_none,
+        "heldout_judge_base": base_none,
+    }
+    queries = held_out_images(HELD_IMAGES)
+    for key, model, mode in (
+        ("retrieval", rag, "retrieved"),
+        ("rag_no_context", rag, "none"),
+        ("no_retrieval", baseline, "none"),
+        ("base", base, "none"),
+    ):
+        out[f"heldout_caption_exact_{key}"] = caption_heldout(model, mem, queries, mode)["exact"]
+    return out | {"eval_seconds": time.perf_counter() - start}
+
+
+def rebuild(seed: int = 0, *, directory: Path | str = CACHE_DIR, **sizes: int) -> str:
+    """`experiment(seed, directory=…, **sizes)` on one thread (bit for bit reproducible) →
+    a one-line summary of its numbers. Not in REBUILDS yet: no weights of this chapter ship."""
+    with one_thread():
+        out = experiment(seed, directory=directory, **sizes)
+    return "retrieval: " + ", ".join(
+        f"{k} {v:.1f}" if k.endswith(("seconds", "points")) else f"{k} {v:.4f}"
+        for k, v in out.items()
+    )

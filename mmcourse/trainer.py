@@ -17,21 +17,53 @@ that seeds its own draws gets the same run, bit for bit.
 
 A callback such as `EMA` follows the run: `ema = EMA(model, 0.999)`, `fit(..., callbacks=[ema])`,
 then sample from `ema.model`.
+
+Under torchrun (see `mmcourse.distributed`) the loop is the same on every rank: `step_loss`
+calls the DDP/FSDP2 wrapper, whose backward averages the gradients, so every rank takes the
+same step. Only rank 0 shows the progress bar. A rank that dies or hangs makes the others
+raise an error naming the step and the timeout instead of waiting forever.
+
+Resuming: `fit(..., resume=Resume("run.pt", every=100), generators=[g])` writes the training
+state (model, optimizer, schedule, step, losses so far, the batch generators' states of every
+rank, the state of callbacks such as EMA) every 100 steps and at the end; the same call finds
+the file and carries on from its step, drawing the batches it would have drawn. (Callbacks
+without `state_dict`, such as a VQ-VAE's dead-code counts, start afresh.)
+`with resuming("runs/"):` gives every `fit` inside it such a file, one per call, in order.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from tqdm.auto import tqdm
 
-__all__ = ["EMA", "TrainResult", "adamw_cosine", "adamw_one_cycle", "fit"]
+from mmcourse import distributed
+
+__all__ = [
+    "EMA",
+    "Resume",
+    "TrainResult",
+    "adamw_cosine",
+    "adamw_one_cycle",
+    "fit",
+    "resuming",
+]
 
 Loss = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Iterator[torch.Tensor]
 StepLoss = Callable[[int], Loss]
@@ -119,6 +151,41 @@ def _backward(loss: Loss) -> torch.Tensor:
     return total
 
 
+class Resume(NamedTuple):
+    """Where `fit` keeps its training state (one file), and every how many steps it writes it."""
+
+    path: Path | str
+    every: int = 100
+
+
+_RESUMING: contextvars.ContextVar[tuple[Path, int, list[int]] | None] = contextvars.ContextVar(
+    "resuming", default=None
+)
+
+
+@contextlib.contextmanager
+def resuming(directory: Path | str, every: int = 100) -> Iterator[None]:
+    """Inside the block, every `fit` not given its own `resume` keeps its state in
+    directory/fit-<k>.pt (k = 0, 1, … in call order), written every `every` steps: stop a
+    command, run it again, and it carries on where its state was written. A finished fit's file
+    holds its end, so the second run passes over it at once (`python -m mmcourse.train NAME
+    --resume DIR`)."""
+    token = _RESUMING.set((Path(directory), every, [0]))
+    try:
+        yield
+    finally:
+        _RESUMING.reset(token)
+
+
+def _resume_of(resume: Resume | None) -> Resume | None:
+    active = _RESUMING.get()
+    if resume is not None or active is None:
+        return resume
+    directory, every, calls = active
+    calls[0] += 1
+    return Resume(directory / f"fit-{calls[0] - 1}.pt", every)
+
+
 def fit(
     model: nn.Module,
     step_loss: StepLoss,
@@ -130,6 +197,8 @@ def fit(
     callbacks: Iterable[Callback] = (),
     progress: bool = True,
     desc: str = "train",
+    generators: Sequence[torch.Generator] = (),
+    resume: Resume | None = None,
 ) -> TrainResult:
     """Train `model` for `steps` optimizer steps and return it in eval mode with its losses.
 
@@ -138,26 +207,120 @@ def fit(
     loss's parts); or yields several losses (micro-batches, each backpropagated as it comes).
     `clip` caps the gradients' global norm; `schedule` steps after the optimizer; each callback
     runs as `callback(step, recorded)` after the step (recorded stays on the device: read it
-    back only when needed). `progress` shows a tqdm bar named `desc`."""
+    back only when needed). `progress` shows a tqdm bar named `desc` (on rank 0).
+    `resume` keeps the training state in a file and carries on from it (see the module's
+    docstring), with the states of `generators`, the generators `step_loss` draws from."""
     callbacks = tuple(callbacks)
+    resume = _resume_of(resume)
     losses = None  # (steps, *recorded shape) float64 on the device, allocated at step 0
+    first = 0
+    if resume is not None and Path(resume.path).is_file():
+        first, losses = _load_state(resume.path, model, optimizer, schedule, callbacks, generators)
     model.train()
     start = time.perf_counter()
-    for step in tqdm(range(steps), desc=desc, unit="step", disable=not progress):
-        optimizer.zero_grad(set_to_none=True)
-        recorded = _backward(step_loss(step))
-        if clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
-        if schedule is not None:
-            schedule.step()
+    shown = progress and distributed.is_main()
+    for step in tqdm(range(first, steps), desc=desc, unit="step", initial=first, total=steps,
+                     disable=not shown):  # fmt: skip
+        try:
+            recorded = _step(model, step_loss, step, optimizer, schedule, clip)
+        except RuntimeError as err:
+            lost = distributed.lost_contact(err, step)
+            if lost is None:
+                raise
+            raise lost from err
         if losses is None:
             losses = recorded.new_zeros((steps, *recorded.shape), dtype=torch.float64)
         losses[step] = recorded  # float64 holds every float32 exactly
         for callback in callbacks:
             callback(step, losses[step])
+        if resume is not None and ((step + 1) % resume.every == 0 or step == steps - 1):
+            _save_state(
+                resume.path, model, optimizer, schedule, callbacks, generators, step, losses
+            )
     values = losses.tolist() if losses is not None else []  # the only read-back of the run
     return TrainResult(model.eval(), values, time.perf_counter() - start)
+
+
+def _step(
+    model: nn.Module,
+    step_loss: StepLoss,
+    step: int,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler | None,
+    clip: float | None,
+) -> torch.Tensor:
+    """zero_grad → loss → backward → clip → optimizer step → schedule step; what to record."""
+    optimizer.zero_grad(set_to_none=True)
+    recorded = _backward(step_loss(step))
+    if clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    if schedule is not None:
+        schedule.step()
+    return recorded
+
+
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def _save_state(
+    path: Path | str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler | None,
+    callbacks: tuple[Callback, ...],
+    generators: Sequence[torch.Generator],
+    step: int,
+    losses: torch.Tensor,
+) -> None:
+    """Write the state after `step` to `path` (rank 0, through a temporary file, so that a kill
+    while writing leaves the previous state). The model and optimizer go in full (gathered from
+    FSDP2's shards), the losses and the generators' states of every rank."""
+    state = {
+        "model": get_model_state_dict(model, options=_FULL),
+        "optimizer": get_optimizer_state_dict(model, optimizer, options=_FULL),
+        "schedule": schedule.state_dict() if schedule is not None else None,
+        "callbacks": [c.state_dict() for c in callbacks if hasattr(c, "state_dict")],
+        "generators": distributed.per_rank([g.get_state() for g in generators]),
+        "step": step + 1,
+        "losses": distributed.per_rank(losses.cpu()),  # each rank recorded its own rows
+    }
+    if distributed.is_main():
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+    distributed.barrier()
+
+
+def _load_state(
+    path: Path | str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler | None,
+    callbacks: tuple[Callback, ...],
+    generators: Sequence[torch.Generator],
+) -> tuple[int, torch.Tensor]:
+    """Restore what `_save_state` wrote (every rank reads the file); (next step, losses)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    saved_by, rank = len(state["generators"]), distributed.rank()
+    if saved_by != distributed.world_size():
+        raise ValueError(
+            f"{path} holds the state of {saved_by} ranks; resume it on as many, "
+            f"got {distributed.world_size()}"
+        )
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, state["model"], options=options)
+    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=options)
+    if schedule is not None:
+        schedule.load_state_dict(state["schedule"])
+    stateful = [c for c in callbacks if hasattr(c, "load_state_dict")]
+    for callback, saved in zip(stateful, state["callbacks"], strict=True):
+        callback.load_state_dict(saved)
+    for g, saved in zip(generators, state["generators"][rank], strict=True):
+        g.set_state(saved)
+    device = distributed.full_tensor(next(model.parameters())).device
+    return state["step"], state["losses"][rank].to(device)
 
 
 class EMA:
@@ -176,4 +339,11 @@ class EMA:
     def __call__(self, step: int, recorded: torch.Tensor | None = None) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
         for p_ema, p in zip(self.model.parameters(), self.source.parameters()):
-            p_ema.lerp_(p, 1 - d)
+            p_ema.lerp_(distributed.full_tensor(p), 1 - d)  # FSDP2: the gathered weight
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The average's weights (kept in a resumable training state)."""
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)

@@ -12,7 +12,16 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mmcourse"
 
-FOUNDATIONS = {"_validate", "env", "checkpoints", "trainer", "viz", "data", "kernels"}
+FOUNDATIONS = {
+    "_validate",
+    "env",
+    "checkpoints",
+    "distributed",
+    "trainer",
+    "viz",
+    "data",
+    "kernels",
+}
 TOP = {"checks", "train", "grade", "student", "lab"}
 FLOORS = {"foundations": 0, "models": 1, "recipes": 2, "top": 3}
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mmcourse import trainer
-from mmcourse.trainer import EMA, TrainResult, adamw_cosine, adamw_one_cycle, fit
+from mmcourse.trainer import EMA, Resume, TrainResult, adamw_cosine, adamw_one_cycle, fit
 
 
 def _model() -> nn.Linear:
@@ -237,6 +237,61 @@ def test_ema_averages_the_weights_after_every_step_with_a_short_memory_at_the_st
         torch.testing.assert_close(got, 0.5 * old + 0.5)
 
 
+def _resumable_run(state, stop: int | None = None, steps: int = 7):
+    """AdamW with a cosine schedule, an EMA and batches drawn by a generator; `stop` raises
+    KeyboardInterrupt at that step, as a killed run would stop."""
+    model = _model()
+    g = torch.Generator().manual_seed(5)
+    opt, schedule = adamw_cosine(model, 1e-2, steps)
+    ema = EMA(model, 0.9)
+
+    def step_loss(step: int) -> torch.Tensor:
+        if step == stop:
+            raise KeyboardInterrupt
+        return model(torch.randn(8, 3, generator=g)).pow(2).mean()
+
+    run = fit(model, step_loss, steps=steps, optimizer=opt, schedule=schedule, callbacks=[ema],
+              generators=[g], resume=state, progress=False)  # fmt: skip
+    return run, ema
+
+
+def _same(a: nn.Module, b: nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_a_stopped_run_resumes_from_its_state_bit_for_bit(tmp_path):
+    straight, ema = _resumable_run(None)
+    state = Resume(tmp_path / "run.pt", every=3)
+    with pytest.raises(KeyboardInterrupt):
+        _resumable_run(state, stop=5)
+    saved = torch.load(state.path, weights_only=True)
+    assert saved["step"] == 3 and len(saved["generators"]) == 1  # written after steps 0, 1, 2
+    resumed, ema_resumed = _resumable_run(state)
+    assert resumed.losses == straight.losses
+    assert _same(resumed.model, straight.model) and _same(ema_resumed.model, ema.model)
+    assert torch.load(state.path, weights_only=True)["step"] == 7  # the end is kept too
+    again, _ = _resumable_run(state)  # a finished state: nothing left to train
+    assert again.losses == straight.losses and _same(again.model, straight.model)
+
+
+def test_resuming_gives_every_fit_inside_it_a_state_file_in_call_order(tmp_path):
+    with trainer.resuming(tmp_path / "runs", every=2):
+        first, _ = _resumable_run(None, steps=3)
+        _resumable_run(None, steps=4)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["fit-0.pt", "fit-1.pt"]
+    assert torch.load(tmp_path / "runs" / "fit-0.pt", weights_only=True)["step"] == 3
+    with trainer.resuming(tmp_path / "runs"):
+        again, _ = _resumable_run(None, steps=3)
+    assert again.losses == first.losses and _same(again.model, first.model)
+    state = torch.load(tmp_path / "runs" / "fit-0.pt", weights_only=True)
+    state["generators"] *= 2  # as if written by 2 ranks
+    torch.save(state, tmp_path / "two.pt")
+    with pytest.raises(ValueError, match="holds the state of 2 ranks; resume it on as many, got 1"):
+        _resumable_run(Resume(tmp_path / "two.pt"), steps=3)
+
+
 def test_public_surface():
-    assert trainer.__all__ == ["EMA", "TrainResult", "adamw_cosine", "adamw_one_cycle", "fit"]
+    assert trainer.__all__ == [
+        "EMA", "Resume", "TrainResult", "adamw_cosine", "adamw_one_cycle", "fit", "resuming"
+    ]  # fmt: skip
     assert TrainResult._fields == ("model", "losses", "seconds", "history")

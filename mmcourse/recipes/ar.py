@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from mmcourse import _validate, ar
+from mmcourse import _validate, ar, distributed
 from mmcourse.checkpoints import Weights, cached
 from mmcourse.data import ShapesDataset, all_captions
 from mmcourse.env import device as default_device
@@ -109,6 +109,7 @@ def train_ar(
     progress: bool = True,
     callback: Callable[[int, GPT], None] | None = None,
     device: torch.device | str | None = None,
+    fsdp: bool = False,
 ) -> TrainResult:
     """Train a GPT on sequences (N, SEQ_LEN): captions dropped with probability p_uncond, AdamW
     with warm-up and cosine decay over `steps`, gradient clipping at 1. `callback(step, model)`,
@@ -117,22 +118,25 @@ def train_ar(
 
     The model and the sequences live on `device` (default: the course's), the batches are drawn
     there by a generator of that device (on the CPU, the same draws as always), and the losses
-    are read back once, at the end."""
+    are read back once, at the end. Under torchrun each rank draws its share of the batch, with
+    DDP, or FSDP2 when `fsdp` (see `mmcourse.distributed`); the model that comes back is whole."""
     seqs = _validate.tensor("seqs", seqs, shape=("N", ar.SEQ_LEN), dtype=torch.long)
     steps, batch = _validate.positive_int("steps", steps), _validate.positive_int("batch", batch)
     dev = torch.device(device) if device is not None else default_device()
     torch.manual_seed(seed)
-    g = torch.Generator(device=dev).manual_seed(seed)
+    g = torch.Generator(device=dev).manual_seed(distributed.rank_seed(seed))
+    batch = distributed.local_batch(batch)
     model = GPT(config or ar.default_config()).to(dev)
+    net = distributed.wrap(model, fsdp=fsdp)  # DDP or FSDP2 under torchrun, else the model
     seqs = seqs.to(dev)
-    opt, schedule = adamw_cosine(model, lr, steps)
+    opt, schedule = adamw_cosine(model, lr, steps)  # after wrap: FSDP2 shards the parameters
 
     def step_loss(step: int) -> torch.Tensor:
         idx = torch.randint(len(seqs), (batch,), generator=g, device=dev)
-        return ar.lm_loss(model, ar.drop_captions(seqs[idx], p_uncond, g))
+        return ar.lm_loss(net, ar.drop_captions(seqs[idx], p_uncond, g))
 
     callbacks = [lambda step, _: callback(step + 1, model)] if callback is not None else []
-    return fit(
+    run = fit(
         model,
         step_loss,
         steps=steps,
@@ -141,7 +145,9 @@ def train_ar(
         clip=1.0,
         callbacks=callbacks,
         progress=progress,
+        generators=[g],
     )
+    return run._replace(model=distributed.full_model(run.model))
 
 
 # ------------------------------------------------------------------------------- evaluation
@@ -215,11 +221,11 @@ def _summary_line(name: str, steps: int, losses: list[float], seed: int) -> str:
 # ---------------------------------------------------------------------------------- rebuild
 
 
-def rebuild(seed: int = 0) -> str:
+def rebuild(seed: int = 0, fsdp: bool = False) -> str:
     """Train the shipped model from `seed` on one thread, write data/ar_shapes.pt (float16) and,
     from the same run after EARLY_STEPS steps, data/ar_shapes_early.pt (float16), and return a
     summary with judge faithfulness against the guidance scale for both (the
-    `python -m mmcourse.train ar` target)."""
+    `python -m mmcourse.train ar` target; `fsdp`: FSDP2 under torchrun)."""
     with one_thread():
         tokenizer = tokenizer_recipe.WEIGHTS["tokenizer"].load(device="cpu")
         seqs = shapes_sequences(seed=seed, tokenizer=tokenizer)
@@ -229,9 +235,15 @@ def rebuild(seed: int = 0) -> str:
 
         def snapshot(step: int, model: GPT) -> None:
             if step == early_steps:
-                WEIGHTS["ar_early"].save(model)
+                whole = distributed.full_model(model)  # FSDP2: gathered by every rank
+                if distributed.is_main():
+                    WEIGHTS["ar_early"].save(whole)
 
-        result = train_ar(seqs, steps=TRAIN_STEPS, seed=seed, callback=snapshot, device="cpu")
+        result = train_ar(
+            seqs, steps=TRAIN_STEPS, seed=seed, callback=snapshot, device="cpu", fsdp=fsdp
+        )
+        if not distributed.is_main():
+            return ""  # rank 0 writes the files and measures them
         WEIGHTS["ar"].save(result.model)
         files = f"{WEIGHTS['ar'].path.name} and {WEIGHTS['ar_early'].path.name}"
         lines = [f"wrote {files} in {result.seconds:.0f} s"]
@@ -240,15 +252,18 @@ def rebuild(seed: int = 0) -> str:
     return "\n".join(lines)
 
 
-def rebuild_noisy(seed: int = 0) -> str:
+def rebuild_noisy(seed: int = 0, fsdp: bool = False) -> str:
     """The shipped recipe (same model, steps and seed) on the same sequences with CAPTION_NOISE
     of the captions mismatched (`mismatch_captions`): writes data/ar_shapes_noisy.pt (float16)
-    and returns its judge summary (the `python -m mmcourse.train ar_noisy` target)."""
+    and returns its judge summary (the `python -m mmcourse.train ar_noisy` target; `fsdp`:
+    FSDP2 under torchrun)."""
     with one_thread():
         tokenizer = tokenizer_recipe.WEIGHTS["tokenizer"].load(device="cpu")
         seqs = shapes_sequences(seed=seed, tokenizer=tokenizer)
         noisy = mismatch_captions(seqs, CAPTION_NOISE, seed)
-        result = train_ar(noisy, steps=TRAIN_STEPS, seed=seed, device="cpu")
+        result = train_ar(noisy, steps=TRAIN_STEPS, seed=seed, device="cpu", fsdp=fsdp)
+        if not distributed.is_main():
+            return ""  # rank 0 writes the file and measures it
         WEIGHTS["ar_noisy"].save(result.model)
         return "\n".join([
             f"wrote {WEIGHTS['ar_noisy'].path.name} ({CAPTION_NOISE:.0%} of captions mismatched)"

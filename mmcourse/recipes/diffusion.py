@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from mmcourse import _validate, diffusion
+from mmcourse import _validate, diffusion, distributed
 from mmcourse.checkpoints import DATA_DIR, CheckpointError, Weights, digest
 from mmcourse.data import ShapesDataset, all_captions, caption_to_labels
 from mmcourse.env import device as default_device
@@ -81,14 +81,17 @@ def train_diffusion(
 
     Everything happens on `device` (default: the course's): the data moves there once, and t, ε
     and the dropped captions are drawn there by a generator of that device (on the CPU, the
-    same draws as always); the losses are read back once, at the end."""
+    same draws as always); the losses are read back once, at the end. Under torchrun each rank
+    draws its share of the batch (see `mmcourse.distributed`)."""
     x0 = _validate.tensor("x0", x0, shape=("N", None, None, None), floating=True)
     labels = _validate.tensor("labels", labels, shape=(len(x0), 3), dtype=torch.long)
     steps, batch = _validate.positive_int("steps", steps), _validate.positive_int("batch", batch)
     dev = torch.device(device) if device is not None else default_device()
     torch.manual_seed(seed)
-    g = torch.Generator(device=dev).manual_seed(seed)
+    g = torch.Generator(device=dev).manual_seed(distributed.rank_seed(seed))
+    batch = distributed.local_batch(batch)
     model = UNet(**(config or {"in_channels": x0.shape[1]})).to(dev)  # built after seeding
+    net = distributed.wrap(model)  # DDP under torchrun, the model itself in one process
     alpha_bar = (
         diffusion.linear_schedule() if alpha_bar is None else diffusion.check_alpha_bar(alpha_bar)
     )
@@ -105,7 +108,7 @@ def train_diffusion(
         y = diffusion.drop_labels(labels[idx], p_uncond, g)
         a = a_dev[t].to(x.dtype)[:, None, None, None]  # ᾱ_t, as q_sample (unchecked: no sync)
         x_t = a.sqrt() * x + (1 - a).sqrt() * eps
-        return (model(x_t, t, y) - eps).pow(2).mean()  # diffusion_loss
+        return (net(x_t, t, y) - eps).pow(2).mean()  # diffusion_loss
 
     run = fit(
         model,
@@ -115,6 +118,7 @@ def train_diffusion(
         schedule=schedule,
         callbacks=[ema],
         progress=progress,
+        generators=[g],
     )
     return run._replace(model=ema.model)
 
@@ -219,7 +223,10 @@ def rebuild_ddpm_samples(seed: int = 0) -> str:
     """Sample every caption once from the shipped pixel model with DDPM (all T steps, guidance
     DDPM_GUIDANCE, every noise drawn by a CPU generator seeded `seed`, one thread), write
     data/diffusion_ddpm_samples.pt with the digest of the weights they came from, and return a
-    one-line summary with the judge's scores of the stored 8-bit images."""
+    one-line summary with the judge's scores of the stored 8-bit images (rank 0 alone under
+    torchrun)."""
+    if not distributed.is_main():
+        return ""
     with one_thread():
         gen = load_generator("diffusion", device="cpu")
         judge = judge_recipe.WEIGHTS["judge"].load(device="cpu")
@@ -270,6 +277,8 @@ def _rebuild_pixel(seed: int) -> str:
     with one_thread():
         x0, labels = shapes_data(seed=seed)
         result = train_diffusion(x0, labels, steps=PIXEL_STEPS, batch=128, seed=seed, device="cpu")
+        if not distributed.is_main():
+            return ""  # rank 0 writes the file and measures it
         config = result.model.config | {"schedule": "linear"}
         path = WEIGHTS["diffusion"].save(result.model, config=config)
         labels = caption_labels(2)
@@ -300,6 +309,8 @@ def _rebuild_latent(seed: int) -> str:
             seed=seed,
             device="cpu",
         )
+        if not distributed.is_main():
+            return ""  # rank 0 writes the file and measures it
         config = result.model.config | {"schedule": "linear", "latent_scale": scale}
         path = WEIGHTS["diffusion_latent"].save(result.model, config=config)
         labels = caption_labels(2)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from mmcourse import distributed
 from mmcourse.checkpoints import Weights
 from mmcourse.data import ShapesDataset, all_captions
 from mmcourse.env import device as default_device
@@ -67,7 +68,9 @@ def train_clip(
 ) -> TrainResult:
     """Train CLIP on Shapes (seed 0) with batches of distinct captions, on `device` (default:
     the course's); the batches are drawn on the CPU (the same on every device) and sent over
-    without waiting for the GPU."""
+    without waiting for the GPU. Under torchrun each rank draws its share of the batch, and the
+    contrastive loss compares the images and captions of a rank's own rows."""
+    batch = distributed.local_batch(batch)
 
     def batches(data: ShapesDataset, g: torch.Generator) -> Callable[[], torch.Tensor]:
         return _distinct_caption_batches(data, batch, g)
@@ -88,7 +91,9 @@ def train_captioner(
     **config: int,
 ) -> TrainResult:
     """Train projector and decoder on Shapes (seed 0) to caption through the frozen `vision`,
-    on `device` (default: the course's; the captioner holds its own copy of `vision`)."""
+    on `device` (default: the course's; the captioner holds its own copy of `vision`). Under
+    torchrun each rank draws its share of the batch."""
+    batch = distributed.local_batch(batch)
 
     def batches(data: ShapesDataset, g: torch.Generator) -> Callable[[], torch.Tensor]:
         return lambda: torch.randint(len(data), (batch,), generator=g)
@@ -110,22 +115,25 @@ def _fit_on_captions(
 ) -> TrainResult:
     """CLIP's and the captioner's run: Shapes images with their caption ids on the device, the
     model from `build()`, trained on `model.loss(images, ids)` of the index batches that
-    `batches(data, generator)` draws (on the CPU, the same on every device)."""
+    `batches(data, generator)` draws (on the CPU, the same on every device; each rank its own
+    under torchrun)."""
     dev = torch.device(device) if device is not None else default_device()
     torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(distributed.rank_seed(seed))
     data = ShapesDataset(n=n_images, seed=0)
     images, ids = data.images.to(dev), encode_captions(data.captions).to(dev)  # (n, L) ids
     model = build().to(dev)
+    net = distributed.wrap(model, method="loss")  # DDP's forward is model.loss
     draw = batches(data, g)
     return vit_recipe.fit(
         model,
-        lambda idx: model.loss(images[idx], ids[idx]),
+        lambda idx: net(images[idx], ids[idx]),
         lambda: to_device(draw(), dev),
         steps,
         lr,
         progress,
         desc,
+        generators=[g],
     )
 
 
@@ -134,6 +142,8 @@ def rebuild_clip(seed: int = 0) -> str:
     (the `python -m mmcourse.train clip` target)."""
     with one_thread():
         result = train_clip(seed=seed, device="cpu")
+    if not distributed.is_main():
+        return ""  # rank 0 writes the file and measures it
     model = result.model
     path = WEIGHTS["clip"].save(model)
     held_out = ShapesDataset(n=1_000, seed=1)
@@ -151,6 +161,8 @@ def rebuild_captioner(seed: int = 0) -> str:
     with one_thread():
         clip = WEIGHTS["clip"].load(device="cpu")
         result = train_captioner(clip.image_encoder, seed=seed, device="cpu")
+    if not distributed.is_main():
+        return ""  # rank 0 writes the file and measures it
     model = result.model
     path = WEIGHTS["captioner"].save(model)
     held_out = ShapesDataset(n=1_000, seed=1)

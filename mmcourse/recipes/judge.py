@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from mmcourse import distributed
 from mmcourse.checkpoints import Weights
 from mmcourse.data.shapes import ATTRIBUTES, ShapesDataset
 from mmcourse.judge import Judge
@@ -40,21 +41,24 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 def train_judge(
     seed: int = 0, steps: int = 1500, batch: int = 128, log: Callable[[str], None] = print
 ) -> Judge:
-    """Train the judge on its own Shapes images (seed 100 + seed), augmented on the fly."""
+    """Train the judge on its own Shapes images (seed 100 + seed), augmented on the fly; under
+    torchrun each rank draws its share of the batch (see `mmcourse.distributed`)."""
     torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(distributed.rank_seed(seed))
+    batch = distributed.local_batch(batch)
     data = ShapesDataset(n=20_000, seed=100 + seed)
     judge = Judge()
+    net = distributed.wrap(judge)  # DDP under torchrun, the judge itself in one process
     opt, sched = adamw_one_cycle(judge, 2e-3, steps, weight_decay=1e-4)
 
     def step_loss(step: int) -> torch.Tensor:
         idx = torch.randint(len(data), (batch,), generator=g)
         x, y = _augment(data.images[idx], g), data.labels[idx]  # (B, 3, 32, 32), (B, 3)
-        logits = judge(x)
+        logits = net(x)
         return sum(F.cross_entropy(logits[a], y[:, i]) for i, a in enumerate(ATTRIBUTES))
 
     def report(step: int, loss: torch.Tensor) -> None:
-        if step % 250 == 0 or step == steps - 1:
+        if distributed.is_main() and (step % 250 == 0 or step == steps - 1):
             log(f"step {step:5d}  loss {loss.item():.4f}")
 
     run = fit(
@@ -65,6 +69,7 @@ def train_judge(
         schedule=sched,
         callbacks=[report],
         progress=False,
+        generators=[g],
     )
     return run.model
 
@@ -74,6 +79,8 @@ def rebuild(seed: int = 0) -> str:
     accuracy per attribute (`python -m mmcourse.train judge`)."""
     start = time.perf_counter()
     model = train_judge(seed=seed)
+    if not distributed.is_main():
+        return ""  # rank 0 writes the file and measures it
     path = WEIGHTS["judge"].save(model)
     held_out = ShapesDataset(n=2_000, seed=1)
     scores = model.score(held_out.images, held_out.labels)

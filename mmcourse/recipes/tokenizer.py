@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmcourse import _validate
+from mmcourse import _validate, distributed
 from mmcourse.checkpoints import Weights
 from mmcourse.data import ShapesDataset
 from mmcourse.env import device as default_device
@@ -57,6 +57,7 @@ def train_tokenizer(
     The defaults are the shipped checkpoint's recipe: 2,000 steps, 2–3 minutes on a 2-core CPU.
     Everything happens on `device` (default: the course's): the images live there and the batches
     are drawn there by a generator of that device (on the CPU, the same draws as always).
+    Under torchrun each rank draws its share of the batch (see `mmcourse.distributed`).
     """
     steps = _validate.positive_int("steps", steps)
     batch = _validate.positive_int("batch", batch)
@@ -65,7 +66,8 @@ def train_tokenizer(
     blobs = _validate.number("blobs", blobs, 0, 1)
     dev = torch.device(device) if device is not None else default_device()
     torch.manual_seed(seed)
-    g = torch.Generator(device=dev).manual_seed(seed)
+    g = torch.Generator(device=dev).manual_seed(distributed.rank_seed(seed))
+    batch = distributed.local_batch(batch)
     data = ShapesDataset(n=n_images, seed=seed).images.to(dev)  # (N, 3, 32, 32)
     model = VQVAE(**model_kwargs).to(dev)
 
@@ -125,8 +127,13 @@ def fit_vqvae(
     tokens`; `next_batch()` draws a batch on the model's device. Returns the model (eval mode),
     its loss per step and the history of the other numbers and the learning rate, per step. The
     numbers stay on the device until the end (and for `log`, every `log_every` steps): reading
-    one back each step would stall a GPU."""
+    one back each step would stall a GPU.
+
+    Under torchrun the loss goes through DDP (`model._losses` as its forward). The EMA codebook
+    is a buffer, not a weight: DDP sends rank 0's buffers to every rank before each forward, so
+    the codebook, its k-means start and its restarts follow rank 0's batches."""
     g = generator
+    net = distributed.wrap(model, method="_losses")  # DDP under torchrun, else model._losses
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     counts = torch.zeros(model.num_codes, device=next(model.parameters()).device)  # uses per code
@@ -139,7 +146,7 @@ def fit_vqvae(
             with torch.no_grad():
                 z_e = model.encoder(x)  # (B, D, 8, 8) or (B, D, T, 8, 8)
             model.quantizer.init_codebook(z_e, generator=g)
-        out = model._losses(x)
+        out = net(x)
         tokens = out.tokens.flatten()
         counts.index_add_(0, tokens, torch.ones_like(tokens, dtype=counts.dtype))  # no sync
         current["x"] = x
@@ -155,7 +162,11 @@ def fit_vqvae(
         lrs.append(sched.get_last_lr()[0])
 
     def report(step: int, numbers: torch.Tensor) -> None:
-        if log is not None and (step % log_every == 0 or step == steps - 1):
+        if (
+            log is not None
+            and distributed.is_main()
+            and (step % log_every == 0 or step == steps - 1)
+        ):
             _, recon, vq_loss, perp = numbers.tolist()
             log(f"step {step:5d}  recon {recon:.5f}  vq {vq_loss:.5f}  perplexity {perp:.1f}")
 
@@ -168,6 +179,7 @@ def fit_vqvae(
         callbacks=[restart, report],
         progress=progress,
         desc="training",
+        generators=[g],
     )
     loss, recon, vq_loss, perp = (list(column) for column in zip(*run.losses))
     history = {"recon_loss": recon, "vq_loss": vq_loss, "perplexity": perp, "lr": lrs}
@@ -201,6 +213,8 @@ def rebuild(seed: int = 0) -> str:
     summary with the held-out scores (the `python -m mmcourse.train tokenizer` target)."""
     start = time.perf_counter()
     model = train_tokenizer(seed=seed, device="cpu").model
+    if not distributed.is_main():
+        return ""  # rank 0 writes the file and measures it
     path = WEIGHTS["tokenizer"].save(model)
     took = time.perf_counter() - start
     scores = evaluate(model, ShapesDataset(n=2_000, seed=1).images)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mmcourse import _validate, diffusion
+from mmcourse import _validate, diffusion, distributed
 from mmcourse.bpe import course_bpe
 from mmcourse.checkpoints import Weights, cached
 from mmcourse.data import ShapesDataset, all_captions
@@ -172,6 +172,7 @@ def train_transfusion(
     seed: int = 0,
     progress: bool = True,
     device: torch.device | str | None = None,
+    fsdp: bool = False,
 ) -> TrainResult:
     """AdamW with warm-up and cosine decay (chapter 07's recipe) on random batches: each row
     caption → image with probability caption_first (caption dropped with P_DROP, image noised
@@ -180,7 +181,9 @@ def train_transfusion(
 
     The model trains on `device` (default: the course's). Each batch is built and noised on the
     CPU, where its layout is known (the same draws on every device), and sent over without
-    waiting for the GPU; the losses are read back once, at the end."""
+    waiting for the GPU; the losses are read back once, at the end. Under torchrun each rank
+    draws its share of the batch, with DDP, or FSDP2 when `fsdp` (see `mmcourse.distributed`);
+    each rank's loss is its own rows' mean."""
     latents = _validate.tensor("latents", latents, shape=("N", N_PATCHES, None), floating=True)
     steps = _validate.positive_int("steps", steps)
     batch_size = _validate.positive_int("batch_size", batch_size)
@@ -191,14 +194,16 @@ def train_transfusion(
     words = {c: bpe.encode(c) for c in dict.fromkeys(captions)}
     alpha_bar = schedule().float()
     torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(distributed.rank_seed(seed))
+    batch_size = distributed.local_batch(batch_size)
     dev = torch.device(device) if device is not None else default_device()
     latents = latents.cpu()  # host: batches are assembled row by row on the CPU
     model = Transfusion(
         config or default_config(vocab), patch_dim=latents.shape[-1], separate_mlp=separate_mlp
     ).to(dev)
-    ema = EMA(model, ema_decay)
-    opt, lr_schedule = adamw_cosine(model, lr, steps)
+    ema = EMA(model, ema_decay)  # an ordinary copy, made before FSDP2 can shard the model
+    net = distributed.wrap(model, fsdp=fsdp)  # DDP or FSDP2 under torchrun, else the model
+    opt, lr_schedule = adamw_cosine(model, lr, steps)  # after wrap: FSDP2 shards the parameters
 
     def step_loss(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         batch, t = _draw(latents, captions, words, batch_size, caption_first, vocab, g)
@@ -207,7 +212,7 @@ def train_transfusion(
         routes = loss_routes(batch)  # transfusion_loss's masks, resolved on the CPU
         on_cpu = (batch.ids, x_t, t, batch.image_id, eps)
         ids, x_t, t, image_id, eps = (to_device(v, dev) for v in on_cpu)
-        logits, eps_pred = model(ids, x_t, t, image_id)
+        logits, eps_pred = net(ids, x_t, t, image_id)
         loss = routed_loss(logits, eps_pred, eps, routes, lam, dev)
         return loss.total, torch.stack([loss.ce, loss.mse])  # (ce, mse) recorded per step
 
@@ -220,6 +225,7 @@ def train_transfusion(
         clip=1.0,
         callbacks=[ema],
         progress=progress,
+        generators=[g],
     )
     return run._replace(model=ema.model, losses=[tuple(row) for row in run.losses])
 
@@ -338,17 +344,20 @@ def lambda_sweep(
 # ----------------------------------------------------------------------------------- rebuild
 
 
-def rebuild(seed: int = 0, steps: int = TRAIN_STEPS) -> str:
+def rebuild(seed: int = 0, steps: int = TRAIN_STEPS, fsdp: bool = False) -> str:
     """Train the shipped model from `seed` on one thread, write data/transfusion_shapes.pt
     (float16, the latent scale in its config), return a summary with both held-out scores
-    (`python -m mmcourse.train transfusion`)."""
+    (`python -m mmcourse.train transfusion`; `fsdp`: FSDP2 under torchrun)."""
     weights = WEIGHTS["transfusion"]
     with one_thread():
         latents, scale = course_latents(seed=seed)
         captions = ShapesDataset(n=20_000, seed=seed).captions
         result = train_transfusion(
-            latents, captions, steps=steps, batch_size=BATCH_SIZE, seed=seed, device="cpu"
-        )
+            latents, captions, steps=steps, batch_size=BATCH_SIZE, seed=seed, device="cpu",
+            fsdp=fsdp,
+        )  # fmt: skip
+        if not distributed.is_main():
+            return ""  # rank 0 writes the file and measures it
         config = result.model.config | {"latent_scale": scale}
         path = weights.save(result.model, config=config)
         model, scale = load_with_scale(path, "cpu")

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmcourse import _validate
+from mmcourse import _validate, distributed
 from mmcourse import ar as ar_model
 from mmcourse.bpe import BPE, course_bpe
 from mmcourse.checkpoints import Weights, cached
@@ -157,10 +157,12 @@ def make_loader(
     seed: int = 0,
     data: CourseData | None = None,
 ) -> MixingLoader:
-    """The course's mixing loader over `course_data()` (DEFAULT_RATIOS unless given)."""
+    """The course's mixing loader over `course_data()` (DEFAULT_RATIOS unless given). Under
+    torchrun each rank's loader draws its own batch_size / world_size rows."""
     vocab = course_vocab()
     sources = build_sources(data or course_data(seed=seed), vocab, seed=seed)
-    return MixingLoader(sources, ratios or DEFAULT_RATIOS, vocab, batch_size=batch_size, seed=seed)
+    rows, draws = distributed.local_batch(batch_size), distributed.rank_seed(seed)
+    return MixingLoader(sources, ratios or DEFAULT_RATIOS, vocab, batch_size=rows, seed=draws)
 
 
 def positions_per_step(batches: int = 300, seed: int = 0) -> float:
@@ -191,6 +193,7 @@ def train_unified(
     seed: int = 0,
     progress: bool = True,
     device: torch.device | str | None = None,
+    fsdp: bool = False,
 ) -> TrainResult:
     """Train a GPT on the loader's mixed batches: AdamW with warm-up and cosine decay, gradient
     clipping at 1. Each batch is split into its short rows and its long rows (> 100 ids), each
@@ -198,28 +201,41 @@ def train_unified(
 
     The model trains on `device` (default: the course's); the loader's batches are split on the
     CPU and sent over without waiting for the GPU, and the losses are read back once, at the
-    end."""
+    end. Under torchrun (DDP, or FSDP2 when `fsdp`) each rank trains on its loader's batch as one
+    micro-batch (`_micro_batches`), and the mean is over the real targets of all ranks."""
     if not isinstance(loader, MixingLoader):
         raise TypeError(f"loader must be a MixingLoader, got {type(loader).__name__}")
     steps = _validate.positive_int("steps", steps)
     dev = torch.device(device) if device is not None else default_device()
     torch.manual_seed(seed)
     model = GPT(config or default_config(loader.vocab)).to(dev)
-    opt, schedule = adamw_cosine(model, lr, steps)
+    net = distributed.wrap(model, fsdp=fsdp)  # DDP or FSDP2 under torchrun, else the model
+    opt, schedule = adamw_cosine(model, lr, steps)  # after wrap: FSDP2 shards the parameters
+    ranks = distributed.world_size()
 
     def step_loss(step: int) -> Iterator[torch.Tensor]:
         ids, mask, _ = loader.next_batch()  # host: the loader pads on the CPU
         lengths = mask.sum(1)
-        total = (mask[:, 1:].sum()).clamp_min(1)
-        for rows in (lengths <= _LONG, lengths > _LONG):  # two micro-batches, summed in float64
-            if rows.any():
-                n = int(lengths[rows].max())
-                part_ids, part_mask = to_device(ids[rows, :n], dev), to_device(mask[rows, :n], dev)
-                yield lm_loss(model, part_ids, part_mask, reduction="sum") / total
+        total = distributed.sum_over_ranks(mask[:, 1:].sum()).clamp_min(1)  # all ranks' targets
+        for rows in _micro_batches(lengths):  # summed in float64
+            n = int(lengths[rows].max())
+            part_ids, part_mask = to_device(ids[rows, :n], dev), to_device(mask[rows, :n], dev)
+            # DDP averages over the ranks: N · (rank's sum) / (all targets) averages to the mean
+            yield lm_loss(net, part_ids, part_mask, reduction="sum") / total * ranks
 
-    return fit(
-        model, step_loss, steps=steps, optimizer=opt, schedule=schedule, clip=1.0, progress=progress
-    )
+    run = fit(model, step_loss, steps=steps, optimizer=opt, schedule=schedule, clip=1.0,
+              progress=progress, generators=[loader.generator])  # fmt: skip
+    return run._replace(model=distributed.full_model(run.model))
+
+
+def _micro_batches(lengths: torch.Tensor) -> list[torch.Tensor]:
+    """Row masks of a batch's micro-batches, from the rows' lengths (B,): the short rows (≤ 100
+    ids) and the long ones, each padded only to its own longest row; empty ones left out. Under
+    torchrun all rows at once: every backward is an all-reduce, which every rank must join as
+    many times, and one rank's batch may hold no long row when another's does."""
+    if distributed.is_distributed():
+        return [lengths >= 0]
+    return [rows for rows in (lengths <= _LONG, lengths > _LONG) if rows.any()]
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -349,14 +365,16 @@ def ratio_sweep(
 # ----------------------------------------------------------------------------------- rebuild
 
 
-def rebuild(seed: int = 0, steps: int = TRAIN_STEPS) -> str:
+def rebuild(seed: int = 0, steps: int = TRAIN_STEPS, fsdp: bool = False) -> str:
     """Train the shipped model from `seed` on one thread, write data/unified_shapes.pt
     (float16), return a summary with both held-out scores (`python -m mmcourse.train
-    unified`)."""
+    unified`; `fsdp`: FSDP2 under torchrun)."""
     weights = WEIGHTS["unified"]
     with one_thread():
         loader = make_loader(seed=seed)
-        result = train_unified(loader, steps=steps, seed=seed, device="cpu")
+        result = train_unified(loader, steps=steps, seed=seed, device="cpu", fsdp=fsdp)
+        if not distributed.is_main():
+            return ""  # rank 0 writes the file and measures it
         path = weights.save(result.model)
         scores = evaluate(weights.load(path, "cpu"), seed=seed)
     return (

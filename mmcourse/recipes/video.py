@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mmcourse import _validate
+from mmcourse import _validate, distributed
 from mmcourse.checkpoints import Weights
 from mmcourse.data.moving import MovingShapesDataset
 from mmcourse.env import device as default_device
@@ -62,6 +62,7 @@ def train_video_tokenizer(
     steps moved onto random encoder outputs (not in the last fifth of training). Same seed and
     arguments → same weights (on the same device and thread count). Everything happens on
     `device` (default: the course's), the batches drawn there by a generator of that device.
+    Under torchrun each rank draws its share of the batch (see `mmcourse.distributed`).
     """
     steps = _validate.positive_int("steps", steps)
     batch = _validate.positive_int("batch", batch)
@@ -70,7 +71,8 @@ def train_video_tokenizer(
         raise ValueError(f"seed {HELD_OUT_SEED} draws the held-out clips; train on another seed")
     dev = torch.device(device) if device is not None else default_device()
     torch.manual_seed(seed)
-    g = torch.Generator(device=dev).manual_seed(seed)
+    g = torch.Generator(device=dev).manual_seed(distributed.rank_seed(seed))
+    batch = distributed.local_batch(batch)
     data = MovingShapesDataset(n=n_clips, seed=seed).clips.to(dev)  # (N, T, 3, H, W)
     model = VideoVQVAE(**model_kwargs).to(dev)
 
@@ -133,6 +135,8 @@ def rebuild(seed: int = 0, steps: int = TRAIN_STEPS) -> str:
     `python -m mmcourse.train video` target)."""
     with one_thread():
         result = train_video_tokenizer(seed=seed, steps=steps, device="cpu")
+        if not distributed.is_main():
+            return ""  # rank 0 writes the file and measures it
         model = result.model
         path = WEIGHTS["video"].save(model)
         scores = evaluate(model, held_out_clips())

@@ -7,13 +7,13 @@ python -m mmcourse.train vit   # data/vit_digits.pt (≈ 15 s)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmcourse import trainer
+from mmcourse import distributed, trainer
 from mmcourse.checkpoints import Weights
 from mmcourse.data import DigitsDataset
 from mmcourse.env import device as default_device
@@ -46,10 +46,12 @@ def fit(
     progress: bool = False,
     desc: str = "train",
     weight_decay: float = 0.01,
+    generators: Sequence[torch.Generator] = (),
 ) -> TrainResult:
     """Train for `steps` steps of `loss_fn(sample())` with AdamW and a one-cycle schedule over the
     trainable parameters, in `trainer.fit`; `progress` shows a tqdm bar named `desc`. The losses
-    stay on the model's device until the end."""
+    stay on the model's device until the end. `generators`: those `loss_fn` and `sample` draw
+    from (kept in a resumable training state)."""
     opt, sched = trainer.adamw_one_cycle(model, lr, steps, weight_decay=weight_decay)
     return trainer.fit(
         model,
@@ -59,6 +61,7 @@ def fit(
         schedule=sched,
         progress=progress,
         desc=desc,
+        generators=generators,
     )
 
 
@@ -75,23 +78,26 @@ def train_vit_digits(
     """Train a ViT on the 1,437 training digits with ±1 pixel shifts, AdamW and a one-cycle
     schedule; `progress` shows a tqdm bar named `desc`. The model and the digits live on
     `device` (default: the course's); the batches and shifts are drawn on the CPU (the same
-    draws on every device) and sent over without waiting for the GPU."""
+    draws on every device) and sent over without waiting for the GPU. Under torchrun each rank
+    draws its share of the batch (see `mmcourse.distributed`); the steps stay the same."""
     dev = torch.device(device) if device is not None else default_device()
     torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(distributed.rank_seed(seed))
     train = DigitsDataset("train")
     images, labels = train.images.to(dev), train.labels.to(dev)
     model = ViT(**config).to(dev)
+    net = distributed.wrap(model)  # DDP under torchrun, the model itself in one process
     steps = epochs * math.ceil(len(train) / batch)
+    rows = distributed.local_batch(batch)
 
     def loss_fn(idx: torch.Tensor) -> torch.Tensor:
         x = _shift(images[idx], g)  # (B, 1, 8, 8)
-        return F.cross_entropy(model(x), labels[idx])
+        return F.cross_entropy(net(x), labels[idx])
 
     def sample() -> torch.Tensor:
-        return to_device(torch.randint(len(train), (batch,), generator=g), dev)
+        return to_device(torch.randint(len(train), (rows,), generator=g), dev)
 
-    return fit(model, loss_fn, sample, steps, lr, progress, desc, weight_decay=0.05)
+    return fit(model, loss_fn, sample, steps, lr, progress, desc, weight_decay=0.05, generators=[g])
 
 
 def rebuild(seed: int = 0) -> str:
@@ -99,6 +105,8 @@ def rebuild(seed: int = 0) -> str:
     one-line summary (the `python -m mmcourse.train vit` target)."""
     with one_thread():
         result = train_vit_digits(seed=seed, device="cpu")
+    if not distributed.is_main():
+        return ""  # rank 0 writes the file and measures it
     model = result.model
     path = WEIGHTS["vit"].save(model)
     test = DigitsDataset("test")

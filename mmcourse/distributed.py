@@ -90,10 +90,10 @@ def init(timeout: timedelta | float | None = None) -> bool:
     """Join the process group torchrun describes in the environment; in one process (no RANK
     in the environment) do nothing. Returns whether this run is distributed (≥ 2 ranks).
 
-    The backend is gloo for CPU tensors, plus NCCL for CUDA tensors where there is a GPU (each
-    rank then computes on GPU LOCAL_RANK). `timeout` (seconds or a timedelta, default TIMEOUT)
-    bounds how long a collective waits for a rank that died or hangs: after it, the waiting
-    ranks raise instead of hanging forever."""
+    The backend is gloo for CPU tensors, plus NCCL for CUDA tensors where every rank of the
+    machine has a GPU of its own (rank LOCAL_RANK then computes on GPU LOCAL_RANK). `timeout`
+    (seconds or a timedelta, default TIMEOUT) bounds how long a collective waits for a rank
+    that died or hangs: after it, the waiting ranks raise instead of hanging forever."""
     if "RANK" not in os.environ or dist.is_initialized():
         return is_distributed()
     global _timeout
@@ -101,7 +101,8 @@ def init(timeout: timedelta | float | None = None) -> bool:
         timeout = timedelta(seconds=timeout)
     _timeout = timeout or TIMEOUT
     backend = "gloo"
-    if torch.cuda.is_available():
+    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
+    if torch.cuda.is_available() and per_machine <= torch.cuda.device_count():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         backend = "cpu:gloo,cuda:nccl"
     dist.init_process_group(backend, timeout=_timeout)
@@ -346,7 +347,8 @@ def _rank_step(
     The rank then leaves at once (os._exit): torch's interpreter teardown after gloo can abort
     or hang in its worker threads (pytorch/pytorch#190489)."""
     os.environ |= {"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world),
-                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+                   "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
+                   "MASTER_PORT": str(port)}  # fmt: skip
     torch.set_num_threads(1)
     init(timeout)
     try:

@@ -141,7 +141,7 @@ def test_a_recipe_trains_on_2_ranks_and_its_checkpoint_loads_as_usual(tmp_path):
 @pytest.mark.parametrize("how", ["killed", "hung"])
 def test_a_lost_rank_ends_in_a_clear_error_not_a_hang(tmp_path, how):
     env = os.environ | {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
-                        "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1",
+                        "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "1",
                         "PYTHONPATH": str(ROOT)}  # fmt: skip
     start = time.perf_counter()
     ranks = [subprocess.Popen([sys.executable, __file__, how, str(tmp_path)],

@@ -290,20 +290,25 @@ def gradient_gap(
     world: int = 2,
     fsdp: bool = False,
     lr: float = 0.1,
+    seed: int = 0,
     timeout: float = 60,
 ) -> dict[str, float]:
     """The largest |difference| between one SGD step (rate `lr`) on `world` gloo ranks, each on
     its 1/world of `batch`, and the same step in this process on the whole batch:
     {"grad": max |Δ gradient|, "weight": max |Δ weight after the step|, "world_size"}.
 
-    build(): the model (seeded inside, the same on every call); loss(net, *rows): the mean
-    loss of the rows; batch: tensors whose first dimension (N·b rows) is split over the
-    ranks. `build` and `loss` travel to the ranks by pickling: module-level functions or
-    functools.partial of them. fsdp: FSDP2 instead of DDP."""
-    expected = _one_step(build, loss, batch, lr)
+    build(): the model, built after torch.manual_seed(seed) (this process's random state is
+    left as it was); loss(net, *rows): the mean loss of the rows; batch: tensors whose first
+    dimension (N·b rows) is split over the ranks. `build` and `loss` travel to the ranks by
+    pickling: module-level functions, classes, or functools.partial of them (e.g.
+    partial(GPT, config)). fsdp: FSDP2 instead of DDP."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build()
+    expected = _one_step(model, model, loss, batch, lr)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rank0.pt"
-        args = (build, loss, batch, lr, fsdp, out, _free_port(), timeout, world)
+        args = (build, loss, batch, lr, seed, fsdp, out, _free_port(), timeout, world)
         mp.spawn(_rank_step, args=args, nprocs=world, join=True)
         got = torch.load(out, weights_only=True)
     gap = {
@@ -314,17 +319,15 @@ def gradient_gap(
 
 
 def _one_step(
-    build: Callable[[], nn.Module],
+    model: nn.Module,
+    net: Callable[..., object],
     loss: Callable[..., torch.Tensor],
     batch: Sequence[torch.Tensor],
     lr: float,
-    net: Callable[..., object] | None = None,
-    model: nn.Module | None = None,
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """Gradients and weights after one SGD step of loss(net, *batch); net defaults to the model."""
-    model = model if model is not None else build()
+    """Gradients and weights (whole) after one SGD step of loss(net, *batch) on `model`."""
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    loss(net or model, *batch).backward()
+    loss(net, *batch).backward()
     grads = {n: full_tensor(p.grad).detach().clone() for n, p in model.named_parameters()}
     opt.step()
     weights = {n: full_tensor(p).detach().clone() for n, p in model.named_parameters()}
@@ -337,6 +340,7 @@ def _rank_step(
     loss: Callable[..., torch.Tensor],
     batch: Sequence[torch.Tensor],
     lr: float,
+    seed: int,
     fsdp: bool,
     out: Path,
     port: int,
@@ -352,10 +356,11 @@ def _rank_step(
     torch.set_num_threads(1)
     init(timeout)
     try:
+        torch.manual_seed(seed)
         model = build()
-        net = wrap(model, fsdp=fsdp)
+        net = wrap(model, fsdp=fsdp)  # FSDP2 shards the model in place: the optimizer follows
         rows = [x.chunk(world)[r] for x in batch]
-        result = _one_step(build, loss, rows, lr, net=net, model=model)
+        result = _one_step(model, net, loss, rows, lr)
         if is_main():
             torch.save(result, out)
     finally:

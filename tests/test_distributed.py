@@ -7,6 +7,7 @@ Run as a script, this file is the job the tests start on each rank (python this.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -66,7 +67,7 @@ def test_ddp_on_2_ranks_takes_the_step_of_one_process_on_the_whole_batch():
 
 def test_fsdp2_shards_a_gpt_and_takes_the_same_step():
     idx = torch.randint(TINY.vocab_size, (8, 12), generator=torch.Generator().manual_seed(2))
-    gap = distributed.gradient_gap(_gpt, _next_token, (idx,), fsdp=True)
+    gap = distributed.gradient_gap(functools.partial(GPT, TINY), _next_token, (idx,), fsdp=True)
     assert gap["grad"] <= TOLERANCE and gap["weight"] <= TOLERANCE, gap
 
 

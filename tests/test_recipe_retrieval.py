@@ -111,7 +111,7 @@ def test_loader_mask_is_the_scored_part_and_never_padding(mem):
         assert torch.equal(m[: len(real)], by_ids[tuple(real.tolist())])
 
 
-def test_no_held_out_pair_among_the_training_targets(mem, monkeypatch):
+def test_no_held_out_pair_among_the_training_targets(mem):
     train = rr.training_memory(mem)
     assert 0 < len(train.captions) < len(mem.captions)
     assert not rr.is_held_out(train.labels).any()
@@ -120,17 +120,9 @@ def test_no_held_out_pair_among_the_training_targets(mem, monkeypatch):
     for ids, _ in rr.rag_documents(train, k=2, directions=rr.DIRECTIONS):
         text = bpe.decode(ids[ids < vocab.text_size].tolist())
         assert not any(c in text for c in held)
-    # the base model's data: chapter 07's, without the held-out images and clips
-    fake = unified_recipe.CourseData(
-        mem.codes, mem.captions, torch.zeros(4, 2, 8, 8, dtype=torch.long),
-        ["a red circle moving left", "a red square moving up", "a cyan triangle moving down",
-         "a cyan circle moving right"],
-    )  # fmt: skip
-    monkeypatch.setattr(unified_recipe, "course_data", lambda **_: fake)
-    data = rr.training_data()
-    assert data.captions == train.captions and torch.equal(data.image_codes, train.codes)
-    assert data.video_captions == ["a red square moving up", "a cyan circle moving right"]
-    assert len(data.video_codes) == 2
+    for k in (rr.K, 0):  # both models' documents
+        for ids, _ in rr.training_documents(mem, k, seed=1):
+            assert not any(c in bpe.decode(ids[ids < vocab.text_size].tolist()) for c in held)
 
 
 def test_retrieval_leaves_each_pair_out(mem):
@@ -185,24 +177,39 @@ def test_evaluate_heldout_on_a_tiny_model(tiny, mem, mode):
         assert out["context_right"] == 1.0
 
 
-def test_caption_heldout_on_a_tiny_model(tiny, mem):
-    queries = rr.subset(mem, torch.arange(3))
-    for mode in ("retrieved", "none"):
-        out = rr.caption_heldout(tiny, mem, queries, mode, max_len=3)
-        assert set(out) == {"exact"} and 0 <= out["exact"] <= 1
+def test_sample_heldout_returns_images_and_their_contexts(tiny, mem):
+    captions = rr.held_out_captions()[:3]
+    images, contexts = rr.sample_heldout(tiny, mem, captions, "retrieved", seed=2)
+    assert images.shape == (3, 3, 32, 32) and [c[0][1] for c in contexts] == captions
+    again, _ = rr.sample_heldout(tiny, mem, captions, "retrieved", seed=2)
+    assert torch.equal(images, again)  # seeded
+    _, none = rr.sample_heldout(tiny, mem, captions, "none")
+    assert none == [[], [], []]
+    scores = rr.judge_images(images, captions)
+    assert set(scores) == {"judge", "color", "shape", "position"}
+    assert all(0 <= v <= 1 for v in scores.values())
 
 
-def test_fine_tune_leaves_the_model_unchanged(tiny, mem):
+def test_train_leaves_the_model_unchanged(tiny, mem):
     before = {k: v.clone() for k, v in tiny.state_dict().items()}
     docs = rr.rag_documents(rr.subset(mem, torch.arange(20)), k=1)
-    result = rr.fine_tune(tiny, rr.RAGLoader(docs, batch_size=2), steps=2, progress=False,
+    result = rr.train(tiny, rr.RAGLoader(docs, batch_size=2), steps=2, progress=False,
                           device="cpu")  # fmt: skip
     assert len(result.losses) == 2 and result.model is not tiny
     assert all(torch.equal(v, tiny.state_dict()[k]) for k, v in before.items())
 
 
-def test_registered_without_weights():
-    assert recipes.retrieval is rr and rr.WEIGHTS == {} and rr.REBUILDS == {}
+def test_registered_with_its_two_models_and_their_command():
+    assert recipes.retrieval is rr and set(rr.REBUILDS) == {"retrieval"}
+    assert set(rr.WEIGHTS) == {"retrieval_rag", "retrieval_baseline"}
+    for name in rr.WEIGHTS:
+        model = recipes.load(name, device="cpu")  # the shipped float16 files
+        assert model.config["block_size"] == rr.BLOCK_SIZE
+        assert rr.WEIGHTS[name].command == "python -m mmcourse.train retrieval"
+    fresh = rr.new_model(0)
+    assert fresh.config == model.config and torch.equal(
+        fresh.pos_emb.weight, rr.new_model(0).pos_emb.weight
+    )
 
 
 def test_errors_are_named(mem, tiny):
@@ -223,7 +230,7 @@ def test_errors_are_named(mem, tiny):
     with pytest.raises(ValueError, match="documents is empty"):
         rr.RAGLoader([])
     with pytest.raises(TypeError, match="loader must be a RAGLoader"):
-        rr.fine_tune(tiny, [], steps=1)
+        rr.train(tiny, [], steps=1)
     with pytest.raises(ValueError, match="k"):
         rr.random_context(mem, 3, 0)
     with pytest.raises(ValueError, match="n"):
@@ -270,28 +277,24 @@ def test_context_mix_shares_and_the_documents_follow_them(mem):
 
 
 def test_rebuild_plumbing_on_a_tiny_run(mem, monkeypatch, tmp_path):
-    clips = ["a red square moving up", "a cyan circle moving right"]
-    fake = unified_recipe.CourseData(
-        mem.codes, mem.captions, torch.zeros(2, 2, 8, 8, dtype=torch.long), clips
-    )
-    monkeypatch.setattr(unified_recipe, "course_data", lambda **_: fake)
-    monkeypatch.setattr(rr, "BASE_CONFIG", {"block_size": 240, "n_layer": 1, "n_head": 2,
-                                            "d_model": 32})  # fmt: skip
+    monkeypatch.setattr(rr, "MODEL_CONFIG", {"block_size": 240, "n_layer": 1, "n_head": 2,
+                                             "d_model": 32})  # fmt: skip
     monkeypatch.setattr(rr, "MEMORY_SIZE", 300)
-    monkeypatch.setattr(rr, "HELD_IMAGES", 300)
-    line = rr.rebuild(5, directory=tmp_path, base_steps=2, steps=2, per_caption=1)
+    line = rr.rebuild(5, directory=tmp_path, steps=2, per_caption=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "retrieval_base_5_2.pt", "retrieval_baseline_5.pt", "retrieval_rag_5.pt"]  # fmt: skip
+        "retrieval_baseline.pt", "retrieval_rag.pt"]  # fmt: skip
     keys = ("recall_at_1", "recall_at_4", "heldout_judge_no_retrieval", "heldout_judge_retrieval",
             "heldout_judge_random_context", "rag_gain_points")  # fmt: skip
-    keys += ("heldout_caption_exact_retrieval", "heldout_caption_exact_no_retrieval")
+    keys += ("heldout_judge_rag_no_context",)
     assert line.startswith("retrieval: ") and all(f"{k} " in line for k in keys)
-    rag = rr.load_model(tmp_path / "retrieval_rag_5.pt", "cpu")
+    rag = rr.load_model(tmp_path / "retrieval_rag.pt", "cpu")
     assert rag.config["n_layer"] == 1 and rag.config["block_size"] == 240
-    # a second run loads the base it finds and repeats the numbers bit for bit (one thread)
-    again = rr.rebuild(5, directory=tmp_path, base_steps=2, steps=2, per_caption=1)
-    assert "base_seconds 0.0" in again
+    # a second run repeats the weights and the numbers bit for bit (one thread)
+    first = rag.state_dict()
+    again = rr.rebuild(5, directory=tmp_path, steps=2, per_caption=1)
     assert _numbers(again) == _numbers(line)
+    second = rr.load_model(tmp_path / "retrieval_rag.pt", "cpu").state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
 
 
 def _numbers(line: str) -> dict[str, str]:
@@ -308,5 +311,5 @@ def test_mix_errors_are_named(mem):
         rr.context_modes(4, {"retrieved": 1.5, "none": -0.5})
     with pytest.raises(ValueError, match="directions"):
         rr.rag_documents(mem, directions=("sideways",))
-    with pytest.raises(TypeError, match="base_steps"):
-        rr.experiment(base_steps=1.5)
+    with pytest.raises(TypeError, match="steps"):
+        rr.experiment(steps=1.5)

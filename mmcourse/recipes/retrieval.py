@@ -1,5 +1,5 @@
-"""Chapter 12's recipe: a memory of Shapes pairs, retrieval-augmented documents, and the
-held-out evaluation of chapter 07's model with and without retrieved context.
+"""Chapter 12's recipe: a memory of Shapes pairs, retrieval-augmented documents, the two
+models the chapter compares, and their held-out evaluation.
 
 held out  HELD_OUT colour × shape pairs (every position) never appear among the training
           targets; the memory still holds them, so only retrieval can bring them in
@@ -10,13 +10,13 @@ documents `rag_document`: retrieved pairs as interleaved context before the quer
           on the query; `rag_documents` retrieves the context of every training pair (by its
           caption or its own image vector, the pair itself excluded), optionally in a seeded
           CONTEXT_MIX of retrieved, random and no context; `RAGLoader` pads them
-training  `training_data` (chapter 07's data without the held-out pairs) and `train_base` for
-          the base model, `fine_tune` on RAG documents
-measures  `evaluate_heldout` (caption → image judge on the held-out captions with retrieved,
-          random or no context), `caption_heldout` (image → caption exact match), `recall`
-rebuild   `experiment` / `rebuild`: base, RAG fine-tune, the fair no-context baseline and every
-          held-out score, on one thread; weights only under the directory given (data/cache/
-          by default): nothing ships yet, so REBUILDS stays empty
+training  `new_model` (chapter 07's GPT, block BLOCK_SIZE) and `train` on RAG documents; the RAG
+          model trains from scratch on `training_documents(mem, K)`, the baseline on the same
+          pairs without context
+measures  `sample_heldout` / `evaluate_heldout` (caption → image on the held-out captions with
+          retrieved, random or no context, read by the judge), `recall`
+rebuild   `experiment` / `rebuild` (`python -m mmcourse.train retrieval`): both models from
+          their seed and every held-out score, on one thread
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from mmcourse import _validate
+from mmcourse import _validate, distributed
 from mmcourse.bpe import BPE, course_bpe
-from mmcourse.checkpoints import CACHE_DIR, Weights, cached
+from mmcourse.checkpoints import Weights, cached
 from mmcourse.data import COLORS, SHAPES, ShapesDataset, all_captions, caption_to_labels
 from mmcourse.env import device as default_device
 from mmcourse.env import one_thread, to_device
@@ -44,14 +44,22 @@ from mmcourse.recipes import unified as unified_recipe
 from mmcourse.retrieval import recall_at_k, top_k
 from mmcourse.sampling import generate
 from mmcourse.trainer import TrainResult, adamw_cosine, fit
-from mmcourse.transformer import GPT, GPTConfig, greedy_decode
+from mmcourse.transformer import GPT, GPTConfig
 from mmcourse.unified import lm_loss
 from mmcourse.vocab import Segment, Vocabulary, course_vocab, encode_interleaved, pad_batch
 
-WEIGHTS: dict = {}
-# `rebuild` runs the whole experiment, but no weights of this chapter ship yet (its files stay
-# under data/cache/), so it is not registered for `python -m mmcourse.train`.
-REBUILDS: dict = {}
+_COMMAND = "python -m mmcourse.train retrieval"
+
+
+def _gpt(config: dict) -> GPT:
+    return GPT(GPTConfig(**config))
+
+
+# the two models the chapter compares, float16 in git like chapter 07's
+WEIGHTS = {
+    name: Weights(f"{name}.pt", GPT, command=_COMMAND, build=_gpt, half=True)
+    for name in ("retrieval_rag", "retrieval_baseline")
+}
 
 # One pair per colour, each shape twice: 6 of the 18 colour × shape pairs, 30 of the 90
 # captions (all five positions of each pair).
@@ -66,15 +74,17 @@ HELD_OUT: tuple[tuple[str, str], ...] = (
 _HELD = torch.tensor([[(c, s) in HELD_OUT for s in SHAPES] for c in COLORS])  # (colours, shapes)
 DIRECTIONS = ("caption_image", "image_caption")
 BLOCK_SIZE = 240  # one context pair and the query: ≤ 2 × (66 + caption) + 3 ids
-_COMMAND = "mmcourse.recipes.retrieval.rebuild()"
-BASE_CONFIG = {"block_size": BLOCK_SIZE}  # chapter 07's default_config otherwise
-BASE_STEPS = 3000  # chapter 07's shipped budget (batch 32)
-FT_STEPS, FT_BATCH, FT_LR = 1200, 16, 2e-3  # the fine-tunes (the pilot's best budget)
+MODEL_CONFIG = {"block_size": BLOCK_SIZE}  # chapter 07's default_config otherwise
 MEMORY_SIZE = 20_000  # the memory: chapter 07's training images (seed 0)
-HELD_IMAGES = 1_000  # held-out Shapes (seed 1) whose held-out pairs are captioned
 _CHUNK = 1024  # queries retrieved at once
 CONTEXT_KINDS = ("retrieved", "random", "none")
-CONTEXT_MIX = {"retrieved": 0.6, "random": 0.2, "none": 0.2}  # the RAG fine-tune's documents
+# Both models' training: caption → image documents; the RAG model's with K retrieved pairs in
+# CONTEXT_MIX (random pairs teach it to check the context, documents without any keep it able
+# to draw alone), STEPS steps of BATCH documents from scratch.
+K = 1
+TRAIN_DIRECTIONS = ("caption_image",)
+CONTEXT_MIX = {"retrieved": 0.6, "random": 0.2, "none": 0.2}
+STEPS, BATCH, LR = 3000, 16, 2e-3
 
 
 def is_held_out(labels: torch.Tensor) -> torch.Tensor:
@@ -89,11 +99,6 @@ def held_out_captions() -> list[str]:
     captions = all_captions()
     labels = torch.stack([caption_to_labels(c) for c in captions])
     return [c for c, h in zip(captions, is_held_out(labels).tolist()) if h]
-
-
-def _mentions_held_out(caption: str) -> bool:
-    """A caption (still image or motion) naming a held-out colour × shape pair."""
-    return any(f"{color} {shape}" in caption for color, shape in HELD_OUT)
 
 
 # ---------------------------------------------------------------------------------- memory
@@ -352,82 +357,51 @@ class RAGLoader:
 # -------------------------------------------------------------------------------- training
 
 
-def training_data(n_images: int = 20_000, seed: int = 0) -> unified_recipe.CourseData:
-    """Chapter 07's data without any held-out pair: images whose colour × shape is held out and
-    clips whose motion caption names one are dropped, so no held-out pair is ever a target."""
-    data = unified_recipe.course_data(n_images=n_images, seed=seed)
-    keep = [i for i, c in enumerate(data.captions) if not _mentions_held_out(c)]
-    clips = [i for i, c in enumerate(data.video_captions) if not _mentions_held_out(c)]
-    return unified_recipe.CourseData(
-        data.image_codes[keep],
-        [data.captions[i] for i in keep],
-        data.video_codes[clips],
-        [data.video_captions[i] for i in clips],
-    )
-
-
-def train_base(
-    seed: int = 0,
-    *,
-    steps: int = BASE_STEPS,
-    batch_size: int = 32,
-    progress: bool = True,
-    device: torch.device | str | None = None,
-) -> TrainResult:
-    """The base model: chapter 07's shipped run (its mix DEFAULT_RATIOS, lr 2e-3, batch 32) on
-    `training_data(seed=seed)`, so no held-out pair is ever a target, with BASE_CONFIG's block
-    size 240 so that a context pair (≤ 78 ids) fits before a query later."""
-    data = training_data(seed=seed)
-    loader = unified_recipe.make_loader(batch_size=batch_size, seed=seed, data=data)
-    config = unified_recipe.default_config(loader.vocab, **BASE_CONFIG)
-    return unified_recipe.train_unified(loader, config=config, steps=steps, seed=seed,
-                                        progress=progress, device=device)  # fmt: skip
-
-
-def _gpt(config: dict) -> GPT:
-    return GPT(GPTConfig(**config))
-
-
-# rebuild's files: float32 GPTs with their config, written only where rebuild is told
-_FILE = Weights("retrieval_rag.pt", GPT, command=_COMMAND, build=_gpt)
+def new_model(seed: int = 0) -> GPT:
+    """A fresh chapter 07 GPT (default_config, block size BLOCK_SIZE), initialised from `seed`."""
+    torch.manual_seed(seed)
+    return GPT(unified_recipe.default_config(**MODEL_CONFIG))
 
 
 def save_model(model: nn.Module, path: Path | str) -> Path:
-    """Write a GPT's weights and config to `path` (float32); return the path."""
-    return _FILE.save(model, path=Path(path))
+    """Write a GPT's weights (float16) and config to `path`; return the path."""
+    return WEIGHTS["retrieval_rag"].save(model, path=Path(path))
 
 
 def load_model(path: Path | str, device: torch.device | str | None = None) -> nn.Module:
     """The GPT written by `save_model` at `path`, in eval mode on `device`."""
-    return _FILE.load(path, device)
+    return WEIGHTS["retrieval_rag"].load(path, device)
 
 
-def fine_tune(
+def train(
     model: nn.Module,
     loader: RAGLoader,
     *,
     steps: int = 300,
-    lr: float = 1e-3,
+    lr: float = LR,
     seed: int = 0,
     progress: bool = True,
     device: torch.device | str | None = None,
 ) -> TrainResult:
-    """A copy of `model` fine-tuned on the loader's documents: next-token cross-entropy on the
-    scored targets only (`unified.lm_loss` with the documents' loss mask), AdamW with warm-up
-    and cosine decay, gradient clipping at 1. `model` itself is left unchanged."""
+    """A copy of `model` (fresh from `new_model` or already trained) trained on the loader's
+    documents: next-token cross-entropy on the scored targets only (`unified.lm_loss` with the
+    documents' loss mask), AdamW with warm-up and cosine decay, gradient clipping at 1. `model`
+    itself is left unchanged. Under torchrun the copy trains with DDP (give each rank its
+    loader: batch `distributed.local_batch(b)`, seed `distributed.rank_seed(s)`)."""
     if not isinstance(loader, RAGLoader):
         raise TypeError(f"loader must be a RAGLoader, got {type(loader).__name__}")
     steps = _validate.positive_int("steps", steps)
     dev = torch.device(device) if device is not None else default_device()
     torch.manual_seed(seed)
-    tuned = copy.deepcopy(model).float().to(dev).train()
-    opt, schedule = adamw_cosine(tuned, lr, steps)
+    trained = copy.deepcopy(model).float().to(dev).train()
+    net = distributed.wrap(trained)  # DDP under torchrun, else the model itself
+    opt, schedule = adamw_cosine(trained, lr, steps)
 
     def step_loss(step: int) -> torch.Tensor:
         ids, mask = loader.next_batch()  # host: padded on the CPU
-        return lm_loss(tuned, to_device(ids, dev), to_device(mask, dev))
+        return lm_loss(net, to_device(ids, dev), to_device(mask, dev))
 
-    return fit(tuned, step_loss, steps=steps, optimizer=opt, schedule=schedule, clip=1.0,
+    return fit(trained, step_loss, steps=steps, optimizer=opt, schedule=schedule, clip=1.0,
                progress=progress)  # fmt: skip
 
 
@@ -464,21 +438,59 @@ def _prompts(
     return prompts
 
 
-def _greedy(
-    model: nn.Module, prompt: torch.Tensor, allowed: torch.Tensor, stop: int, max_len: int
-) -> list[list[int]]:
-    """Greedy ids after each row of prompt (B, P) through a KV cache, until `stop`."""
-    cache = model.new_cache()
-    logits = model(prompt, cache=cache)[:, -1]  # (B, V)
-    return greedy_decode(logits, lambda ids: model(ids, cache=cache)[:, -1], allowed, stop, max_len)
-
-
 def _by_length(prompts: Sequence[torch.Tensor]) -> Iterator[list[int]]:
     for length in sorted({len(p) for p in prompts}):
         yield [i for i, p in enumerate(prompts) if len(p) == length]
 
 
 @torch.no_grad()
+def sample_heldout(
+    model: nn.Module,
+    mem: Memory,
+    captions: Sequence[str],
+    mode: str = "retrieved",
+    *,
+    k: int = 1,
+    temperature: float = 1.0,
+    seed: int = 0,
+    tokenizer: nn.Module | None = None,
+) -> tuple[torch.Tensor, list[list[tuple[torch.Tensor, str]]]]:
+    """Caption → image for each caption: the prompt is [BOS] context caption [BOI], the
+    context being the caption's k best memory pairs by CLIP (mode "retrieved"; `mem` may hold
+    the held-out pairs), k uniformly random memory pairs ("random", the control) or nothing
+    ("none"); 64 image ids sampled (seeded) with only image ids allowed, decoded by the
+    shipped tokenizer (unless given) → (images (N, 3, 32, 32) on the tokenizer's device, the
+    contexts used: (codes, caption) lists)."""
+    k = _validate.positive_int("k", k)
+    if isinstance(captions, str) or not captions:
+        raise TypeError("captions must be a non-empty list of str")
+    bpe, vocab, param = course_bpe(), course_vocab(), next(model.parameters())
+    tokenizer = tokenizer or tokenizer_recipe.WEIGHTS["tokenizer"].load(device=param.device)
+    captions = list(captions)
+    contexts = _contexts(mem, embed_captions(captions), mode, k, seed)
+    queries = [_text(c, bpe, "caption") for c in captions]
+    prompts = _prompts(contexts, queries, vocab.BOI, vocab, bpe)
+    codes = torch.empty(len(captions), 64, dtype=torch.long)
+    generator = torch.Generator().manual_seed(seed)
+    for rows in _by_length(prompts):
+        ids = generate(model, torch.stack([prompts[i] for i in rows]).to(param.device), 64,
+                       temperature=temperature, allowed=vocab.ranges["image"],
+                       generator=generator)  # fmt: skip
+        codes[rows] = vocab.image_codes_of(ids.cpu())  # remove the image offset
+    t_param = next(tokenizer.parameters())
+    return tokenizer.decode(codes.view(-1, 8, 8).to(t_param.device)), contexts
+
+
+def judge_images(
+    images: torch.Tensor, captions: Sequence[str], judge: nn.Module | None = None
+) -> dict[str, float]:
+    """The judge's reading of images (N, 3, 32, 32) against their captions → {"judge": share
+    with colour, shape and position all right, "color", "shape", "position"}."""
+    judge = judge or judge_recipe.WEIGHTS["judge"].load(device=images.device)
+    scores = judge.score(images.to(next(judge.parameters()).device), list(captions))
+    return {"judge": scores["all"], **{a: scores[a] for a in ("color", "shape", "position")}}
+
+
 def evaluate_heldout(
     model: nn.Module,
     mem: Memory,
@@ -492,140 +504,84 @@ def evaluate_heldout(
     tokenizer: nn.Module | None = None,
     captions: Sequence[str] | None = None,
 ) -> dict[str, float]:
-    """Caption → image on the held-out captions (every one, per_caption samples each): the
-    prompt is [BOS] context caption [BOI], the context being the caption's k best memory pairs
-    by CLIP (mode "retrieved"; `mem` may hold the held-out pairs), k uniformly random memory
-    pairs ("random", the control) or nothing ("none"); 64 image ids sampled (seeded) with only
-    image ids allowed, decoded by the shipped tokenizer, read by the shipped judge →
-    {"judge": "all", "color", "shape", "position", and with retrieval "context_right": the
-    share of prompts whose first context pair has the query's caption}."""
+    """`sample_heldout` on the held-out captions (every one, per_caption samples each, unless
+    `captions` are given), read by the judge (`judge_images`) → {"judge": "all", "color",
+    "shape", "position", and with context "context_right": the share of prompts whose first
+    context pair has the query's caption}."""
     per_caption = _validate.positive_int("per_caption", per_caption)
-    k = _validate.positive_int("k", k)
-    bpe, vocab, param = course_bpe(), course_vocab(), next(model.parameters())
-    judge = judge or judge_recipe.WEIGHTS["judge"].load(device=param.device)
-    tokenizer = tokenizer or tokenizer_recipe.WEIGHTS["tokenizer"].load(device=param.device)
     captions = list(captions or held_out_captions()) * per_caption
-    contexts = _contexts(mem, embed_captions(captions), mode, k, seed)
-    queries = [_text(c, bpe, "caption") for c in captions]
-    prompts = _prompts(contexts, queries, vocab.BOI, vocab, bpe)
-    codes = torch.empty(len(captions), 64, dtype=torch.long)
-    generator = torch.Generator().manual_seed(seed)
-    for rows in _by_length(prompts):
-        ids = generate(model, torch.stack([prompts[i] for i in rows]).to(param.device), 64,
-                       temperature=temperature, allowed=vocab.ranges["image"],
-                       generator=generator)  # fmt: skip
-        codes[rows] = vocab.image_codes_of(ids.cpu())  # remove the image offset
-    t_param = next(tokenizer.parameters())
-    images = tokenizer.decode(codes.view(-1, 8, 8).to(t_param.device))
-    scores = judge.score(images.to(next(judge.parameters()).device), captions)
-    out = {"judge": scores["all"], **{a: scores[a] for a in ("color", "shape", "position")}}
+    images, contexts = sample_heldout(model, mem, captions, mode, k=k, temperature=temperature,
+                                      seed=seed, tokenizer=tokenizer)  # fmt: skip
+    out = judge_images(images, captions, judge)
     if mode != "none":
-        out["context_right"] = sum(ctx[0][1] == c for ctx, c in zip(contexts, captions)) / len(
-            captions
-        )
+        right = sum(ctx[0][1] == c for ctx, c in zip(contexts, captions))
+        out["context_right"] = right / len(captions)
     return out
-
-
-def held_out_images(n: int = 1_000) -> Memory:
-    """Held-out Shapes (seed 1) of the held-out pairs only, embedded and tokenized like the
-    memory (from `memory(n, 1)`)."""
-    mem = memory(_validate.positive_int("n", n), seed=unified_recipe.HELD_OUT_SEED)
-    return subset(mem, is_held_out(mem.labels))
-
-
-@torch.no_grad()
-def caption_heldout(
-    model: nn.Module,
-    mem: Memory,
-    queries: Memory,
-    mode: str = "retrieved",
-    *,
-    k: int = 1,
-    seed: int = 0,
-    max_len: int = 12,
-) -> dict[str, float]:
-    """Image → caption on held-out images (`queries`, e.g. `held_out_images()`): greedy caption
-    after [BOS] context [BOI] image [EOI], the context being the image's k best memory pairs
-    by CLIP image vectors ("retrieved"), random pairs ("random") or none ("none") →
-    {"exact": share of captions equal to the truth word for word}."""
-    bpe, vocab, param = course_bpe(), course_vocab(), next(model.parameters())
-    contexts = _contexts(mem, queries.image_emb, mode, _validate.positive_int("k", k), seed)
-    segments = [Segment("image", codes) for codes in queries.codes]
-    prompts = _prompts(contexts, segments, -1, vocab, bpe)  # ends with EOI
-    allowed = vocab.text_mask("EOS", device=param.device)
-    got: list[str] = [""] * len(prompts)
-    for rows in _by_length(prompts):
-        batch = torch.stack([prompts[i] for i in rows]).to(param.device)
-        for i, row in zip(rows, _greedy(model, batch, allowed, vocab.EOS, max_len)):
-            got[i] = bpe.decode(row)
-    return {"exact": sum(g == t for g, t in zip(got, queries.captions)) / len(got)}
 
 
 # ----------------------------------------------------------------------------------- rebuild
 
 
+def training_documents(
+    mem: Memory, k: int, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The documents of both models: every pair of `training_memory(mem)` in TRAIN_DIRECTIONS,
+    with k = K context pairs retrieved by the pair's own image vector in the CONTEXT_MIX of
+    retrieved, random and no context (the RAG model), or none with k = 0 (the baseline)."""
+    return rag_documents(training_memory(mem), k=k, directions=TRAIN_DIRECTIONS,
+                         retrieve_by="image", mix=CONTEXT_MIX, seed=seed)  # fmt: skip
+
+
 def experiment(
     seed: int = 0,
     *,
-    directory: Path | str = CACHE_DIR,
-    base_steps: int = BASE_STEPS,
-    steps: int = FT_STEPS,
+    directory: Path | str | None = None,
+    steps: int = STEPS,
     per_caption: int = 10,
     progress: bool = False,
 ) -> dict[str, float]:
     """The chapter's whole experiment on the CPU (call it on one thread: `rebuild`):
 
-    1. base: `train_base(seed, steps=base_steps)`, written to
-       directory/retrieval_base_<seed>_<base_steps>.pt; a file already there is loaded instead
-       (the base is the long part, and the same seed and steps give the same weights);
-    2. RAG: the base fine-tuned `steps` steps (batch FT_BATCH, lr FT_LR) on both directions'
-       documents with k = 1 context retrieved by the pair's image vector, in the CONTEXT_MIX of
-       retrieved, random and no context, so that one model serves all three modes;
-    3. baseline: the base fine-tuned the same steps on the same pairs without context (k = 0),
-       the fair comparison (the same extra training, no retrieval);
-    4. held-out measures: recall@1/@4 of the held-out captions in the full memory; caption →
-       image judge "all" (per_caption samples of each held-out caption) for the RAG model with
-       retrieved, random and no context, the baseline and the base without; image → caption
-       exact match on the held-out images (HELD_IMAGES Shapes of seed 1) with and without
-       retrieved context.
+    1. RAG: a fresh `new_model(seed)` trained `steps` steps (batch BATCH, lr LR) from scratch
+       on `training_documents(mem, K)`: retrieval from the first step, so that copying the
+       context is learned while it is the cheapest way down the loss;
+    2. baseline: the same fresh model trained the same steps on the same pairs without
+       context (k = 0), the fair comparison (same data, same steps, no retrieval);
+    3. held-out measures: recall@1/@4 of the held-out captions in the full memory, and caption
+       → image judge "all" (per_caption samples of each held-out caption, seed `seed`) of the
+       RAG model with retrieved, random and no context, and of the baseline, both models
+       read back from their float16 files.
 
-    RAG and baseline go to directory/retrieval_{rag,baseline}_<seed>.pt. Returns the
-    benchmark's keys (recall_at_1, recall_at_4, heldout_judge_no_retrieval = the baseline,
-    heldout_judge_retrieval and heldout_judge_random_context = the RAG model, rag_gain_points
-    = 100 × (retrieval − no retrieval)) with the other scores and each stage's seconds."""
-    directory = Path(directory)
-    base_steps = _validate.positive_int("base_steps", base_steps)
-    out: dict[str, float] = {}
-    base_path = directory / f"retrieval_base_{seed}_{base_steps}.pt"
-    if base_path.is_file():
-        base, out["base_seconds"] = load_model(base_path, "cpu"), 0.0
-    else:
-        result = train_base(seed, steps=base_steps, progress=progress, device="cpu")
-        base, out["base_seconds"] = result.model, result.seconds
-        save_model(base, base_path)
+    The models go to directory/retrieval_{rag,baseline}.pt (default: the shipped files under
+    data/). Returns the benchmark's keys (recall_at_1, recall_at_4, heldout_judge_no_retrieval
+    = the baseline, heldout_judge_retrieval and heldout_judge_random_context = the RAG model,
+    rag_gain_points = 100 × (retrieval − no retrieval)) with heldout_judge_rag_no_context and
+    each stage's seconds; under torchrun the other ranks return {} after training."""
+    steps = _validate.positive_int("steps", steps)
     mem = memory(MEMORY_SIZE, seed)
-    train = training_memory(mem)
-    models = {}
-    for name, k in (("rag", 1), ("baseline", 0)):
-        docs = rag_documents(train, k=k, directions=DIRECTIONS, retrieve_by="image",
-                             mix=CONTEXT_MIX, seed=seed)  # fmt: skip
-        loader = RAGLoader(docs, batch_size=FT_BATCH, seed=seed)
-        result = fine_tune(base, loader, steps=steps, lr=FT_LR, seed=seed, progress=progress,
-                           device="cpu")  # fmt: skip
-        models[name], out[f"{name}_seconds"] = result.model, result.seconds
-        save_model(result.model, directory / f"retrieval_{name}_{seed}.pt")
-    return out | measure(models["rag"], models["baseline"], base, mem, per_caption, seed)
+    out: dict[str, float] = {}
+    paths = {}
+    for name, k in (("rag", K), ("baseline", 0)):
+        docs = training_documents(mem, k, seed)
+        rows, draws = distributed.local_batch(BATCH), distributed.rank_seed(seed)  # per rank
+        loader = RAGLoader(docs, batch_size=rows, seed=draws)
+        result = train(new_model(seed), loader, steps=steps, lr=LR, seed=seed,
+                       progress=progress, device="cpu")  # fmt: skip
+        out[f"{name}_seconds"] = result.seconds
+        weights = WEIGHTS[f"retrieval_{name}"]
+        paths[name] = Path(directory) / weights.file if directory is not None else weights.path
+        if distributed.is_main():  # rank 0 writes the files
+            weights.save(result.model, path=paths[name])
+    if not distributed.is_main():
+        return {}
+    rag, baseline = (load_model(paths[name], "cpu") for name in ("rag", "baseline"))
+    return out | measure(rag, baseline, mem, per_caption, seed)
 
 
 def measure(
-    rag: nn.Module,
-    baseline: nn.Module,
-    base: nn.Module,
-    mem: Memory,
-    per_caption: int = 10,
-    seed: int = 0,
+    rag: nn.Module, baseline: nn.Module, mem: Memory, per_caption: int = 10, seed: int = 0
 ) -> dict[str, float]:
-    """Step 4 of `experiment`: the held-out scores of the three models (see there)."""
+    """Step 3 of `experiment`: recall and the held-out judge scores of both models."""
     start = time.perf_counter()
     out = recall(mem, held_out_captions())
     kw = {"per_caption": per_caption, "seed": seed,
@@ -635,32 +591,28 @@ def measure(
         evaluate_heldout(rag, mem, mode, **kw)["judge"] for mode in CONTEXT_KINDS
     )
     no_retrieval = evaluate_heldout(baseline, mem, "none", **kw)["judge"]
-    base_none = evaluate_heldout(base, mem, "none", **kw)["judge"]
-    out |= {
+    return out | {
         "heldout_judge_no_retrieval": no_retrieval,
         "heldout_judge_retrieval": retrieved,
         "heldout_judge_random_context": random_ctx,
         "rag_gain_points": 100 * (retrieved - no_retrieval),
         "heldout_judge_rag_no_context": rag_none,
-        "heldout_judge_base": base_none,
+        "eval_seconds": time.perf_counter() - start,
     }
-    queries = held_out_images(HELD_IMAGES)
-    for key, model, mode in (
-        ("retrieval", rag, "retrieved"),
-        ("rag_no_context", rag, "none"),
-        ("no_retrieval", baseline, "none"),
-        ("base", base, "none"),
-    ):
-        out[f"heldout_caption_exact_{key}"] = caption_heldout(model, mem, queries, mode)["exact"]
-    return out | {"eval_seconds": time.perf_counter() - start}
 
 
-def rebuild(seed: int = 0, *, directory: Path | str = CACHE_DIR, **sizes: int) -> str:
-    """`experiment(seed, directory=…, **sizes)` on one thread (bit for bit reproducible) →
-    a one-line summary of its numbers. Not in REBUILDS yet: no weights of this chapter ship."""
+def rebuild(seed: int = 0, *, directory: Path | str | None = None, **sizes: int) -> str:
+    """`experiment(seed, directory=…, **sizes)` on one thread (bit for bit reproducible):
+    writes data/retrieval_rag.pt and data/retrieval_baseline.pt (`python -m mmcourse.train
+    retrieval`, about 20 minutes on one CPU thread) → a one-line summary of its numbers."""
     with one_thread():
         out = experiment(seed, directory=directory, **sizes)
+    if not out:
+        return ""
     return "retrieval: " + ", ".join(
         f"{k} {v:.1f}" if k.endswith(("seconds", "points")) else f"{k} {v:.4f}"
         for k, v in out.items()
     )
+
+
+REBUILDS = {"retrieval": rebuild}

@@ -461,3 +461,29 @@ def test_evaluation_reports_the_pitfalls_and_every_generator(monkeypatch):
     assert results["fid_judge_tau"] == 1.0  # FID rises as the judge falls: the same order
     assert results["arena_judge_tau"] == results["arena_fid_tau"] == 1.0
     assert results[f"fid_{names[1]}"] == 11.0 and results[f"judge_{names[1]}"] == 0.8
+
+
+def test_retrieval_reports_the_issue_keys(monkeypatch):
+    # the recipe's measures faked (the real ones sample 1,200 images): the keys and the timing
+    from mmcourse import recipes
+    from mmcourse.recipes import retrieval as retrieval_recipe
+
+    calls = []
+
+    def measure(rag, baseline, mem, per_caption, device):
+        calls.append(per_caption)
+        return {"recall_at_1": 1.0, "recall_at_4": 1.0, "heldout_judge_no_retrieval": 0.4,
+                "heldout_judge_retrieval": 0.6, "heldout_judge_random_context": 0.3,
+                "rag_gain_points": 20.0, "heldout_judge_rag_no_context": 0.4,
+                "eval_seconds": 9.0}  # fmt: skip
+
+    monkeypatch.setattr(retrieval_recipe, "memory", lambda: "memory")
+    monkeypatch.setattr(recipes, "load", lambda name, device: name)
+    monkeypatch.setattr(retrieval_recipe, "measure", measure)
+    results = _benchmark("retrieval").run()
+    runner._check_results(results, "benchmarks/retrieval.py")
+    assert set(results) == {
+        "recall_at_1", "recall_at_4", "heldout_judge_no_retrieval", "heldout_judge_retrieval",
+        "heldout_judge_random_context", "rag_gain_points", "heldout_judge_rag_no_context", "eval_s",
+    }  # fmt: skip
+    assert calls[-1] == 10 and results["rag_gain_points"] == 20.0

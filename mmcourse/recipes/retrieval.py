@@ -35,7 +35,7 @@ from mmcourse.bpe import BPE, course_bpe
 from mmcourse.checkpoints import Weights, cached
 from mmcourse.data import COLORS, SHAPES, ShapesDataset, all_captions, caption_to_labels
 from mmcourse.env import device as default_device
-from mmcourse.env import one_thread, to_device
+from mmcourse.env import one_thread, synchronize, to_device
 from mmcourse.fusion import CLIP, encode_captions
 from mmcourse.recipes import fusion as fusion_recipe
 from mmcourse.recipes import judge as judge_recipe
@@ -579,18 +579,26 @@ def experiment(
 
 
 def measure(
-    rag: nn.Module, baseline: nn.Module, mem: Memory, per_caption: int = 10, seed: int = 0
+    rag: nn.Module,
+    baseline: nn.Module,
+    mem: Memory,
+    per_caption: int = 10,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
 ) -> dict[str, float]:
-    """Step 3 of `experiment`: recall and the held-out judge scores of both models."""
+    """Step 3 of `experiment`: recall and the held-out judge scores of both models (moved to
+    `device` with the shipped judge and tokenizer; the rebuild measures on the CPU)."""
     start = time.perf_counter()
     out = recall(mem, held_out_captions())
+    rag, baseline = rag.to(device), baseline.to(device)
     kw = {"per_caption": per_caption, "seed": seed,
-          "judge": judge_recipe.WEIGHTS["judge"].load(device="cpu"),
-          "tokenizer": tokenizer_recipe.WEIGHTS["tokenizer"].load(device="cpu")}  # fmt: skip
+          "judge": judge_recipe.WEIGHTS["judge"].load(device=device),
+          "tokenizer": tokenizer_recipe.WEIGHTS["tokenizer"].load(device=device)}  # fmt: skip
     retrieved, random_ctx, rag_none = (
         evaluate_heldout(rag, mem, mode, **kw)["judge"] for mode in CONTEXT_KINDS
     )
     no_retrieval = evaluate_heldout(baseline, mem, "none", **kw)["judge"]
+    synchronize(device)
     return out | {
         "heldout_judge_no_retrieval": no_retrieval,
         "heldout_judge_retrieval": retrieved,

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from mmcourse import _validate, diffusion, evaluation
+from mmcourse import _validate, diffusion, distributed, evaluation
 from mmcourse import ar as ar_model
 from mmcourse import fusion as fusion_model
 from mmcourse import transfusion as transfusion_model
@@ -182,7 +182,10 @@ def rebuild_samples(seed: int = 0) -> str:
     every noise from CPU generators seeded `seed`, timing each generator; write
     data/evaluation_samples.pt (8-bit images, labels, seconds per image, parameters, settings
     and the digest of every weight file used) and return a summary (the
-    `python -m mmcourse.train evaluation_samples` target)."""
+    `python -m mmcourse.train evaluation_samples` target). Nothing trains here: under torchrun
+    rank 0 alone samples and writes, the other ranks return at once."""
+    if not distributed.is_main():
+        return ""
     labels = diffusion_recipe.caption_labels(PER_CAPTION)  # (450, 3)
     stored, lines = {}, []
     with one_thread():

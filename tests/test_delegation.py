@@ -29,6 +29,7 @@ import test_checks_ch05 as t05
 import test_checks_ch06 as t06
 import test_checks_ch07 as t07
 import test_checks_ch10 as t10
+import test_checks_ch11 as t11
 import test_checks_ch12 as t12
 import torch
 
@@ -37,6 +38,7 @@ from mmcourse import (
     ar,
     bpe,
     diffusion,
+    distributed,
     evaluation,
     fusion,
     patches,
@@ -62,6 +64,7 @@ from mmcourse.checks import (
     ch07,
     ch08,
     ch10,
+    ch11,
     ch12,
 )
 from mmcourse.data import shapes
@@ -187,6 +190,8 @@ CASES = [
      "mmcourse.evaluation.precision_recall", [t10._pr, t10._pr_squared]),
     (ch10.check_clip_score, evaluation.clip_score, "mmcourse.evaluation.clip_score",
      [t10._clip, t10._clip_float64]),
+    (ch11.check_average_gradients, distributed.average_gradients,
+     "mmcourse.distributed.average_gradients", [t11._average]),
     (ch12.check_top_k, retrieval.top_k, "mmcourse.retrieval.top_k", [t12._top_k, t12._top_k_loop]),
 ]  # fmt: skip
 IDS = [case[0].number for case in CASES]
@@ -200,7 +205,7 @@ def _self_study(monkeypatch):
 def test_every_exercise_but_chapter_09s_is_covered():
     numbers = {
         checker.number
-        for n in (*range(9), 10, 12)
+        for n in (*range(9), 10, 11, 12)
         for checker in vars(importlib.import_module(f"mmcourse.checks.ch{n:02d}")).values()
         if hasattr(checker, "references")
     }

@@ -27,10 +27,12 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -109,7 +111,8 @@ def _rank(r: int, world: int, port: int, out: Path, check: Check) -> None:
                    "MASTER_PORT": str(port)}  # fmt: skip
     try:
         torch.set_num_threads(1)  # the parent's thread pool does not survive a fork
-        distributed.init(TIMEOUT)
+        # gloo alone, never a GPU: CUDA cannot start again in a process forked from one using it
+        dist.init_process_group("gloo", timeout=timedelta(seconds=TIMEOUT))
         x, y = (v.chunk(world)[r] for v in _rows(world))
         reference = _model()
         ddp = DistributedDataParallel(reference, find_unused_parameters=True)
@@ -136,7 +139,7 @@ def _rank(r: int, world: int, port: int, out: Path, check: Check) -> None:
         (out / f"rank{r}.err").write_text(_where(error))
     finally:
         with contextlib.suppress(Exception):
-            distributed.close()
+            dist.destroy_process_group()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)

@@ -18,6 +18,8 @@ python -m mmcourse.train evaluation_samples # data/evaluation_samples.pt: 450 sa
                                      # of chapter 10's seven generators (≈ 9–10 min)
 python -m mmcourse.train retrieval   # data/retrieval_rag.pt, retrieval_baseline.pt: chapter 12's
                                      # RAG model and its no-context baseline (≈ 20 min)
+python -m mmcourse.train scaling     # data/scaling_law.json: chapter 11's scaling-law runs, 6
+                                     # sizes × 4 budgets and each direction alone (≈ 20 min)
 
 Every training command runs unchanged on several processes (chapter 11): torchrun starts the
 ranks, each draws its share of every batch, DDP averages their gradients; rank 0 alone shows

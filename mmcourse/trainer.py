@@ -91,10 +91,11 @@ def adamw_cosine(
     weight_decay: float = 0.05,
     betas: tuple[float, float] = (0.9, 0.95),
     final: float = 0.05,
+    warmup: int | None = None,
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """The course's optimizer: AdamW with weight decay on matrices only (not on biases, norms'
     gains or other vectors; one group when weight_decay is 0), and its schedule — linear warm-up
-    over the first 5 % of `steps`, then cosine decay from lr to final·lr:
+    over the first `warmup` steps (default: 5 % of `steps`), then cosine decay from lr to final·lr:
 
         lr_i = lr · min((i + 1) / warmup, final + (1 − final)/2 · (1 + cos(π i / steps)))
 
@@ -111,7 +112,8 @@ def adamw_cosine(
     else:
         groups = model.parameters()
     opt = torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=0.0)
-    warmup, half = max(steps // 20, 1), (1 - final) / 2
+    warmup = max(steps // 20, 1) if warmup is None else max(warmup, 1)
+    half = (1 - final) / 2
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: min((i + 1) / warmup, final + half * (1 + math.cos(math.pi * i / steps)))
     )

@@ -487,3 +487,34 @@ def test_retrieval_reports_the_issue_keys(monkeypatch):
         "heldout_judge_random_context", "rag_gain_points", "heldout_judge_rag_no_context", "eval_s",
     }  # fmt: skip
     assert calls[-1] == 10 and results["rag_gain_points"] == 20.0
+
+
+def test_scaling_reports_the_issue_keys(monkeypatch):
+    # the two-process gaps faked (tests/test_distributed.py measures them); the law fitted for
+    # real on rows made from a known law
+    from mmcourse import distributed
+    from mmcourse.recipes import scaling as scaling_recipe
+    from mmcourse.scaling import Law
+
+    law = Law(E=1.5, A=30.0, alpha=0.5, B=200.0, beta=0.4)
+    rows = [{"d_model": d, "n_layer": n, "params": 10 * n * d * d, "steps": b,
+             "tokens": 1200 * b, "mix": "caption_image+image_caption",
+             "loss": law(10 * n * d * d, 1200 * b)}
+            for d, n in (*scaling_recipe.SIZES, scaling_recipe.HELD_OUT)
+            for b in scaling_recipe.BUDGETS]  # fmt: skip
+    fsdp_calls = []
+
+    def gap(build, loss, batch, fsdp=False):
+        fsdp_calls.append(fsdp)
+        return {"grad": 2e-8 if fsdp else 1e-8, "weight": 3e-9, "world_size": 2}
+
+    monkeypatch.setattr(distributed, "gradient_gap", gap)
+    monkeypatch.setattr(scaling_recipe, "measurements", lambda: {"rows": rows})
+    results = _benchmark("scaling").run()
+    runner._check_results(results, "benchmarks/scaling.py")
+    for key in ("ddp_grad_max_abs_diff", "fsdp_grad_max_abs_diff", "ddp_world_size",
+                "law_alpha", "law_beta", "law_heldout_rel_error"):  # fmt: skip
+        assert key in results, key
+    assert fsdp_calls == [False, True] and results["fsdp_grad_max_abs_diff"] == 2e-8
+    assert results["law_alpha"] == pytest.approx(0.5, rel=0.02)
+    assert results["law_heldout_rel_error"] < 1e-3 and results["law_points"] == 20

@@ -185,6 +185,10 @@ def test_adamw_cosine_warms_up_then_decays_to_the_floor():
     opt, schedule = adamw_cosine(model, 1.0, 100, weight_decay=0.0, betas=(0.9, 0.999), final=0.0)
     assert len(opt.param_groups) == 1 and opt.param_groups[0]["weight_decay"] == 0.0
     assert schedule.lr_lambdas[0](50) == pytest.approx(0.5)
+    _, schedule = adamw_cosine(model, 1.0, 1000, final=1.0, warmup=10)  # chapter 11's runs
+    assert [schedule.lr_lambdas[0](i) for i in (0, 4, 9, 500, 999)] == pytest.approx(
+        [0.1, 0.5, 1.0, 1.0, 1.0]
+    )
 
 
 def test_adamw_one_cycle_covers_the_trainable_parameters_only():

@@ -155,7 +155,7 @@ def test_direction_losses_score_only_their_targets():
     model = _tiny().eval()
     data = _small_data(n=6)
     scores = unified_recipe.direction_losses(model, data.image_codes, data.captions)
-    assert set(scores) == {"image_loss", "caption_loss", "caption_token_acc"}
+    assert set(scores) == {"image_loss", "caption_loss", "caption_token_acc", "loss"}
     assert all(torch.isfinite(torch.tensor(v)) for v in scores.values())
     assert 0 <= scores["caption_token_acc"] <= 1
     with pytest.raises(ValueError, match=r"shares must be in \[0, 1\], got 1.5"):

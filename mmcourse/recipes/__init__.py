@@ -27,6 +27,7 @@ from mmcourse.recipes import (
     fusion,
     judge,
     retrieval,
+    scaling,
     tokenizer,
     transfusion,
     unified,
@@ -45,6 +46,7 @@ _CHAPTERS = (
     unified,
     transfusion,
     evaluation,
+    scaling,
     retrieval,
 )
 WEIGHTS: dict[str, Weights] = {k: w for r in _CHAPTERS for k, w in r.WEIGHTS.items()}
@@ -60,6 +62,7 @@ __all__ = [
     "fusion",
     "judge",
     "retrieval",
+    "scaling",
     "tokenizer",
     "transfusion",
     "unified",

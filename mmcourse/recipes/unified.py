@@ -12,7 +12,7 @@ weights   WEIGHTS["unified"] is data/unified_shapes.pt; `python -m mmcourse.trai
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -194,10 +194,15 @@ def train_unified(
     progress: bool = True,
     device: torch.device | str | None = None,
     fsdp: bool = False,
+    lr_final: float = 0.05,
+    warmup: int | None = None,
+    on_step: Callable[[int, nn.Module], None] | None = None,
 ) -> TrainResult:
-    """Train a GPT on the loader's mixed batches: AdamW with warm-up and cosine decay, gradient
-    clipping at 1. Each batch is split into its short rows and its long rows (> 100 ids), each
-    padded only to its own longest row, and the loss is averaged over all real targets.
+    """Train a GPT on the loader's mixed batches: AdamW with `warmup` steps of warm-up (default
+    5 % of `steps`) and cosine decay to lr_final · lr (1: a constant rate after the warm-up),
+    gradient clipping at 1; `on_step(step, model)` runs after every step (chapter 11 measures
+    the model there). Each batch is split into its short rows and its long rows (> 100 ids),
+    each padded only to its own longest row, and the loss is averaged over all real targets.
 
     The model trains on `device` (default: the course's); the loader's batches are split on the
     CPU and sent over without waiting for the GPU, and the losses are read back once, at the
@@ -210,7 +215,9 @@ def train_unified(
     torch.manual_seed(seed)
     model = GPT(config or default_config(loader.vocab)).to(dev)
     net = distributed.wrap(model, fsdp=fsdp)  # DDP or FSDP2 under torchrun, else the model
-    opt, schedule = adamw_cosine(model, lr, steps)  # after wrap: FSDP2 shards the parameters
+    opt, schedule = adamw_cosine(
+        model, lr, steps, final=lr_final, warmup=warmup
+    )  # after wrap: FSDP2 shards
     ranks = distributed.world_size()
 
     def step_loss(step: int) -> Iterator[torch.Tensor]:
@@ -223,8 +230,9 @@ def train_unified(
             # DDP averages over the ranks: N · (rank's sum) / (all targets) averages to the mean
             yield lm_loss(net, part_ids, part_mask, reduction="sum") / total * ranks
 
+    callbacks = [lambda step, _: on_step(step, model)] if on_step is not None else []
     run = fit(model, step_loss, steps=steps, optimizer=opt, schedule=schedule, clip=1.0,
-              progress=progress, generators=[loader.generator])  # fmt: skip
+              callbacks=callbacks, progress=progress, generators=[loader.generator])  # fmt: skip
     return run._replace(model=distributed.full_model(run.model))
 
 
@@ -253,7 +261,9 @@ def direction_losses(
     """Teacher-forced scores of both directions, which move long before samples get good:
     `image_loss` = mean cross-entropy of the 64 image ids after [BOS] caption [BOI];
     `caption_loss` = mean cross-entropy of the caption ids and EOS after [BOS] [BOI] image
-    [EOI]; `caption_token_acc` = how often the most likely next id is the right caption id."""
+    [EOI]; `caption_token_acc` = how often the most likely next id is the right caption id;
+    `loss` = mean cross-entropy of every real target of both documents (the training
+    objective of an even mix of the two directions)."""
     bpe = bpe or course_bpe()
     vocab = vocab or course_vocab(bpe)
     image_codes = _validate.tensor("image_codes", image_codes, shape=("N", 8, 8), dtype=torch.long)
@@ -264,7 +274,7 @@ def direction_losses(
         image = Segment("image", codes)
         c2i.append(encode_interleaved([text, image], vocab))
         i2c.append(encode_interleaved([image, text], vocab))
-    out = {}
+    out, every = {}, []
     for name, seqs in (("image", c2i), ("caption", i2c)):
         ids, mask = pad_batch(seqs, vocab)
         types = vocab.token_types(ids)
@@ -280,8 +290,10 @@ def direction_losses(
         keep = scored[:, 1:]
         ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (N, L − 1)
         out[f"{name}_loss"] = (ce[keep].mean()).item()
+        every.append(ce[mask[:, 1:].to(ce.device)])
         if name == "caption":
             out["caption_token_acc"] = (logits.argmax(-1) == targets)[keep].float().mean().item()
+    out["loss"] = torch.cat(every).mean().item()
     return out
 
 

@@ -9,8 +9,11 @@ PER_CAPTION samples of each held-out caption, prompt [BOS] caption [BOI];
 heldout_judge_retrieval: the RAG model with the caption's best memory pair as context;
 heldout_judge_random_context: the RAG model with a random memory pair (the control);
 heldout_judge_rag_no_context: the RAG model without context; rag_gain_points: 100 ×
-(retrieval − no retrieval). eval_s: the four evaluations' time (on a GPU after an untimed
-warm-up, the device synchronized around the clock).
+(retrieval − no retrieval). The RAG system with its relevance gate (a context whose image's CLIP
+cosine with the query caption is below `gate`, set on training captions, is left out):
+heldout_judge_retrieval_gated / heldout_judge_random_context_gated, gated_retrieved_used /
+gated_random_used (the share of contexts let through), gated_gain_points. eval_s: the six
+evaluations' time (on a GPU after an untimed warm-up, the device synchronized around the clock).
 """
 
 from __future__ import annotations

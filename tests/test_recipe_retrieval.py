@@ -166,6 +166,40 @@ def test_random_context_is_seeded_and_spread(mem):
     assert len({c for ctx in a for _, c in ctx}) > 20
 
 
+def test_the_gate_leaves_out_exactly_the_contexts_below_it(tiny, mem):
+    captions = rr.held_out_captions()[:8]
+    queries = rr.embed_captions(captions)
+    rows = rr._random_rows(mem, len(captions), 1, seed=4)  # what mode "random" draws
+    cos = (queries * mem.image_emb[rows[:, 0]]).sum(-1)
+    gate = float(cos.median())  # some in, some out
+    _, ungated = rr.sample_heldout(tiny, mem, captions, "random", seed=4)
+    _, gated = rr.sample_heldout(tiny, mem, captions, "random", seed=4, gate=gate)
+    assert 0 < sum(map(bool, gated)) < len(captions)
+    for kept, full, c in zip(gated, ungated, cos.tolist()):
+        assert [cap for _, cap in kept] == ([cap for _, cap in full] if c >= gate else [])
+        assert all(torch.equal(a, b) for (a, _), (b, _) in zip(kept, full))
+    _, closed = rr.sample_heldout(tiny, mem, captions, "retrieved", gate=1.01)
+    assert closed == [[]] * len(captions)  # nothing reaches a cosine above 1
+    out = rr.evaluate_heldout(tiny, mem, "random", per_caption=1, captions=captions, seed=4,
+                              gate=gate)  # fmt: skip
+    assert out["context_used"] == sum(map(bool, gated)) / len(captions)
+
+
+def test_fit_gate_sits_halfway_on_training_captions(mem):
+    gate = rr.fit_gate(mem, samples=20, seed=1)
+    assert gate == rr.fit_gate(mem, samples=20, seed=1)  # seeded
+    held = set(rr.held_out_captions())
+    captions = [c for c in all_captions() if c not in held]  # no held-out caption is used
+    queries = rr.embed_captions(captions)
+    weakest = rr.top_k(queries, mem.image_emb, 1).scores[:, 0].min()
+    picks = torch.randint(300, (len(captions), 20), generator=torch.Generator().manual_seed(1))
+    cos = (queries[:, None] * mem.image_emb[picks]).sum(-1)
+    other = ~torch.gather(rr.relevant(mem, captions), 1, picks)
+    assert gate == pytest.approx(float(weakest + cos[other].max()) / 2)
+    with pytest.raises(ValueError, match="samples"):
+        rr.fit_gate(mem, samples=0)
+
+
 @pytest.mark.parametrize("mode", ["retrieved", "random", "none"])
 def test_evaluate_heldout_on_a_tiny_model(tiny, mem, mode):
     captions = rr.held_out_captions()[:2]
@@ -285,7 +319,14 @@ def test_rebuild_plumbing_on_a_tiny_run(mem, monkeypatch, tmp_path):
         "retrieval_baseline.pt", "retrieval_rag.pt"]  # fmt: skip
     keys = ("recall_at_1", "recall_at_4", "heldout_judge_no_retrieval", "heldout_judge_retrieval",
             "heldout_judge_random_context", "rag_gain_points")  # fmt: skip
-    keys += ("heldout_judge_rag_no_context",)
+    keys += (
+        "heldout_judge_rag_no_context",
+        "gate",
+        "heldout_judge_retrieval_gated",
+        "heldout_judge_random_context_gated",
+        "gated_random_used",
+        "gated_gain_points",
+    )
     assert line.startswith("retrieval: ") and all(f"{k} " in line for k in keys)
     rag = rr.load_model(tmp_path / "retrieval_rag.pt", "cpu")
     assert rag.config["n_layer"] == 1 and rag.config["block_size"] == 240

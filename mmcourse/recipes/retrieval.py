@@ -84,6 +84,7 @@ CONTEXT_KINDS = ("retrieved", "random", "none")
 K = 1
 TRAIN_DIRECTIONS = ("caption_image",)
 CONTEXT_MIX = {"retrieved": 0.6, "random": 0.2, "none": 0.2}
+GATE_SAMPLES = 50  # random memory images per training caption when the gate is set
 STEPS, BATCH, LR = 3000, 16, 2e-3
 
 
@@ -239,11 +240,7 @@ def retrieve_context(
     """Each query vector (Q, E) → its k best memory pairs by cosine against the memory's image
     vectors (`retrieval.top_k`), best first, as (codes, caption) context lists; `exclude` (Q,)
     a memory row each query must not retrieve (−1: none)."""
-    rows = []
-    for start in range(0, len(queries), _CHUNK):  # bounds the (chunk, N) similarity matrix
-        part = None if exclude is None else exclude[start : start + _CHUNK]
-        rows += top_k(queries[start : start + _CHUNK], mem.image_emb, k, part).indices.tolist()
-    return [[(mem.codes[j], mem.captions[j]) for j in row] for row in rows]
+    return _pairs(mem, _retrieved_rows(mem, queries, k, exclude))
 
 
 def random_context(
@@ -251,9 +248,33 @@ def random_context(
 ) -> list[list[tuple[torch.Tensor, str]]]:
     """The control: n context lists of k memory pairs drawn uniformly (seeded)."""
     n, k = _validate.positive_int("n", n), _validate.positive_int("k", k)
+    return _pairs(mem, _random_rows(mem, n, k, seed))
+
+
+def _retrieved_rows(
+    mem: Memory, queries: torch.Tensor, k: int, exclude: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(Q, k) memory rows of each query's k best pairs, best first."""
+    rows = []
+    for start in range(0, len(queries), _CHUNK):  # bounds the (chunk, N) similarity matrix
+        part = None if exclude is None else exclude[start : start + _CHUNK]
+        rows.append(top_k(queries[start : start + _CHUNK], mem.image_emb, k, part).indices)
+    return torch.cat(rows) if rows else torch.empty(0, k, dtype=torch.long)
+
+
+def _random_rows(mem: Memory, n: int, k: int, seed: int) -> torch.Tensor:
+    """(n, k) memory rows drawn uniformly (seeded)."""
     g = torch.Generator().manual_seed(seed)
-    picks = torch.randint(len(mem.captions), (n, k), generator=g)
-    return [[(mem.codes[j], mem.captions[j]) for j in row] for row in picks.tolist()]
+    return torch.randint(len(mem.captions), (n, k), generator=g)
+
+
+def _pairs(
+    mem: Memory, rows: torch.Tensor, keep: torch.Tensor | None = None
+) -> list[list[tuple[torch.Tensor, str]]]:
+    """Memory rows (Q, k) → (codes, caption) context lists; where keep (Q,) is False, []."""
+    keep = torch.ones(len(rows), dtype=torch.bool) if keep is None else keep
+    return [[(mem.codes[j], mem.captions[j]) for j in row] if ok else []
+            for row, ok in zip(rows.tolist(), keep.tolist())]  # fmt: skip
 
 
 def context_modes(n: int, mix: Mapping[str, float], seed: int = 0) -> torch.Tensor:
@@ -408,16 +429,42 @@ def train(
 # ------------------------------------------------------------------------------ evaluation
 
 
+@torch.no_grad()
+def fit_gate(mem: Memory, samples: int = GATE_SAMPLES, seed: int = 0) -> float:
+    """The relevance gate's threshold τ, set on the training captions alone (no held-out
+    caption is seen): halfway between the weakest cosine of a caption's best retrieved memory
+    image and the strongest cosine of a random memory image of another caption (`samples`
+    seeded draws per caption). A context whose image scores below τ against its query is
+    irrelevant: a gated system leaves it out."""
+    samples = _validate.positive_int("samples", samples)
+    held = set(held_out_captions())
+    captions = [c for c in all_captions() if c not in held]
+    queries = embed_captions(captions)  # (C, E)
+    weakest_match = top_k(queries, mem.image_emb, 1).scores[:, 0].min()
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.randint(len(mem.captions), (len(captions), samples), generator=g)  # (C, S)
+    cos = (queries[:, None, :] * mem.image_emb[picks]).sum(-1)  # (C, S)
+    other = ~torch.gather(relevant(mem, captions), 1, picks)  # another caption's image
+    return float((weakest_match + cos[other].max()) / 2)
+
+
 def _contexts(
-    mem: Memory, queries: torch.Tensor, mode: str, k: int, seed: int
+    mem: Memory, queries: torch.Tensor, mode: str, k: int, seed: int, gate: float | None = None
 ) -> list[list[tuple[torch.Tensor, str]]]:
+    """The context lists of `mode` for the queries (Q, E); with a `gate` τ, a context whose
+    first image has cosine < τ with its query is left out (that query gets no context)."""
     if mode not in CONTEXT_KINDS:
         raise ValueError(f"mode must be one of {CONTEXT_KINDS}, got {mode!r}")
     if mode == "none":
         return [[] for _ in range(len(queries))]
     if mode == "random":
-        return random_context(mem, len(queries), k, seed)
-    return retrieve_context(mem, queries, k)
+        rows = _random_rows(mem, len(queries), k, seed)
+    else:
+        rows = _retrieved_rows(mem, queries, k)
+    keep = None
+    if gate is not None:  # unit vectors: the dot product is the cosine
+        keep = (queries * mem.image_emb[rows[:, 0]]).sum(-1) >= gate  # (Q,)
+    return _pairs(mem, rows, keep)
 
 
 def _prompts(
@@ -454,11 +501,13 @@ def sample_heldout(
     temperature: float = 1.0,
     seed: int = 0,
     tokenizer: nn.Module | None = None,
+    gate: float | None = None,
 ) -> tuple[torch.Tensor, list[list[tuple[torch.Tensor, str]]]]:
     """Caption → image for each caption: the prompt is [BOS] context caption [BOI], the
     context being the caption's k best memory pairs by CLIP (mode "retrieved"; `mem` may hold
     the held-out pairs), k uniformly random memory pairs ("random", the control) or nothing
-    ("none"); 64 image ids sampled (seeded) with only image ids allowed, decoded by the
+    ("none"); with a `gate` τ (`fit_gate`) a context whose image's cosine with the caption is
+    below τ is left out; 64 image ids sampled (seeded) with only image ids allowed, decoded by the
     shipped tokenizer (unless given) → (images (N, 3, 32, 32) on the tokenizer's device, the
     contexts used: (codes, caption) lists)."""
     k = _validate.positive_int("k", k)
@@ -467,7 +516,7 @@ def sample_heldout(
     bpe, vocab, param = course_bpe(), course_vocab(), next(model.parameters())
     tokenizer = tokenizer or tokenizer_recipe.WEIGHTS["tokenizer"].load(device=param.device)
     captions = list(captions)
-    contexts = _contexts(mem, embed_captions(captions), mode, k, seed)
+    contexts = _contexts(mem, embed_captions(captions), mode, k, seed, gate)
     queries = [_text(c, bpe, "caption") for c in captions]
     prompts = _prompts(contexts, queries, vocab.BOI, vocab, bpe)
     codes = torch.empty(len(captions), 64, dtype=torch.long)
@@ -503,19 +552,22 @@ def evaluate_heldout(
     judge: nn.Module | None = None,
     tokenizer: nn.Module | None = None,
     captions: Sequence[str] | None = None,
+    gate: float | None = None,
 ) -> dict[str, float]:
     """`sample_heldout` on the held-out captions (every one, per_caption samples each, unless
     `captions` are given), read by the judge (`judge_images`) → {"judge": "all", "color",
     "shape", "position", and with context "context_right": the share of prompts whose first
-    context pair has the query's caption}."""
+    context pair has the query's caption, "context_used": the share with a context (below 1
+    when a `gate` leaves some out)}."""
     per_caption = _validate.positive_int("per_caption", per_caption)
     captions = list(captions or held_out_captions()) * per_caption
     images, contexts = sample_heldout(model, mem, captions, mode, k=k, temperature=temperature,
-                                      seed=seed, tokenizer=tokenizer)  # fmt: skip
+                                      seed=seed, tokenizer=tokenizer, gate=gate)  # fmt: skip
     out = judge_images(images, captions, judge)
     if mode != "none":
-        right = sum(ctx[0][1] == c for ctx, c in zip(contexts, captions))
+        right = sum(bool(ctx) and ctx[0][1] == c for ctx, c in zip(contexts, captions))
         out["context_right"] = right / len(captions)
+        out["context_used"] = sum(bool(ctx) for ctx in contexts) / len(captions)
     return out
 
 
@@ -587,7 +639,9 @@ def measure(
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
     """Step 3 of `experiment`: recall and the held-out judge scores of both models (moved to
-    `device` with the shipped judge and tokenizer; the rebuild measures on the CPU)."""
+    `device` with the shipped judge and tokenizer; the rebuild measures on the CPU), and the
+    RAG system with its relevance gate (`fit_gate`, set on training captions): `gate` τ, the
+    gated judge with retrieved and with random context, and the share of each let through."""
     start = time.perf_counter()
     out = recall(mem, held_out_captions())
     rag, baseline = rag.to(device), baseline.to(device)
@@ -598,6 +652,9 @@ def measure(
         evaluate_heldout(rag, mem, mode, **kw)["judge"] for mode in CONTEXT_KINDS
     )
     no_retrieval = evaluate_heldout(baseline, mem, "none", **kw)["judge"]
+    gate = fit_gate(mem, seed=seed)
+    gated = {mode: evaluate_heldout(rag, mem, mode, gate=gate, **kw)
+             for mode in ("retrieved", "random")}  # fmt: skip
     synchronize(device)
     return out | {
         "heldout_judge_no_retrieval": no_retrieval,
@@ -605,6 +662,12 @@ def measure(
         "heldout_judge_random_context": random_ctx,
         "rag_gain_points": 100 * (retrieved - no_retrieval),
         "heldout_judge_rag_no_context": rag_none,
+        "gate": gate,
+        "heldout_judge_retrieval_gated": gated["retrieved"]["judge"],
+        "heldout_judge_random_context_gated": gated["random"]["judge"],
+        "gated_retrieved_used": gated["retrieved"]["context_used"],
+        "gated_random_used": gated["random"]["context_used"],
+        "gated_gain_points": 100 * (gated["retrieved"]["judge"] - no_retrieval),
         "eval_seconds": time.perf_counter() - start,
     }
 

@@ -196,6 +196,8 @@ def test_fit_gate_sits_halfway_on_training_captions(mem):
     cos = (queries[:, None] * mem.image_emb[picks]).sum(-1)
     other = ~torch.gather(rr.relevant(mem, captions), 1, picks)
     assert gate == pytest.approx(float(weakest + cos[other].max()) / 2)
+    best, mismatched = rr.gate_scores(mem, samples=20, seed=1)
+    assert len(best) == 60 and torch.equal(mismatched, cos[other])  # the 60 training captions
     with pytest.raises(ValueError, match="samples"):
         rr.fit_gate(mem, samples=0)
 

@@ -430,22 +430,30 @@ def train(
 
 
 @torch.no_grad()
-def fit_gate(mem: Memory, samples: int = GATE_SAMPLES, seed: int = 0) -> float:
-    """The relevance gate's threshold τ, set on the training captions alone (no held-out
-    caption is seen): halfway between the weakest cosine of a caption's best retrieved memory
-    image and the strongest cosine of a random memory image of another caption (`samples`
-    seeded draws per caption). A context whose image scores below τ against its query is
-    irrelevant: a gated system leaves it out."""
+def gate_scores(
+    mem: Memory, samples: int = GATE_SAMPLES, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the gate is set from, on the training captions alone (no held-out caption is
+    seen): (the cosine of each caption with its best retrieved memory image (C,), the cosines
+    of `samples` seeded random memory images of another caption with each caption (M,))."""
     samples = _validate.positive_int("samples", samples)
     held = set(held_out_captions())
     captions = [c for c in all_captions() if c not in held]
     queries = embed_captions(captions)  # (C, E)
-    weakest_match = top_k(queries, mem.image_emb, 1).scores[:, 0].min()
+    best = top_k(queries, mem.image_emb, 1).scores[:, 0]  # (C,)
     g = torch.Generator().manual_seed(seed)
     picks = torch.randint(len(mem.captions), (len(captions), samples), generator=g)  # (C, S)
     cos = (queries[:, None, :] * mem.image_emb[picks]).sum(-1)  # (C, S)
     other = ~torch.gather(relevant(mem, captions), 1, picks)  # another caption's image
-    return float((weakest_match + cos[other].max()) / 2)
+    return best, cos[other]
+
+
+def fit_gate(mem: Memory, samples: int = GATE_SAMPLES, seed: int = 0) -> float:
+    """The relevance gate's threshold τ, halfway between the weakest best match and the
+    strongest random mismatch of `gate_scores`. A context whose image scores below τ against
+    its query is irrelevant: a gated system leaves it out."""
+    best, other = gate_scores(mem, samples, seed)
+    return float((best.min() + other.max()) / 2)
 
 
 def _contexts(

@@ -470,11 +470,11 @@ def test_retrieval_reports_the_issue_keys(monkeypatch):
 
     calls = []
 
-    def measure(rag, baseline, mem, per_caption, device):
-        calls.append(per_caption)
+    def measure(rag, baseline, mem, per_caption, seed=0, device="cpu"):
+        calls.append((per_caption, seed))
         return {"recall_at_1": 1.0, "recall_at_4": 1.0, "heldout_judge_no_retrieval": 0.4,
-                "heldout_judge_retrieval": 0.6, "heldout_judge_random_context": 0.3,
-                "rag_gain_points": 20.0, "heldout_judge_rag_no_context": 0.4,
+                "heldout_judge_retrieval": 0.6 + seed / 100, "heldout_judge_random_context": 0.3,
+                "rag_gain_points": 20.0 + seed, "heldout_judge_rag_no_context": 0.4,
                 "eval_seconds": 9.0}  # fmt: skip
 
     monkeypatch.setattr(retrieval_recipe, "memory", lambda: "memory")
@@ -485,8 +485,12 @@ def test_retrieval_reports_the_issue_keys(monkeypatch):
     assert set(results) == {
         "recall_at_1", "recall_at_4", "heldout_judge_no_retrieval", "heldout_judge_retrieval",
         "heldout_judge_random_context", "rag_gain_points", "heldout_judge_rag_no_context", "eval_s",
+        "samples_per_row",
     }  # fmt: skip
-    assert calls[-1] == 10 and results["rag_gain_points"] == 20.0
+    assert calls[-4:] == [(30, 0), (30, 1), (30, 2), (30, 3)]  # after the warm-up call
+    assert results["samples_per_row"] == 3600  # 4 seeds × 30 × 30 held-out captions
+    assert results["rag_gain_points"] == 21.5  # pooled: the mean over the seeds
+    assert results["heldout_judge_retrieval"] == pytest.approx(0.615)
 
 
 def test_scaling_reports_the_issue_keys(monkeypatch):

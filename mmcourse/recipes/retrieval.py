@@ -660,7 +660,7 @@ def measure(
         evaluate_heldout(rag, mem, mode, **kw)["judge"] for mode in CONTEXT_KINDS
     )
     no_retrieval = evaluate_heldout(baseline, mem, "none", **kw)["judge"]
-    gate = fit_gate(mem, seed=seed)
+    gate = fit_gate(mem)  # the system's threshold: one value, whatever the sampling seed
     gated = {mode: evaluate_heldout(rag, mem, mode, gate=gate, **kw)
              for mode in ("retrieved", "random")}  # fmt: skip
     synchronize(device)

@@ -66,7 +66,7 @@ def tokens_per_step(
 ) -> list[int]:
     """The real targets (non-padding ids after the first) in each of the first `steps`
     batches of a loader with these ratios: the D of a run, step by step (every run of a mix
-    draws the same batches)."""
+    draws the same batches; under torchrun, this rank's share of them)."""
     loader = _loader(ratios, batch, seed, sources)
     return [int(loader.next_batch().loss_mask[:, 1:].sum()) for _ in range(steps)]
 
@@ -93,8 +93,9 @@ def train_size(
     budgets = sorted({_validate.positive_int("budgets", b) for b in budgets})
     sources = sources if sources is not None else documents(seed)
     held = held if held is not None else unified_recipe.held_out(HELD_OUT_IMAGES)
-    tokens = list(_cumulative(tokens_per_step(ratios, budgets[-1], batch=batch, seed=seed,
-                                              sources=sources)))  # fmt: skip
+    mine = torch.tensor(tokens_per_step(ratios, budgets[-1], batch=batch, seed=seed,
+                                        sources=sources))  # fmt: skip
+    tokens = distributed.sum_over_ranks(mine).cumsum(0).tolist()  # D: every rank's targets
     rows: list[dict] = []
 
     def measure_at(step: int, model: nn.Module) -> None:
@@ -182,13 +183,6 @@ def _loader(ratios: Mapping[str, float], batch: int, seed: int, sources=None) ->
     sources = sources if sources is not None else documents(seed)
     rows, draws = distributed.local_batch(batch), distributed.rank_seed(seed)
     return MixingLoader(sources, ratios, course_vocab(), batch_size=rows, seed=draws)
-
-
-def _cumulative(values: Sequence[int]):
-    total = 0
-    for v in values:
-        total += v
-        yield total
 
 
 def rebuild(seed: int = 0) -> str:

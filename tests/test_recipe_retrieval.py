@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from mmcourse import recipes
+from mmcourse import train as train_cli
 from mmcourse.bpe import course_bpe
-from mmcourse.data import COLORS, SHAPES, all_captions, caption_to_labels
+from mmcourse.data import COLORS, SHAPES, ShapesDataset, all_captions, caption_to_labels
 from mmcourse.recipes import retrieval as rr
 from mmcourse.recipes import unified as unified_recipe
 from mmcourse.transformer import GPT
-from mmcourse.vocab import course_vocab, decode_interleaved, encode_interleaved
+from mmcourse.vocab import Segment, course_vocab, decode_interleaved, encode_interleaved
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +121,11 @@ def test_no_held_out_pair_among_the_training_targets(mem):
     for ids, _ in rr.rag_documents(train, k=2, directions=rr.DIRECTIONS):
         text = bpe.decode(ids[ids < vocab.text_size].tolist())
         assert not any(c in text for c in held)
-    for k in (rr.K, 0):  # both models' documents
-        for ids, _ in rr.training_documents(mem, k, seed=1):
-            assert not any(c in bpe.decode(ids[ids < vocab.text_size].tolist()) for c in held)
+    for direction in rr.DIRECTIONS:
+        for k in (rr.K, 0):  # both models' documents
+            for ids, _ in rr.training_documents(mem, k, seed=1, direction=direction):
+                text = bpe.decode(ids[ids < vocab.text_size].tolist())
+                assert not any(c in text for c in held)
 
 
 def test_retrieval_leaves_each_pair_out(mem):
@@ -235,13 +238,18 @@ def test_train_leaves_the_model_unchanged(tiny, mem):
     assert all(torch.equal(v, tiny.state_dict()[k]) for k, v in before.items())
 
 
-def test_registered_with_its_two_models_and_their_command():
-    assert recipes.retrieval is rr and set(rr.REBUILDS) == {"retrieval"}
-    assert set(rr.WEIGHTS) == {"retrieval_rag", "retrieval_baseline"}
-    for name in rr.WEIGHTS:
-        model = recipes.load(name, device="cpu")  # the shipped float16 files
-        assert model.config["block_size"] == rr.BLOCK_SIZE
-        assert rr.WEIGHTS[name].command == "python -m mmcourse.train retrieval"
+def test_registered_with_its_four_models_and_their_commands():
+    assert recipes.retrieval is rr
+    assert rr.REBUILDS == {"retrieval": rr.rebuild, "retrieval_captions": rr.rebuild_captions}
+    assert set(rr.WEIGHTS) == {"retrieval_rag", "retrieval_baseline", "retrieval_rag_captions",
+                               "retrieval_baseline_captions"}  # fmt: skip
+    for direction, target in (("caption_image", "retrieval"),
+                              ("image_caption", "retrieval_captions")):  # fmt: skip
+        assert target in train_cli.TARGETS
+        for name in rr.PAIRS[direction]:
+            model = recipes.load(name, device="cpu")  # the shipped float16 files
+            assert model.config["block_size"] == rr.BLOCK_SIZE
+            assert rr.WEIGHTS[name].command == f"python -m mmcourse.train {target}"
     fresh = rr.new_model(0)
     assert fresh.config == model.config and torch.equal(
         fresh.pos_emb.weight, rr.new_model(0).pos_emb.weight
@@ -356,3 +364,117 @@ def test_mix_errors_are_named(mem):
         rr.rag_documents(mem, directions=("sideways",))
     with pytest.raises(TypeError, match="steps"):
         rr.experiment(steps=1.5)
+
+
+# ------------------------------------------------------------------- image → caption
+
+
+def test_render_captions_draws_fresh_seeded_images_of_the_captions(mem):
+    captions = rr.held_out_captions()[:4] * 2
+    images = rr.render_captions(captions, seed=3)
+    assert images.shape == (8, 3, 32, 32) and images.dtype == torch.float32
+    assert torch.equal(images, rr.render_captions(captions, seed=3))  # seeded
+    assert not torch.equal(images, rr.render_captions(captions, seed=4))
+    assert not torch.equal(images[0], images[4])  # the same caption, another draw
+    judge = recipes.load("judge", device="cpu")
+    assert judge.score(images, captions)["all"] == 1.0  # they are what they say
+    with pytest.raises(TypeError, match="captions"):
+        rr.render_captions("a red circle in the center")
+    with pytest.raises(ValueError, match="caption"):
+        rr.render_captions(["a red dog in the center"])
+
+
+def test_embed_images_is_the_memory_embedding(mem):
+    images = ShapesDataset(n=300, seed=5).images[:7]
+    emb = rr.embed_images(images)
+    assert emb.shape == (7, 64) and torch.allclose(emb, mem.image_emb[:7], atol=1e-5)
+    with pytest.raises(ValueError, match="images"):
+        rr.embed_images(torch.rand(2, 3, 16, 16))
+
+
+def test_image_recall_finds_the_query_caption_among_the_memory_images(mem):
+    captions = rr.held_out_captions()
+    scores = rr.recall(mem, captions, images=rr.render_captions(captions))
+    assert set(scores) == {"recall_at_1", "recall_at_4"} and scores["recall_at_4"] >= 0.9
+    none = rr.recall(rr.training_memory(mem), captions, images=rr.render_captions(captions))
+    assert none == {"recall_at_1": 0.0, "recall_at_4": 0.0}
+
+
+def test_read_captions_counts_exact_and_attributes():
+    truth = ["a red circle in the top left"] * 4
+    got = ["a red circle in the top left", "a red square in the top left",
+           "a blue square in the center", "red circle top left"]  # fmt: skip
+    scores = rr.read_captions(got, truth)
+    assert scores == {"exact": 0.25, "color": 0.5, "shape": 0.25, "position": 0.5}
+    with pytest.raises(ValueError, match="as long"):
+        rr.read_captions(got[:3], truth)
+
+
+def test_caption_prompts_put_the_context_before_the_query_image(tiny, mem, monkeypatch):
+    captions = rr.held_out_captions()[:5]
+    images = rr.render_captions(captions, seed=1)
+    tokenizer = recipes.load("tokenizer", device="cpu")
+    codes = tokenizer.encode(images)
+    seen = []
+
+    def spy(model, prompts, allowed, stop, max_len):
+        seen.extend(prompts)
+        return [[] for _ in prompts]
+
+    monkeypatch.setattr(rr, "_greedy", spy)
+    _, contexts = rr.caption_heldout(tiny, mem, images, "retrieved", tokenizer=tokenizer)
+    vocab, bpe = course_vocab(), course_bpe()
+    assert len(seen) == 5 and all(p[0] == vocab.BOS and p[-1] == vocab.EOI for p in seen)
+    for ctx, x in zip(contexts, codes):  # [BOS] [BOI] ctx [EOI] ctx caption [BOI] query [EOI]
+        expected = encode_interleaved(
+            [Segment("image", ctx[0][0]), Segment("text", torch.tensor(bpe.encode(ctx[0][1]))),
+             Segment("image", x)], vocab)[:-1]  # fmt: skip
+        assert any(torch.equal(p.cpu(), expected) for p in seen)
+    assert [ctx[0][1] for ctx in contexts].count(captions[0]) >= 1
+
+
+@pytest.mark.parametrize("mode", ["retrieved", "random", "none"])
+def test_evaluate_heldout_captions_on_a_tiny_model(tiny, mem, mode):
+    out = rr.evaluate_heldout_captions(tiny, mem, mode, per_caption=1, seed=2)
+    assert {"exact", "color", "shape", "position"} <= set(out)
+    assert all(0 <= v <= 1 for v in out.values())
+    assert ("context_used" in out) == (mode != "none")
+    if mode == "retrieved":
+        assert out["context_right"] >= 0.9 and out["context_used"] == 1.0
+    got, contexts = rr.caption_heldout(tiny, mem, rr.render_captions(rr.held_out_captions()[:3]),
+                                       mode, seed=2)  # fmt: skip
+    assert len(got) == 3 and all(isinstance(c, str) for c in got)
+    assert (contexts == [[], [], []]) == (mode == "none")
+
+
+def test_the_image_gate_is_set_on_training_captions_and_closes(tiny, mem):
+    best, mismatched = rr.gate_scores(mem, samples=10, seed=1, query="image")
+    assert len(best) == 60 * rr.GATE_RENDERS and len(mismatched) > 0
+    gate = rr.fit_gate(mem, samples=10, seed=1, query="image")
+    assert gate == pytest.approx(float(best.min() + mismatched.max()) / 2)
+    images = rr.render_captions(rr.held_out_captions()[:4])
+    _, closed = rr.caption_heldout(tiny, mem, images, "retrieved", gate=1.01)
+    assert closed == [[]] * 4
+    _, opened = rr.caption_heldout(tiny, mem, images, "random", gate=-1.01)
+    assert all(len(ctx) == 1 for ctx in opened)
+    with pytest.raises(ValueError, match="query"):
+        rr.gate_scores(mem, query="audio")
+    with pytest.raises(ValueError, match="images"):
+        rr.caption_heldout(tiny, mem, torch.rand(2, 32, 32))
+
+
+def test_rebuild_captions_plumbing_on_a_tiny_run(mem, monkeypatch, tmp_path):
+    monkeypatch.setattr(rr, "MODEL_CONFIG", {"block_size": 240, "n_layer": 1, "n_head": 2,
+                                             "d_model": 32})  # fmt: skip
+    monkeypatch.setattr(rr, "MEMORY_SIZE", 300)
+    line = rr.rebuild_captions(5, directory=tmp_path, steps=2, per_caption=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "retrieval_baseline_captions.pt", "retrieval_rag_captions.pt"]  # fmt: skip
+    keys = ("image_recall_at_1", "image_recall_at_4", "heldout_caption_no_retrieval",
+            "heldout_caption_retrieval", "heldout_caption_random_context", "caption_gain_points",
+            "heldout_caption_rag_no_context", "caption_gate", "heldout_caption_retrieval_gated",
+            "heldout_caption_random_context_gated", "caption_gated_random_used",
+            "caption_gated_gain_points", "rag_seconds", "baseline_seconds")  # fmt: skip
+    assert line.startswith("retrieval_captions: ") and all(f"{k} " in line for k in keys)
+    with pytest.raises(ValueError, match="direction"):
+        rr.experiment(direction="sideways")

@@ -1,22 +1,26 @@
-"""Chapter 12's recipe: a memory of Shapes pairs, retrieval-augmented documents, the two
-models the chapter compares, and their held-out evaluation.
+"""Chapter 12's recipe: a memory of Shapes pairs, retrieval-augmented documents, the models
+the chapter compares, and their held-out evaluation, in both directions.
 
 held out  HELD_OUT colour × shape pairs (every position) never appear among the training
           targets; the memory still holds them, so only retrieval can bring them in
 memory    `memory(n, seed)`: Shapes pairs embedded by the shipped CLIP (image and caption unit
           vectors) with the shipped tokenizer's codes, cached under data/cache/
 documents `rag_document`: retrieved pairs as interleaved context before the query,
-          [BOS] ([BOI] ctx image [EOI] ctx caption)* caption [BOI] image [EOI] [EOS], scored only
-          on the query; `rag_documents` retrieves the context of every training pair (by its
-          caption or its own image vector, the pair itself excluded), optionally in a seeded
-          CONTEXT_MIX of retrieved, random and no context; `RAGLoader` pads them
-training  `new_model` (chapter 07's GPT, block BLOCK_SIZE) and `train` on RAG documents; the RAG
-          model trains from scratch on `training_documents(mem, K)`, the baseline on the same
-          pairs without context
-measures  `sample_heldout` / `evaluate_heldout` (caption → image on the held-out captions with
-          retrieved, random or no context, read by the judge), `recall`
-rebuild   `experiment` / `rebuild` (`python -m mmcourse.train retrieval`): both models from
-          their seed and every held-out score, on one thread
+          [BOS] ([BOI] ctx image [EOI] ctx caption)* caption [BOI] image [EOI] [EOS] (or the
+          query's image first, for image → caption), scored only on the query; `rag_documents`
+          retrieves the context of every training pair (by its caption or its own image
+          vector, the pair itself excluded), optionally in a seeded CONTEXT_MIX of retrieved,
+          random and no context; `RAGLoader` pads them
+training  `new_model` (chapter 07's GPT, block BLOCK_SIZE) and `train` on RAG documents; per
+          direction (PAIRS) a RAG model trains from scratch on `training_documents(mem, K, …)`
+          and a baseline on the same pairs without context
+measures  caption → image: `sample_heldout` / `evaluate_heldout` on the held-out captions with
+          retrieved, random or no context, read by the judge; image → caption:
+          `caption_heldout` / `evaluate_heldout_captions` on fresh renders of them
+          (`render_captions`), read by `read_captions`; `recall`; the relevance gate
+          `fit_gate` for either kind of query
+rebuild   `experiment` / `rebuild` (`python -m mmcourse.train retrieval`, `… retrieval_captions`):
+          a direction's two models from their seed and every held-out score, on one thread
 """
 
 from __future__ import annotations
@@ -33,7 +37,15 @@ import torch.nn as nn
 from mmcourse import _validate, distributed
 from mmcourse.bpe import BPE, course_bpe
 from mmcourse.checkpoints import Weights, cached
-from mmcourse.data import COLORS, SHAPES, ShapesDataset, all_captions, caption_to_labels
+from mmcourse.data import (
+    COLORS,
+    SHAPES,
+    ShapesDataset,
+    all_captions,
+    caption_to_labels,
+    parse_caption,
+    render,
+)
 from mmcourse.env import device as default_device
 from mmcourse.env import one_thread, synchronize, to_device
 from mmcourse.fusion import CLIP, encode_captions
@@ -44,22 +56,27 @@ from mmcourse.recipes import unified as unified_recipe
 from mmcourse.retrieval import recall_at_k, top_k
 from mmcourse.sampling import generate
 from mmcourse.trainer import TrainResult, adamw_cosine, fit
-from mmcourse.transformer import GPT, GPTConfig
+from mmcourse.transformer import GPT, GPTConfig, greedy_decode
 from mmcourse.unified import lm_loss
 from mmcourse.vocab import Segment, Vocabulary, course_vocab, encode_interleaved, pad_batch
-
-_COMMAND = "python -m mmcourse.train retrieval"
 
 
 def _gpt(config: dict) -> GPT:
     return GPT(GPTConfig(**config))
 
 
-# the two models the chapter compares, float16 in git like chapter 07's
-WEIGHTS = {
-    name: Weights(f"{name}.pt", GPT, command=_COMMAND, build=_gpt, half=True)
-    for name in ("retrieval_rag", "retrieval_baseline")
+# Each direction's two models, the RAG model and its no-context baseline, with the command
+# that rebuilds them; float16 in git like chapter 07's.
+PAIRS = {
+    "caption_image": ("retrieval_rag", "retrieval_baseline"),
+    "image_caption": ("retrieval_rag_captions", "retrieval_baseline_captions"),
 }
+REBUILD_TARGETS = {"caption_image": "retrieval", "image_caption": "retrieval_captions"}
+WEIGHTS = {
+    name: Weights(f"{name}.pt", GPT, command=f"python -m mmcourse.train {REBUILD_TARGETS[d]}",
+                  build=_gpt, half=True)
+    for d, names in PAIRS.items() for name in names
+}  # fmt: skip
 
 # One pair per colour, each shape twice: 6 of the 18 colour × shape pairs, 30 of the 90
 # captions (all five positions of each pair).
@@ -73,18 +90,19 @@ HELD_OUT: tuple[tuple[str, str], ...] = (
 )
 _HELD = torch.tensor([[(c, s) in HELD_OUT for s in SHAPES] for c in COLORS])  # (colours, shapes)
 DIRECTIONS = ("caption_image", "image_caption")
+QUERY_SEED = 10_000  # the held-out query images are fresh renders, not the memory's draws
 BLOCK_SIZE = 240  # one context pair and the query: ≤ 2 × (66 + caption) + 3 ids
 MODEL_CONFIG = {"block_size": BLOCK_SIZE}  # chapter 07's default_config otherwise
 MEMORY_SIZE = 20_000  # the memory: chapter 07's training images (seed 0)
 _CHUNK = 1024  # queries retrieved at once
 CONTEXT_KINDS = ("retrieved", "random", "none")
-# Both models' training: caption → image documents; the RAG model's with K retrieved pairs in
-# CONTEXT_MIX (random pairs teach it to check the context, documents without any keep it able
-# to draw alone), STEPS steps of BATCH documents from scratch.
+# Each pair's training, in its one direction: the RAG model's documents with K retrieved pairs
+# in CONTEXT_MIX (random pairs teach it to check the context, documents without any keep it
+# able to work alone), the baseline's without context, STEPS steps of BATCH from scratch.
 K = 1
-TRAIN_DIRECTIONS = ("caption_image",)
 CONTEXT_MIX = {"retrieved": 0.6, "random": 0.2, "none": 0.2}
-GATE_SAMPLES = 50  # random memory images per training caption when the gate is set
+GATE_SAMPLES = 50  # random memory images per training query when the gate is set
+GATE_RENDERS = 5  # fresh images of each training caption when the image gate is set
 STEPS, BATCH, LR = 3000, 16, 2e-3
 
 
@@ -100,6 +118,16 @@ def held_out_captions() -> list[str]:
     captions = all_captions()
     labels = torch.stack([caption_to_labels(c) for c in captions])
     return [c for c, h in zip(captions, is_held_out(labels).tolist()) if h]
+
+
+def render_captions(captions: Sequence[str], seed: int = 0) -> torch.Tensor:
+    """Fresh Shapes images of the given captions (size and place jitter seeded by QUERY_SEED +
+    seed, so never the memory's own draws) → (N, 3, 32, 32) on the CPU: image → caption's
+    held-out queries and the image gate's training queries."""
+    if isinstance(captions, str) or not captions:
+        raise TypeError("captions must be a non-empty list of str")
+    labels = torch.stack([caption_to_labels(c) for c in captions])  # (N, 3)
+    return render(labels, torch.Generator().manual_seed(QUERY_SEED + seed))
 
 
 # ---------------------------------------------------------------------------------- memory
@@ -155,6 +183,16 @@ def embed_captions(captions: Sequence[str], clip: CLIP | None = None) -> torch.T
     return emb[index]
 
 
+@torch.no_grad()
+def embed_images(images: torch.Tensor, clip: CLIP | None = None) -> torch.Tensor:
+    """Images (N, 3, 32, 32) in [0, 1] → (N, E) CLIP image unit vectors on the CPU (the shipped
+    CLIP unless given)."""
+    images = _validate.tensor("images", images, shape=("N", 3, 32, 32), floating=True)
+    clip = clip or fusion_recipe.WEIGHTS["clip"].load(device="cpu")
+    dev = clip.logit_scale.device
+    return torch.cat([clip.encode_image(x.to(dev)).cpu() for x in images.split(500)])
+
+
 def subset(mem: Memory, rows: torch.Tensor) -> Memory:
     """The memory's rows where `rows` (N,) bool is True (or at the given indices)."""
     index = rows.nonzero().flatten() if rows.dtype == torch.bool else rows
@@ -175,11 +213,18 @@ def relevant(mem: Memory, captions: Sequence[str]) -> torch.Tensor:
     return queries[:, None] == keys[None, :]
 
 
-def recall(mem: Memory, captions: Sequence[str], ks: Sequence[int] = (1, 4)) -> dict[str, float]:
-    """Caption → image retrieval in the memory (CLIP caption vector against the memory's image
-    vectors): recall@k for each k = share of captions with at least one memory image of that
+def recall(
+    mem: Memory,
+    captions: Sequence[str],
+    ks: Sequence[int] = (1, 4),
+    images: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Retrieval in the memory against its image vectors, by each caption's CLIP vector (caption
+    → image) or, given `images` (N, 3, 32, 32) of those captions, by each image's (image →
+    image): recall@k for each k = share of queries with at least one memory image of their
     caption among their top k."""
-    found = top_k(embed_captions(captions), mem.image_emb, max(ks))
+    queries = embed_captions(captions) if images is None else embed_images(images)  # (Q, E)
+    found = top_k(queries, mem.image_emb, max(ks))
     truth = relevant(mem, captions)
     return {f"recall_at_{k}": recall_at_k(found.indices[:, :k], truth) for k in ks}
 
@@ -431,15 +476,23 @@ def train(
 
 @torch.no_grad()
 def gate_scores(
-    mem: Memory, samples: int = GATE_SAMPLES, seed: int = 0
+    mem: Memory, samples: int = GATE_SAMPLES, seed: int = 0, query: str = "caption"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What the gate is set from, on the training captions alone (no held-out caption is
-    seen): (the cosine of each caption with its best retrieved memory image (C,), the cosines
-    of `samples` seeded random memory images of another caption with each caption (M,))."""
+    seen), as queries of kind `query`: "caption" (each training caption's CLIP vector) or
+    "image" (GATE_RENDERS fresh renders of each, `render_captions(…, seed)`) → (the cosine of
+    each query with its best retrieved memory image (C,), the cosines of `samples` seeded
+    random memory images of another caption with each query (M,))."""
     samples = _validate.positive_int("samples", samples)
+    if query not in ("caption", "image"):
+        raise ValueError(f"query must be 'caption' or 'image', got {query!r}")
     held = set(held_out_captions())
     captions = [c for c in all_captions() if c not in held]
-    queries = embed_captions(captions)  # (C, E)
+    if query == "image":
+        captions = captions * GATE_RENDERS
+        queries = embed_images(render_captions(captions, seed))  # (C, E)
+    else:
+        queries = embed_captions(captions)  # (C, E)
     best = top_k(queries, mem.image_emb, 1).scores[:, 0]  # (C,)
     g = torch.Generator().manual_seed(seed)
     picks = torch.randint(len(mem.captions), (len(captions), samples), generator=g)  # (C, S)
@@ -448,11 +501,14 @@ def gate_scores(
     return best, cos[other]
 
 
-def fit_gate(mem: Memory, samples: int = GATE_SAMPLES, seed: int = 0) -> float:
-    """The relevance gate's threshold τ, halfway between the weakest best match and the
-    strongest random mismatch of `gate_scores`. A context whose image scores below τ against
-    its query is irrelevant: a gated system leaves it out."""
-    best, other = gate_scores(mem, samples, seed)
+def fit_gate(
+    mem: Memory, samples: int = GATE_SAMPLES, seed: int = 0, query: str = "caption"
+) -> float:
+    """The relevance gate's threshold τ for queries of kind `query` ("caption" or "image"),
+    halfway between the weakest best match and the strongest random mismatch of `gate_scores`.
+    A context whose image scores below τ against its query is irrelevant: a gated system
+    leaves it out."""
+    best, other = gate_scores(mem, samples, seed, query)
     return float((best.min() + other.max()) / 2)
 
 
@@ -579,63 +635,159 @@ def evaluate_heldout(
     return out
 
 
+@torch.no_grad()
+def caption_heldout(
+    model: nn.Module,
+    mem: Memory,
+    images: torch.Tensor,
+    mode: str = "retrieved",
+    *,
+    k: int = 1,
+    seed: int = 0,
+    tokenizer: nn.Module | None = None,
+    gate: float | None = None,
+    max_len: int = 12,
+) -> tuple[list[str], list[list[tuple[torch.Tensor, str]]]]:
+    """Image → caption for each image (N, 3, 32, 32): the prompt is [BOS] context [BOI] image
+    [EOI], the context being the image's k best memory pairs by CLIP image vector (mode
+    "retrieved"), k seeded random memory pairs ("random", the control) or nothing ("none");
+    with a `gate` τ (`fit_gate(…, query="image")`) a context whose image's cosine with the
+    query image is below τ is left out. The image goes in as the shipped tokenizer's codes
+    (unless given); the caption is decoded greedily among text ids until EOS (or max_len ids)
+    → (N captions, the contexts used)."""
+    k = _validate.positive_int("k", k)
+    images = _validate.tensor("images", images, shape=("N", 3, 32, 32), floating=True)
+    bpe, vocab, param = course_bpe(), course_vocab(), next(model.parameters())
+    tokenizer = tokenizer or tokenizer_recipe.WEIGHTS["tokenizer"].load(device=param.device)
+    t_param = next(tokenizer.parameters())
+    codes = torch.cat([tokenizer.encode(x.to(t_param.device)).cpu()
+                       for x in images.split(500)])  # (N, 8, 8)  # fmt: skip
+    contexts = _contexts(mem, embed_images(images), mode, k, seed, gate)
+    prompts = _prompts(contexts, [Segment("image", c) for c in codes], -1, vocab, bpe)
+    allowed = vocab.text_mask("EOS", device=param.device)  # text ids and EOS only
+    captions: list[str] = [""] * len(prompts)
+    for rows in _by_length(prompts):
+        batch = torch.stack([prompts[i] for i in rows]).to(param.device)  # (B, L)
+        for i, row in zip(rows, _greedy(model, batch, allowed, vocab.EOS, max_len)):
+            captions[i] = bpe.decode(row)
+    return captions, contexts
+
+
+def _greedy(
+    model: nn.Module, prompts: torch.Tensor, allowed: torch.Tensor, stop: int, max_len: int
+) -> list[list[int]]:
+    """Greedy ids after prompts (B, L) of one length, through the model's KV cache."""
+    cache = model.new_cache()
+    logits = model(prompts, cache=cache)[:, -1]  # (B, V)
+    return greedy_decode(logits, lambda ids: model(ids, cache=cache)[:, -1], allowed, stop,
+                         max_len)  # fmt: skip
+
+
+def read_captions(got: Sequence[str], truth: Sequence[str]) -> dict[str, float]:
+    """Generated captions against the true ones → {"exact": share word for word, "color",
+    "shape", "position": share with that attribute right}; a caption outside the grammar has
+    every attribute wrong."""
+    if len(got) != len(truth) or not truth:
+        raise ValueError(f"got and truth must be non-empty and as long, got {len(got)} and "
+                         f"{len(truth)}")  # fmt: skip
+    right = dict.fromkeys(("color", "shape", "position"), 0)
+    for g, t in zip(got, truth):
+        try:
+            words = parse_caption(g)
+        except ValueError:
+            continue
+        for attribute, word in parse_caption(t).items():
+            right[attribute] += words[attribute] == word
+    exact = sum(g == t for g, t in zip(got, truth))
+    return {"exact": exact / len(truth), **{a: r / len(truth) for a, r in right.items()}}
+
+
+def evaluate_heldout_captions(
+    model: nn.Module,
+    mem: Memory,
+    mode: str = "retrieved",
+    *,
+    k: int = 1,
+    per_caption: int = 4,
+    seed: int = 0,
+    tokenizer: nn.Module | None = None,
+    gate: float | None = None,
+) -> dict[str, float]:
+    """`caption_heldout` on fresh images of the held-out captions (per_caption renders each,
+    `render_captions(…, seed)`), read by `read_captions` → {"exact", "color", "shape",
+    "position", and with context "context_right": the share of queries whose first context
+    pair has the query's caption, "context_used": the share with a context}."""
+    per_caption = _validate.positive_int("per_caption", per_caption)
+    truth = held_out_captions() * per_caption
+    got, contexts = caption_heldout(model, mem, render_captions(truth, seed), mode, k=k,
+                                    seed=seed, tokenizer=tokenizer, gate=gate)  # fmt: skip
+    out = read_captions(got, truth)
+    if mode != "none":
+        right = sum(bool(ctx) and ctx[0][1] == c for ctx, c in zip(contexts, truth))
+        out["context_right"] = right / len(truth)
+        out["context_used"] = sum(bool(ctx) for ctx in contexts) / len(truth)
+    return out
+
+
 # ----------------------------------------------------------------------------------- rebuild
 
 
 def training_documents(
-    mem: Memory, k: int, seed: int = 0
+    mem: Memory, k: int, seed: int = 0, direction: str = "caption_image"
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The documents of both models: every pair of `training_memory(mem)` in TRAIN_DIRECTIONS,
-    with k = K context pairs retrieved by the pair's own image vector in the CONTEXT_MIX of
-    retrieved, random and no context (the RAG model), or none with k = 0 (the baseline)."""
-    return rag_documents(training_memory(mem), k=k, directions=TRAIN_DIRECTIONS,
+    """The documents of a direction's two models: every pair of `training_memory(mem)` in
+    `direction`, with k = K context pairs retrieved by the pair's own image vector in the
+    CONTEXT_MIX of retrieved, random and no context (the RAG model), or none with k = 0 (the
+    baseline)."""
+    return rag_documents(training_memory(mem), k=k, directions=(direction,),
                          retrieve_by="image", mix=CONTEXT_MIX, seed=seed)  # fmt: skip
 
 
 def experiment(
     seed: int = 0,
     *,
+    direction: str = "caption_image",
     directory: Path | str | None = None,
     steps: int = STEPS,
     per_caption: int = 10,
     progress: bool = False,
 ) -> dict[str, float]:
-    """The chapter's whole experiment on the CPU (call it on one thread: `rebuild`):
+    """One direction's whole experiment on the CPU (call it on one thread: `rebuild`):
 
     1. RAG: a fresh `new_model(seed)` trained `steps` steps (batch BATCH, lr LR) from scratch
-       on `training_documents(mem, K)`: retrieval from the first step, so that copying the
-       context is learned while it is the cheapest way down the loss;
+       on `training_documents(mem, K, seed, direction)`: retrieval from the first step, so
+       that copying the context is learned while it is the cheapest way down the loss;
     2. baseline: the same fresh model trained the same steps on the same pairs without
        context (k = 0), the fair comparison (same data, same steps, no retrieval);
-    3. held-out measures: recall@1/@4 of the held-out captions in the full memory, and caption
-       → image judge "all" (per_caption samples of each held-out caption, seed `seed`) of the
-       RAG model with retrieved, random and no context, and of the baseline, both models
-       read back from their float16 files.
+    3. held-out measures, both models read back from their float16 files: `measure` (caption
+       → image) or `measure_captions` (image → caption), per_caption queries of each
+       held-out caption, seed `seed`.
 
-    The models go to directory/retrieval_{rag,baseline}.pt (default: the shipped files under
-    data/). Returns the benchmark's keys (recall_at_1, recall_at_4, heldout_judge_no_retrieval
-    = the baseline, heldout_judge_retrieval and heldout_judge_random_context = the RAG model,
-    rag_gain_points = 100 × (retrieval − no retrieval)) with heldout_judge_rag_no_context and
-    each stage's seconds; under torchrun the other ranks return {} after training."""
+    The models go to directory/<PAIRS[direction]>.pt (default: the shipped files under
+    data/). Returns the measures' keys with each model's training seconds; under torchrun
+    the other ranks return {} after training."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     steps = _validate.positive_int("steps", steps)
     mem = memory(MEMORY_SIZE, seed)
     out: dict[str, float] = {}
-    paths = {}
-    for name, k in (("rag", K), ("baseline", 0)):
-        docs = training_documents(mem, k, seed)
+    paths = []
+    for name, k in zip(PAIRS[direction], (K, 0)):
+        docs = training_documents(mem, k, seed, direction)
         rows, draws = distributed.local_batch(BATCH), distributed.rank_seed(seed)  # per rank
         loader = RAGLoader(docs, batch_size=rows, seed=draws)
         result = train(new_model(seed), loader, steps=steps, lr=LR, seed=seed,
                        progress=progress, device="cpu")  # fmt: skip
-        out[f"{name}_seconds"] = result.seconds
-        weights = WEIGHTS[f"retrieval_{name}"]
-        paths[name] = Path(directory) / weights.file if directory is not None else weights.path
+        out[f"{'rag' if k else 'baseline'}_seconds"] = result.seconds
+        weights = WEIGHTS[name]
+        paths.append(Path(directory) / weights.file if directory is not None else weights.path)
         if distributed.is_main():  # rank 0 writes the files
-            weights.save(result.model, path=paths[name])
+            weights.save(result.model, path=paths[-1])
     if not distributed.is_main():
         return {}
-    rag, baseline = (load_model(paths[name], "cpu") for name in ("rag", "baseline"))
-    return out | measure(rag, baseline, mem, per_caption, seed)
+    rag, baseline = (load_model(path, "cpu") for path in paths)
+    measures = measure if direction == "caption_image" else measure_captions
+    return out | measures(rag, baseline, mem, per_caption, seed)
 
 
 def measure(
@@ -680,18 +832,75 @@ def measure(
     }
 
 
-def rebuild(seed: int = 0, *, directory: Path | str | None = None, **sizes: int) -> str:
-    """`experiment(seed, directory=…, **sizes)` on one thread (bit for bit reproducible):
-    writes data/retrieval_rag.pt and data/retrieval_baseline.pt (`python -m mmcourse.train
-    retrieval`, about 20 minutes on one CPU thread) → a one-line summary of its numbers."""
+def measure_captions(
+    rag: nn.Module,
+    baseline: nn.Module,
+    mem: Memory,
+    per_caption: int = 10,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Step 3 of `experiment` for image → caption: recall of fresh held-out images (their CLIP
+    image vectors against the memory's) and the exact-caption share of both models on them
+    (`evaluate_heldout_captions`, moved to `device` with the shipped tokenizer), and the RAG
+    system with its image relevance gate (`fit_gate(mem, query="image")`, set on images of
+    training captions)."""
+    start = time.perf_counter()
+    truth = held_out_captions() * per_caption
+    out = {f"image_{key}": v for key, v in
+           recall(mem, truth, images=render_captions(truth, seed)).items()}  # fmt: skip
+    rag, baseline = rag.to(device), baseline.to(device)
+    kw = {"per_caption": per_caption, "seed": seed,
+          "tokenizer": tokenizer_recipe.WEIGHTS["tokenizer"].load(device=device)}  # fmt: skip
+    retrieved, random_ctx, rag_none = (
+        evaluate_heldout_captions(rag, mem, mode, **kw)["exact"] for mode in CONTEXT_KINDS
+    )
+    no_retrieval = evaluate_heldout_captions(baseline, mem, "none", **kw)["exact"]
+    gate = fit_gate(mem, query="image")  # one value, whatever the sampling seed
+    gated = {mode: evaluate_heldout_captions(rag, mem, mode, gate=gate, **kw)
+             for mode in ("retrieved", "random")}  # fmt: skip
+    synchronize(device)
+    return out | {
+        "heldout_caption_no_retrieval": no_retrieval,
+        "heldout_caption_retrieval": retrieved,
+        "heldout_caption_random_context": random_ctx,
+        "caption_gain_points": 100 * (retrieved - no_retrieval),
+        "heldout_caption_rag_no_context": rag_none,
+        "caption_gate": gate,
+        "heldout_caption_retrieval_gated": gated["retrieved"]["exact"],
+        "heldout_caption_random_context_gated": gated["random"]["exact"],
+        "caption_gated_retrieved_used": gated["retrieved"]["context_used"],
+        "caption_gated_random_used": gated["random"]["context_used"],
+        "caption_gated_gain_points": 100 * (gated["retrieved"]["exact"] - no_retrieval),
+        "eval_seconds": time.perf_counter() - start,
+    }
+
+
+def rebuild(
+    seed: int = 0,
+    *,
+    direction: str = "caption_image",
+    directory: Path | str | None = None,
+    **sizes: int,
+) -> str:
+    """`experiment(seed, direction=…, directory=…, **sizes)` on one thread (bit for bit
+    reproducible): writes the direction's two models, data/retrieval_rag.pt and
+    retrieval_baseline.pt (`python -m mmcourse.train retrieval`) or retrieval_rag_captions.pt
+    and retrieval_baseline_captions.pt (`… retrieval_captions`), about 20 minutes each on one
+    CPU thread → a one-line summary of its numbers."""
     with one_thread():
-        out = experiment(seed, directory=directory, **sizes)
+        out = experiment(seed, direction=direction, directory=directory, **sizes)
     if not out:
         return ""
-    return "retrieval: " + ", ".join(
+    return f"{REBUILD_TARGETS[direction]}: " + ", ".join(
         f"{k} {v:.1f}" if k.endswith(("seconds", "points")) else f"{k} {v:.4f}"
         for k, v in out.items()
     )
 
 
-REBUILDS = {"retrieval": rebuild}
+def rebuild_captions(seed: int = 0, *, directory: Path | str | None = None, **sizes: int) -> str:
+    """`rebuild(seed, direction="image_caption", …)`: the image → caption pair."""
+    return rebuild(seed, direction="image_caption", directory=directory, **sizes)
+
+
+REBUILDS = {"retrieval": rebuild, "retrieval_captions": rebuild_captions}

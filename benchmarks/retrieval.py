@@ -13,8 +13,17 @@ heldout_judge_rag_no_context: the RAG model without context; rag_gain_points: 10
 (retrieval − no retrieval). The RAG system with its relevance gate (a context whose image's CLIP
 cosine with the query caption is below `gate`, set on training captions, is left out):
 heldout_judge_retrieval_gated / heldout_judge_random_context_gated, gated_retrieved_used /
-gated_random_used (the share of contexts let through), gated_gain_points. eval_s: the six
-evaluations' time (on a GPU after an untimed warm-up, the device synchronized around the clock).
+gated_random_used (the share of contexts let through), gated_gain_points.
+
+Image → caption, the captioning pair (data/retrieval_rag_captions.pt and its baseline) on fresh
+renders of the held-out captions, PER_CAPTION of each per seed, pooled the same way:
+image_recall_at_1 / image_recall_at_4 (a memory image of the query's caption among the top 1 / 4
+by CLIP image vector); heldout_caption_retrieval / heldout_caption_random_context /
+heldout_caption_rag_no_context / heldout_caption_no_retrieval: the share of greedy captions equal
+to the truth word for word, with the image's best memory pair, a random pair, no context, and
+from the baseline; caption_gain_points; caption_gate and the gated rows as above
+(caption_… keys). eval_s: both directions' evaluations' time (on a GPU after an untimed warm-up,
+the device synchronized around the clock).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import mmcourse
 from mmcourse import recipes
 from mmcourse.env import compute_threads
 from mmcourse.recipes import retrieval as retrieval_recipe
+from mmcourse.recipes.retrieval import PAIRS
 
 PER_CAPTION = 30  # 900 samples a row and seed
 SEEDS = (0, 1, 2, 3)  # pooled: 3,600 samples a row (one seed's 300 swing by ±4 points)
@@ -34,13 +44,17 @@ def run() -> dict[str, float]:
     dev = mmcourse.device()
     with compute_threads(dev):
         mem = retrieval_recipe.memory()
-        rag, baseline = (recipes.load(name, device=dev) for name in retrieval_recipe.WEIGHTS)
-        warm_up(lambda: retrieval_recipe.measure(rag, baseline, mem, 1, device=dev), dev)
+        measures = {"caption_image": retrieval_recipe.measure,
+                    "image_caption": retrieval_recipe.measure_captions}  # fmt: skip
+        pairs = [(measures[d], [recipes.load(n, device=dev) for n in PAIRS[d]]) for d in measures]
+        warm_up(lambda: [m(*models, mem, 1, device=dev) for m, models in pairs], dev)
 
         def pooled() -> dict[str, float]:
-            runs = [retrieval_recipe.measure(rag, baseline, mem, PER_CAPTION, seed, device=dev)
-                    for seed in SEEDS]  # fmt: skip
-            return {key: sum(r[key] for r in runs) / len(runs) for key in runs[0]}
+            out = {}
+            for measure, models in pairs:
+                runs = [measure(*models, mem, PER_CAPTION, seed, device=dev) for seed in SEEDS]
+                out |= {key: sum(r[key] for r in runs) / len(runs) for key in runs[0]}
+            return out
 
         scores, seconds = timed(pooled, dev)
     scores.pop("eval_seconds")

@@ -477,17 +477,31 @@ def test_retrieval_reports_the_issue_keys(monkeypatch):
                 "rag_gain_points": 20.0 + seed, "heldout_judge_rag_no_context": 0.4,
                 "eval_seconds": 9.0}  # fmt: skip
 
+    def measure_captions(rag, baseline, mem, per_caption, seed=0, device="cpu"):
+        calls.append((rag, baseline, per_caption, seed))
+        return {"image_recall_at_1": 1.0, "heldout_caption_no_retrieval": 0.1,
+                "heldout_caption_retrieval": 0.8 - seed / 100, "caption_gain_points": 70.0 - seed,
+                "eval_seconds": 3.0}  # fmt: skip
+
     monkeypatch.setattr(retrieval_recipe, "memory", lambda: "memory")
     monkeypatch.setattr(recipes, "load", lambda name, device: name)
     monkeypatch.setattr(retrieval_recipe, "measure", measure)
+    monkeypatch.setattr(retrieval_recipe, "measure_captions", measure_captions)
     results = _benchmark("retrieval").run()
     runner._check_results(results, "benchmarks/retrieval.py")
     assert set(results) == {
         "recall_at_1", "recall_at_4", "heldout_judge_no_retrieval", "heldout_judge_retrieval",
         "heldout_judge_random_context", "rag_gain_points", "heldout_judge_rag_no_context", "eval_s",
-        "samples_per_row",
+        "samples_per_row", "image_recall_at_1", "heldout_caption_no_retrieval",
+        "heldout_caption_retrieval", "caption_gain_points",
     }  # fmt: skip
+    caption_calls = [c for c in calls if len(c) == 4]
+    calls = [c for c in calls if len(c) == 2]
     assert calls[-4:] == [(30, 0), (30, 1), (30, 2), (30, 3)]  # after the warm-up call
+    assert caption_calls[-4:] == [  # the captioning pair, not the caption → image one
+        ("retrieval_rag_captions", "retrieval_baseline_captions", 30, s) for s in range(4)
+    ]
+    assert results["caption_gain_points"] == 68.5
     assert results["samples_per_row"] == 3600  # 4 seeds × 30 × 30 held-out captions
     assert results["rag_gain_points"] == 21.5  # pooled: the mean over the seeds
     assert results["heldout_judge_retrieval"] == pytest.approx(0.615)

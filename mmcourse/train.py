@@ -18,6 +18,9 @@ python -m mmcourse.train evaluation_samples # data/evaluation_samples.pt: 450 sa
                                      # of chapter 10's seven generators (≈ 9–10 min)
 python -m mmcourse.train retrieval   # data/retrieval_rag.pt, retrieval_baseline.pt: chapter 12's
                                      # RAG model and its no-context baseline (≈ 20 min)
+python -m mmcourse.train retrieval_captions # data/retrieval_rag_captions.pt,
+                                     # retrieval_baseline_captions.pt: the image → caption
+                                     # pair (≈ 20 min)
 python -m mmcourse.train scaling     # data/scaling_law.json: chapter 11's scaling-law runs, 6
                                      # sizes × 4 budgets and each direction alone (≈ 20 min)
 

@@ -96,7 +96,15 @@ def test_image_caption_document_puts_the_caption_last():
     n_caption = len(bpe.encode(query))
     assert ids[-1] == vocab.EOS and ids[-2 - n_caption] == vocab.EOI
     assert torch.equal(ids[-1 - n_caption : -1], torch.tensor(bpe.encode(query)))
-    assert int(scored.sum()) == 66 + n_caption + 1 and bool(scored[-(66 + n_caption + 1) :].all())
+    # only the caption and EOS are scored: the query's image is the input
+    assert int(scored.sum()) == n_caption + 1 and bool(scored[-(n_caption + 1) :].all())
+    # a context caption alone (codes None): [BOS] caption [BOI] image [EOI] caption [EOS]
+    ids, scored = rr.rag_document([(None, "a red square in the top left")], query, _codes(3),
+                                  vocab, bpe, direction="image_caption")  # fmt: skip
+    kinds = [kind for kind, _ in decode_interleaved(ids, vocab)]
+    assert kinds == ["text", "image", "text"] and int(scored.sum()) == n_caption + 1
+    with pytest.raises(TypeError, match="or None"):
+        rr.rag_document([("codes", "a red square in the top left")], query, _codes(3))
 
 
 def test_loader_mask_is_the_scored_part_and_never_padding(mem):
@@ -306,8 +314,10 @@ def test_context_mix_shares_and_the_documents_follow_them(mem):
              for c, x in zip(train.captions, train.codes)]  # fmt: skip
     vocab = course_vocab()
     for i, ((ids, scored), mode, query) in enumerate(zip(docs, drawn, alone)):
-        # the loss mask: exactly the query (every id after BOS of the document without context)
-        assert int(scored.sum()) == len(query) - 1 and bool(scored[-(len(query) - 1) :].all())
+        # the loss mask: caption → image, exactly the query (every id after BOS of the document
+        # without context); image → caption, its caption and EOS
+        written = len(query) - 1 if i < n else len(query) - 67
+        assert int(scored.sum()) == written and bool(scored[-written:].all())
         assert torch.equal(ids[-(len(query) - 1) :], query[1:])
         if mode == 2:  # no context
             assert len(ids) == len(query)
@@ -425,10 +435,10 @@ def test_caption_prompts_put_the_context_before_the_query_image(tiny, mem, monke
     _, contexts = rr.caption_heldout(tiny, mem, images, "retrieved", tokenizer=tokenizer)
     vocab, bpe = course_vocab(), course_bpe()
     assert len(seen) == 5 and all(p[0] == vocab.BOS and p[-1] == vocab.EOI for p in seen)
-    for ctx, x in zip(contexts, codes):  # [BOS] [BOI] ctx [EOI] ctx caption [BOI] query [EOI]
+    for ctx, x in zip(contexts, codes):  # [BOS] ctx caption [BOI] query [EOI], as trained
         expected = encode_interleaved(
-            [Segment("image", ctx[0][0]), Segment("text", torch.tensor(bpe.encode(ctx[0][1]))),
-             Segment("image", x)], vocab)[:-1]  # fmt: skip
+            [Segment("text", torch.tensor(bpe.encode(ctx[0][1]))), Segment("image", x)], vocab
+        )[:-1]
         assert any(torch.equal(p.cpu(), expected) for p in seen)
     assert [ctx[0][1] for ctx in contexts].count(captions[0]) >= 1
 
@@ -478,3 +488,36 @@ def test_rebuild_captions_plumbing_on_a_tiny_run(mem, monkeypatch, tmp_path):
     assert line.startswith("retrieval_captions: ") and all(f"{k} " in line for k in keys)
     with pytest.raises(ValueError, match="direction"):
         rr.experiment(direction="sideways")
+
+
+def test_captioning_documents_carry_captions_alone_and_drop_query_codes(mem):
+    train = rr.training_memory(mem)
+    n = len(train.captions)
+    docs = rr.training_documents(mem, rr.K, seed=2, direction="image_caption")
+    assert len(docs) == n and rr.TRAINING["image_caption"]["mix"] == rr.CAPTION_CONTEXT_MIX
+    drawn = rr.context_modes(n, rr.CAPTION_CONTEXT_MIX, seed=2).tolist()
+    nearest = rr.retrieve_context(train, train.image_emb, 1, exclude=torch.arange(n))
+    vocab, bpe = course_vocab(), course_bpe()
+    kept = []
+    for (ids, _), mode, ctx, caption, codes in zip(docs, drawn, nearest, train.captions,
+                                                        train.codes):  # fmt: skip
+        items = decode_interleaved(ids, vocab)
+        assert mode in (0, 2)  # retrieved or none: no random context
+        if mode == 0:  # [BOS] retrieved caption [BOI] query [EOI] caption [EOS]
+            assert [k for k, _ in items] == ["text", "image", "text"]
+            assert bpe.decode(items[0][1].tolist()) == ctx[0][1]
+        else:
+            assert [k for k, _ in items] == ["image", "text"]
+        assert bpe.decode(items[-1][1].tolist()) == caption
+        kept.append(float((items[-2][1] == codes).float().mean()))
+    # the share of each query's codes kept is spread from noise to clean, context or not
+    kept = torch.tensor(kept)
+    assert kept.min() < 0.1 and kept.max() > 0.9 and abs(float(kept.mean()) - 0.5) < 0.1
+    again = rr.training_documents(mem, rr.K, seed=2, direction="image_caption")
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(docs, again))  # seeded
+    baseline = rr.training_documents(mem, 0, seed=2, direction="image_caption")
+    for (ids, _), codes in zip(baseline, train.codes):  # the baseline's: clean, no context
+        items = decode_interleaved(ids, vocab)
+        assert [k for k, _ in items] == ["image", "text"] and torch.equal(items[0][1], codes)
+    with pytest.raises(ValueError, match="direction"):
+        rr.training_documents(mem, 1, direction="sideways")

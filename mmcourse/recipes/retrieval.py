@@ -96,11 +96,21 @@ MODEL_CONFIG = {"block_size": BLOCK_SIZE}  # chapter 07's default_config otherwi
 MEMORY_SIZE = 20_000  # the memory: chapter 07's training images (seed 0)
 _CHUNK = 1024  # queries retrieved at once
 CONTEXT_KINDS = ("retrieved", "random", "none")
-# Each pair's training, in its one direction: the RAG model's documents with K retrieved pairs
-# in CONTEXT_MIX (random pairs teach it to check the context, documents without any keep it
-# able to work alone), the baseline's without context, STEPS steps of BATCH from scratch.
+# Each pair's training, in its one direction: the RAG model's documents with K retrieved pairs,
+# the baseline's without context, STEPS steps of BATCH from scratch. Caption → image: the pairs
+# whole in CONTEXT_MIX (random pairs teach the model to check the context, documents without
+# any keep it able to draw alone). Image → caption (chapter 12, section 5, measured): the pairs'
+# captions alone in CAPTION_CONTEXT_MIX (the gate checks relevance, not the model) and the
+# query image's codes dropped at a uniform random rate per document, so that copying the
+# retrieved caption is learned as the surer way.
 K = 1
 CONTEXT_MIX = {"retrieved": 0.6, "random": 0.2, "none": 0.2}
+CAPTION_CONTEXT_MIX = {"retrieved": 0.8, "none": 0.2}
+TRAINING = {
+    "caption_image": {"mix": CONTEXT_MIX, "context_images": True, "query_dropout": False},
+    "image_caption": {"mix": CAPTION_CONTEXT_MIX, "context_images": False,
+                      "query_dropout": True},
+}  # fmt: skip
 GATE_SAMPLES = 50  # random memory images per training query when the gate is set
 GATE_RENDERS = 5  # fresh images of each training caption when the image gate is set
 STEPS, BATCH, LR = 3000, 16, 2e-3
@@ -233,7 +243,7 @@ def recall(
 
 
 def rag_document(
-    context: Sequence[tuple[torch.Tensor, str]],
+    context: Sequence[tuple[torch.Tensor | None, str]],
     caption: str,
     codes: torch.Tensor,
     vocab: Vocabulary | None = None,
@@ -247,30 +257,47 @@ def rag_document(
 
     for direction "caption_image" (the query's image follows its caption), or with the query
     written [BOI] image [EOI] caption for "image_caption". context: (codes (8, 8), caption)
-    pairs, possibly none. `scored[t]` is True where ids[t] is a target that counts: the query
-    part and the final EOS, never the retrieved context (the model learns to use it, not to
-    write it), as `unified.lm_loss` reads a loss mask."""
+    pairs, possibly none; codes None puts the caption alone. `scored[t]` is True where ids[t]
+    is a target that counts, as `unified.lm_loss` reads a loss mask: what the model is asked to
+    write, never the retrieved context (the model learns to use it, not to write it). For
+    caption → image that is the query and the final EOS; for image → caption the caption and
+    EOS (the query's image is the model's input, as when it captions)."""
     bpe = bpe or course_bpe()
     vocab = vocab or course_vocab(bpe)
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    segments = _context_segments(context, bpe)
+    query = [_text(caption, bpe, "caption"), Segment("image", codes)]
+    if direction == "image_caption":
+        query.reverse()
+    given = segments + query[:1] if direction == "image_caption" else segments
+    head = encode_interleaved(given, vocab)[:-1]  # [BOS] what the model is given, no EOS
+    ids = encode_interleaved(segments + query, vocab)
+    scored = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+    scored[len(head) :] = True  # what the model writes, and EOS
+    return ids, scored
+
+
+def _context_segments(context: object, bpe: BPE) -> list[Segment]:
+    """(codes (8, 8) | None, caption) pairs → their segments: image then caption, or the
+    caption alone where codes is None."""
     if isinstance(context, str | torch.Tensor) or not isinstance(context, Sequence):
         raise TypeError(f"context must be a list of (codes, caption) pairs, got {context!r:.60}")
     segments = []
     for k, pair in enumerate(context):
-        if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[1], str)):
+        if not (
+            isinstance(pair, tuple)
+            and len(pair) == 2
+            and isinstance(pair[0], torch.Tensor | None)
+            and isinstance(pair[1], str)
+        ):
             raise TypeError(
-                f"context[{k}] must be a (codes (8, 8), caption) pair, got {pair!r:.60}"
+                f"context[{k}] must be a (codes (8, 8) or None, caption) pair, got {pair!r:.60}"
             )
-        segments += [Segment("image", pair[0]), _text(pair[1], bpe, f"context[{k}] caption")]
-    query = [_text(caption, bpe, "caption"), Segment("image", codes)]
-    if direction == "image_caption":
-        query.reverse()
-    head = encode_interleaved(segments, vocab)[:-1]  # [BOS] context, without its EOS
-    ids = encode_interleaved(segments + query, vocab)
-    scored = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
-    scored[len(head) :] = True  # the query's ids and EOS
-    return ids, scored
+        if pair[0] is not None:
+            segments.append(Segment("image", pair[0]))
+        segments.append(_text(pair[1], bpe, f"context[{k}] caption"))
+    return segments
 
 
 def _text(caption: object, bpe: BPE, name: str) -> Segment:
@@ -344,6 +371,8 @@ def rag_documents(
     retrieve_by: str = "caption",
     mix: Mapping[str, float] | None = None,
     seed: int = 0,
+    context_images: bool = True,
+    query_dropout: bool = False,
     vocab: Vocabulary | None = None,
     bpe: BPE | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -355,7 +384,11 @@ def rag_documents(
     and place, so the context is worth copying); image_caption documents by the image's.
     k = 0: no context (the baseline). `mix` (e.g. CONTEXT_MIX) gives each document, by
     `context_modes(…, seed)` (one draw per direction in turn), retrieved context, k uniformly
-    random memory pairs (seeded) or none; without it every document gets retrieved context."""
+    random memory pairs (seeded) or none; without it every document gets retrieved context.
+    context_images False puts each context pair's caption alone. query_dropout (image_caption
+    documents with k > 0): each document's query codes are replaced by uniformly random codes
+    at a rate drawn uniformly in [0, 1) (seeded), from a clean image to noise, so that the
+    context caption is sometimes the only sure source of the answer."""
     bpe = bpe or course_bpe()
     vocab = vocab or course_vocab(bpe)
     k = _validate.integer("k", k, low=0)
@@ -371,7 +404,7 @@ def rag_documents(
     g = torch.Generator().manual_seed(seed)
     docs = []
     for direction, mode in zip(directions, modes):
-        contexts: list[list[tuple[torch.Tensor, str]]] = [[] for _ in range(n)]
+        contexts: list[list[tuple[torch.Tensor | None, str]]] = [[] for _ in range(n)]
         if k > 0:
             by_caption = direction == "caption_image" and retrieve_by == "caption"
             queries = mem.text_emb if by_caption else mem.image_emb  # (N, E)
@@ -382,9 +415,23 @@ def rag_documents(
                 contexts[i] = ctx
             for i in (mode == 1).nonzero().flatten().tolist():
                 contexts[i] = [(mem.codes[j], mem.captions[j]) for j in picks[i].tolist()]
-        docs += [rag_document(ctx, c, codes, vocab, bpe, direction=direction)
-                 for ctx, c, codes in zip(contexts, mem.captions, mem.codes)]  # fmt: skip
+        if not context_images:
+            contexts = [[(None, c) for _, c in ctx] for ctx in contexts]
+        codes = mem.codes
+        if query_dropout and k > 0 and direction == "image_caption":
+            codes = _drop_codes(codes, vocab.image_codes, g)
+        docs += [rag_document(ctx, c, x, vocab, bpe, direction=direction)
+                 for ctx, c, x in zip(contexts, mem.captions, codes)]  # fmt: skip
     return docs
+
+
+def _drop_codes(codes: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
+    """codes (N, 8, 8) → a copy with each image's codes replaced by random codes in [0, size)
+    at its own rate r ~ U[0, 1): query dropout."""
+    rate = torch.rand(len(codes), 1, 1, generator=g)  # (N, 1, 1)
+    hit = torch.rand(codes.shape, generator=g) < rate  # (N, 8, 8)
+    noise = torch.randint(size, codes.shape, generator=g)
+    return torch.where(hit, noise, codes)
 
 
 class RAGLoader:
@@ -532,7 +579,7 @@ def _contexts(
 
 
 def _prompts(
-    contexts: Sequence[Sequence[tuple[torch.Tensor, str]]],
+    contexts: Sequence[Sequence[tuple[torch.Tensor | None, str]]],
     queries: Sequence[Segment],
     close: int,
     vocab: Vocabulary,
@@ -541,9 +588,7 @@ def _prompts(
     """[BOS] context… query then the `close` id (BOI before an image is sampled)."""
     prompts = []
     for ctx, query in zip(contexts, queries):
-        segments = []
-        for codes, caption in ctx:
-            segments += [Segment("image", codes), _text(caption, bpe, "context caption")]
+        segments = _context_segments(ctx, bpe)
         ids = encode_interleaved([*segments, query], vocab)[:-1]  # without EOS
         prompts.append(torch.cat([ids, torch.tensor([close])]) if close >= 0 else ids)
     return prompts
@@ -650,7 +695,8 @@ def caption_heldout(
 ) -> tuple[list[str], list[list[tuple[torch.Tensor, str]]]]:
     """Image → caption for each image (N, 3, 32, 32): the prompt is [BOS] context [BOI] image
     [EOI], the context being the image's k best memory pairs by CLIP image vector (mode
-    "retrieved"), k seeded random memory pairs ("random", the control) or nothing ("none");
+    "retrieved"), k seeded random memory pairs ("random", the control) or nothing ("none"),
+    written as the captioning pair trained (TRAINING["image_caption"]: the captions alone);
     with a `gate` τ (`fit_gate(…, query="image")`) a context whose image's cosine with the
     query image is below τ is left out. The image goes in as the shipped tokenizer's codes
     (unless given); the caption is decoded greedily among text ids until EOS (or max_len ids)
@@ -663,7 +709,10 @@ def caption_heldout(
     codes = torch.cat([tokenizer.encode(x.to(t_param.device)).cpu()
                        for x in images.split(500)])  # (N, 8, 8)  # fmt: skip
     contexts = _contexts(mem, embed_images(images), mode, k, seed, gate)
-    prompts = _prompts(contexts, [Segment("image", c) for c in codes], -1, vocab, bpe)
+    shown = contexts
+    if not TRAINING["image_caption"]["context_images"]:
+        shown = [[(None, c) for _, c in ctx] for ctx in contexts]
+    prompts = _prompts(shown, [Segment("image", c) for c in codes], -1, vocab, bpe)
     allowed = vocab.text_mask("EOS", device=param.device)  # text ids and EOS only
     captions: list[str] = [""] * len(prompts)
     for rows in _by_length(prompts):
@@ -736,11 +785,14 @@ def training_documents(
     mem: Memory, k: int, seed: int = 0, direction: str = "caption_image"
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The documents of a direction's two models: every pair of `training_memory(mem)` in
-    `direction`, with k = K context pairs retrieved by the pair's own image vector in the
-    CONTEXT_MIX of retrieved, random and no context (the RAG model), or none with k = 0 (the
-    baseline)."""
+    `direction`, with k = K context pairs retrieved by the pair's own image vector, as
+    TRAINING[direction] says (the mix of retrieved, random and no context; whole pairs or
+    captions alone; query dropout) for the RAG model, or none with k = 0 (the baseline, on
+    clean images)."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     return rag_documents(training_memory(mem), k=k, directions=(direction,),
-                         retrieve_by="image", mix=CONTEXT_MIX, seed=seed)  # fmt: skip
+                         retrieve_by="image", seed=seed, **TRAINING[direction])  # fmt: skip
 
 
 def experiment(

@@ -451,6 +451,11 @@ def test_evaluate_heldout_captions_on_a_tiny_model(tiny, mem, mode):
     assert ("context_used" in out) == (mode != "none")
     if mode == "retrieved":
         assert out["context_right"] >= 0.9 and out["context_used"] == 1.0
+    if mode != "none":
+        got, contexts = rr.caption_heldout(tiny, mem, rr.render_captions(
+            rr.held_out_captions(), seed=2), mode, seed=2)  # fmt: skip
+        copied = sum(g == ctx[0][1] for g, ctx in zip(got, contexts)) / 30
+        assert out["context_copied"] == copied
     got, contexts = rr.caption_heldout(tiny, mem, rr.render_captions(rr.held_out_captions()[:3]),
                                        mode, seed=2)  # fmt: skip
     assert len(got) == 3 and all(isinstance(c, str) for c in got)
@@ -484,7 +489,8 @@ def test_rebuild_captions_plumbing_on_a_tiny_run(mem, monkeypatch, tmp_path):
             "heldout_caption_retrieval", "heldout_caption_random_context", "caption_gain_points",
             "heldout_caption_rag_no_context", "caption_gate", "heldout_caption_retrieval_gated",
             "heldout_caption_random_context_gated", "caption_gated_random_used",
-            "caption_gated_gain_points", "rag_seconds", "baseline_seconds")  # fmt: skip
+            "caption_gated_gain_points", "caption_random_copied", "rag_seconds",
+            "baseline_seconds")  # fmt: skip
     assert line.startswith("retrieval_captions: ") and all(f"{k} " in line for k in keys)
     with pytest.raises(ValueError, match="direction"):
         rr.experiment(direction="sideways")
@@ -521,3 +527,17 @@ def test_captioning_documents_carry_captions_alone_and_drop_query_codes(mem):
         assert [k for k, _ in items] == ["image", "text"] and torch.equal(items[0][1], codes)
     with pytest.raises(ValueError, match="direction"):
         rr.training_documents(mem, 1, direction="sideways")
+
+
+def test_evaluate_heldout_captions_counts_right_used_and_copied(mem, tiny, monkeypatch):
+    truth = rr.held_out_captions()
+    other = "a red square in the center"
+    # 30 queries: 10 with the right context copied, 10 with a wrong context copied, 10 without
+    contexts = [[(None, c)] for c in truth[:10]] + [[(None, other)]] * 10 + [[]] * 10
+    got = truth[:10] + [other] * 10 + truth[20:]
+    monkeypatch.setattr(rr, "caption_heldout", lambda *a, **kw: (got, contexts))
+    out = rr.evaluate_heldout_captions(tiny, mem, "retrieved", per_caption=1)
+    assert out["exact"] == pytest.approx(20 / 30)
+    assert out["context_right"] == pytest.approx(10 / 30)
+    assert out["context_used"] == pytest.approx(20 / 30)
+    assert out["context_copied"] == pytest.approx(20 / 30)

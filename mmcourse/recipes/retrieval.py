@@ -765,7 +765,8 @@ def evaluate_heldout_captions(
     """`caption_heldout` on fresh images of the held-out captions (per_caption renders each,
     `render_captions(…, seed)`), read by `read_captions` → {"exact", "color", "shape",
     "position", and with context "context_right": the share of queries whose first context
-    pair has the query's caption, "context_used": the share with a context}."""
+    pair has the query's caption, "context_used": the share with a context, "context_copied":
+    the share whose caption is their first context pair's, word for word}."""
     per_caption = _validate.positive_int("per_caption", per_caption)
     truth = held_out_captions() * per_caption
     got, contexts = caption_heldout(model, mem, render_captions(truth, seed), mode, k=k,
@@ -775,6 +776,8 @@ def evaluate_heldout_captions(
         right = sum(bool(ctx) and ctx[0][1] == c for ctx, c in zip(contexts, truth))
         out["context_right"] = right / len(truth)
         out["context_used"] = sum(bool(ctx) for ctx in contexts) / len(truth)
+        out["context_copied"] = sum(bool(ctx) and ctx[0][1] == g
+                                    for ctx, g in zip(contexts, got)) / len(truth)  # fmt: skip
     return out
 
 
@@ -904,9 +907,9 @@ def measure_captions(
     rag, baseline = rag.to(device), baseline.to(device)
     kw = {"per_caption": per_caption, "seed": seed,
           "tokenizer": tokenizer_recipe.WEIGHTS["tokenizer"].load(device=device)}  # fmt: skip
-    retrieved, random_ctx, rag_none = (
-        evaluate_heldout_captions(rag, mem, mode, **kw)["exact"] for mode in CONTEXT_KINDS
-    )
+    rows = {mode: evaluate_heldout_captions(rag, mem, mode, **kw) for mode in CONTEXT_KINDS}
+    retrieved, random_ctx, rag_none = (rows[mode]["exact"] for mode in CONTEXT_KINDS)
+    random_copied = rows["random"]["context_copied"]  # a forced random caption written out
     no_retrieval = evaluate_heldout_captions(baseline, mem, "none", **kw)["exact"]
     gate = fit_gate(mem, query="image")  # one value, whatever the sampling seed
     gated = {mode: evaluate_heldout_captions(rag, mem, mode, gate=gate, **kw)
@@ -923,6 +926,7 @@ def measure_captions(
         "heldout_caption_random_context_gated": gated["random"]["exact"],
         "caption_gated_retrieved_used": gated["retrieved"]["context_used"],
         "caption_gated_random_used": gated["random"]["context_used"],
+        "caption_random_copied": random_copied,
         "caption_gated_gain_points": 100 * (gated["retrieved"]["exact"] - no_retrieval),
         "eval_seconds": time.perf_counter() - start,
     }

@@ -99,7 +99,7 @@ CONTEXT_KINDS = ("retrieved", "random", "none")
 # Each pair's training, in its one direction: the RAG model's documents with K retrieved pairs,
 # the baseline's without context, STEPS steps of BATCH from scratch. Caption → image: the pairs
 # whole in CONTEXT_MIX (random pairs teach the model to check the context, documents without
-# any keep it able to draw alone). Image → caption (chapter 12, section 5, measured): the pairs'
+# any keep it able to draw alone). Image → caption (chapter 12, section 6, measured): the pairs'
 # captions alone in CAPTION_CONTEXT_MIX (the gate checks relevance, not the model) and the
 # query image's codes dropped at a uniform random rate per document, so that copying the
 # retrieved caption is learned as the surer way.

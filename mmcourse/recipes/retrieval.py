@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -863,28 +863,42 @@ def measure(
     kw = {"per_caption": per_caption, "seed": seed,
           "judge": judge_recipe.WEIGHTS["judge"].load(device=device),
           "tokenizer": tokenizer_recipe.WEIGHTS["tokenizer"].load(device=device)}  # fmt: skip
-    retrieved, random_ctx, rag_none = (
-        evaluate_heldout(rag, mem, mode, **kw)["judge"] for mode in CONTEXT_KINDS
-    )
-    no_retrieval = evaluate_heldout(baseline, mem, "none", **kw)["judge"]
     gate = fit_gate(mem)  # the system's threshold: one value, whatever the sampling seed
-    gated = {mode: evaluate_heldout(rag, mem, mode, gate=gate, **kw)
-             for mode in ("retrieved", "random")}  # fmt: skip
+    rows = _rows(evaluate_heldout, rag, baseline, mem, gate, **kw)
+    judge = {name: row["judge"] for name, row in rows.items()}
     synchronize(device)
     return out | {
-        "heldout_judge_no_retrieval": no_retrieval,
-        "heldout_judge_retrieval": retrieved,
-        "heldout_judge_random_context": random_ctx,
-        "rag_gain_points": 100 * (retrieved - no_retrieval),
-        "heldout_judge_rag_no_context": rag_none,
+        "heldout_judge_no_retrieval": judge["baseline"],
+        "heldout_judge_retrieval": judge["retrieved"],
+        "heldout_judge_random_context": judge["random"],
+        "rag_gain_points": 100 * (judge["retrieved"] - judge["baseline"]),
+        "heldout_judge_rag_no_context": judge["none"],
         "gate": gate,
-        "heldout_judge_retrieval_gated": gated["retrieved"]["judge"],
-        "heldout_judge_random_context_gated": gated["random"]["judge"],
-        "gated_retrieved_used": gated["retrieved"]["context_used"],
-        "gated_random_used": gated["random"]["context_used"],
-        "gated_gain_points": 100 * (gated["retrieved"]["judge"] - no_retrieval),
+        "heldout_judge_retrieval_gated": judge["gated_retrieved"],
+        "heldout_judge_random_context_gated": judge["gated_random"],
+        "gated_retrieved_used": rows["gated_retrieved"]["context_used"],
+        "gated_random_used": rows["gated_random"]["context_used"],
+        "gated_gain_points": 100 * (judge["gated_retrieved"] - judge["baseline"]),
         "eval_seconds": time.perf_counter() - start,
     }
+
+
+def _rows(
+    evaluate: Callable[..., dict[str, float]],
+    rag: nn.Module,
+    baseline: nn.Module,
+    mem: Memory,
+    gate: float,
+    **kw: object,
+) -> dict[str, dict[str, float]]:
+    """One direction's measured rows, each `evaluate(model, mem, mode, …)`: the RAG model with
+    each of CONTEXT_KINDS, "baseline" (no context) and "gated_retrieved" / "gated_random" (the
+    RAG model behind the gate)."""
+    rows = {mode: evaluate(rag, mem, mode, **kw) for mode in CONTEXT_KINDS}
+    rows["baseline"] = evaluate(baseline, mem, "none", **kw)
+    for mode in ("retrieved", "random"):
+        rows[f"gated_{mode}"] = evaluate(rag, mem, mode, gate=gate, **kw)
+    return rows
 
 
 def measure_captions(
@@ -907,27 +921,23 @@ def measure_captions(
     rag, baseline = rag.to(device), baseline.to(device)
     kw = {"per_caption": per_caption, "seed": seed,
           "tokenizer": tokenizer_recipe.WEIGHTS["tokenizer"].load(device=device)}  # fmt: skip
-    rows = {mode: evaluate_heldout_captions(rag, mem, mode, **kw) for mode in CONTEXT_KINDS}
-    retrieved, random_ctx, rag_none = (rows[mode]["exact"] for mode in CONTEXT_KINDS)
-    random_copied = rows["random"]["context_copied"]  # a forced random caption written out
-    no_retrieval = evaluate_heldout_captions(baseline, mem, "none", **kw)["exact"]
     gate = fit_gate(mem, query="image")  # one value, whatever the sampling seed
-    gated = {mode: evaluate_heldout_captions(rag, mem, mode, gate=gate, **kw)
-             for mode in ("retrieved", "random")}  # fmt: skip
+    rows = _rows(evaluate_heldout_captions, rag, baseline, mem, gate, **kw)
+    exact = {name: row["exact"] for name, row in rows.items()}
     synchronize(device)
     return out | {
-        "heldout_caption_no_retrieval": no_retrieval,
-        "heldout_caption_retrieval": retrieved,
-        "heldout_caption_random_context": random_ctx,
-        "caption_gain_points": 100 * (retrieved - no_retrieval),
-        "heldout_caption_rag_no_context": rag_none,
+        "heldout_caption_no_retrieval": exact["baseline"],
+        "heldout_caption_retrieval": exact["retrieved"],
+        "heldout_caption_random_context": exact["random"],
+        "caption_gain_points": 100 * (exact["retrieved"] - exact["baseline"]),
+        "heldout_caption_rag_no_context": exact["none"],
         "caption_gate": gate,
-        "heldout_caption_retrieval_gated": gated["retrieved"]["exact"],
-        "heldout_caption_random_context_gated": gated["random"]["exact"],
-        "caption_gated_retrieved_used": gated["retrieved"]["context_used"],
-        "caption_gated_random_used": gated["random"]["context_used"],
-        "caption_random_copied": random_copied,
-        "caption_gated_gain_points": 100 * (gated["retrieved"]["exact"] - no_retrieval),
+        "heldout_caption_retrieval_gated": exact["gated_retrieved"],
+        "heldout_caption_random_context_gated": exact["gated_random"],
+        "caption_gated_retrieved_used": rows["gated_retrieved"]["context_used"],
+        "caption_gated_random_used": rows["gated_random"]["context_used"],
+        "caption_random_copied": rows["random"]["context_copied"],  # a forced random caption
+        "caption_gated_gain_points": 100 * (exact["gated_retrieved"] - exact["baseline"]),
         "eval_seconds": time.perf_counter() - start,
     }
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mmcourse import checkpoints, recipes, train
+from mmcourse.checks._placement import PlacementAudit, is_host
 from mmcourse.data import DigitsDataset
 from mmcourse.recipes import evaluation as ev
 
@@ -151,6 +152,23 @@ def test_digit_features_use_the_vit():
     f = ev.digit_features(digits)
     assert f.shape == (len(digits), 64) and f.dtype == torch.float32
     assert f.mean().abs() < 0.2 and 0.7 < f.std() < 1.3  # scaled by the training digits
+
+
+@pytest.mark.parametrize("extractor", ev.EXTRACTORS)
+def test_features_computed_on_the_course_device_come_back_to_the_images(extractor, device):
+    """Host images (`.cpu()`, as on a GPU machine) with their features computed on the course
+    device, under the GPU's rule (the placement audit): each batch is sent there, the result
+    comes back to the images' device, and the values are the host computation's."""
+    images, _ = ev.real_images(8, seed=3)
+    digits = DigitsDataset("test").images[:8]
+    with PlacementAudit():
+        host, host_digits = images.cpu(), digits.cpu()
+        f = ev.features(host, extractor, device=device)
+        d = ev.digit_features(host_digits, device=device)
+        assert is_host(f) and is_host(d)
+    tol = 1e-4 if device.type == "cpu" else 2e-2  # a GPU's convolutions may run on TF32
+    assert torch.allclose(f, ev.features(images.cpu(), extractor), atol=tol)
+    assert torch.allclose(d, ev.digit_features(digits.cpu()), atol=tol)
 
 
 def test_sample_draws_fresh_images_of_the_captions():

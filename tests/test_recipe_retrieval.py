@@ -5,12 +5,15 @@ model, and every documented error, named."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from mmcourse import recipes
 from mmcourse import train as train_cli
 from mmcourse.bpe import course_bpe
+from mmcourse.checks._placement import PlacementAudit, is_host
 from mmcourse.data import COLORS, SHAPES, ShapesDataset, all_captions, caption_to_labels
 from mmcourse.recipes import retrieval as rr
 from mmcourse.recipes import unified as unified_recipe
@@ -541,3 +544,22 @@ def test_evaluate_heldout_captions_counts_right_used_and_copied(mem, tiny, monke
     assert out["context_right"] == pytest.approx(10 / 30)
     assert out["context_used"] == pytest.approx(20 / 30)
     assert out["context_copied"] == pytest.approx(20 / 30)
+
+
+def test_the_model_paths_keep_every_tensor_on_the_models_device(tiny, mem, device):
+    """What the notebook runs with a model on the course device, under the GPU's rule (the
+    placement audit): the memory stays on the host by design (`.cpu()` marks it so), so every
+    prompt, context and rendered image must be sent to the model's device, as on a GPU."""
+    model = copy.deepcopy(tiny).to(device)  # the shared fixture stays where it is
+    captions = rr.held_out_captions()[:2]
+    with PlacementAudit():
+        host = rr.Memory(*(x.cpu() if isinstance(x, torch.Tensor) else x for x in mem))
+        assert is_host(host.codes) and is_host(host.image_emb)
+        docs = rr.rag_documents(rr.subset(host, torch.arange(8)), k=1)
+        rr.train(model, rr.RAGLoader(docs, batch_size=2), steps=1, progress=False, device=device)
+        for mode in ("retrieved", "random", "none"):
+            rr.evaluate_heldout(model, host, mode, per_caption=1, captions=captions, gate=0.5)
+            rr.evaluate_heldout_captions(model, host, mode, per_caption=1, gate=0.5)
+        images, _ = rr.sample_heldout(model, host, captions, "retrieved", seed=2)
+        rr.judge_images(images, captions)
+        rr.caption_heldout(model, host, rr.render_captions(captions), "retrieved")

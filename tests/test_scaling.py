@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mmcourse import recipes, train
+from mmcourse.checks._placement import PlacementAudit
 from mmcourse.data import ShapesDataset
 from mmcourse.recipes import scaling as sc
 from mmcourse.recipes import unified as unified_recipe
@@ -91,6 +92,19 @@ def test_a_run_measures_every_budget_and_its_first_steps_are_a_shorter_run(small
     short = sc.train_size(24, 1, budgets=(2,), batch=4, sources=sources, held=held,
                           progress=False, device="cpu")  # fmt: skip
     assert short[0] == rows[0]  # a fixed warm-up: one long run gives every shorter budget
+
+
+def test_a_run_keeps_every_tensor_on_the_course_device(small, device):
+    """The notebook's live runs, under the GPU's rule (the placement audit): the documents and
+    the held-out codes are host tensors (`.cpu()`), as on a GPU machine, so the trainer and the
+    held-out scoring must send each batch to the model's device."""
+    sources, (codes, captions) = small
+    with PlacementAudit():
+        host = {kind: [ids.cpu() for ids in docs] for kind, docs in sources.items()}
+        held = (codes.cpu(), captions)
+        rows = sc.train_size(24, 1, budgets=(1,), batch=4, sources=host, held=held,
+                             progress=False, device=device)  # fmt: skip
+    assert len(rows) == 1 and rows[0]["loss"] > 0
 
 
 def _rows(law: Law, sizes, mix: str = "caption_image+image_caption") -> list[dict]:

@@ -31,7 +31,10 @@ from __future__ import annotations
 import ast
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -406,3 +409,33 @@ def test_unified_and_transfusion_train_on_the_course_device(device, one_thread):
 
 def test_the_course_device_is_what_the_fixture_gives(device):
     assert env.same_device(mmcourse.device(), device)
+
+
+# ------------------------------------------------------------------- nbval on a loaded machine
+
+
+def test_nbval_waits_a_minute_for_a_finished_cells_outputs(tmp_path):
+    """conftest.py at the root lengthens nbval's 5 s wait for outputs on every notebook cell
+    (checked on real nbval items, so an nbval release that renames the setting fails here)."""
+    probe = tmp_path / "output_wait_probe.py"
+    probe.write_text(
+        "def pytest_collection_finish(session):\n"
+        "    for item in session.items:\n"
+        "        print('OUTPUT_WAIT', getattr(item, 'output_timeout', None))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+         "-p", "output_wait_probe", "--nbval-lax", "solutions/00_welcome.ipynb"],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )  # fmt: skip
+    waits = re.findall(r"^OUTPUT_WAIT (\S+)$", done.stdout, re.MULTILINE)
+    assert waits and set(waits) == {"60"}, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU this would run the whole check")
+def test_gpu_check_parses_and_says_it_needs_a_gpu(tmp_path):
+    script = ROOT / ".ci" / "gpu-check"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    done = subprocess.run(["bash", str(script), "--python", sys.executable, "--logs",
+                           str(tmp_path)], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2 and "needs one" in done.stdout, done.stdout + done.stderr

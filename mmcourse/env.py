@@ -90,10 +90,15 @@ def normalize_device(dev: str | torch.device) -> torch.device:
     """`dev` with its index filled in, as tensors report it: "cuda" → cuda:0 (the current GPU).
 
     `torch.device("cuda") != torch.device("cuda", 0)` although a tensor created on the first is
-    on the second, so every comparison of devices in the course goes through this function."""
+    on the second, so every comparison of devices in the course goes through this function.
+
+    Naming the device does not start CUDA: until CUDA starts the current GPU is GPU 0, and
+    asking CUDA would create its context here, which a process forked afterwards cannot use
+    (chapter 11 forks its gloo ranks from the notebook)."""
     dev = torch.device(dev)
     if dev.type == "cuda" and dev.index is None:
-        return torch.device("cuda", torch.cuda.current_device())
+        index = torch.cuda.current_device() if torch.cuda.is_initialized() else 0
+        return torch.device("cuda", index)
     return dev
 
 

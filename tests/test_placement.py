@@ -84,6 +84,23 @@ def test_device_normalisation():
         assert same_device("cuda", torch.zeros(1, device="cuda").device)
 
 
+def test_naming_the_gpu_does_not_start_cuda(monkeypatch):
+    """Before CUDA starts, "cuda" is GPU 0 without asking CUDA (asking would create a context
+    that ranks forked later cannot use); once started, the current GPU. A stand-in CUDA here."""
+    calls = []
+
+    def current_device():
+        calls.append("current_device")
+        return 1
+
+    monkeypatch.setattr(torch.cuda, "current_device", current_device)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert normalize_device("cuda") == torch.device("cuda", 0) and calls == []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert normalize_device("cuda") == torch.device("cuda", 1) and calls == ["current_device"]
+    assert normalize_device("cuda:2") == torch.device("cuda", 2)
+
+
 # --- every checker reports the classic mistake -------------------------------------------------
 
 

@@ -87,7 +87,8 @@ def device() -> torch.device:
 
 
 def normalize_device(dev: str | torch.device) -> torch.device:
-    """`dev` with its index filled in, as tensors report it: "cuda" → cuda:0 (the current GPU).
+    """`dev` as tensors report it: "cuda" → cuda:0 (the current GPU), "cpu:0" → cpu (CPU tensors
+    carry no index).
 
     `torch.device("cuda") != torch.device("cuda", 0)` although a tensor created on the first is
     on the second, so every comparison of devices in the course goes through this function.
@@ -99,6 +100,8 @@ def normalize_device(dev: str | torch.device) -> torch.device:
     if dev.type == "cuda" and dev.index is None:
         index = torch.cuda.current_device() if torch.cuda.is_initialized() else 0
         return torch.device("cuda", index)
+    if dev.type == "cpu":
+        return torch.device("cpu")
     return dev
 
 

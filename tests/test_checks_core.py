@@ -133,7 +133,9 @@ def test_default_device_comes_from_the_environment(monkeypatch, capsys):
 
     monkeypatch.setenv("MMCOURSE_DEVICE", "cpu")
     check_device(lambda: None)
-    assert seen == [torch.device("cpu")]
+    monkeypatch.setenv("MMCOURSE_DEVICE", "cpu:0")  # named with an index: as tensors report it
+    check_device(lambda: None)
+    assert seen == [torch.device("cpu")] * 2
     assert "passed (0 checks)" in capsys.readouterr().out
 
 

@@ -79,6 +79,7 @@ def test_moves_and_their_marks():
 def test_device_normalisation():
     assert normalize_device("cpu") == torch.device("cpu")
     assert same_device("cpu", torch.device("cpu"))
+    assert normalize_device("cpu:0") == torch.zeros(1, device="cpu:0").device == torch.device("cpu")
     if torch.cuda.is_available():
         assert normalize_device("cuda") == torch.device("cuda", torch.cuda.current_device())
         assert same_device("cuda", torch.zeros(1, device="cuda").device)

@@ -210,6 +210,20 @@ def test_a_failure_shows_no_checker_frames():
     assert failed.value.__suppress_context__  # raised `from None`
 
 
+def test_the_rank_that_raised_is_reported_not_the_one_that_lost_contact_with_it():
+    """When rank 1 raises and leaves, rank 0's all_reduce fails too ("Connection closed by
+    peer"), and both errors may be on disk before the ranks are stopped: the report names the
+    cause (seen once in CI, where rank 0's echo was reported with the hang hint)."""
+    echo = "RuntimeError: [pair.cc:553] Connection closed by peer [127.0.0.1]:19843"
+    cause = "ValueError: rank 1 is broken (in _raises_on_rank_1, at `raise ValueError`)"
+    assert ch11._cause({0: echo, 1: cause}) == (1, cause)
+    assert ch11._cause({1: cause}) == (1, cause)
+    timed_out = "RuntimeError: Timed out waiting 10000ms for recv operation to complete"
+    assert ch11._cause({0: echo, 1: timed_out}) == (0, echo)  # only echoes: the first rank's
+    assert ch11._lost_contact(echo) and ch11._lost_contact(timed_out)
+    assert not ch11._lost_contact(cause)
+
+
 def test_without_fork_the_check_says_what_to_do(monkeypatch):
     monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
     message = r"\"runs on 2 ranks(.|\n)*got:      no 'fork' start method \(Windows\)(.|\n)*WSL"

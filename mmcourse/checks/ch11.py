@@ -125,7 +125,7 @@ def _rank(r: int, world: int, port: int, out: Path, check: Check) -> None:
             (out / f"rank{r}.stub").touch()
             return
         except Exception as error:
-            (out / f"rank{r}.err").write_text(_where(error))
+            _write(out / f"rank{r}.err", _where(error))
             return
         found = {
             "ddp": {n: p.grad for n, p in reference.named_parameters()},
@@ -136,13 +136,21 @@ def _rank(r: int, world: int, port: int, out: Path, check: Check) -> None:
         }
         torch.save(found, out / f"rank{r}.pt")
     except BaseException as error:  # the checker's own part failed: say so, never hang
-        (out / f"rank{r}.err").write_text(_where(error))
+        _write(out / f"rank{r}.err", _where(error))
     finally:
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def _write(path: Path, text: str) -> None:
+    """Write, then rename into place: the parent polls for rank*.err and must never read half
+    a file."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(text)
+    os.replace(part, path)
 
 
 def _where(error: BaseException) -> str:
@@ -193,12 +201,12 @@ def _run_ranks(check: Check, world: int) -> list[dict[str, Any]]:
                 process.join()
         if any((out / f"rank{r}.stub").exists() for r in range(world)):
             raise _NotImplemented()
-        for r in range(world):
-            if (out / f"rank{r}.err").exists():
-                error = (out / f"rank{r}.err").read_text()
-                timed_out = any(w in error for w in ("Timed out", "timed out", "Connection"))
-                got = f"rank {r} raised {error}"
-                raise _Failure(what, "no error", got, _HANG if timed_out else _CRASH)
+        errors = {r: (out / f"rank{r}.err").read_text() for r in range(world)
+                  if (out / f"rank{r}.err").exists()}  # fmt: skip
+        if errors:
+            r, error = _cause(errors)
+            got = f"rank {r} raised {error}"
+            raise _Failure(what, "no error", got, _HANG if _lost_contact(error) else _CRASH)
         for r in range(world):
             if not (out / f"rank{r}.pt").exists():
                 process = context.processes[r]
@@ -210,6 +218,19 @@ def _run_ranks(check: Check, world: int) -> list[dict[str, Any]]:
                 hint = _HANG if r in hung else "a common cause is a call that ends the process"
                 raise _Failure(what, f"all {world} ranks done", got, hint)
         return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]
+
+
+def _lost_contact(error: str) -> bool:
+    """A collective that timed out or whose peer left: the echo of another rank's trouble."""
+    return any(w in error for w in ("Timed out", "timed out", "Connection"))
+
+
+def _cause(errors: dict[int, str]) -> tuple[int, str]:
+    """The (rank, error) to report: a rank that raised by itself, not one whose collective
+    lost contact because that rank left (its "Connection closed" only echoes the exit);
+    the first rank's when every error is of that kind."""
+    return next(((r, e) for r, e in errors.items() if not _lost_contact(e)),
+                next(iter(errors.items())))  # fmt: skip
 
 
 def _finished(context: Any, out: Path) -> bool:

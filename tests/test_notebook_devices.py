@@ -439,3 +439,35 @@ def test_gpu_check_parses_and_says_it_needs_a_gpu(tmp_path):
     done = subprocess.run(["bash", str(script), "--python", sys.executable, "--logs",
                            str(tmp_path)], capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 2 and "needs one" in done.stdout, done.stdout + done.stderr
+
+
+def test_gpu_check_rehearses_its_phases_on_the_cpu(tmp_path):
+    """`--rehearse` runs the check's own machinery (environment report, a phase, the summary)
+    without a GPU, so the script can be tried before GPU time is spent on it."""
+    script = ROOT / ".ci" / "gpu-check"
+    done = subprocess.run(
+        ["bash", str(script), "--rehearse", "--python", sys.executable, "--logs", str(tmp_path),
+         "--unit-only", "--workers", "1", "--pytest-args", "-k test_device_normalisation"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    summary = (tmp_path / "summary.txt").read_text()
+    assert done.returncode == 0, summary + (tmp_path / "unit.log").read_text()[-3000:]
+    assert "rehearsal" in summary and "mmcourse device              cpu" in summary
+    assert re.search(r"^unit tests +\d+ s +exit +0 +1 passed", summary, re.MULTILINE), summary
+
+
+def test_gpu_check_names_what_its_wheels_cannot_provide(tmp_path):
+    """A bare python whose wheels folder lacks what it needs stops at once with what is missing,
+    not later inside pytest's collection."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")],
+                   check=True)  # fmt: skip
+    (tmp_path / "wheels").mkdir()
+    done = subprocess.run(
+        ["bash", str(ROOT / ".ci" / "gpu-check"), "--rehearse", "--python",
+         str(tmp_path / "bare" / "bin" / "python"), "--wheels", str(tmp_path / "wheels"),
+         "--logs", str(tmp_path / "logs")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": str(tmp_path)},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "installing what this python lacks (nbval" in done.stdout
+    assert f"no wheel in {tmp_path / 'wheels'} provides what is missing" in done.stdout

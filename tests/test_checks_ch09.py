@@ -7,6 +7,8 @@ pass (it watches every address) are skipped where kernels compile; on a GPU mach
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 import subprocess
 import sys
@@ -789,3 +791,60 @@ def test_interpreter_path_in_a_subprocess():
         command + tests, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900
     )
     assert done.returncode == 0, done.stdout[-4000:]
+
+
+# --- The notebook's own kernels, under every supported Triton ---------------------------------
+
+
+def _jit_loops_over_arguments(tree) -> dict[str, set[str]]:
+    """{kernel: its runtime (not constexpr) parameters that a `range()` inside it reads}."""
+    loops = {}
+    for fn in ast.walk(tree):
+        if not isinstance(fn, ast.FunctionDef):
+            continue
+        if not any(ast.unparse(d).endswith("jit") for d in fn.decorator_list):
+            continue
+        runtime = {
+            a.arg
+            for a in fn.args.args
+            if a.annotation is None or "constexpr" not in ast.unparse(a.annotation)
+        }
+        read = {
+            name.id
+            for call in ast.walk(fn)
+            if isinstance(call, ast.Call) and ast.unparse(call.func) == "range"
+            for name in ast.walk(call)
+            if isinstance(name, ast.Name)
+        }
+        if runtime & read:
+            loops[fn.name] = runtime & read
+    return loops
+
+
+def test_notebook_kernels_that_loop_over_sizes_get_them_through_sizes():
+    """Triton ≤ 3.6's interpreter hands an int argument to a kernel as a 1-element array, which
+    `range(0, K, BLOCK_K)` refuses under NumPy 2.4 ("only 0-dimensional arrays can be converted
+    to Python scalars"); `mmcourse.kernels.sizes` passes them as plain ints there. A launch of
+    such a kernel must take its sizes from `*sizes(...)` (a rehearsal with triton 3.6 failed on
+    notebook 09's own `fused_nearest` before)."""
+    for name in ("solutions", "notebooks"):
+        nb = json.loads((ROOT / name / "09_triton_fused_vq.ipynb").read_text(encoding="utf-8"))
+        tree = ast.parse(
+            "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+        )
+        loops = _jit_loops_over_arguments(tree)
+        assert "fused_nearest_kernel" in loops, "the rule no longer sees the notebook's kernel"
+        launches = [
+            call
+            for call in ast.walk(tree)
+            if isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Subscript)
+            and ast.unparse(call.func.value) in loops
+        ]
+        assert launches
+        for call in launches:
+            through_sizes = any(
+                isinstance(a, ast.Starred) and ast.unparse(a.value).startswith("sizes(")
+                for a in call.args
+            )
+            assert through_sizes, f"{name}/09: {ast.unparse(call)[:120]} passes its sizes as ints"

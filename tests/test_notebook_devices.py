@@ -426,7 +426,9 @@ def test_nbval_waits_a_minute_for_a_finished_cells_outputs(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
          "-p", "output_wait_probe", "--nbval-lax", "solutions/00_welcome.ipynb"],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])},
     )  # fmt: skip
     waits = re.findall(r"^OUTPUT_WAIT (\S+)$", done.stdout, re.MULTILINE)
     assert waits and set(waits) == {"60"}, done.stdout[-2000:] + done.stderr[-2000:]
@@ -466,7 +468,8 @@ def test_gpu_check_names_what_its_wheels_cannot_provide(tmp_path):
         ["bash", str(ROOT / ".ci" / "gpu-check"), "--rehearse", "--python",
          str(tmp_path / "bare" / "bin" / "python"), "--wheels", str(tmp_path / "wheels"),
          "--logs", str(tmp_path / "logs")],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": str(tmp_path)},
+        capture_output=True, text=True, timeout=120,
+        env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "TMPDIR": str(tmp_path)},
     )  # fmt: skip
     assert done.returncode == 2, done.stdout + done.stderr
     assert "installing what this python lacks (nbval" in done.stdout
